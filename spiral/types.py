@@ -1,0 +1,163 @@
+"""Core types that cross module boundaries (DESIGN §3).
+
+pydantic models so that input from files and LLMs is validated and every record
+serializes to JSON. Frames are numpy uint8 arrays (T×H×W×3) at the edges; in JSON
+they travel as base64 of the raw bytes with shape and dtype, so a round trip is exact.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
+
+FailureKind = Literal[
+    "physical_violation", "missing_action", "incomplete_action", "sudden_switch", "scene_drift"
+]
+FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
+Decision = Literal["accept", "refine", "regenerate", "replan"]
+
+
+def _array_to_json(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a)
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "b64": base64.b64encode(a.tobytes()).decode()}
+
+
+def _array_from_json(v: Any) -> np.ndarray:
+    if isinstance(v, np.ndarray):
+        return v
+    if isinstance(v, dict) and {"shape", "dtype", "b64"} <= v.keys():
+        raw = base64.b64decode(v["b64"])
+        return np.frombuffer(raw, dtype=np.dtype(v["dtype"])).reshape(v["shape"]).copy()
+    raise ValueError("expected a numpy array or {'shape','dtype','b64'} (fix: pass frames as np.ndarray)")
+
+
+NDArray = Annotated[
+    np.ndarray,
+    PlainValidator(_array_from_json),
+    PlainSerializer(_array_to_json, when_used="json"),
+]
+
+
+def check_frames(frames: np.ndarray, what: str = "frames") -> np.ndarray:
+    """Validate a T×H×W×3 uint8 video; the error says what is wrong and how to fix it."""
+    if not isinstance(frames, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 (0..255), got {frames.dtype}; convert with (x*255).clip(0,255).astype(np.uint8)")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{what} must have shape T×H×W×3 (RGB), got {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError(f"{what} is empty (0 frames); a segment needs at least 2 frames")
+    return frames
+
+
+def check_frame(frame: np.ndarray, what: str = "frame") -> np.ndarray:
+    """Validate one H×W×3 uint8 image."""
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"{what} must be an H×W×3 uint8 RGB image, got shape {tuple(frame.shape)} dtype {frame.dtype}")
+    return frame
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class SubAction(_Model):
+    """One object-centric step of a plan, with STRIPS-style pre/post-conditions."""
+
+    id: int = 0
+    text: str
+    verb: str
+    objects: list[str]
+    preconditions: list[str] = Field(default_factory=list)
+    postconditions: list[str] = Field(default_factory=list)
+
+
+class Plan(_Model):
+    """An ordered list of sub-actions that achieves a goal from an observed state."""
+
+    goal: str
+    steps: list[SubAction]
+    rationale: str = ""
+
+
+class GenerationRequest(_Model):
+    """What a VideoGenerator is asked to render: prompt + memory context + seed."""
+
+    prompt: str
+    sub_action: SubAction | None = None
+    cond_frame: NDArray | None = None
+    anchor_frame: NDArray | None = None
+    history: list[str] = Field(default_factory=list)
+    state: dict[str, Any] | None = None
+    seed: int = 0
+    num_frames: int = 9
+    height: int = 64
+    width: int = 64
+
+
+class Segment(_Model):
+    """A rendered/generated clip; frame 0 is the conditioning frame."""
+
+    frames: NDArray
+    fps: float = 8.0
+    seed: int = 0
+    backend: str = ""
+    timings: dict[str, float] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Segment:
+        check_frames(self.frames, "Segment.frames")
+        return self
+
+
+class Verdict(_Model):
+    """A critic's judgement of one segment against its sub-action."""
+
+    scores: dict[str, float]
+    passed: bool
+    decision: Decision
+    failure: FailureKind | None = None
+    feedback: str = ""
+    observed_state: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Verdict:
+        for k, v in self.scores.items():
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"score {k}={v} outside [0, 1]")
+        return self
+
+
+class Attempt(_Model):
+    """One generation attempt within a run: what was asked, what came back, what was decided."""
+
+    step: int
+    attempt: int
+    prompt: str
+    seed: int
+    segment_path: str | None = None
+    verdict: Verdict | None = None
+    decision: Decision
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class RunRecord(_Model):
+    """The summary of a run: status, plan history, attempts, counts and costs."""
+
+    goal: str
+    status: Literal["running", "success", "budget_exhausted", "failed"] = "running"
+    mode: str = "closed_loop"
+    plans: list[Plan] = Field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list)
+    accepted: list[str] = Field(default_factory=list)
+    step_boundaries: list[int] = Field(default_factory=list)
+    final_video: str | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+    costs: dict[str, float] = Field(default_factory=dict)
