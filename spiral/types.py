@@ -78,6 +78,13 @@ class SubAction(_Model):
     postconditions: list[str] = Field(default_factory=list)
 
 
+class Observation(_Model):
+    """What a planner sees: a frame, a symbolic state read from it (if any), or both."""
+
+    frame: NDArray | None = None
+    state: dict[str, Any] | None = None
+
+
 class Plan(_Model):
     """An ordered list of sub-actions that achieves a goal from an observed state."""
 
@@ -90,6 +97,7 @@ class GenerationRequest(_Model):
     """What a VideoGenerator is asked to render: prompt + memory context + seed."""
 
     prompt: str
+    context: str = ""  # memory-composed prompt ("Scene: …; done so far: …; now: …") for text-heavy backends
     sub_action: SubAction | None = None
     cond_frame: NDArray | None = None
     anchor_frame: NDArray | None = None

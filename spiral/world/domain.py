@@ -379,3 +379,14 @@ def changed_objects(before: State, after: State) -> set[str]:
     if before.lamp_on != after.lamp_on:
         out.add(LAMP)
     return out
+
+
+def describe(state: State) -> str:
+    """A short scene description for text-conditioned generators and LLM planners."""
+    parts = []
+    for b, w in state.loc:
+        where = "in the box" if w == BOX else f"on the {name(w)}"
+        parts.append(f"the {name(b)} is {where}")
+    parts.append(f"the box is {'open' if state.box_open else 'closed'}")
+    parts.append(f"the lamp is {'on' if state.lamp_on else 'off'}")
+    return "; ".join(parts)

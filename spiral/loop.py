@@ -1,0 +1,234 @@
+"""The think → act → reflect loop (DESIGN §1): one explicit loop over sub-actions.
+
+For each sub-action of the current plan the generator renders a segment conditioned on
+the memory; the critic judges it; the verdict's decision drives what happens next:
+
+- ``accept``: the segment is committed to memory and the loop moves to the next step;
+- ``refine``: the instruction is rewritten from the critic's feedback, new seed (inner loop);
+- ``regenerate``: same instruction, new seed (inner loop);
+- ``replan``: the segment is physically plausible but left the world in an unexpected
+  state; it is kept as what happened and the planner re-plans from the observed state
+  (outer loop). When a step's inner budget runs out the loop also re-plans, from the last
+  accepted frame, without keeping the failed segment.
+
+Budgets: ``max_refines_per_step`` inner attempts after the first, ``max_replans`` outer
+fixes, ``max_total_generations`` overall; when one runs out the run ends with status
+``budget_exhausted`` and keeps everything it made.
+
+Open-loop baselines are the same loop with parts switched off: ``plan_only`` accepts every
+segment without a critic; ``single_shot`` also gives the generator the whole goal text
+instead of the step (as many segments as the plan has steps).
+
+Seeds are derived from (run seed, plan version, step, attempt), so a run is a pure
+function of its inputs and a resumed run replays its journal to the same final video.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spiral.agents import CriticAgent, PlanAgent, VideoGenerator, observe
+from spiral.compose import compose
+from spiral.config import Config
+from spiral.memory import Memory
+from spiral.rundir import RunDir
+from spiral.types import Attempt, Observation, Plan, RunRecord, Segment, SubAction, Verdict
+
+Event = dict[str, Any]
+
+
+@dataclass
+class Agents:
+    """The three agents a run uses."""
+
+    planner: PlanAgent
+    generator: VideoGenerator
+    critic: CriticAgent
+
+
+@dataclass
+class _Costs:
+    seconds: dict[str, float] = field(default_factory=lambda: {"plan": 0.0, "generate": 0.0, "judge": 0.0, "other": 0.0})
+    calls: dict[str, int] = field(default_factory=lambda: {"plan": 0, "generate": 0, "judge": 0, "replayed": 0})
+
+
+def derive_seed(base: int, version: int, step: int, attempt: int) -> int:
+    """A well-mixed 31-bit seed for one attempt, independent of everything that came before."""
+    return int(np.random.SeedSequence([base, version, step, attempt]).generate_state(1)[0] >> 1)
+
+
+def refine_instruction(text: str, feedback: str) -> str:
+    """Deterministic prompt rewriter: the step's own text plus the critic's latest feedback."""
+    base = text.split(" Important: ")[0]
+    return f"{base}. Important: {feedback}" if feedback else base
+
+
+def run_loop(
+    goal: str,
+    first_frame: np.ndarray,
+    agents: Agents,
+    cfg: Config,
+    run_dir: RunDir | None = None,
+    initial_state: dict | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> tuple[RunRecord, np.ndarray]:
+    """Run one goal to completion or budget exhaustion; returns the record and the final video."""
+    loop, vid = cfg.loop, cfg.video
+    mode = loop.mode
+    emit = on_event or (lambda e: None)
+    costs = _Costs()
+    t_start = time.perf_counter()
+
+    def timed(kind: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        out = fn()
+        costs.seconds[kind] += time.perf_counter() - t
+        costs.calls[kind] += 1
+        return out
+
+    state0 = initial_state if initial_state is not None else observe(agents.critic, first_frame)
+    memory = Memory.start(first_frame, state0)
+    record = RunRecord(goal=goal, mode=mode)
+
+    def get_plan(version: int, make: Callable[[], Plan]) -> Plan:
+        logged = run_dir.logged_plan(version) if run_dir else None
+        if logged is not None:
+            costs.calls["replayed"] += 1
+            return logged
+        plan = timed("plan", make)
+        if run_dir:
+            run_dir.log_plan(version, plan)
+        return plan
+
+    plan = get_plan(0, lambda: agents.planner.plan(goal, Observation(frame=first_frame, state=state0)))
+    record.plans.append(plan)
+    emit({"type": "plan", "version": 0, "plan": plan})
+    accepted: list[np.ndarray] = []
+    version, step, total = 0, 0, 0
+    status = "running"
+
+    while status == "running":
+        if step >= len(plan.steps):
+            if mode == "closed_loop" and not _goal_reached(agents.planner, goal, memory) and version < loop.max_replans:
+                version += 1
+                plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts))
+                record.plans.append(plan)
+                emit({"type": "plan", "version": version, "plan": plan, "reason": "goal not reached"})
+                step = 0
+                if plan.steps:
+                    continue
+            status = "success"
+            break
+        sub = plan.steps[step]
+        instruction = goal if mode == "single_shot" else sub.text
+        attempt = 0
+        while True:  # inner loop: attempts at this step
+            if total >= loop.max_total_generations:
+                status = "budget_exhausted"
+                break
+            seed = derive_seed(loop.seed, version, step, attempt)
+            frames, verdict, seconds = _attempt(agents, cfg, memory, sub, instruction, seed, mode, run_dir,
+                                                version, step, attempt, costs, timed)
+            total += 1
+            decision = verdict.decision if verdict is not None else "accept"
+            entry = Attempt(step=step, attempt=attempt, prompt=instruction, seed=seed, verdict=verdict,
+                            decision=decision, seconds=seconds,
+                            segment_path=run_dir.segment_file(version, step, attempt) if run_dir else None)
+            record.attempts.append(entry)
+            emit({"type": "attempt", "version": version, "step": step, "n_steps": len(plan.steps),
+                  "attempt": attempt, "decision": decision, "verdict": verdict, "text": sub.text})
+            if decision == "accept":
+                memory.commit(frames, sub, verdict, verdict.observed_state if verdict else None)
+                accepted.append(frames)
+                record.accepted.append(entry.segment_path or f"v{version}_s{step}_a{attempt}")
+                step += 1
+                break
+            attempt += 1
+            if decision in ("refine", "regenerate") and attempt <= loop.max_refines_per_step:
+                if decision == "refine":
+                    instruction = _refine(agents.planner, instruction, sub, verdict)
+                continue
+            # outer fix: re-plan (the critic asked for it, or this step's inner budget is spent)
+            if version >= loop.max_replans:
+                status = "budget_exhausted"
+                break
+            if decision == "replan" and verdict is not None and verdict.observed_state is not None:
+                memory.commit(frames, sub, verdict, verdict.observed_state)  # keep what happened
+                accepted.append(frames)
+                record.accepted.append(entry.segment_path or f"v{version}_s{step}_a{attempt - 1}")
+            version += 1
+            plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts))
+            record.plans.append(plan)
+            emit({"type": "plan", "version": version, "plan": plan, "reason": decision})
+            step = 0
+            break
+
+    record.status = status
+    t = time.perf_counter()
+    if accepted:
+        video, bounds = compose(accepted, vid.crossfade)
+    else:
+        video, bounds = first_frame[None], []
+    record.step_boundaries = [b for pair in bounds for b in pair]
+    wall = time.perf_counter() - t_start
+    costs.seconds["compose"] = time.perf_counter() - t
+    costs.seconds["other"] = max(0.0, wall - sum(v for k, v in costs.seconds.items() if k != "other"))
+    costs.seconds["wall"] = wall
+    n_acc = len(accepted)
+    record.counts = {
+        "generations": total, "accepted": n_acc, "replans": version, "plan_steps": len(plan.steps),
+        **{f"{k}_calls": v for k, v in costs.calls.items()},
+    }
+    record.costs = {**{f"{k}_seconds": round(v, 6) for k, v in costs.seconds.items()},
+                    "generations_per_accepted_step": round(total / n_acc, 4) if n_acc else float(total)}
+    emit({"type": "done", "record": record})
+    return record, video
+
+
+def _attempt(agents: Agents, cfg: Config, memory: Memory, sub: SubAction, instruction: str, seed: int, mode: str,
+             run_dir: RunDir | None, version: int, step: int, attempt: int, costs: _Costs,
+             timed: Callable) -> tuple[np.ndarray, Verdict | None, dict[str, float]]:
+    """One generation + judgement, or its replay from the journal."""
+    logged = run_dir.logged_attempt(version, step, attempt) if run_dir else None
+    if logged is not None:
+        line, frames = logged
+        costs.calls["replayed"] += 1
+        verdict = Verdict.model_validate(line["verdict"]) if line.get("verdict") else None
+        return frames, verdict, line.get("seconds", {})
+    vid = cfg.video
+    request = memory.context(sub if mode != "single_shot" else None, instruction, seed, vid.frames_per_step,
+                             vid.height, vid.width)
+    t0 = time.perf_counter()
+    segment: Segment = timed("generate", lambda: agents.generator.generate(request))
+    t1 = time.perf_counter()
+    verdict = timed("judge", lambda: agents.critic.judge(segment, sub, memory)) if mode == "closed_loop" else None
+    seconds = {"generate": round(t1 - t0, 6), "judge": round(time.perf_counter() - t1, 6)}
+    if run_dir is not None:
+        entry = Attempt(step=step, attempt=attempt, prompt=instruction, seed=seed, verdict=verdict,
+                        decision=verdict.decision if verdict else "accept", seconds=seconds)
+        run_dir.log_attempt(version, entry, segment.frames, segment.fps,
+                            {"backend": segment.backend, "sub_action": sub.model_dump(mode="json")})
+    return segment.frames, verdict, seconds
+
+
+def _obs(memory: Memory) -> Observation:
+    return Observation(frame=memory.last_frame, state=memory.state)
+
+
+def _refine(planner: PlanAgent, instruction: str, sub: SubAction, verdict: Verdict | None) -> str:
+    feedback = verdict.feedback if verdict else ""
+    fn = getattr(planner, "refine", None)
+    return fn(sub, feedback) if fn is not None else refine_instruction(instruction, feedback)
+
+
+def _goal_reached(planner: PlanAgent, goal: str, memory: Memory) -> bool:
+    """Ask the planner whether the observed state meets the goal; planners that can't tell say yes."""
+    fn = getattr(planner, "achieved", None)
+    if fn is None or memory.state is None:
+        return True
+    return bool(fn(goal, _obs(memory)))

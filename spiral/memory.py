@@ -1,0 +1,73 @@
+"""Memory: what every generation is conditioned on (DESIGN §1).
+
+The same object serves every backend: image-conditioned generators read the last accepted
+frame and the scene anchor; text-conditioned ones read the composed prompt
+("Scene: …; done so far: …; now: …"); state-aware ones read the observed state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spiral.types import GenerationRequest, SubAction, Verdict, check_frame
+
+
+@dataclass
+class MemoryEntry:
+    """One accepted step: the sub-action, the verdict that accepted it, the state after it."""
+
+    sub_action: SubAction
+    verdict: Verdict | None
+    state: dict[str, Any] | None
+
+
+@dataclass
+class Memory:
+    """Last accepted frame, scene anchor (first frame), observed state and step history."""
+
+    anchor_frame: np.ndarray
+    last_frame: np.ndarray
+    state: dict[str, Any] | None = None
+    history: list[MemoryEntry] = field(default_factory=list)
+    scene: str = ""
+
+    @classmethod
+    def start(cls, first_frame: np.ndarray, state: dict[str, Any] | None = None, scene: str = "") -> Memory:
+        check_frame(first_frame, "first frame")
+        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or _describe(state))
+
+    def prompt(self, instruction: str) -> str:
+        """Prompt for text-conditioned backends: scene, what is done, what to do now."""
+        done = "; ".join(e.sub_action.text for e in self.history) or "nothing yet"
+        scene = f"Scene: {self.scene}. " if self.scene else ""
+        return f"{scene}Done so far: {done}. Now: {instruction}."
+
+    def context(self, sub_action: SubAction, instruction: str, seed: int, num_frames: int, height: int,
+                width: int) -> GenerationRequest:
+        """The generation request for one attempt at ``sub_action``."""
+        return GenerationRequest(
+            prompt=instruction, context=self.prompt(instruction), sub_action=sub_action, cond_frame=self.last_frame, anchor_frame=self.anchor_frame,
+            history=[e.sub_action.text for e in self.history], state=self.state, seed=seed,
+            num_frames=num_frames, height=height, width=width,
+        )
+
+    def commit(self, frames: np.ndarray, sub_action: SubAction, verdict: Verdict | None, state: dict | None) -> None:
+        """Record an accepted segment: its last frame conditions the next step."""
+        self.last_frame = frames[-1]
+        if state is not None:
+            self.state = state
+        self.history.append(MemoryEntry(sub_action, verdict, self.state))
+
+
+def _describe(state: dict[str, Any] | None) -> str:
+    if not state:
+        return ""
+    try:
+        from spiral.world.domain import State, describe
+
+        return describe(State.from_dict(state))
+    except ValueError:
+        return ""

@@ -1,0 +1,73 @@
+"""Backend registry: names in configs → classes. Third-party backends register through
+the ``spiral.backends`` entry point group, named ``<kind>.<name>`` (e.g. ``generator.mygen``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+KINDS = ("planner", "generator", "critic")
+# Built-in backends are imported lazily by module path, so optional extras stay optional.
+_BUILTIN: dict[str, dict[str, str]] = {
+    "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner"},
+    "generator": {"world": "spiral.generators.world:WorldGenerator"},
+    "critic": {"tabletop": "spiral.critics.tabletop:TabletopCritic"},
+}
+_REGISTERED: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+
+
+def register(kind: str, name: str) -> Callable[[type], type]:
+    """Class decorator: make ``name`` usable in configs for this ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown backend kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+    def deco(cls: type) -> type:
+        _REGISTERED[kind][name] = cls
+        return cls
+
+    return deco
+
+
+def _entry_points(kind: str) -> dict[str, Any]:
+    found = {}
+    for ep in entry_points(group="spiral.backends"):
+        k, _, n = ep.name.partition(".")
+        if k == kind and n:
+            found[n] = ep
+    return found
+
+
+def available(kind: str) -> list[str]:
+    """Every backend name known for ``kind`` (built-in, registered, entry points)."""
+    return sorted(set(_BUILTIN.get(kind, {})) | set(_REGISTERED.get(kind, {})) | set(_entry_points(kind)))
+
+
+def resolve(kind: str, name: str) -> type:
+    """The class registered as ``name``; an unknown name gets an error listing the known ones."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown backend kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if name in _REGISTERED[kind]:
+        return _REGISTERED[kind][name]
+    if name in _BUILTIN[kind]:
+        module, _, attr = _BUILTIN[kind][name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    eps = _entry_points(kind)
+    if name in eps:
+        return eps[name].load()
+    known = available(kind)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown {kind} backend {name!r}{hint}; known: {', '.join(known)}")
+
+
+def create(kind: str, name: str, **options: Any) -> Any:
+    """Instantiate a backend by name with its config options."""
+    return resolve(kind, name)(**options)
+
+
+def builtin(kind: str, name: str, target: str) -> None:
+    """Declare a built-in backend by import path (used by modules that add optional backends)."""
+    _BUILTIN[kind][name] = target

@@ -1,0 +1,120 @@
+"""The run directory (DESIGN §8) and its journal, which makes runs resumable.
+
+Layout: ``config.yaml``, ``meta.json`` (goal, seed, initial state), ``first_frame.png``,
+``plan.json`` (every plan version), ``attempts.jsonl`` (one line per attempt: request,
+seed, segment file, verdict, decision, seconds), ``segments/`` (each attempt's frames as
+lossless ``.npz`` plus a viewable ``.mp4``), ``final.mp4``, ``record.json``, ``report.html``.
+
+The loop is deterministic given its inputs, so resuming is replay: an attempt or plan
+already in the journal is read back instead of being generated again. Every file is
+written atomically and an attempt's line is appended only after its segment file exists,
+so a crash at any point loses at most the attempt in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from spiral import atomic
+from spiral.types import Attempt, Plan
+
+RUN_MARKER = "meta.json"
+
+
+class RunDir:
+    """A run's folder: creates it fresh or opens an existing one for resume."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.segments = self.path / "segments"
+        self._attempts: dict[tuple[int, int, int], dict] = {}
+        self._plans: list[dict] = []
+
+    # ---- creation / opening -------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, meta: dict[str, Any], config_yaml: str, first_frame: np.ndarray) -> RunDir:
+        """A new run folder; refuses to write over an existing run (use --resume instead)."""
+        rd = cls(path)
+        if (rd.path / RUN_MARKER).exists():
+            raise FileExistsError(f"{rd.path} already holds a run; resume it with --resume {rd.path} or pick another --out")
+        if rd.path.exists() and any(rd.path.iterdir()):
+            raise FileExistsError(f"{rd.path} is not empty; pick an empty or new --out folder")
+        rd.segments.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(first_frame).save(buf, format="PNG")
+        atomic.write_bytes(rd.path / "first_frame.png", buf.getvalue())
+        atomic.write_text(rd.path / "config.yaml", config_yaml)
+        atomic.write_json(rd.path / RUN_MARKER, meta)
+        return rd
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run folder, with its journal loaded; a folder that is not a run is an error."""
+        rd = cls(path)
+        if not (rd.path / RUN_MARKER).is_file() or not (rd.path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{rd.path} is not a SPIRAL run directory (no {RUN_MARKER} / config.yaml); "
+                                    "start a new run without --resume")
+        for line in atomic.read_jsonl(rd.path / "attempts.jsonl"):
+            key = (line["plan_version"], line["step"], line["attempt"])
+            if (rd.path / line["segment_file"]).is_file():
+                rd._attempts[key] = line
+        if (rd.path / "plan.json").is_file():
+            rd._plans = json.loads((rd.path / "plan.json").read_text())["plans"]
+        return rd
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / RUN_MARKER).read_text())
+
+    def first_frame(self) -> np.ndarray:
+        return np.asarray(Image.open(self.path / "first_frame.png").convert("RGB"))
+
+    # ---- journal ------------------------------------------------------------------------
+    def logged_plan(self, version: int) -> Plan | None:
+        return Plan.model_validate(self._plans[version]) if version < len(self._plans) else None
+
+    def log_plan(self, version: int, plan: Plan) -> None:
+        del self._plans[version:]
+        self._plans.append(plan.model_dump(mode="json"))
+        atomic.write_json(self.path / "plan.json", {"plans": self._plans})
+
+    def logged_attempt(self, version: int, step: int, attempt: int) -> tuple[dict, np.ndarray] | None:
+        line = self._attempts.get((version, step, attempt))
+        if line is None:
+            return None
+        return line, load_frames(self.path / line["segment_file"])
+
+    def segment_file(self, version: int, step: int, attempt: int) -> str:
+        return f"segments/v{version}_s{step:02d}_a{attempt:02d}.npz"
+
+    def log_attempt(self, version: int, entry: Attempt, frames: np.ndarray, fps: float, extra: dict) -> dict:
+        """Write the segment (npz + mp4) then append the attempt line."""
+        from spiral.video import write_video
+
+        rel = self.segment_file(version, entry.step, entry.attempt)
+        save_frames(self.path / rel, frames)
+        write_video(self.path / rel.replace(".npz", ".mp4"), frames, fps, quality="web")
+        line = {"plan_version": version, **entry.model_dump(mode="json"), "segment_file": rel, **extra}
+        atomic.append_line(self.path / "attempts.jsonl", json.dumps(line))
+        self._attempts[(version, entry.step, entry.attempt)] = line
+        return line
+
+    def attempts(self) -> list[dict]:
+        return atomic.read_jsonl(self.path / "attempts.jsonl")
+
+
+def save_frames(path: Path, frames: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, frames=frames)
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def load_frames(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return z["frames"]
