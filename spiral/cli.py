@@ -142,6 +142,76 @@ def data_check(root: Path = typer.Argument(..., help="dataset folder")) -> None:
         raise typer.Exit(1)
 
 
+class _LiveView:
+    """Rich live view of a run: current step, attempt and decision; one line per decision."""
+
+    COLORS = {"accept": "green", "refine": "yellow", "regenerate": "magenta", "replan": "cyan"}
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task("planning", total=None)
+
+    def __call__(self, e: dict) -> None:
+        if e["type"] == "plan":
+            why = f" (re-plan after {e['reason']})" if e.get("reason") else ""
+            self.progress.console.print(f"[bold]plan v{e['version']}[/]{why}: {len(e['plan'].steps)} steps")
+            self.progress.update(self.task, total=len(e["plan"].steps), completed=0, description="generating")
+        elif e["type"] == "attempt":
+            v, d = e["verdict"], e["decision"]
+            fb = f" — {v.feedback}" if v is not None and v.feedback and d != "accept" else ""
+            self.progress.console.print(
+                f"  step {e['step'] + 1}/{e['n_steps']} attempt {e['attempt'] + 1}: {e['text']} → "
+                f"[{self.COLORS.get(d, 'white')}]{d}[/]{fb}", highlight=False)
+            self.progress.update(self.task, completed=e["step"] + (d == "accept"),
+                                 description=f"step {e['step'] + 1}: {e['text'][:40]}")
+
+
+def _summary(record, out: Path) -> Table:
+    t = Table(title="run summary", show_header=False)
+    t.add_row("status", f"[{'green' if record.status == 'success' else 'red'}]{record.status}[/]")
+    for k in ("generations", "accepted", "replans"):
+        t.add_row(k, str(record.counts.get(k, 0)))
+    t.add_row("generations / accepted step", f"{record.costs.get('generations_per_accepted_step', 0):.2f}")
+    t.add_row("seconds (generate / judge / wall)", " / ".join(
+        f"{record.costs.get(k + '_seconds', 0):.2f}" for k in ("generate", "judge", "wall")))
+    t.add_row("final video", str(out / "final.mp4"))
+    if (out / "report.html").exists():
+        t.add_row("report", str(out / "report.html"))
+    return t
+
+
+@app.command()
+@friendly
+def run(
+    goal: Optional[str] = typer.Argument(None, help="natural-language goal (omit with --resume)"),
+    scene: Optional[int] = typer.Option(None, help="tabletop scene seed for the first frame"),
+    image: Optional[Path] = typer.Option(None, help="first frame image (RGB PNG/JPEG)"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default: runs/<time>-<goal>)"),
+    seed: Optional[int] = typer.Option(None, help="run seed"),
+    mode: Optional[str] = typer.Option(None, help="closed_loop | plan_only | single_shot"),
+    resume: Optional[Path] = typer.Option(None, help="continue a killed run from its directory"),
+    set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
+) -> None:
+    """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html."""
+    import spiral.api as api
+
+    if resume is None and goal is None:
+        _fail("give a GOAL, or --resume RUN_DIR to continue a run")
+    if scene is not None and image is not None:
+        _fail("give either --scene or --image, not both")
+    view = _LiveView()
+    with view.progress:
+        record = api.run(goal, image=image, scene=scene, config=config, out=out, seed=seed, mode=mode, resume=resume,
+                         overrides=set_, on_event=view)
+    console.print(_summary(record, api.last_run_dir()))
+    if record.status != "success":
+        raise typer.Exit(1)
+
+
 @app.command()
 @friendly
 def demo(

@@ -76,6 +76,7 @@ def run_loop(
     run_dir: RunDir | None = None,
     initial_state: dict | None = None,
     on_event: Callable[[Event], None] | None = None,
+    hints: dict[str, Any] | None = None,
 ) -> tuple[RunRecord, np.ndarray]:
     """Run one goal to completion or budget exhaustion; returns the record and the final video."""
     loop, vid = cfg.loop, cfg.video
@@ -92,7 +93,7 @@ def run_loop(
         return out
 
     state0 = initial_state if initial_state is not None else observe(agents.critic, first_frame)
-    memory = Memory.start(first_frame, state0)
+    memory = Memory.start(first_frame, state0, hints=hints)
     record = RunRecord(goal=goal, mode=mode)
 
     def get_plan(version: int, make: Callable[[], Plan]) -> Plan:

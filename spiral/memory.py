@@ -33,11 +33,14 @@ class Memory:
     state: dict[str, Any] | None = None
     history: list[MemoryEntry] = field(default_factory=list)
     scene: str = ""
+    hints: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, first_frame: np.ndarray, state: dict[str, Any] | None = None, scene: str = "") -> Memory:
+    def start(cls, first_frame: np.ndarray, state: dict[str, Any] | None = None, scene: str = "",
+              hints: dict[str, Any] | None = None) -> Memory:
         check_frame(first_frame, "first frame")
-        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or _describe(state))
+        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or _describe(state),
+                   hints=dict(hints or {}))
 
     def prompt(self, instruction: str) -> str:
         """Prompt for text-conditioned backends: scene, what is done, what to do now."""
@@ -45,12 +48,12 @@ class Memory:
         scene = f"Scene: {self.scene}. " if self.scene else ""
         return f"{scene}Done so far: {done}. Now: {instruction}."
 
-    def context(self, sub_action: SubAction, instruction: str, seed: int, num_frames: int, height: int,
+    def context(self, sub_action: SubAction | None, instruction: str, seed: int, num_frames: int, height: int,
                 width: int) -> GenerationRequest:
         """The generation request for one attempt at ``sub_action``."""
         return GenerationRequest(
             prompt=instruction, context=self.prompt(instruction), sub_action=sub_action, cond_frame=self.last_frame, anchor_frame=self.anchor_frame,
-            history=[e.sub_action.text for e in self.history], state=self.state, seed=seed,
+            history=[e.sub_action.text for e in self.history], state=self.state, hints=self.hints, seed=seed,
             num_frames=num_frames, height=height, width=width,
         )
 

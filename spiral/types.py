@@ -103,6 +103,7 @@ class GenerationRequest(_Model):
     anchor_frame: NDArray | None = None
     history: list[str] = Field(default_factory=list)
     state: dict[str, Any] | None = None
+    hints: dict[str, Any] = Field(default_factory=dict)  # e.g. {"scene_seed": 3} for world-aware backends
     seed: int = 0
     num_frames: int = 9
     height: int = 64
