@@ -235,6 +235,15 @@ def demo(
     console.print(f"video: {out / 'plan.mp4'}\nplan:  {out / 'plan.json'}")
 
 
+@app.command()
+@friendly
+def report(run_dir: Path = typer.Argument(..., help="a run folder written by `spiral run`")) -> None:
+    """Re-render a run's self-contained report.html and print its path."""
+    from spiral.report import write_report
+
+    typer.echo(str(write_report(run_dir)))  # plain: a path with [brackets] is not rich markup
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
