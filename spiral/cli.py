@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -186,14 +185,14 @@ def _summary(record, out: Path) -> Table:
 @app.command()
 @friendly
 def run(
-    goal: Optional[str] = typer.Argument(None, help="natural-language goal (omit with --resume)"),
-    scene: Optional[int] = typer.Option(None, help="tabletop scene seed for the first frame"),
-    image: Optional[Path] = typer.Option(None, help="first frame image (RGB PNG/JPEG)"),
-    config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default: runs/<time>-<goal>)"),
-    seed: Optional[int] = typer.Option(None, help="run seed"),
-    mode: Optional[str] = typer.Option(None, help="closed_loop | plan_only | single_shot"),
-    resume: Optional[Path] = typer.Option(None, help="continue a killed run from its directory"),
+    goal: str | None = typer.Argument(None, help="natural-language goal (omit with --resume)"),
+    scene: int | None = typer.Option(None, help="tabletop scene seed for the first frame"),
+    image: Path | None = typer.Option(None, help="first frame image (RGB PNG/JPEG)"),
+    config: Path | None = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
+    out: Path | None = typer.Option(None, help="run directory (default: runs/<time>-<goal>)"),
+    seed: int | None = typer.Option(None, help="run seed"),
+    mode: str | None = typer.Option(None, help="closed_loop | plan_only | single_shot"),
+    resume: Path | None = typer.Option(None, help="continue a killed run from its directory"),
     set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
 ) -> None:
     """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html."""

@@ -96,30 +96,30 @@ def run_loop(
     memory = Memory.start(first_frame, state0, hints=hints)
     record = RunRecord(goal=goal, mode=mode)
 
-    def get_plan(version: int, make: Callable[[], Plan]) -> Plan:
+    def get_plan(version: int, make: Callable[[], Plan], reason: str = "") -> Plan:
         logged = run_dir.logged_plan(version) if run_dir else None
         if logged is not None:
             costs.calls["replayed"] += 1
-            return logged
-        plan = timed("plan", make)
-        if run_dir:
-            run_dir.log_plan(version, plan)
+            plan = logged
+        else:
+            plan = timed("plan", make)
+            if run_dir:
+                run_dir.log_plan(version, plan, reason)
+        record.plans.append(plan)
+        emit({"type": "plan", "version": version, "plan": plan, "reason": reason})
         return plan
 
     plan = get_plan(0, lambda: agents.planner.plan(goal, Observation(frame=first_frame, state=state0)))
-    record.plans.append(plan)
-    emit({"type": "plan", "version": 0, "plan": plan})
     accepted: list[np.ndarray] = []
     version, step, total = 0, 0, 0
-    status = "running"
+    status, stop_reason = "running", ""
 
     while status == "running":
         if step >= len(plan.steps):
             if mode == "closed_loop" and not _goal_reached(agents.planner, goal, memory) and version < loop.max_replans:
                 version += 1
-                plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts))
-                record.plans.append(plan)
-                emit({"type": "plan", "version": version, "plan": plan, "reason": "goal not reached"})
+                plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts),
+                                "the plan is done but the observed state does not meet the goal")
                 step = 0
                 if plan.steps:
                     continue
@@ -130,7 +130,7 @@ def run_loop(
         attempt = 0
         while True:  # inner loop: attempts at this step
             if total >= loop.max_total_generations:
-                status = "budget_exhausted"
+                status, stop_reason = "budget_exhausted", f"max_total_generations={loop.max_total_generations} reached"
                 break
             seed = derive_seed(loop.seed, version, step, attempt)
             frames, verdict, seconds = _attempt(agents, cfg, memory, sub, instruction, seed, mode, run_dir,
@@ -156,20 +156,22 @@ def run_loop(
                 continue
             # outer fix: re-plan (the critic asked for it, or this step's inner budget is spent)
             if version >= loop.max_replans:
-                status = "budget_exhausted"
+                status, stop_reason = "budget_exhausted", f"max_replans={loop.max_replans} reached at step {step + 1}"
                 break
             if decision == "replan" and verdict is not None and verdict.observed_state is not None:
                 memory.commit(frames, sub, verdict, verdict.observed_state)  # keep what happened
                 accepted.append(frames)
                 record.accepted.append(entry.segment_path or f"v{version}_s{step}_a{attempt - 1}")
             version += 1
-            plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts))
-            record.plans.append(plan)
-            emit({"type": "plan", "version": version, "plan": plan, "reason": decision})
+            why = (f"critic asked to re-plan: {verdict.feedback}" if decision == "replan" and verdict is not None
+                   else f"step {step + 1} failed {attempt} attempts")
+            plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts), why)
             step = 0
             break
 
     record.status = status
+    record.stop_reason = stop_reason
+    record.final_state = memory.state
     t = time.perf_counter()
     if accepted:
         video, bounds = compose(accepted, vid.crossfade)
@@ -213,7 +215,8 @@ def _attempt(agents: Agents, cfg: Config, memory: Memory, sub: SubAction, instru
         entry = Attempt(step=step, attempt=attempt, prompt=instruction, seed=seed, verdict=verdict,
                         decision=verdict.decision if verdict else "accept", seconds=seconds)
         run_dir.log_attempt(version, entry, segment.frames, segment.fps,
-                            {"backend": segment.backend, "sub_action": sub.model_dump(mode="json")})
+                            {"backend": segment.backend, "sub_action": sub.model_dump(mode="json"),
+                             "generator_meta": _jsonable(segment.meta)})
     return segment.frames, verdict, seconds
 
 
@@ -233,3 +236,17 @@ def _goal_reached(planner: PlanAgent, goal: str, memory: Memory) -> bool:
     if fn is None or memory.state is None:
         return True
     return bool(fn(goal, _obs(memory)))
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly part of a segment's meta (the journal is JSON lines)."""
+    import json
+
+    out = {}
+    for k, v in meta.items():
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 KINDS = ("planner", "generator", "critic")
 # Built-in backends are imported lazily by module path, so optional extras stay optional.

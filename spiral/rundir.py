@@ -35,6 +35,7 @@ class RunDir:
         self.segments = self.path / "segments"
         self._attempts: dict[tuple[int, int, int], dict] = {}
         self._plans: list[dict] = []
+        self._reasons: list[str] = []
 
     # ---- creation / opening -------------------------------------------------------------
     @classmethod
@@ -65,7 +66,8 @@ class RunDir:
             if (rd.path / line["segment_file"]).is_file():
                 rd._attempts[key] = line
         if (rd.path / "plan.json").is_file():
-            rd._plans = json.loads((rd.path / "plan.json").read_text())["plans"]
+            saved = json.loads((rd.path / "plan.json").read_text())
+            rd._plans, rd._reasons = saved["plans"], saved.get("reasons", [""] * len(saved["plans"]))
         return rd
 
     @property
@@ -79,10 +81,13 @@ class RunDir:
     def logged_plan(self, version: int) -> Plan | None:
         return Plan.model_validate(self._plans[version]) if version < len(self._plans) else None
 
-    def log_plan(self, version: int, plan: Plan) -> None:
+    def log_plan(self, version: int, plan: Plan, reason: str = "") -> None:
+        """Record plan ``version`` and why it was made ("" for the first plan)."""
         del self._plans[version:]
+        del self._reasons[version:]
         self._plans.append(plan.model_dump(mode="json"))
-        atomic.write_json(self.path / "plan.json", {"plans": self._plans})
+        self._reasons.append(reason)
+        atomic.write_json(self.path / "plan.json", {"plans": self._plans, "reasons": self._reasons})
 
     def logged_attempt(self, version: int, step: int, attempt: int) -> tuple[dict, np.ndarray] | None:
         line = self._attempts.get((version, step, attempt))

@@ -162,11 +162,13 @@ class RunRecord(_Model):
 
     goal: str
     status: Literal["running", "success", "budget_exhausted", "failed"] = "running"
+    stop_reason: str = ""
     mode: str = "closed_loop"
     plans: list[Plan] = Field(default_factory=list)
     attempts: list[Attempt] = Field(default_factory=list)
     accepted: list[str] = Field(default_factory=list)
     step_boundaries: list[int] = Field(default_factory=list)
     final_video: str | None = None
+    final_state: dict[str, Any] | None = None  # the state observed in the last accepted frame, if the critic reads states
     counts: dict[str, int] = Field(default_factory=dict)
     costs: dict[str, float] = Field(default_factory=dict)

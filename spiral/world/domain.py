@@ -9,9 +9,9 @@ critics and datasets exchange. ``on`` is overloaded by arity as in the design:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Iterable, Iterator
 
 BLOCKS: tuple[str, ...] = ("red_block", "green_block", "blue_block", "yellow_block")
 SLOTS: tuple[str, ...] = ("far_left", "left", "center", "right", "far_right")
