@@ -146,8 +146,6 @@ def finish(rd: RunDir, record: RunRecord, video: np.ndarray, cfg: Config) -> Non
     write_video(rd.path / "final.mp4", video, cfg.video.fps, quality="web")
     record.final_video = "final.mp4"
     atomic.write_text(rd.path / "record.json", record.model_dump_json(indent=2))
-    try:
-        from spiral.report import write_report
-    except ImportError:  # report module not present yet
-        return
+    from spiral.report import write_report
+
     write_report(rd.path)
