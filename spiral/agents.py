@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from spiral.types import Attempt, GenerationRequest, Observation, Plan, Segment, SubAction, Verdict
+from spiral.types import GenerationRequest, Observation, Plan, Segment, SubAction, Verdict
 
 
 @runtime_checkable
@@ -19,7 +19,9 @@ class PlanAgent(Protocol):
 
     def plan(self, goal: str, observation: Observation) -> Plan: ...
 
-    def replan(self, goal: str, observation: Observation, history: list[Attempt]) -> Plan: ...
+    def replan(self, goal: str, observation: Observation, history: list[SubAction]) -> Plan:
+        """Plan again from what is observed; ``history`` is the sub-actions executed so far."""
+        ...
 
 
 @runtime_checkable

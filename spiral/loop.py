@@ -118,7 +118,7 @@ def run_loop(
         if step >= len(plan.steps):
             if mode == "closed_loop" and not _goal_reached(agents.planner, goal, memory) and version < loop.max_replans:
                 version += 1
-                plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts),
+                plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), _executed(memory)),
                                 "the plan is done but the observed state does not meet the goal")
                 step = 0
                 if plan.steps:
@@ -165,7 +165,7 @@ def run_loop(
             version += 1
             why = (f"critic asked to re-plan: {verdict.feedback}" if decision == "replan" and verdict is not None
                    else f"step {step + 1} failed {attempt} attempts")
-            plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), record.attempts), why)
+            plan = get_plan(version, lambda: agents.planner.replan(goal, _obs(memory), _executed(memory)), why)
             step = 0
             break
 
@@ -218,6 +218,11 @@ def _attempt(agents: Agents, cfg: Config, memory: Memory, sub: SubAction, instru
                             {"backend": segment.backend, "sub_action": sub.model_dump(mode="json"),
                              "generator_meta": _jsonable(segment.meta)})
     return segment.frames, verdict, seconds
+
+
+def _executed(memory: Memory) -> list[SubAction]:
+    """The sub-actions whose segments were kept, in order: what has happened so far."""
+    return [e.sub_action for e in memory.history]
 
 
 def _obs(memory: Memory) -> Observation:

@@ -20,7 +20,7 @@ from spiral.planners.symbolic import SymbolicPlanner
 from spiral.video import write_video
 from spiral.world import domain
 from spiral.world.goals import sample_task
-from spiral.world.render import FAILURE_KIND, FAILURES, Appearance, render_action
+from spiral.world.render import FAILURE_KIND, FAILURES, Appearance, render_action, render_plan
 
 
 @dataclass
@@ -72,32 +72,30 @@ def _build_episode(out: Path, cfg: BuildConfig, i: int, planner: SymbolicPlanner
     rng = np.random.default_rng(ts)
     eid = f"{cfg.split}-s{cfg.seed}-{i:06d}"
     size, T = cfg.resolution, cfg.frames_per_step
-    state = task.state
-    chunks: list[np.ndarray] = []
+    actions = planner.solve(task.state, task.goal)
+    video, bounds, results = render_plan(task.state, actions, appearance=look, seed=ts, size=size, frames=T)
     steps: list[StepRecord] = []
     extra: list[Episode] = []
-    for k, action in enumerate(planner.solve(task.state, task.goal)):
+    state = task.state
+    for k, (action, (start, end), res) in enumerate(zip(actions, bounds, results)):
         pre, post = domain.preconditions(state, action), domain.effects(state, action)
-        seg_seed = int(rng.integers(2**31))
-        res = render_action(state, action, appearance=look, seed=seg_seed, size=size, frames=T)
-        start = sum(len(c) for c in chunks) - (1 if chunks else 0)
-        chunks.append(res.frames if not chunks else res.frames[1:])
         steps.append(StepRecord(text=action.text(), verb=action.verb, objects=list(action.args), pre=pre, post=post,
-                                start_frame=start, end_frame=start + T - 1, end_state=res.end_state.to_dict()))
+                                start_frame=start, end_frame=end, end_state=res.end_state.to_dict()))
         if rng.random() < cfg.failures:
             mode = FAILURES[int(rng.integers(len(FAILURES)))]
-            bad = render_action(state, action, appearance=look, seed=seg_seed + 1, size=size, frames=T, failure=mode)
+            bad = render_action(state, action, appearance=look, seed=int(rng.integers(2**31)), size=size, frames=T,
+                                failure=mode)
             fid = f"{eid}-f{k}"
             write_video(out / "videos" / f"{fid}.mp4", bad.frames, cfg.fps)
+            label = bad.failure or mode
             extra.append(Episode(
                 id=fid, goal=action.text(), video=f"videos/{fid}.mp4", fps=cfg.fps, resolution=(size, size),
                 steps=[StepRecord(text=action.text(), verb=action.verb, objects=list(action.args), pre=pre, post=post,
-                                  start_frame=0, end_frame=T - 1, label=bad.failure or mode,
-                                  failure_kind=FAILURE_KIND[bad.failure or mode], end_state=bad.end_state.to_dict())],
+                                  start_frame=0, end_frame=T - 1, label=label, failure_kind=FAILURE_KIND[label],
+                                  end_state=bad.end_state.to_dict())],
                 initial_state=state.to_dict(), scene_seed=task.scene_seed, parent=eid, source="tabletop-failure",
                 split=cfg.split, license="CC0-1.0"))
         state = res.end_state
-    video = np.concatenate(chunks)
     write_video(out / "videos" / f"{eid}.mp4", video, cfg.fps)
     Image.fromarray(video[0]).save(out / "frames" / f"{eid}.png")
     main = Episode(id=eid, goal=task.goal.text, video=f"videos/{eid}.mp4", fps=cfg.fps, resolution=(size, size),

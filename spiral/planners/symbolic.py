@@ -447,6 +447,10 @@ class SymbolicPlanner:
         rationale = f"{note}optimal A* plan, {n} action{plural}{per}; {self.stats.expanded} nodes expanded"
         return Plan(goal=goal.text or str(goal), steps=steps, rationale=rationale)
 
+    def achieved(self, goal: str | Goal, observation: State | dict | Any) -> bool:
+        """Whether the observed state meets the goal's final literals (the loop's last check)."""
+        return _as_goal(goal).satisfied(_as_state(observation))
+
     def plan(self, goal: str | Goal, observation: State | dict | Any) -> Plan:
         """Plan every stage of ``goal`` from the observed state."""
         return self._plan(_as_goal(goal), _as_state(observation), 0, 0, "")

@@ -936,3 +936,36 @@ def _drop_spot(state: State, block: str, p0: tuple[float, float], p1: tuple[floa
     if not mids:
         return None
     return (min(mids)[1], TABLE_Y)
+
+
+def render_plan(
+    state: State,
+    steps: Any,
+    *,
+    appearance: Appearance | None = None,
+    seed: int = 0,
+    size: int = 64,
+    frames: int = 9,
+) -> tuple[np.ndarray, list[tuple[int, int]], list[RenderResult]]:
+    """Render a sequence of actions (``Action``s, ``SubAction``s or a ``Plan``) as one ground-truth video.
+
+    Each step gets its own seed derived from ``seed`` and its index; consecutive steps share
+    their boundary frame. Returns the video, each step's inclusive frame range and the
+    per-step results (end states for chaining and labels).
+    """
+    from spiral.compose import compose
+
+    items = getattr(steps, "steps", steps)
+    results: list[RenderResult] = []
+    s = state
+    for k, item in enumerate(items):
+        action = item if isinstance(item, Action) else Action(item.verb, tuple(item.objects))
+        step_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0] >> 1)
+        res = render_action(s, action, appearance=appearance, seed=step_seed, size=size, frames=frames)
+        results.append(res)
+        s = res.end_state
+    if not results:
+        still = render_state(state, appearance=appearance, size=size)[None]
+        return still, [], []
+    video, bounds = compose([r.frames for r in results])
+    return video, bounds, results
