@@ -29,7 +29,8 @@ lint: install
 	$(BIN)/ruff check spiral tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/planner_render.py
+	$(BIN)/python benchmarks/planner_latency.py
+	$(BIN)/python benchmarks/render_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
