@@ -115,6 +115,8 @@ def run(
             scene = 0 if scene is None else scene
             first, state0 = scene_frame(scene, size)
         _validate_goal(cfg, goal)
+        for kind in ("planner", "generator", "critic"):  # unknown backend names fail before anything is written
+            registry.resolve(kind, getattr(cfg, kind).name)
         out = Path(out) if out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(goal)}"
         meta: dict[str, Any] = {"goal": goal, "scene": scene, "image": str(image) if image else None,
                                 "initial_state": state0}
