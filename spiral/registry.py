@@ -14,7 +14,14 @@ KINDS = ("planner", "generator", "critic")
 # Built-in backends are imported lazily by module path, so optional extras stay optional.
 _BUILTIN: dict[str, dict[str, str]] = {
     "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner"},
-    "generator": {"world": "spiral.generators.world:WorldGenerator"},
+    "generator": {
+        "world": "spiral.generators.world:WorldGenerator",
+        "diffusers": "spiral.generators.diffusers:DiffusersI2V",
+        "wan21-i2v": "spiral.generators.diffusers:WanI2VAdapter",
+        "wan22-ti2v": "spiral.generators.diffusers:Wan22TI2VAdapter",
+        "cogvideox-i2v": "spiral.generators.diffusers:CogVideoXI2VAdapter",
+        "ltx-i2v": "spiral.generators.diffusers:LTXI2VAdapter",
+    },
     "critic": {"tabletop": "spiral.critics.tabletop:TabletopCritic"},
 }
 _REGISTERED: dict[str, dict[str, Any]] = {k: {} for k in KINDS}

@@ -1,0 +1,828 @@
+"""Image-to-video generators backed by diffusers pipelines (extra ``spiral-video[diffusers]``).
+
+The memory context reaches the model as its two conditioning inputs: the last accepted frame
+(``request.cond_frame``) becomes the pipeline's image, and the memory-composed prompt
+(``request.context``) or the bare step instruction (``request.prompt``) its text.
+
+What every adapter does around the pipeline call:
+
+1. **Model size.** Each model only accepts certain shapes (Wan 2.1: frames 4k+1, H/W multiples
+   of 16; Wan 2.2 TI2V: multiples of 32; CogVideoX: frames 8k+1 and the transformer's trained
+   size; LTX: frames 8k+1, multiples of 32). The run's size is snapped to the closest valid one
+   (frames rounded up) or, with ``snap=False``, refused with a message that names valid values.
+2. **Conditioning frame.** Center-cropped to the model's aspect ratio and resized (``resize="crop"``),
+   or resized without cropping (``resize="stretch"``).
+3. **Output.** Frames come back as uint8 T×H×W×3 at the run's size. With ``crop`` the generated
+   pixels go back into the crop box and the pixels the model never saw keep their values from the
+   conditioning frame, so every frame shares frame 0's geometry.
+4. **Frame 0.** Replaced by the request's conditioning frame itself. The decoded frame 0 is a VAE
+   round trip (plus two resizes) of that frame, close but not equal; ``compose()`` drops frame 0 of
+   every later segment because it *is* the previous segment's last frame, and the critic compares
+   frame 0 with the state it had accepted. Replacing it keeps both assumptions exact, so
+   reconstruction error does not enter the video at step boundaries. How far the decoded frame 0
+   was from the conditioning frame is kept in ``segment.meta["frame0_mae"]`` (a drift diagnostic).
+5. **Seeds.** One ``torch.Generator`` seeded by ``request.seed + seed_offset``, created on
+   ``generator_device`` (CPU by default: the same seed gives the same noise on any GPU).
+
+Flow-matching backbones (Wan, LTX) also expose ``denoiser``, ``scheduler``, ``prepare(request)``,
+``velocity(latents, t, inputs)`` and ``decode(latents, inputs)`` so that a hand-written sampler
+(``spiral/flow.py``: Euler ODE / SDE steps with log-probabilities for GRPO) can drive the
+transformer step by step and end with the same post-processing as ``generate``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from spiral.types import GenerationRequest, Segment, check_frame
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'spiral-video[diffusers]'"
+
+
+def require_diffusers() -> Any:
+    """Import diffusers (and transformers) or fail with one line that says how to install them."""
+    try:
+        import diffusers
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"the diffusers video generators need the optional extra: {INSTALL_HINT} "
+                          f"(missing: {e.name or e})") from None
+    return diffusers
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are exactly ``owner/name``; anything else (absolute, relative, ~, deeper) is a path."""
+    return (os.path.isabs(model) or model.startswith((".", "~")) or "\\" in model
+            or model.count("/") != 1 or model.endswith("/"))
+
+
+# ----------------------------------------------------------------------------------------------- sizes
+
+
+def snap_frames(n: int, step: int) -> int:
+    """Smallest frame count ``k*step + 1`` (k >= 1) that is >= ``n``."""
+    return step * max(1, math.ceil((n - 1) / step)) + 1
+
+
+def snap_side(x: int, multiple: int) -> int:
+    """Nearest multiple of ``multiple`` (at least one multiple)."""
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def crop_box(height: int, width: int, aspect: float) -> tuple[int, int, int, int]:
+    """Centered (top, left, h, w) box of a height×width image with aspect ratio ``aspect`` = w / h."""
+    if width / height > aspect:
+        w = max(1, min(width, int(round(height * aspect))))
+        return 0, (width - w) // 2, height, w
+    h = max(1, min(height, int(round(width / aspect))))
+    return (height - h) // 2, 0, h, width
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC), dtype=np.uint8)
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """Pipeline output in [0, 1] (float) → uint8."""
+    return np.clip(np.round(np.asarray(video, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The shape the model generates: height, width, frames."""
+
+    height: int
+    width: int
+    num_frames: int
+
+
+@dataclass
+class FlowInputs:
+    """Everything a hand-written flow-matching sampler needs for one request (DESIGN §6).
+
+    ``latents`` is the seeded starting noise x(σ=1) in the model's latent layout (B, C, F, h, w);
+    ``timesteps[i]`` goes to the denoiser at noise level ``sigmas[i]``; ``sigmas`` ends with 0;
+    ``free_mask`` is 1 where latents are generated and 0 where they are fixed by conditioning
+    (an SDE sampler must not add noise there); ``cond`` holds model-specific tensors.
+    """
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+    guidance_scale: float
+    cond: dict[str, Any]
+    size: ModelSize
+    request: GenerationRequest
+    generator: torch.Generator
+    free_mask: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- base
+
+
+class DiffusersI2V:
+    """Generic image-to-video adapter around any diffusers pipeline that takes ``image`` + ``prompt``.
+
+    Options (all keyword, all from the config's ``generator.options``):
+    ``model`` hub id or local folder; ``pipeline_class`` diffusers class name or ``module:Class``;
+    ``dtype`` auto|bfloat16|float16|float32; ``vae_dtype`` (Wan VAEs are best kept in float32);
+    ``device`` auto|cpu|cuda[:i]; ``num_inference_steps``; ``guidance_scale``; ``negative_prompt``;
+    ``height``/``width``/``num_frames`` model-size overrides (the run's size otherwise);
+    ``snap`` round invalid sizes to valid ones (else raise); ``resize`` crop|stretch;
+    ``cpu_offload`` false|model|sequential; ``vae_tiling``; ``fps``; ``seed_offset``;
+    ``generator_device``; ``prompt_source`` context|instruction; ``prompt_template`` with
+    ``{text}``, ``{instruction}``, ``{context}``; ``max_sequence_length``; ``scheduler`` a diffusers
+    scheduler class name built ``from_config`` of the pipeline's (+ ``scheduler_kwargs``);
+    ``local_files_only`` (also on when ``HF_HUB_OFFLINE=1``); ``call_kwargs`` passed to the pipeline.
+    """
+
+    name = "diffusers"
+    display = "diffusers pipeline"
+    default_model: str | None = None
+    default_pipeline_class: str | None = None
+    default_steps = 50
+    default_guidance = 5.0
+    default_fps = 16.0
+    default_negative_prompt = ""
+    default_max_sequence_length: int | None = None
+    needs_ftfy = False
+    spatial_multiple_fallback = 8
+    frame_step_fallback = 4
+
+    def __init__(
+        self,
+        model: str | None = None,
+        pipeline_class: str | None = None,
+        dtype: str = "auto",
+        vae_dtype: str | None = None,
+        device: str = "auto",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        snap: bool = True,
+        resize: Literal["crop", "stretch"] = "crop",
+        cpu_offload: bool | Literal["none", "model", "sequential"] = False,
+        vae_tiling: bool = False,
+        fps: float | None = None,
+        seed_offset: int = 0,
+        generator_device: str = "cpu",
+        prompt_source: Literal["context", "instruction"] = "context",
+        prompt_template: str = "{text}",
+        max_sequence_length: int | None = None,
+        scheduler: str | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        local_files_only: bool | None = None,
+        call_kwargs: dict[str, Any] | None = None,
+        load_kwargs: dict[str, Any] | None = None,
+    ):
+        self.diffusers = require_diffusers()
+        if self.needs_ftfy and importlib.util.find_spec("ftfy") is None:
+            raise ImportError(f"{self.display} pipelines need 'ftfy' to clean prompts: {INSTALL_HINT} (or pip install ftfy)")
+        model = model or self.default_model
+        if not model:
+            raise ValueError(f"generator '{self.name}' needs options.model (a hub id or a local pipeline folder)")
+        pipeline_class = pipeline_class or self.default_pipeline_class
+        if not pipeline_class:
+            raise ValueError(f"generator '{self.name}' needs options.pipeline_class, e.g. WanImageToVideoPipeline")
+        if prompt_source not in ("context", "instruction"):
+            raise ValueError(f"prompt_source must be 'context' or 'instruction', got {prompt_source!r}")
+        if resize not in ("crop", "stretch"):
+            raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
+        offload = {False: "none", True: "model", None: "none"}.get(cpu_offload, cpu_offload)  # type: ignore[arg-type]
+        if offload not in ("none", "model", "sequential"):
+            raise ValueError(f"cpu_offload must be false, true/'model' or 'sequential', got {cpu_offload!r}")
+        try:
+            prompt_template.format(text="", instruction="", context="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt_template {prompt_template!r} is invalid ({e}); use {{text}}, {{instruction}}, {{context}}") from None
+
+        self.model = model
+        self.device = _device(device)
+        self.dtype = _dtype(dtype, self.device)
+        self.vae_dtype = _dtype(vae_dtype, self.device) if vae_dtype else None
+        self.num_inference_steps = int(num_inference_steps or self.default_steps)
+        self.guidance_scale = float(self.default_guidance if guidance_scale is None else guidance_scale)
+        self.negative_prompt = self.default_negative_prompt if negative_prompt is None else negative_prompt
+        self.height, self.width, self.num_frames = height, width, num_frames
+        self.snap, self.resize = snap, resize
+        self.fps = float(fps or self.default_fps)
+        self.seed_offset = int(seed_offset)
+        self.generator_device = generator_device
+        self.prompt_source, self.prompt_template = prompt_source, prompt_template
+        self.call_kwargs = dict(call_kwargs or {})
+        self._warned: set[tuple] = set()
+
+        t0 = time.perf_counter()
+        cls = self._pipeline_class(pipeline_class)
+        self.pipe = self._load(cls, model, local_files_only, dict(load_kwargs or {}))
+        if scheduler:
+            self._swap_scheduler(scheduler, dict(scheduler_kwargs or {}))
+        if self.vae_dtype is not None:
+            self.pipe.vae.to(self.vae_dtype)
+        if offload == "model":
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        elif offload == "sequential":
+            self.pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            self.pipe.to(self.device)
+        if vae_tiling:
+            if not hasattr(self.pipe.vae, "enable_tiling"):
+                raise ValueError(f"{type(self.pipe.vae).__name__} has no tiling; set vae_tiling: false")
+            self.pipe.vae.enable_tiling()
+        self.pipe.set_progress_bar_config(disable=True)
+        self.max_sequence_length = max_sequence_length or self._default_max_sequence_length()
+        self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------------------- loading
+
+    def _pipeline_class(self, name: str) -> type:
+        if ":" in name:
+            module, _, attr = name.partition(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise ValueError(f"cannot import pipeline_class {name!r}: {e}") from None
+        cls = getattr(self.diffusers, name, None)
+        if cls is None or not isinstance(cls, type):
+            known = [n for n in dir(self.diffusers) if n.endswith("Pipeline")]
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"diffusers has no pipeline class {name!r}{hint}")
+        return cls
+
+    def _load(self, cls: type, model: str, local_files_only: bool | None, load_kwargs: dict[str, Any]) -> Any:
+        """``from_pretrained`` with errors that name the model and the fix; never a hanging download
+        when the hub is off (``HF_HUB_OFFLINE=1`` or ``local_files_only``)."""
+        path = Path(model).expanduser()
+        example = self.default_model or "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+        if path.exists():
+            if not (path / "model_index.json").is_file():
+                raise FileNotFoundError(
+                    f"{path} is not a diffusers pipeline folder (no model_index.json); fix: point "
+                    "generator.options.model at a folder written by pipeline.save_pretrained() or at a hub id")
+            source, offline = str(path), True
+        elif _looks_like_path(model):
+            raise FileNotFoundError(
+                f"model path {model} does not exist; fix: set generator.options.model to an existing pipeline "
+                f"folder or to a hub id such as {example}")
+        else:
+            source, offline = model, bool(local_files_only) or _hub_offline()
+        # diffusers >= 0.36 calls the argument ``dtype`` and warns about ``torch_dtype``
+        from diffusers.utils import deprecation_utils
+
+        dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+        try:
+            return cls.from_pretrained(source, local_files_only=offline, **{dtype_key: self.dtype}, **load_kwargs)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if source != model or path.exists():
+                raise ValueError(f"cannot load {cls.__name__} from {source}: {first}") from None
+            if offline:
+                raise FileNotFoundError(
+                    f"model {model!r} is not in the local Hugging Face cache and downloads are off "
+                    f"(HF_HUB_OFFLINE=1 or local_files_only); fix: run `hf download {model}` where there is "
+                    "network, or set generator.options.model to a local folder") from None
+            raise OSError(f"cannot load {model!r} from the Hugging Face Hub: {first}; fix: check the id "
+                          f"(e.g. {example}), your network and HF token, or use a local folder") from None
+
+    def _swap_scheduler(self, name: str, kwargs: dict[str, Any]) -> None:
+        cls = getattr(self.diffusers, name, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            known = [n for n in dir(self.diffusers) if n.endswith("Scheduler")]
+            close = difflib.get_close_matches(name, known, n=3)
+            raise ValueError(f"diffusers has no scheduler {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config, **kwargs)
+
+    def _default_max_sequence_length(self) -> int | None:
+        return self.default_max_sequence_length
+
+    # ----------------------------------------------------------------------------- model constraints
+
+    def spatial_multiple(self) -> int:
+        """H and W must be multiples of this."""
+        vae_scale = getattr(self.pipe, "vae_scale_factor_spatial", None) or self.spatial_multiple_fallback
+        patch = getattr(getattr(self.pipe, "transformer", None), "config", None)
+        p = getattr(patch, "patch_size", 1) if patch is not None else 1
+        p = p[-1] if isinstance(p, (tuple, list)) else (p or 1)
+        return int(vae_scale) * int(p)
+
+    def frame_step(self) -> int:
+        """Frame counts must be ``k * frame_step + 1``."""
+        return int(getattr(self.pipe, "vae_scale_factor_temporal", None) or self.frame_step_fallback)
+
+    def fixed_size(self) -> tuple[int, int] | None:
+        """(H, W) when the model only generates one size (learned positional embeddings)."""
+        return None
+
+    def model_size(self, request: GenerationRequest) -> ModelSize:
+        """The valid (H, W, frames) closest to the options' overrides or the run's size."""
+        want_h, want_w = self.height or request.height, self.width or request.width
+        want_f = self.num_frames or request.num_frames
+        step, mult = self.frame_step(), self.spatial_multiple()
+        frames = snap_frames(want_f, step)
+        fixed = self.fixed_size()
+        if fixed is not None:
+            if (self.height and self.height != fixed[0]) or (self.width and self.width != fixed[1]):
+                raise ValueError(
+                    f"{self.display} only generates {fixed[0]}x{fixed[1]} (its transformer's sample size); "
+                    f"fix: remove generator.options.height/width or set them to {fixed[0]}/{fixed[1]}")
+            h, w = fixed
+        else:
+            h, w = snap_side(want_h, mult), snap_side(want_w, mult)
+        if frames != want_f or (fixed is None and (h, w) != (want_h, want_w)):
+            msg = (f"{self.display} needs num_frames = {step}k+1 and height/width multiples of {mult}; "
+                   f"asked {want_h}x{want_w}x{want_f}, valid nearby: {h}x{w}x{frames}")
+            if not self.snap:
+                raise ValueError(msg + "; fix: set video.frames_per_step / video.height / video.width (or "
+                                 "generator.options.num_frames/height/width) to valid values, or snap: true")
+            key = (want_h, want_w, want_f)
+            if key not in self._warned:
+                self._warned.add(key)
+                logger.warning("%s; generating %dx%dx%d", msg, h, w, frames)
+        return ModelSize(h, w, frames)
+
+    # ------------------------------------------------------------------------------------ conditioning
+
+    def prompt_for(self, request: GenerationRequest) -> str:
+        """The text the model sees: the memory-composed context or the step's instruction."""
+        text = request.context if self.prompt_source == "context" and request.context else request.prompt
+        return self.prompt_template.format(text=text, instruction=request.prompt, context=request.context)
+
+    def cond_image(self, request: GenerationRequest, size: ModelSize) -> Any:
+        """The conditioning frame at the model's size, as a PIL image (what every pipeline accepts)."""
+        from PIL import Image
+
+        if request.cond_frame is None:
+            raise ValueError(f"{self.display} is image-to-video: the request has no conditioning frame "
+                             "(request.cond_frame); the loop always sets it from memory")
+        frame = check_frame(request.cond_frame, "cond_frame")
+        if self.resize == "crop":
+            top, left, h, w = crop_box(frame.shape[0], frame.shape[1], size.width / size.height)
+            frame = frame[top:top + h, left:left + w]
+        return Image.fromarray(np.ascontiguousarray(_resize(frame, size.height, size.width)))
+
+    def make_generator(self, request: GenerationRequest) -> torch.Generator:
+        """The one source of randomness for a request."""
+        return torch.Generator(device=self.generator_device).manual_seed(int(request.seed) + self.seed_offset)
+
+    def call_arguments(self, request: GenerationRequest, size: ModelSize) -> dict[str, Any]:
+        """Keyword arguments of the pipeline call for this request (minus image and generator)."""
+        kwargs: dict[str, Any] = dict(
+            prompt=self.prompt_for(request), negative_prompt=self.negative_prompt, height=size.height,
+            width=size.width, num_frames=size.num_frames, num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale, output_type="np",
+        )
+        if self.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.max_sequence_length
+        kwargs.update(self.call_kwargs)
+        return kwargs
+
+    # ---------------------------------------------------------------------------------------- output
+
+    def restore(self, video: np.ndarray, request: GenerationRequest) -> np.ndarray:
+        """Model-size uint8 frames → the run's size, geometry aligned with the conditioning frame;
+        frame 0 becomes the conditioning frame itself (see the module docstring)."""
+        out_h, out_w = request.height, request.width
+        cond = request.cond_frame
+        if cond is not None and cond.shape[:2] != (out_h, out_w):
+            cond = _resize(cond, out_h, out_w)
+        t, h, w = video.shape[:3]
+        if self.resize == "crop" and cond is not None:
+            top, left, bh, bw = crop_box(out_h, out_w, w / h)
+            frames = np.repeat(cond[None], t, axis=0)
+            for i in range(t):
+                frames[i, top:top + bh, left:left + bw] = _resize(video[i], bh, bw)
+        else:
+            frames = np.stack([_resize(video[i], out_h, out_w) for i in range(t)])
+        if cond is not None:
+            frames[0] = cond
+        return np.ascontiguousarray(frames)
+
+    def _segment(self, video: np.ndarray, request: GenerationRequest, size: ModelSize, prompt: str,
+                 timings: dict[str, float]) -> Segment:
+        t0 = time.perf_counter()
+        raw = to_uint8(video)
+        # how far the decoded frame 0 is from the image the model was given (VAE round trip, drift)
+        given = np.asarray(self.cond_image(request, size), dtype=np.int16)
+        mae = float(np.abs(raw[0].astype(np.int16) - given).mean()) if raw[0].shape == given.shape else float("nan")
+        frames = self.restore(raw, request)
+        timings["postprocess"] = time.perf_counter() - t0
+        meta = {"model": self.model, "pipeline": type(self.pipe).__name__, "prompt": prompt,
+                "model_size": [size.height, size.width, size.num_frames], "steps": self.num_inference_steps,
+                "guidance_scale": self.guidance_scale, "frame0_mae": round(mae, 4)}
+        return Segment(frames=frames, fps=self.fps, seed=request.seed, backend=self.name,
+                       timings={k: round(v, 6) for k, v in timings.items()}, meta=meta)
+
+    # -------------------------------------------------------------------------------------- generate
+
+    def generate(self, request: GenerationRequest) -> Segment:
+        """One segment: frame 0 is ``request.cond_frame``; the rest comes from the pipeline."""
+        t0 = time.perf_counter()
+        size = self.model_size(request)
+        image = self.cond_image(request, size)
+        kwargs = self.call_arguments(request, size)
+        generator = self.make_generator(request)
+        t1 = time.perf_counter()
+        video = self.pipe(image=image, generator=generator, **kwargs).frames[0]
+        t2 = time.perf_counter()
+        return self._segment(np.asarray(video), request, size, kwargs["prompt"],
+                             {"preprocess": t1 - t0, "pipeline": t2 - t1})
+
+
+# ----------------------------------------------------------------------------------------------- Wan
+
+
+_NEGATIVE = ("static frame, blurry, low quality, worst quality, jpeg artifacts, distorted objects, deformed gripper, "
+             "flicker, sudden cuts, text, watermark")
+
+
+class _FlowAccess:
+    """Glue between an adapter's ``velocity`` (scheduler timesteps, 0..1000) and ``spiral.flow`` (σ in [0, 1])."""
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def flow_fn(self, inputs: FlowInputs) -> Any:
+        """``fn(x, sigma) -> v`` for ``spiral.flow.sample``: σ is mapped to the timestep σ·num_train_timesteps."""
+        scale = float(self.scheduler.config.get("num_train_timesteps", 1000))  # type: ignore[attr-defined]
+
+        def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.velocity(x, torch.as_tensor(sigma, device=x.device, dtype=torch.float32) * scale, inputs)
+
+        return fn
+
+
+class WanI2VAdapter(_FlowAccess, DiffusersI2V):
+    """Wan 2.1 I2V (CLIP image embeddings + channel-concatenated first-frame latents); also Wan 2.2
+    A14B I2V checkpoints (two experts switched at ``boundary_ratio``)."""
+
+    name = "wan21-i2v"
+    display = "Wan 2.1 I2V"
+    default_model = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+    default_pipeline_class = "WanImageToVideoPipeline"
+    default_steps = 50
+    default_guidance = 5.0
+    default_fps = 16.0
+    default_negative_prompt = _NEGATIVE
+    default_max_sequence_length = 512  # the I2V attention splits image/text tokens assuming 512 text tokens
+    needs_ftfy = True
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The flow-matching transformer (the high-noise expert for two-expert checkpoints)."""
+        return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+
+    @property
+    def scheduler(self) -> Any:
+        """The pipeline's scheduler; its sigmas are the flow-matching noise levels."""
+        return self.pipe.scheduler
+
+    def _expand(self) -> bool:
+        return bool(self.pipe.config.get("expand_timesteps", False))
+
+    @torch.no_grad()
+    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
+        """Encode prompt, image and first-frame latents exactly as the pipeline does, seed the noise."""
+        pipe = self.pipe
+        t0 = time.perf_counter()
+        size = self.model_size(request)
+        image = self.cond_image(request, size)
+        prompt = self.prompt_for(request)
+        generator = self.make_generator(request)
+        device = pipe._execution_device
+        cfg = self.guidance_scale > 1.0
+        model = self.denoiser
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=prompt, negative_prompt=self.negative_prompt, do_classifier_free_guidance=cfg,
+            max_sequence_length=self.max_sequence_length, device=device)
+        prompt_embeds = prompt_embeds.to(model.dtype)
+        negative_embeds = negative_embeds.to(model.dtype) if negative_embeds is not None else None
+        image_embeds = None
+        if model.config.image_dim is not None:
+            image_embeds = pipe.encode_image(image, device).to(model.dtype)
+        pipe.scheduler.set_timesteps(num_inference_steps or self.num_inference_steps, device=device)
+        pixels = pipe.video_processor.preprocess(image, height=size.height, width=size.width).to(device, torch.float32)
+        out = pipe.prepare_latents(pixels, 1, pipe.vae.config.z_dim, size.height, size.width, size.num_frames,
+                                   torch.float32, device, generator)
+        cond: dict[str, Any] = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds,
+                                "image_embeds": image_embeds, "prompt": prompt}
+        free_mask = None
+        if self._expand():
+            latents, condition, first_frame_mask = out
+            cond.update(condition=condition, first_frame_mask=first_frame_mask)
+            latents = (1 - first_frame_mask) * condition + first_frame_mask * latents
+            free_mask = first_frame_mask
+        else:
+            latents, condition = out
+            cond["condition"] = condition
+        return FlowInputs(latents=latents, timesteps=pipe.scheduler.timesteps.clone(),
+                          sigmas=pipe.scheduler.sigmas.clone().to(torch.float32), guidance_scale=self.guidance_scale,
+                          cond=cond, size=size, request=request, generator=generator, free_mask=free_mask,
+                          timings={"prepare": time.perf_counter() - t0})
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
+        """Guided velocity v(x, t) in float32, as the pipeline computes it; differentiable (LoRA/GRPO).
+
+        ``latents`` may hold B rollouts of the same request; conditioning is repeated to match.
+        Positions fixed by conditioning (``free_mask == 0``) get zero velocity.
+        """
+        pipe, c = self.pipe, inputs.cond
+        b = latents.shape[0]
+        t = torch.as_tensor(t, device=latents.device, dtype=torch.float32).reshape(-1).expand(b)
+        boundary = pipe.config.get("boundary_ratio")
+        low_noise = None if boundary is None else t < boundary * pipe.scheduler.config.num_train_timesteps
+        if low_noise is not None and bool(low_noise.any()) != bool(low_noise.all()):
+            raise ValueError("a two-expert Wan model needs all rollouts of a batch on the same side of boundary_ratio")
+        if low_noise is not None and bool(low_noise.all()):
+            model = pipe.transformer_2
+            scale = float(self.call_kwargs.get("guidance_scale_2", inputs.guidance_scale))
+        else:
+            model, scale = self.denoiser, inputs.guidance_scale
+        if self._expand():
+            # Wan 2.2 TI2V: latent frame 0 is the image's latents, its tokens are at timestep 0
+            mask = c["first_frame_mask"]
+            x = ((1 - mask) * c["condition"] + mask * latents).to(model.dtype)
+            p_h, p_w = model.config.patch_size[1], model.config.patch_size[2]
+            per_token = mask[0][0][:, ::p_h, ::p_w].flatten()
+            timestep = t[:, None] * per_token[None]
+        else:
+            x = torch.cat([latents, c["condition"].expand(b, -1, -1, -1, -1)], dim=1).to(model.dtype)
+            timestep = t
+        image = c["image_embeds"].expand(b, -1, -1) if c["image_embeds"] is not None else None
+
+        def run(embeds: torch.Tensor, name: str) -> torch.Tensor:
+            with model.cache_context(name):
+                return model(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds.expand(b, -1, -1),
+                             encoder_hidden_states_image=image, return_dict=False)[0]
+
+        v = run(c["prompt_embeds"], "cond")
+        if scale > 1.0 and c["negative_prompt_embeds"] is not None:
+            v_uncond = run(c["negative_prompt_embeds"], "uncond")
+            v = v_uncond + scale * (v - v_uncond)
+        v = v.float()
+        if inputs.free_mask is not None:
+            v = v * inputs.free_mask
+        return v
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, inputs: FlowInputs) -> Segment:
+        """Final latents → Segment, with the same restore/frame-0 rule as ``generate``."""
+        pipe, vae = self.pipe, self.pipe.vae
+        t0 = time.perf_counter()
+        if self._expand():
+            mask = inputs.cond["first_frame_mask"]
+            latents = (1 - mask) * inputs.cond["condition"] + mask * latents
+        latents = latents[:1].to(device=vae.device, dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        video = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        timings = dict(inputs.timings, decode=time.perf_counter() - t0)
+        return self._segment(np.asarray(video), inputs.request, inputs.size, inputs.cond["prompt"], timings)
+
+
+class Wan22TI2VAdapter(WanI2VAdapter):
+    """Wan 2.2 TI2V-5B used as image-to-video: the first frame's latents replace latent frame 0
+    (``expand_timesteps``), its tokens get timestep 0; 16x VAE x 2x2 patches → multiples of 32."""
+
+    name = "wan22-ti2v"
+    display = "Wan 2.2 TI2V"
+    default_model = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    default_fps = 24.0
+
+    def _load(self, cls: type, model: str, local_files_only: bool | None, load_kwargs: dict[str, Any]) -> Any:
+        pipe = super()._load(cls, model, local_files_only, load_kwargs)
+        if not pipe.config.get("expand_timesteps", False):
+            # hub folders of TI2V-5B say so in model_index.json; a folder without it is another Wan model
+            raise ValueError(f"{model} is not a Wan 2.2 TI2V checkpoint (model_index.json has no "
+                             "expand_timesteps: true); fix: use generator 'wan21-i2v' for Wan 2.1 I2V checkpoints")
+        return pipe
+
+
+# ----------------------------------------------------------------------------------------------- LTX
+
+
+class LTXI2VAdapter(_FlowAccess, DiffusersI2V):
+    """LTX-Video image-to-video: first-frame latents are kept clean (timestep 0) inside packed tokens."""
+
+    name = "ltx-i2v"
+    display = "LTX-Video I2V"
+    default_model = "Lightricks/LTX-Video"
+    default_pipeline_class = "LTXImageToVideoPipeline"
+    default_steps = 50
+    default_guidance = 3.0
+    default_fps = 24.0
+    default_negative_prompt = "worst quality, inconsistent motion, blurry, jittery, distorted"
+    default_max_sequence_length = 128
+
+    def spatial_multiple(self) -> int:
+        p = self.pipe
+        natural = p.vae_spatial_compression_ratio * p.transformer_spatial_patch_size
+        return int(np.lcm(32, natural))  # the pipeline itself refuses anything not divisible by 32
+
+    def frame_step(self) -> int:
+        return int(self.pipe.vae_temporal_compression_ratio * self.pipe.transformer_temporal_patch_size)
+
+    def call_arguments(self, request: GenerationRequest, size: ModelSize) -> dict[str, Any]:
+        kwargs = super().call_arguments(request, size)
+        kwargs.setdefault("frame_rate", int(round(self.fps)))
+        return kwargs
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The flow-matching transformer."""
+        return self.pipe.transformer
+
+    @property
+    def scheduler(self) -> Any:
+        """The pipeline's FlowMatchEulerDiscreteScheduler."""
+        return self.pipe.scheduler
+
+    def _grid(self, size: ModelSize) -> tuple[int, int, int]:
+        p = self.pipe
+        return ((size.num_frames - 1) // p.vae_temporal_compression_ratio + 1,
+                size.height // p.vae_spatial_compression_ratio, size.width // p.vae_spatial_compression_ratio)
+
+    @torch.no_grad()
+    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
+        """Encode the prompt and first frame, seed the noise and set the shifted sigma schedule like the pipeline."""
+        from diffusers.pipelines.ltx.pipeline_ltx_image2video import calculate_shift, retrieve_timesteps
+
+        pipe = self.pipe
+        t0 = time.perf_counter()
+        size = self.model_size(request)
+        image = self.cond_image(request, size)
+        prompt = self.prompt_for(request)
+        generator = self.make_generator(request)
+        device = pipe._execution_device
+        cfg = self.guidance_scale > 1.0
+        pe, pm, npe, npm = pipe.encode_prompt(prompt=prompt, negative_prompt=self.negative_prompt,
+                                              do_classifier_free_guidance=cfg,
+                                              max_sequence_length=self.max_sequence_length, device=device)
+        if cfg:
+            pe, pm = torch.cat([npe, pe], dim=0), torch.cat([npm, pm], dim=0)
+        pixels = pipe.video_processor.preprocess(image, height=size.height, width=size.width).to(device, pe.dtype)
+        packed, cmask = pipe.prepare_latents(pixels, 1, pipe.transformer.config.in_channels, size.height,
+                                             size.width, size.num_frames, torch.float32, device, generator)
+        f, h, w = self._grid(size)
+        n = num_inference_steps or self.num_inference_steps
+        sc = pipe.scheduler.config
+        mu = calculate_shift(f * h * w, sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
+                             sc.get("base_shift", 0.5), sc.get("max_shift", 1.15))
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, n, device, None,
+                                          sigmas=np.linspace(1.0, 1 / n, n), mu=mu)
+        latents = self._unpack(packed, size)
+        free_mask = torch.ones_like(latents[:, :1])
+        free_mask[:, :, 0] = 0
+        frame_rate = float(self.call_arguments(request, size)["frame_rate"])
+        cond = {"prompt_embeds": pe, "prompt_attention_mask": pm, "conditioning_mask": cmask, "cfg": cfg,
+                "prompt": prompt, "grid": (f, h, w), "frame_rate": frame_rate}
+        return FlowInputs(latents=latents, timesteps=timesteps.clone(), sigmas=pipe.scheduler.sigmas.clone().float(),
+                          guidance_scale=self.guidance_scale, cond=cond, size=size, request=request,
+                          generator=generator, free_mask=free_mask, timings={"prepare": time.perf_counter() - t0})
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        p = self.pipe
+        return p._pack_latents(latents, p.transformer_spatial_patch_size, p.transformer_temporal_patch_size)
+
+    def _unpack(self, packed: torch.Tensor, size: ModelSize) -> torch.Tensor:
+        p = self.pipe
+        f, h, w = self._grid(size)
+        return p._unpack_latents(packed, f, h, w, p.transformer_spatial_patch_size, p.transformer_temporal_patch_size)
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
+        """Guided velocity on unpacked latents (B, C, F, h, w), float32; zero on the conditioning frame."""
+        pipe, c = self.pipe, inputs.cond
+        model = self.denoiser
+        b = latents.shape[0]
+        f, h, w = c["grid"]
+        x = self._pack(latents)
+        reps = 2 if c["cfg"] else 1
+        x = torch.cat([x] * reps) if reps > 1 else x
+        if reps > 1:  # [neg]*B then [pos]*B, in the pipeline's order
+            neg, pos = c["prompt_embeds"].chunk(2)
+            nm, pm = c["prompt_attention_mask"].chunk(2)
+            embeds = torch.cat([neg.expand(b, -1, -1), pos.expand(b, -1, -1)])
+            mask = torch.cat([nm.expand(b, -1), pm.expand(b, -1)])
+        else:
+            embeds, mask = c["prompt_embeds"].expand(b, -1, -1), c["prompt_attention_mask"].expand(b, -1)
+        cmask = c["conditioning_mask"][:1].expand(x.shape[0], -1)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        timestep = torch.cat([t] * reps).unsqueeze(-1) * (1 - cmask)
+        rope_scale = (pipe.vae_temporal_compression_ratio / c["frame_rate"],
+                      pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)
+        with model.cache_context("cond_uncond"):
+            v = model(hidden_states=x.to(embeds.dtype), encoder_hidden_states=embeds, timestep=timestep,
+                      encoder_attention_mask=mask, num_frames=f, height=h, width=w,
+                      rope_interpolation_scale=rope_scale, return_dict=False)[0].float()
+        if reps > 1:
+            v_uncond, v_text = v.chunk(2)
+            v = v_uncond + inputs.guidance_scale * (v_text - v_uncond)
+        v = self._unpack(v, inputs.size)
+        return v * inputs.free_mask
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, inputs: FlowInputs) -> Segment:
+        """Final latents → Segment (denormalize, optional decode-timestep noise, VAE decode, restore)."""
+        pipe, vae = self.pipe, self.pipe.vae
+        t0 = time.perf_counter()
+        dtype = inputs.cond["prompt_embeds"].dtype
+        latents = pipe._denormalize_latents(latents[:1], vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        latents = latents.to(dtype)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            decode_t = float(self.call_kwargs.get("decode_timestep", 0.0))
+            scale = self.call_kwargs.get("decode_noise_scale")
+            scale = decode_t if scale is None else float(scale)
+            noise = torch.randn(latents.shape, generator=inputs.generator, device=latents.device, dtype=latents.dtype)
+            timestep = torch.tensor([decode_t], device=latents.device, dtype=latents.dtype)
+            latents = (1 - scale) * latents + scale * noise
+        video = vae.decode(latents, timestep, return_dict=False)[0]
+        video = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        timings = dict(inputs.timings, decode=time.perf_counter() - t0)
+        return self._segment(np.asarray(video), inputs.request, inputs.size, inputs.cond["prompt"], timings)
+
+
+# ----------------------------------------------------------------------------------------------- CogVideoX
+
+
+class CogVideoXI2VAdapter(DiffusersI2V):
+    """CogVideoX I2V (v-prediction DDIM/DPM, not flow matching: no ``velocity`` access).
+
+    CogVideoX 1.0 I2V has learned positional embeddings: it generates exactly its transformer's
+    ``sample_height × sample_width`` (latent units, ×8 in pixels); the run's frames are mapped to it.
+    """
+
+    name = "cogvideox-i2v"
+    display = "CogVideoX I2V"
+    default_model = "THUDM/CogVideoX-5b-I2V"
+    default_pipeline_class = "CogVideoXImageToVideoPipeline"
+    default_steps = 50
+    default_guidance = 6.0
+    default_fps = 8.0
+    default_negative_prompt = ""
+
+    def frame_step(self) -> int:
+        return 2 * int(self.pipe.vae_scale_factor_temporal)  # 8k+1 frames, as the model cards ask
+
+    def spatial_multiple(self) -> int:
+        return int(self.pipe.vae_scale_factor_spatial) * int(self.pipe.transformer.config.patch_size)
+
+    def fixed_size(self) -> tuple[int, int] | None:
+        cfg = self.pipe.transformer.config
+        if not cfg.use_learned_positional_embeddings:
+            return None
+        s = int(self.pipe.vae_scale_factor_spatial)
+        return cfg.sample_height * s, cfg.sample_width * s
+
+    def _default_max_sequence_length(self) -> int | None:
+        return int(self.pipe.transformer.config.max_text_seq_length)
+
+    def call_arguments(self, request: GenerationRequest, size: ModelSize) -> dict[str, Any]:
+        kwargs = super().call_arguments(request, size)
+        kwargs.setdefault("use_dynamic_cfg", True)
+        return kwargs
