@@ -82,6 +82,15 @@ def _dtype(name: str | None, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def _execution_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where a (possibly CPU-offloaded) module runs; older diffusers lack the helper."""
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+    except ImportError:
+        return fallback
+    return get_module_execution_device(module)
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -186,6 +195,7 @@ class DiffusersI2V:
     default_fps = 16.0
     default_negative_prompt = ""
     default_max_sequence_length: int | None = None
+    default_vae_dtype: str | None = None
     needs_ftfy = False
     spatial_multiple_fallback = 8
     frame_step_fallback = 4
@@ -221,7 +231,8 @@ class DiffusersI2V:
     ):
         self.diffusers = require_diffusers()
         if self.needs_ftfy and importlib.util.find_spec("ftfy") is None:
-            raise ImportError(f"{self.display} pipelines need 'ftfy' to clean prompts: {INSTALL_HINT} (or pip install ftfy)")
+            raise ImportError(f"{self.display} pipelines need 'ftfy' to clean prompts: {INSTALL_HINT} "
+                              "(or pip install ftfy)")
         model = model or self.default_model
         if not model:
             raise ValueError(f"generator '{self.name}' needs options.model (a hub id or a local pipeline folder)")
@@ -238,11 +249,13 @@ class DiffusersI2V:
         try:
             prompt_template.format(text="", instruction="", context="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"prompt_template {prompt_template!r} is invalid ({e}); use {{text}}, {{instruction}}, {{context}}") from None
+            raise ValueError(f"prompt_template {prompt_template!r} is invalid ({e}); "
+                             "use {text}, {instruction}, {context}") from None
 
         self.model = model
         self.device = _device(device)
         self.dtype = _dtype(dtype, self.device)
+        vae_dtype = vae_dtype or self.default_vae_dtype
         self.vae_dtype = _dtype(vae_dtype, self.device) if vae_dtype else None
         self.num_inference_steps = int(num_inference_steps or self.default_steps)
         self.guidance_scale = float(self.default_guidance if guidance_scale is None else guidance_scale)
@@ -311,7 +324,7 @@ class DiffusersI2V:
                 f"folder or to a hub id such as {example}")
         else:
             source, offline = model, bool(local_files_only) or _hub_offline()
-        # diffusers >= 0.36 calls the argument ``dtype`` and warns about ``torch_dtype``
+        # newer diffusers call the argument ``dtype`` and warn about ``torch_dtype``
         from diffusers.utils import deprecation_utils
 
         dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
@@ -326,7 +339,7 @@ class DiffusersI2V:
                     f"model {model!r} is not in the local Hugging Face cache and downloads are off "
                     f"(HF_HUB_OFFLINE=1 or local_files_only); fix: run `hf download {model}` where there is "
                     "network, or set generator.options.model to a local folder") from None
-            raise OSError(f"cannot load {model!r} from the Hugging Face Hub: {first}; fix: check the id "
+            raise ValueError(f"cannot load {model!r} from the Hugging Face Hub: {first}; fix: check the id "
                           f"(e.g. {example}), your network and HF token, or use a local folder") from None
 
     def _swap_scheduler(self, name: str, kwargs: dict[str, Any]) -> None:
@@ -334,7 +347,8 @@ class DiffusersI2V:
         if cls is None or not hasattr(cls, "from_config"):
             known = [n for n in dir(self.diffusers) if n.endswith("Scheduler")]
             close = difflib.get_close_matches(name, known, n=3)
-            raise ValueError(f"diffusers has no scheduler {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"diffusers has no scheduler {name!r}{hint}")
         self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config, **kwargs)
 
     def _default_max_sequence_length(self) -> int | None:
@@ -509,6 +523,7 @@ class WanI2VAdapter(_FlowAccess, DiffusersI2V):
     default_fps = 16.0
     default_negative_prompt = _NEGATIVE
     default_max_sequence_length = 512  # the I2V attention splits image/text tokens assuming 512 text tokens
+    default_vae_dtype = "float32"  # the Wan VAE loses detail in bf16; it is small (~0.5 GB) in float32
     needs_ftfy = True
 
     @property
@@ -616,7 +631,7 @@ class WanI2VAdapter(_FlowAccess, DiffusersI2V):
         if self._expand():
             mask = inputs.cond["first_frame_mask"]
             latents = (1 - mask) * inputs.cond["condition"] + mask * latents
-        latents = latents[:1].to(device=vae.device, dtype=vae.dtype)
+        latents = latents[:1].to(device=_execution_device(vae, pipe._execution_device), dtype=vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
