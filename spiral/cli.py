@@ -16,6 +16,8 @@ world_app = typer.Typer(no_args_is_help=True, help="The embedded tabletop world.
 data_app = typer.Typer(no_args_is_help=True, help="ActVideoGen-Dataset: build and check.")
 app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate agents (critic, planner).")
+app.add_typer(eval_app, name="eval")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -241,6 +243,13 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder written by `sp
     from spiral.report import write_report
 
     typer.echo(str(write_report(run_dir)))  # plain: a path with [brackets] is not rich markup
+
+
+# ActVideoGen-Bench (spiral/bench/cli.py): `spiral bench`, `spiral bench compare`, `spiral eval planner`
+from spiral.bench import cli as _bench_cli  # noqa: E402
+
+app.add_typer(_bench_cli.make_bench_app(friendly), name="bench")
+eval_app.command("planner")(friendly(_bench_cli.eval_planner))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,0 +1,159 @@
+"""CLI of the benchmark: ``spiral bench`` (+ ``bench compare``) and ``spiral eval planner``.
+
+Kept out of ``spiral/cli.py`` so that file only wires the commands in; everything heavy is
+imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def make_bench_app(friendly: Callable) -> typer.Typer:
+    """The ``spiral bench`` command group; ``friendly`` turns expected errors into one line."""
+    app = typer.Typer(invoke_without_command=True, help="ActVideoGen-Bench: run a suite, compare two runs.")
+
+    @app.callback()
+    @friendly
+    def bench(
+        ctx: typer.Context,
+        suite: str | None = typer.Option(None, help="suite name (tabletop-v1, tabletop-smoke) or a suite .json"),
+        config: Path | None = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
+        mode: str = typer.Option("closed_loop", help="closed_loop | plan_only | single_shot"),
+        modes: str | None = typer.Option(None, help="several modes, comma-separated (overrides --mode)"),
+        limit: int | None = typer.Option(None, help="only the first N cases"),
+        out: Path | None = typer.Option(None, help="output folder (default: runs/bench/<suite>-<time>)"),
+        workers: int = typer.Option(1, help="local worker processes"),
+        ray: str | None = typer.Option(None, help="Ray cluster address (auto, ray://host:port) or 'local'"),
+        resume: bool = typer.Option(False, help="continue a benchmark in --out, skipping finished cases"),
+        seed: int = typer.Option(0, help="bench seed: each case's loop seed derives from it and the case id"),
+        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | module:factory"),
+        subject_features: str | None = typer.Option(None, help="judge | pixels | module:factory (DINO, …)"),
+        background_features: str | None = typer.Option(None, help="colour-layout | pixels | module:factory (CLIP, …)"),
+        plugin: list[str] = typer.Option([], help="module to import in every worker (registers backends)"),
+        set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
+        quiet: bool = typer.Option(False, help="no progress bar"),
+    ) -> None:
+        """Run every case of a suite in each mode, score it with the judge, write results.json + summary.md."""
+        if ctx.invoked_subcommand is not None:
+            return
+        if suite is None:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(2)
+        from spiral.bench.runner import BenchConfig, run_bench
+
+        mode_list = [m.strip() for m in (modes or mode).split(",") if m.strip()]
+        if out is None:
+            out = Path("runs") / "bench" / f"{Path(suite).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg = BenchConfig(suite=suite, out=str(out), modes=mode_list, config=str(config) if config else None,
+                          overrides=list(set_), limit=limit, seed=seed, judge=judge,
+                          subject_features=subject_features, background_features=background_features,
+                          plugins=list(plugin), workers=workers, ray=ray, resume=resume)
+        results = run_bench(cfg, progress=not quiet)
+        errors = results["errors"]
+        if errors and errors[0].get("stage") == "suite":
+            raise ValueError(errors[0]["error"])
+        console.print(summary_table(results))
+        for e in errors:
+            console.print(f"[red]✗[/] {e['mode']}/{e['case_id']} ({e['stage']}): {e['error']}", highlight=False)
+        for e in results["invalid_cases"]:
+            console.print(f"[red]✗[/] invalid case {e['case_id']} field '{e['field']}': {e['error']}; fix: {e['fix']}",
+                          highlight=False)
+        typer.echo(f"results: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
+        if errors or results["invalid_cases"]:
+            raise typer.Exit(1)
+
+    @app.command("compare")
+    @friendly
+    def compare_cmd(
+        dir_a: Path = typer.Argument(..., help="baseline benchmark folder (or its results.json)"),
+        dir_b: Path = typer.Argument(..., help="benchmark folder to compare with it"),
+        metric: list[str] = typer.Option([], help="only these metrics (repeatable)"),
+        as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+    ) -> None:
+        """Per-metric deltas B − A with paired 95 % bootstrap intervals (cases paired by id, per mode)."""
+        from spiral.bench.report import ACTION, COST, LABELS, TEMPORAL, compare
+
+        metrics = tuple(metric) or ACTION + TEMPORAL + COST
+        unknown = [m for m in metrics if m not in LABELS]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; metrics: {', '.join(LABELS)}")
+        rows = compare(dir_a, dir_b, metrics)
+        if not rows:
+            raise ValueError("the two benchmarks share no scored case (same suite and modes?)")
+        if as_json:
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        t = Table(title=f"B − A   (A = {dir_a}, B = {dir_b})")
+        for col in ("mode", "metric", "n", "A", "B", "Δ [95 % CI]"):
+            t.add_column(col, justify="right" if col in ("n", "A", "B") else "left")
+        for r in rows:
+            d = r["delta"]
+            delta = "–" if d["mean"] is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            t.add_row(r["mode"], LABELS[r["metric"]], str(r["n"]), _f(r["a"]), _f(r["b"]),
+                      f"[bold]{delta}[/]" if r["significant"] else delta)
+        console.print(t)
+        console.print("bold: the interval excludes 0")
+
+    return app
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def summary_table(results: dict) -> Table:
+    """The end-of-run table: per mode × length class, task completion, step success and cost."""
+    from spiral.bench.report import _iv
+    from spiral.bench.suite import LENGTH_CLASSES
+
+    t = Table(title=f"bench {results['bench'].get('suite_name')}: mean [95 % CI]")
+    for col in ("mode", "length", "n", "task completion", "step success", "gens / accepted step"):
+        t.add_column(col)
+    for mode, per in results["summary"].items():
+        for cls in (*LENGTH_CLASSES, "all"):
+            c = per.get(cls, {})
+            tc = _iv(c.get("task_completion"))
+            t.add_row(mode, cls, str(tc.n), tc.fmt(), _iv(c.get("step_success")).fmt(),
+                      _iv(c.get("generations_per_accepted_step")).fmt())
+    return t
+
+
+def eval_planner(
+    questions: Path | None = typer.Option(None, help="JSONL of EgoPlan-format questions (default: tabletop set)"),
+    planner: str = typer.Option("symbolic", help="planner backend name"),
+    n: int | None = typer.Option(None, help="only the first N questions"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Score a planner on multiple-choice next-step questions: accuracy per subset and overall."""
+    from spiral.bench.planner_eval import run_eval
+
+    res = run_eval(questions, planner, n)
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+        return
+    t = Table(title=f"planner {planner}: next-step accuracy")
+    t.add_column("subset")
+    t.add_column("n", justify="right")
+    t.add_column("accuracy", justify="right")
+    for name, s in res["subsets"].items():
+        t.add_row(name, str(s["n"]), f"{s['accuracy']:.3f}")
+    t.add_row("[bold]overall[/]", str(res["n"]), f"[bold]{res['accuracy']:.3f}[/]" if res["accuracy"] is not None
+              else "–")
+    console.print(t)
+    if res["wrong_choice_kinds"]:
+        console.print(f"wrong answers picked: {res['wrong_choice_kinds']}", highlight=False)
+    for e in res["errors"][:5]:
+        console.print(f"[red]✗[/] {e['sample_id']}: {e['error']}", highlight=False)
+    for line in res["bad_lines"][:5]:
+        console.print(f"[red]✗[/] {line}", highlight=False)

@@ -1,0 +1,373 @@
+"""The benchmark runner: every (mode, case) is one ``spiral.api.run`` with its own run directory.
+
+Layout of ``OUT``::
+
+    bench.json                   what was run (suite, config, modes, seed, judge): resume checks it
+    MODE/CASE_ID/                the case's run directory (config.yaml, attempts.jsonl, segments/ …)
+    results/MODE/CASE_ID.json    the case's scored result, written atomically when it finishes
+    results.json                 every case, per metric, per mode + bootstrap summary (rewritten as cases finish)
+    summary.md, *.png            the report (spiral.bench.report)
+
+Results are written by the driver only (workers return them), so local processes and Ray
+workers need no shared results file. Resume skips cases whose result says ``ok``; a case whose
+run was killed mid-way continues from its journal (``api.run(resume=...)``); failed cases run
+again. A bad case never stops the others: its error is recorded in its result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spiral import atomic
+from spiral.bench.suite import Case, Suite, SuiteError, load_suite
+
+MODES = ("closed_loop", "plan_only", "single_shot")
+_TIMING_KEYS = ("seconds", "seconds_per_video", "finished_at", "score_seconds")
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark invocation needs (saved as ``OUT/bench.json``)."""
+
+    suite: str
+    out: str
+    modes: list[str] = field(default_factory=lambda: ["closed_loop"])
+    config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    limit: int | None = None
+    seed: int = 0
+    judge: str = "recognizer"
+    subject_features: str | None = None
+    background_features: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    workers: int = 1
+    ray: str | None = None
+    resume: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for ``--resume`` to reuse earlier results."""
+        return {k: getattr(self, k) for k in ("suite", "config", "overrides", "seed", "judge", "subject_features",
+                                              "background_features")}
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """The loop seed of a case: the same in every mode (paired comparison), independent across cases."""
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(case_id.encode())]).generate_state(1)[0] >> 1)
+
+
+# ---- one case (runs in the driver, a spawned process or a Ray worker) --------------------------
+def _import_plugins(plugins: Iterable[str]) -> None:
+    for mod in plugins:
+        importlib.import_module(mod)
+
+
+def _init_worker(plugins: list[str]) -> None:
+    """Process-pool initializer: one torch thread per worker (workers share the cores), plugins registered."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    _import_plugins(plugins)
+
+
+def run_case(task: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) one case's loop, then score its run directory with the judge; never raises."""
+    t0 = time.perf_counter()
+    if task.get("threads"):
+        _init_worker(task.get("plugins", []))
+    else:
+        _import_plugins(task.get("plugins", []))
+    case = task["case"]
+    res: dict[str, Any] = {**_case_fields(case), "mode": task["mode"], "run_dir": task["run_rel"],
+                           "seed": task["seed"], "status": "ok", "error": None, "stage": None}
+    run_dir = Path(task["run_dir"])
+    stage = "run"
+    try:
+        import spiral.api as api
+
+        if (run_dir / "record.json").is_file():
+            pass  # finished earlier (killed while scoring): score it again
+        elif (run_dir / "meta.json").is_file():
+            api.run(resume=run_dir)
+        else:
+            api.run(case["goal"], image=case.get("image"), scene=case.get("scene"), config=task.get("config"),
+                    out=run_dir, seed=task["seed"], mode=task["mode"], overrides=task.get("overrides") or None)
+        stage = "score"
+        res.update(score(run_dir, task))
+    except Exception as e:  # a failing case is recorded, the others still run
+        res.update(status="error", stage=stage, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   traceback=traceback.format_exc(limit=-4))
+    res["seconds"] = round(time.perf_counter() - t0, 4)
+    res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return res
+
+
+def score(run_dir: Path, task: dict[str, Any]) -> dict[str, Any]:
+    """Score one finished run directory with the task's judge and feature extractors."""
+    from spiral.bench.judge import make_features, make_judge
+    from spiral.bench.metrics import score_run
+
+    t = time.perf_counter()
+    judge = make_judge(task["judge"], run_dir)
+    subject = make_features(task.get("subject_features"), judge, "subject")
+    background = make_features(task.get("background_features"), judge, "background")
+    out = score_run(run_dir, judge, subject, background)
+    out["judge"] = getattr(judge, "name", task["judge"])
+    out["features"] = {"subject": subject.name, "background": background.name}
+    out["score_seconds"] = round(time.perf_counter() - t, 4)
+    return out
+
+
+def _case_fields(case: dict[str, Any]) -> dict[str, Any]:
+    return {"case_id": case["id"], "length_class": case["length_class"], "n_steps": case["n_steps"],
+            "tags": case.get("tags", []), "scene": case.get("scene"), "image": case.get("image")}
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+class Bench:
+    """One benchmark output folder: what to run, what is done, and the results written so far."""
+
+    def __init__(self, cfg: BenchConfig):
+        for m in cfg.modes:
+            if m not in MODES:
+                raise ValueError(f"unknown mode {m!r}; modes: {', '.join(MODES)}")
+        if cfg.workers < 1:
+            raise ValueError(f"--workers must be ≥ 1, got {cfg.workers}")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.results: dict[tuple[str, str], dict] = {}
+        self.suite: Suite | None = None
+        self.suite_error: str | None = None
+
+    # -- bookkeeping
+    def result_path(self, mode: str, case_id: str) -> Path:
+        return self.out / "results" / mode / f"{case_id}.json"
+
+    def _check_out(self) -> None:
+        marker = self.out / "bench.json"
+        if marker.is_file():
+            old = json.loads(marker.read_text())
+            if not self.cfg.resume:
+                raise FileExistsError(f"{self.out} already holds a benchmark; add --resume to continue it "
+                                      "or pick another --out")
+            mismatch = {k: (old.get("identity", {}).get(k), v) for k, v in self.cfg.identity().items()
+                        if old.get("identity", {}).get(k) != v}
+            if mismatch:
+                k, (a, b) = next(iter(mismatch.items()))
+                raise ValueError(f"--resume: {self.out} was run with {k}={a!r}, now {b!r}; "
+                                 "resume with the same settings or pick another --out")
+        atomic.write_json(marker, {"identity": self.cfg.identity(), "config": asdict(self.cfg),
+                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def load_done(self) -> None:
+        """Read the per-case results already on disk (resume)."""
+        for p in (self.out / "results").glob("*/*.json"):
+            try:
+                r = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                continue
+            self.results[(r["mode"], r["case_id"])] = r
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The (mode, case) pairs still to run, mode-major so every mode progresses case by case."""
+        assert self.suite is not None
+        cfg = self.cfg
+        todo = []
+        for mode in cfg.modes:
+            for case in self.suite.cases:
+                done = self.results.get((mode, case.id))
+                if done is not None and done.get("status") == "ok":
+                    continue
+                todo.append(self._task(case, mode))
+        return todo
+
+    def _task(self, case: Case, mode: str) -> dict[str, Any]:
+        cfg = self.cfg
+        rel = f"{mode}/{case.id}"
+        return {"case": case.to_dict(), "mode": mode, "run_dir": str(self.out / rel), "run_rel": rel,
+                "seed": case_seed(cfg.seed, case.id), "config": cfg.config, "overrides": list(cfg.overrides),
+                "judge": cfg.judge, "subject_features": cfg.subject_features,
+                "background_features": cfg.background_features, "plugins": list(cfg.plugins)}
+
+    def record(self, res: dict[str, Any]) -> None:
+        """Keep one finished case and write its result file atomically."""
+        self.results[(res["mode"], res["case_id"])] = res
+        atomic.write_json(self.result_path(res["mode"], res["case_id"]), res)
+
+    # -- running
+    def run(self, progress: bool = True, on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        """Run every pending case and write results.json (+ the report); returns the results object."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.suite = load_suite(self.cfg.suite).limit(self.cfg.limit)
+        except SuiteError as e:
+            self.suite_error = str(e)
+            return self.write_results()
+        self._check_out()
+        if self.cfg.resume:
+            self.load_done()
+        tasks = self.tasks()
+        with _Progress(len(tasks), progress) as bar:
+            def done(res: dict) -> None:
+                self.record(res)
+                bar.advance(res)
+                if on_result:
+                    on_result(res)
+                if bar.count % 10 == 0:
+                    self.write_results()
+
+            if self.cfg.ray:
+                _run_ray(tasks, self.cfg, done)
+            elif self.cfg.workers > 1:
+                _run_pool(tasks, self.cfg, done)
+            else:
+                for t in tasks:
+                    done(run_case(t))
+        results = self.write_results()
+        from spiral.bench.report import write_report
+
+        write_report(self.out, results)
+        return results
+
+    def write_results(self) -> dict[str, Any]:
+        """Aggregate every case result into ``results.json`` (atomically)."""
+        from spiral.bench.report import summarize
+
+        suite = self.suite
+        order = {c.id: i for i, c in enumerate(suite.cases)} if suite else {}
+        cases = sorted(self.results.values(), key=lambda r: (self.cfg.modes.index(r["mode"])
+                                                             if r["mode"] in self.cfg.modes else 99,
+                                                             order.get(r["case_id"], 1 << 30)))
+        invalid = [{"case_id": e.case_id, "index": e.index, "field": e.field, "error": e.message, "fix": e.fix,
+                    "status": "invalid", "stage": "validate"} for e in (suite.errors if suite else [])]
+        errors = [{"case_id": r["case_id"], "mode": r["mode"], "stage": r.get("stage"), "error": r.get("error")}
+                  for r in cases if r.get("status") == "error"]
+        if self.suite_error:
+            errors.insert(0, {"case_id": None, "mode": None, "stage": "suite", "error": self.suite_error})
+        results = {
+            "bench": {**asdict(self.cfg), "suite_name": suite.name if suite else None,
+                      "suite_version": suite.version if suite else None,
+                      "n_cases": len(suite.cases) if suite else 0, "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            "summary": summarize(cases, self.cfg.modes),
+            "cases": cases,
+            "invalid_cases": invalid,
+            "errors": errors,
+        }
+        atomic.write_json(self.out / "results.json", results)
+        return results
+
+
+def _run_pool(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None]) -> None:
+    """Spread cases over local processes (spawn: no forked torch state); a dead worker fails only its cases."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(list(cfg.plugins),)) as pool:
+        futures = {pool.submit(run_case, t): t for t in tasks}
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as e:  # the worker process died (killed, out of memory)
+                res = _crashed(futures[fut], e)
+            done(res)
+
+
+def _run_ray(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None]) -> None:
+    """Spread cases over a Ray cluster (``--ray auto|ray://host:port``) or a local one (``--ray local``)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("--ray needs Ray: pip install 'spiral-video[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        if cfg.ray == "local":
+            ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=cfg.ray, log_to_driver=False)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_case)
+        refs = {remote.remote({**t, "threads": 1}): t for t in tasks}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                res = ray.get(ready[0])
+            except Exception as e:  # the worker died
+                res = _crashed(refs[ready[0]], e)
+            done(res)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _crashed(task: dict, e: BaseException) -> dict[str, Any]:
+    return {**_case_fields(task["case"]), "mode": task["mode"], "run_dir": task["run_rel"], "seed": task["seed"],
+            "status": "error", "stage": "worker", "error": f"worker died: {type(e).__name__}: {e}",
+            "seconds": None, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+class _Progress:
+    """Rich progress bar with ETA over the pending cases; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.count, self.errors = total, enabled, 0, 0
+        self._p = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self._p.__enter__()
+            self._task = self._p.add_task("bench", total=self.total)
+        return self
+
+    def advance(self, res: dict) -> None:
+        self.count += 1
+        self.errors += res.get("status") != "ok"
+        if self._p is not None:
+            err = f", {self.errors} failed" if self.errors else ""
+            self._p.update(self._task, advance=1, description=f"{res['mode']}/{res['case_id']}{err}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+def comparable(res: dict[str, Any]) -> dict[str, Any]:
+    """A case result without its timings: what must be equal across local, process-pool and Ray runs."""
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in _TIMING_KEYS and k != "traceback"}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(res)
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Run a benchmark (see :class:`BenchConfig`) and return the results object."""
+    return Bench(cfg).run(progress=progress)
