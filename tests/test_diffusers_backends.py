@@ -7,6 +7,7 @@ the way a user's hub checkpoint would be.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import time
 
@@ -222,6 +223,25 @@ def test_generic_backend_by_pipeline_class(tiny_dirs):
     cond = frame(6)
     seg = gen.generate(request(cond))
     assert seg.frames.shape == (9, 64, 64, 3) and np.array_equal(seg.frames[0], cond) and seg.backend == "diffusers"
+
+
+@pytest.mark.parametrize("config", ["wan21-i2v-qwen25vl-vllm", "wan22-ti2v", "cogvideox-i2v", "ltx-i2v"])
+def test_example_gpu_configs(config):
+    """The shipped GPU configs name real options and sizes each model accepts (nothing is loaded)."""
+    from pathlib import Path
+
+    from spiral.config import load_config
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / f"{config}.yaml")
+    cls = registry.resolve("generator", cfg.generator.name)
+    assert set(cfg.generator.options) <= set(inspect.signature(cls.__init__).parameters)
+    step, multiple = {"wan21-i2v": (4, 16), "wan22-ti2v": (4, 32), "cogvideox-i2v": (8, 16), "ltx-i2v": (8, 32)}[
+        cfg.generator.name]
+    v = cfg.video
+    assert (v.frames_per_step - 1) % step == 0 and v.height % multiple == 0 and v.width % multiple == 0
+    assert v.fps == cfg.generator.options["fps"] and cfg.generator.options["model"].count("/") == 1
+    if cfg.generator.name == "cogvideox-i2v":
+        assert (v.height, v.width) == (480, 720) and v.frames_per_step <= 49
 
 
 def test_registry_names():

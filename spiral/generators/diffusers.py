@@ -183,7 +183,9 @@ class DiffusersI2V:
     ``generator_device``; ``prompt_source`` context|instruction; ``prompt_template`` with
     ``{text}``, ``{instruction}``, ``{context}``; ``max_sequence_length``; ``scheduler`` a diffusers
     scheduler class name built ``from_config`` of the pipeline's (+ ``scheduler_kwargs``);
-    ``local_files_only`` (also on when ``HF_HUB_OFFLINE=1``); ``call_kwargs`` passed to the pipeline.
+    ``local_files_only`` (also on when ``HF_HUB_OFFLINE=1``); ``call_kwargs`` passed to the pipeline;
+    ``load_kwargs`` passed to ``from_pretrained``. From Python, ``pipeline=`` wraps an already built
+    pipeline object (e.g. with a quantized transformer) instead of loading one.
     """
 
     name = "diffusers"
@@ -228,16 +230,17 @@ class DiffusersI2V:
         local_files_only: bool | None = None,
         call_kwargs: dict[str, Any] | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        pipeline: Any = None,
     ):
         self.diffusers = require_diffusers()
         if self.needs_ftfy and importlib.util.find_spec("ftfy") is None:
             raise ImportError(f"{self.display} pipelines need 'ftfy' to clean prompts: {INSTALL_HINT} "
                               "(or pip install ftfy)")
-        model = model or self.default_model
+        model = model or (type(pipeline).__name__ if pipeline is not None else self.default_model)
         if not model:
             raise ValueError(f"generator '{self.name}' needs options.model (a hub id or a local pipeline folder)")
         pipeline_class = pipeline_class or self.default_pipeline_class
-        if not pipeline_class:
+        if not pipeline_class and pipeline is None:
             raise ValueError(f"generator '{self.name}' needs options.pipeline_class, e.g. WanImageToVideoPipeline")
         if prompt_source not in ("context", "instruction"):
             raise ValueError(f"prompt_source must be 'context' or 'instruction', got {prompt_source!r}")
@@ -270,11 +273,15 @@ class DiffusersI2V:
         self._warned: set[tuple] = set()
 
         t0 = time.perf_counter()
-        cls = self._pipeline_class(pipeline_class)
-        self.pipe = self._load(cls, model, local_files_only, dict(load_kwargs or {}))
+        if pipeline is not None:  # Python API: a pipeline built or quantized by the caller
+            self.pipe = pipeline
+        else:
+            cls = self._pipeline_class(pipeline_class)
+            self.pipe = self._load(cls, model, local_files_only, dict(load_kwargs or {}))
+        self.check_pipeline()
         if scheduler:
             self._swap_scheduler(scheduler, dict(scheduler_kwargs or {}))
-        if self.vae_dtype is not None:
+        if self.vae_dtype is not None and self.pipe.vae.dtype != self.vae_dtype:
             self.pipe.vae.to(self.vae_dtype)
         if offload == "model":
             self.pipe.enable_model_cpu_offload(device=self.device)
@@ -291,6 +298,9 @@ class DiffusersI2V:
         self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------- loading
+
+    def check_pipeline(self) -> None:
+        """Refuse a loaded pipeline that is not the kind this adapter drives (subclasses)."""
 
     def _pipeline_class(self, name: str) -> type:
         if ":" in name:
@@ -649,13 +659,11 @@ class Wan22TI2VAdapter(WanI2VAdapter):
     default_model = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
     default_fps = 24.0
 
-    def _load(self, cls: type, model: str, local_files_only: bool | None, load_kwargs: dict[str, Any]) -> Any:
-        pipe = super()._load(cls, model, local_files_only, load_kwargs)
-        if not pipe.config.get("expand_timesteps", False):
+    def check_pipeline(self) -> None:
+        if not self.pipe.config.get("expand_timesteps", False):
             # hub folders of TI2V-5B say so in model_index.json; a folder without it is another Wan model
-            raise ValueError(f"{model} is not a Wan 2.2 TI2V checkpoint (model_index.json has no "
+            raise ValueError(f"{self.model} is not a Wan 2.2 TI2V checkpoint (model_index.json has no "
                              "expand_timesteps: true); fix: use generator 'wan21-i2v' for Wan 2.1 I2V checkpoints")
-        return pipe
 
 
 # ----------------------------------------------------------------------------------------------- LTX

@@ -52,20 +52,32 @@ def _t5_encoder(vocab_size: int, d_model: int = 32, umt5: bool = False) -> Any:
     return T5EncoderModel(T5Config(**kw)).eval()
 
 
-def build_wan21_i2v(full: bool = False, seed: int = 0) -> Any:
+def build_wan21_i2v(full: bool = False, seed: int = 0, device: str | torch.device | None = None) -> Any:
     """Wan 2.1 I2V: UMT5 text encoder, CLIP vision image encoder, Wan VAE (8x spatial, 4x temporal),
     36-channel transformer with image cross-attention (``added_kv_proj_dim``), UniPC flow scheduler.
 
     ``full=True`` uses the 1.3B transformer sizes (dim 1536, 30 layers) with the 14B model's I2V
     inputs, the full Wan VAE, a ViT-H/14 image encoder and a UMT5-XXL text encoder: the sizes
-    a real segment costs. Build it under ``torch.device("cuda")`` to initialise on the GPU.
+    a real segment costs. ``device="cuda"`` initialises the weights on the GPU (seconds, not
+    minutes); ``device="meta"`` builds without memory, to count parameters.
     """
     require_diffusers()
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    with torch.device(device or "cpu"):
+        text_encoder, image_encoder, image_processor, vae, transformer = _wan21_modules(full, len(tokenizer))
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                   image_processor=image_processor, image_encoder=image_encoder,
+                                   transformer=transformer)
+
+
+def _wan21_modules(full: bool, vocab_size: int) -> tuple:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
     if full:
         text_encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -81,7 +93,7 @@ def build_wan21_i2v(full: bool = False, seed: int = 0) -> Any:
             text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=1536, rope_max_seq_len=1024)
     else:
-        text_encoder = _t5_encoder(len(tokenizer), umt5=True)
+        text_encoder = _t5_encoder(vocab_size, umt5=True)
         image_encoder = CLIPVisionModel(CLIPVisionConfig(
             hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=32,
             patch_size=8, projection_dim=8)).eval()
@@ -92,10 +104,7 @@ def build_wan21_i2v(full: bool = False, seed: int = 0) -> Any:
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
             text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", image_dim=8, added_kv_proj_dim=24, rope_max_seq_len=32)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                   image_processor=image_processor, image_encoder=image_encoder,
-                                   transformer=transformer)
+    return text_encoder, image_encoder, image_processor, vae, transformer
 
 
 def build_wan22_ti2v(seed: int = 0) -> Any:
