@@ -75,10 +75,21 @@ class Suite:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def limit(self, n: int | None) -> Suite:
-        """The first ``n`` valid cases (all when ``n`` is None); errors are kept."""
-        if n is None:
+        """``n`` valid cases taken from each length class in turn (all when ``n`` is None); errors are kept.
+
+        Round-robin over classes, so that ``--limit 6`` of a suite ordered short → long still
+        covers short, medium and long cases; the chosen cases keep their suite order.
+        """
+        if n is None or n >= len(self.cases):
             return self
-        return Suite(self.name, self.version, self.path, self.cases[:n], self.errors, self.meta)
+        queues = {cls: [c for c in self.cases if c.length_class == cls] for cls in LENGTH_CLASSES}
+        picked: set[str] = set()
+        while len(picked) < n:
+            for q in queues.values():
+                if q and len(picked) < n:
+                    picked.add(q.pop(0).id)
+        cases = [c for c in self.cases if c.id in picked]
+        return Suite(self.name, self.version, self.path, cases, self.errors, self.meta)
 
 
 def known_suites() -> list[str]:
