@@ -417,3 +417,26 @@ def test_smoke_suite_end_to_end_with_embedded_default(tmp_path):
     s = res["summary"]["closed_loop"]["all"]
     assert s["task_completion"]["n"] == 6 and s["task_completion"]["mean"] >= 0.5
     assert (out / "summary.md").is_file() and (out / "success_by_length.png").is_file()
+
+
+def test_recognizer_judge_plumbing_with_random_weights(tmp_path):
+    """Shape/plumbing only (random weights say nothing about accuracy): the learned judge and its backbone
+    features drive the same metrics, batched, and the judge refuses the critic's own weights."""
+    import spiral.bench.standins  # noqa: F401
+    from spiral.api import run
+    from spiral.bench.judge import RecognizerFeatures, make_features, make_judge
+    from spiral.critics.recognizer import save_weights, weights_path
+    from spiral.models.recognizer import RecognizerNet
+
+    path = save_weights(RecognizerNet(), tmp_path / "random-judge.safetensors", {"note": "random, for plumbing"})
+    out = tmp_path / "run"
+    run("switch the lamp on and open the box", scene=seeds.TESTS.start + 21, out=out, mode="plan_only",
+        overrides=STANDINS)
+    judge = make_judge(f"recognizer:{path}")
+    feats = make_features("judge", judge)
+    assert isinstance(feats, RecognizerFeatures) and feats.features(np.zeros((3, 64, 64, 3), np.uint8)).shape[0] == 3
+    res = M.score_run(out, judge, feats, make_features(None, judge, "background"))
+    assert res["metrics"]["unreadable_frames"] == 0 and 0.0 <= res["metrics"]["subject_consistency"] <= 1.0
+    assert len(res["step_success_by_index"]) == res["executed_steps"]
+    with pytest.raises(ValueError, match="must not be the critic"):
+        make_judge(f"recognizer:{weights_path('critic')}")

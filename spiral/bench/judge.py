@@ -168,6 +168,15 @@ class RecognizerJudge:
                 "the benchmark judge needs the state recogniser (spiral/critics/recognizer.py, "
                 f"load_recognizer(role='judge')), which is not in this checkout ({e}); "
                 "with an oracle generator use --judge truth") from None
+        if path is not None:
+            try:
+                from spiral.critics.recognizer import weights_path
+
+                if Path(path).resolve() == weights_path("critic").resolve():
+                    raise ValueError("the benchmark judge must not be the critic's recogniser "
+                                     f"({path}); use the judge weights (default) or other weights")
+            except ImportError:
+                pass
         try:
             self.recognizer = load_recognizer(path=path, role="judge")
         except FileNotFoundError as e:
