@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from spiral.world.domain import State, changed_objects
+from spiral.world.domain import DomainError, State, changed_objects
 
 Interpolator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -131,8 +131,13 @@ def dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
 
 # ---- action quality: pure functions ----------------------------------------------------------
 def holds_all(state: State | None, preds: Sequence[str]) -> bool:
-    """Every predicate holds in the judged state (an unreadable state satisfies nothing)."""
-    return state is not None and all(state.holds(p) for p in preds)
+    """Every predicate holds in the judged state (an unreadable state, or a predicate outside the domain, fails)."""
+    if state is None:
+        return False
+    try:
+        return all(state.holds(p) for p in preds)
+    except DomainError:
+        return False
 
 
 def order_correctness(targets: Sequence[Sequence[str]], states: Sequence[State | None]) -> float:
@@ -267,9 +272,12 @@ def read_states(judge: Any, frames: Sequence[np.ndarray]) -> list[State | None]:
 
 def action_quality(view: RunView, judge: Any) -> dict[str, Any]:
     """Step success, task completion, order correctness and hallucinated motion of one run."""
-    from spiral.world.goals import parse_goal
+    from spiral.world.goals import GoalParseError, parse_goal
 
-    goal = parse_goal(view.goal)
+    try:
+        goal = parse_goal(view.goal)
+    except GoalParseError:  # a goal outside the tabletop grammar: no goal predicates to check
+        goal = None
     states = read_states(judge, [view.anchor] + [seg[-1] for seg in view.segments])
     ok, halluc = [], []
     for k, step in enumerate(view.steps):
@@ -277,10 +285,10 @@ def action_quality(view: RunView, judge: Any) -> dict[str, Any]:
         halluc.append(hallucinated_motion(step.get("verb", ""), step.get("objects", []), states[k], states[k + 1]))
     known = [h for h in halluc if h is not None]
     return {
-        "task_completion": float(holds_all(states[-1], goal.final())),
+        "task_completion": float(holds_all(states[-1], goal.final())) if goal else None,
         "step_success": float(np.mean(ok)) if ok else None,
         "step_success_by_index": [float(x) for x in ok],
-        "order_correctness": order_correctness(goal.targets(), states),
+        "order_correctness": order_correctness(goal.targets(), states) if goal else None,
         "hallucinated_motion": float(np.mean(known)) if known else None,
         "unreadable_frames": sum(s is None for s in states),
         "_states": states,
