@@ -147,7 +147,8 @@ def make_question(scene: int, planner: Any) -> dict[str, Any] | None:
         "n_steps_total": length,
         "distractor_kinds": {LETTERS[i]: kind for i, (_, kind) in enumerate(options) if kind != "correct"},
     }
-    q["question"] = QUESTION.format(goal=q["task_goal"].rstrip(".").lower())
+    g = q["task_goal"].rstrip(".")
+    q["question"] = QUESTION.format(goal=g[:1].lower() + g[1:])
     return q
 
 
