@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from spiral import registry
-from spiral.config import Config, dump_config, load_config
+from spiral.config import Config, config_with_overrides, dump_config, load_config
 from spiral.loop import Agents, Event, run_loop
 from spiral.rundir import RunDir
 from spiral.types import RunRecord
@@ -30,7 +30,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tabletop.
 def resolve_config(config: str | Path | Config | None, overrides: list[str] | None = None) -> Config:
     """A Config from an object, a YAML path, or the embedded default (``configs/tabletop.yaml``)."""
     if isinstance(config, Config):
-        return load_config(None, overrides) if overrides else config
+        return config_with_overrides(config, overrides or [])
     if config is None and DEFAULT_CONFIG.is_file():
         config = DEFAULT_CONFIG
     return load_config(config, overrides)

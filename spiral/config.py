@@ -133,5 +133,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ValueError(_explain(e, source)) from None
 
 
+def config_with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of ``cfg`` with ``a.b=c`` overrides applied and validated."""
+    data = cfg.model_dump(mode="json")
+    for o in overrides:
+        apply_override(data, o)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(_explain(e, "--set")) from None
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
