@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean llama-cpp
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,10 +19,23 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# llama-cpp-python: the OpenAI-compatible server that tests/test_llm_agents.py runs on loopback. It builds from
+# source (~10 CPU-minutes); scripts/llama_cpp.sh fetches its sdist (whose GGUF converter the tests also use) and
+# builds the wheel once into .cache/ (git-ignored), mirrored to ~/.cache/spiral-video for fresh clones (CI).
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+LLAMA_STAMP := $(VENV)/.llama-cpp-0.3.36
+
+$(LLAMA_STAMP): $(STAMP) scripts/llama_cpp.sh
+	PIP=$(BIN)/pip bash scripts/llama_cpp.sh
+	$(BIN)/pip install -q -c constraints.txt --find-links $${SPIRAL_CACHE:-.cache}/wheels "$(LLAMA_CPP)" -e ".[api]"
+	touch $(LLAMA_STAMP)
+
+llama-cpp: $(LLAMA_STAMP)
+
 demo: install
 	$(BIN)/spiral demo
 
-test: install
+test: install llama-cpp
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -13,7 +13,7 @@ from typing import Any
 KINDS = ("planner", "generator", "critic")
 # Built-in backends are imported lazily by module path, so optional extras stay optional.
 _BUILTIN: dict[str, dict[str, str]] = {
-    "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner"},
+    "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner", "llm": "spiral.planners.llm:LLMPlanner"},
     "generator": {
         "world": "spiral.generators.world:WorldGenerator",
         "diffusers": "spiral.generators.diffusers:DiffusersI2V",
@@ -22,7 +22,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "cogvideox-i2v": "spiral.generators.diffusers:CogVideoXI2VAdapter",
         "ltx-i2v": "spiral.generators.diffusers:LTXI2VAdapter",
     },
-    "critic": {"tabletop": "spiral.critics.tabletop:TabletopCritic"},
+    "critic": {"tabletop": "spiral.critics.tabletop:TabletopCritic", "vlm": "spiral.critics.vlm:VLMCritic"},
 }
 _REGISTERED: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 

@@ -1,0 +1,135 @@
+"""CriticAgent backed by an OpenAI-compatible vision-language model (critic ``vlm``; extra ``spiral[api]``).
+
+The model sees ``frames`` frames sampled evenly from the segment (first and last included), the
+sub-action with its pre/post-conditions, and the memory summary (what was done, the state before
+the clip); it answers with the verdict JSON, validated as ``spiral.types.Verdict``.
+
+Scores are asked on a grid of ``score_levels`` values in [0, 1] (21 → steps of 0.05) because the
+JSON-schema converters of several servers ignore numeric bounds but do enforce ``enum``; set
+``score_levels: 0`` to ask for a free number in [0, 1] instead (out-of-range values are then
+caught by validation and repaired). The critic cannot read a symbolic state from pixels, so its
+verdicts carry no ``observed_state``: a ``replan`` re-plans from the last accepted state.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from spiral.llm.client import ChatClient, JsonTask, image_part, make_client
+from spiral.llm.prompts import load_template
+from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
+
+DIMENSIONS: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
+DECISIONS: tuple[str, ...] = ("accept", "refine", "regenerate", "replan")
+FEEDBACK_MAX = 300
+_SECTIONS = ("system", "judge", "repair", "format")
+
+
+def verdict_schema(score_levels: int = 21) -> dict[str, Any]:
+    """The JSON schema of a verdict reply."""
+    if score_levels > 1:
+        score: dict[str, Any] = {"type": "number",
+                                 "enum": [round(i / (score_levels - 1), 4) for i in range(score_levels)]}
+    else:
+        score = {"type": "number", "minimum": 0, "maximum": 1}
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": ["scores", "passed", "failure", "decision", "feedback"],
+        "properties": {
+            "scores": {"type": "object", "additionalProperties": False, "required": list(DIMENSIONS),
+                       "properties": {d: score for d in DIMENSIONS}},
+            "passed": {"type": "boolean"},
+            "failure": {"anyOf": [{"type": "string", "enum": list(FAILURE_KINDS)}, {"type": "null"}]},
+            "decision": {"type": "string", "enum": list(DECISIONS)},
+            "feedback": {"type": "string", "maxLength": FEEDBACK_MAX},
+        },
+    }
+
+
+def sample_indices(total: int, n: int) -> list[int]:
+    """``n`` frame indices spread evenly over ``total`` frames, first and last included."""
+    if total <= 0:
+        return []
+    n = max(1, min(n, total))
+    if n == 1:
+        return [total - 1]
+    return sorted({int(round(x)) for x in np.linspace(0, total - 1, n)})
+
+
+def _to_verdict(data: Any) -> Verdict:
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    scores = data.get("scores")
+    if not isinstance(scores, dict):
+        raise ValueError("'scores' must be an object with " + ", ".join(DIMENSIONS))
+    missing = [d for d in DIMENSIONS if d not in scores]
+    if missing:
+        raise ValueError(f"'scores' lacks {missing}; give all of {list(DIMENSIONS)} in [0, 1]")
+    return Verdict.model_validate({**data, "observed_state": None})
+
+
+def _memory_text(context: Any, sub_action: SubAction) -> str:
+    if context is None:
+        return "none"
+    prompt = getattr(context, "prompt", None)
+    if callable(prompt):
+        text = prompt(sub_action.text)
+        state = getattr(context, "state", None)
+        if state is not None:
+            text += f" State before this clip: {json.dumps(state, sort_keys=True, default=str)}."
+        return text
+    return str(context)[:2000]
+
+
+class VLMCritic:
+    """CriticAgent over an OpenAI-compatible VLM; validated verdict JSON with scores and a decision."""
+
+    name = "vlm"
+
+    def __init__(
+        self,
+        frames: int = 4,
+        image_size: int | None = None,
+        send_images: bool = True,
+        score_levels: int = 21,
+        prompt_version: str = "v1",
+        prompt_file: str | None = None,
+        **client_options: Any,
+    ):
+        if frames < 1:
+            raise ValueError(f"critic vlm: frames must be >= 1, got {frames}")
+        if score_levels == 1 or score_levels < 0:
+            raise ValueError(f"critic vlm: score_levels must be 0 (free number) or >= 2, got {score_levels}")
+        self.frames, self.image_size, self.send_images = frames, image_size, send_images
+        self.score_levels = score_levels
+        self.prompts = load_template("critic", prompt_version, prompt_file, required=_SECTIONS)
+        self.client: ChatClient = make_client("critic vlm", client_options, type(self))
+        self._task = JsonTask("verdict", verdict_schema(score_levels), _to_verdict, self.prompts.raw("repair"),
+                              self.prompts.raw("format"))
+
+    @property
+    def prompt_id(self) -> str:
+        """Which template (file stem + content hash) produced this critic's prompts."""
+        return self.prompts.id
+
+    def messages(self, segment: Segment, sub_action: SubAction, context: Any = None) -> list[dict[str, Any]]:
+        """The chat messages for one judgement (public so tests and users can inspect the payload)."""
+        frames = segment.frames
+        idx = sample_indices(len(frames), self.frames)
+        action = f"{sub_action.verb}({', '.join(sub_action.objects)})"
+        text = self.prompts.render(
+            "judge", text=sub_action.text, action=action, pre=", ".join(sub_action.preconditions) or "none given",
+            post=", ".join(sub_action.postconditions) or "none given", memory=_memory_text(context, sub_action),
+            n_frames=len(idx), frame_ids=", ".join(str(i) for i in idx), total_frames=len(frames))
+        system = self.prompts.render("system", failures=", ".join(FAILURE_KINDS))
+        content: Any = text
+        if self.send_images:
+            content = [{"type": "text", "text": text}] + [image_part(frames[i], self.image_size) for i in idx]
+        return [{"role": "system", "content": system}, {"role": "user", "content": content}]
+
+    def judge(self, segment: Segment, sub_action: SubAction, context: Any = None) -> Verdict:
+        """Ask the model for a verdict on ``segment``; invalid replies are repaired, transient errors retried."""
+        return self.client.complete_json(self.messages(segment, sub_action, context), self._task)

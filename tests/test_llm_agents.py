@@ -1,0 +1,294 @@
+"""OpenAI-compatible planner ``llm`` and critic ``vlm``: unit checks, then a real llama.cpp server on loopback.
+
+The server tests start llama-cpp-python's OpenAI-compatible server once per module with a tiny
+random-weight GGUF built in code (see ``tests/llama_tools.py``), JSON-schema constrained so the
+random model still writes valid plans and verdicts, and run ``spiral run`` end to end, directly
+and through a fault-injecting proxy. They need ``make llama-cpp`` (cached sdist + wheel); without
+it they are skipped locally and fail under CI.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llama_tools  # noqa: E402
+
+from spiral.llm.client import EndpointError, OutputError, parse_json_text  # noqa: E402
+from spiral.llm.prompts import load_template, parse_template  # noqa: E402
+from spiral.types import Attempt, Observation, Plan, Segment, SubAction, Verdict  # noqa: E402
+
+FAKE_KEY = "sk-spiral-test-5f0c2e9a7b1d4c3e"
+KEY_ENV = "SPIRAL_TEST_LLM_KEY"
+GOAL = "put the red block in the box"
+
+
+def _scene(seed: int = 0) -> tuple[np.ndarray, dict]:
+    from spiral.api import scene_frame
+
+    return scene_frame(seed, (64, 64))
+
+
+# -- without a server ------------------------------------------------------------------------------
+
+
+def test_missing_extra_names_the_install(monkeypatch):
+    from spiral.planners.llm import LLMPlanner
+
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(ImportError, match=r"pip install 'spiral-video\[api\]'"):
+        LLMPlanner()
+
+
+def test_unreachable_endpoint_is_one_clear_line():
+    from spiral.planners.llm import LLMPlanner
+
+    url = f"http://127.0.0.1:{llama_tools.free_port()}/v1"
+    p = LLMPlanner(base_url=url, max_retries=1, backoff_base=0.01, timeout=2)
+    frame, state = _scene()
+    with pytest.raises(EndpointError) as e:
+        p.plan(GOAL, Observation(frame=frame, state=state))
+    msg = str(e.value)
+    assert "\n" not in msg and url in msg and "fix:" in msg and "base_url" in msg
+    assert p.client.stats["retries"] == 1
+
+
+def test_options_are_checked():
+    from spiral.critics.vlm import VLMCritic
+    from spiral.planners.llm import LLMPlanner
+
+    with pytest.raises(ValueError, match="did you mean 'send_image'"):
+        LLMPlanner(send_imag=False)
+    with pytest.raises(ValueError, match="names an environment variable"):
+        LLMPlanner(api_key_env="sk-abc-123")
+    with pytest.raises(ValueError, match="use_json_schema"):
+        VLMCritic(use_json_schema="maybe")
+    with pytest.raises(ValueError, match="domain"):
+        LLMPlanner(domain="kitchen")
+
+
+def test_parse_json_text_never_evaluates():
+    assert parse_json_text('Sure!\n```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
+    assert parse_json_text('prefix {"a": {"b": null}} suffix {"c": 1}') == {"a": {"b": None}}
+    for bad in ("__import__('os').system('true')", "{'a': 1}", '{"a": 1', ""):
+        with pytest.raises(ValueError):
+            parse_json_text(bad)
+
+
+def test_prompt_templates_ship_and_are_versioned(tmp_path):
+    t = load_template("planner", "v1")
+    assert t.id.startswith("planner_v1@")
+    assert "$goal" not in t.render("plan", goal="g", state="s", image_note="")
+    with pytest.raises(ValueError, match=r"\$goal"):
+        t.render("plan", state="s", image_note="")
+    with pytest.raises(FileNotFoundError, match="planner_v1"):
+        load_template("planner", "v99")
+    custom = tmp_path / "mine.md"
+    custom.write_text("=== system ===\nhi $$5\n=== judge ===\n$text\n=== repair ===\n$error\n=== format ===\n$schema\n")
+    assert parse_template(custom.read_text(), "mine").render("system") == "hi $5"
+
+
+def test_tabletop_schema_and_domain_check():
+    from spiral.planners.llm import _tabletop_issues, plan_schema
+
+    schema = plan_schema("tabletop", 4, 3)
+    variants = schema["properties"]["steps"]["items"]["anyOf"]
+    assert {v["properties"]["verb"]["enum"][0] for v in variants} == {"move", "open", "close", "switch_on",
+                                                                         "switch_off"}
+    _, state = _scene()
+    bad = Plan(goal=GOAL, steps=[SubAction(text="x", verb="fly", objects=["lamp"]),
+                                 SubAction(text="y", verb="open", objects=["box"], preconditions=["at(box)"])])
+    issues = _tabletop_issues(bad, state, GOAL, simulate=True)
+    assert any("unknown verb 'fly'" in i for i in issues) and any("at/1" in i for i in issues)
+    # well-formed but not executable: moving into a closed box (soft: sent back for repair, kept with on_invalid=keep)
+    closed = {**state, "box_open": False}
+    soft = _tabletop_issues(Plan(goal=GOAL, steps=[SubAction(text="m", verb="move", objects=["red_block", "box"])]),
+                            closed, GOAL, simulate=True)
+    assert soft and soft[0].startswith("simulate: ") and "open(box)" in soft[0]
+
+
+def test_sample_indices():
+    from spiral.critics.vlm import sample_indices
+
+    assert sample_indices(9, 4) == [0, 3, 5, 8]
+    assert sample_indices(3, 10) == [0, 1, 2]
+    assert sample_indices(9, 1) == [8]
+
+
+# -- against a real llama.cpp server ---------------------------------------------------------------
+
+
+def _need_llama() -> None:
+    why = None
+    try:
+        import llama_cpp  # noqa: F401
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        why = "llama-cpp-python[server] is not installed"
+    if why is None and llama_tools.find_sdist() is None:
+        why = "the llama-cpp-python sdist (converter) is not cached"
+    if why:
+        msg = f"{why}; run `make llama-cpp` (builds the wheel once into .cache/wheels)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _need_llama()
+    model = llama_tools.build_tiny_gguf()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    srv = llama_tools.start_server(model, log, api_key=FAKE_KEY)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+
+
+def _client_opts(base_url: str, **kw) -> dict:
+    opts = {"base_url": base_url, "model": "tiny-llama", "api_key_env": KEY_ENV, "timeout": 30, "max_retries": 4,
+            "backoff_base": 0.05, "backoff_max": 0.2, "max_tokens": 1024}
+    return {**opts, **kw}
+
+
+def _planner_opts(base_url: str, **kw) -> dict:
+    return {"validate": "syntax", "max_steps": 3, "max_conditions": 2, **_client_opts(base_url, **kw)}
+
+
+def test_planner_against_server(server, key_env):
+    from spiral.planners.llm import LLMPlanner
+    from spiral.world.domain import Action
+
+    p = LLMPlanner(**_planner_opts(server.base_url))
+    frame, state = _scene()
+    plan = p.plan(GOAL, Observation(frame=frame, state=state))
+    assert 1 <= len(plan.steps) <= 3 and plan.goal == GOAL
+    for s in plan.steps:  # nonsense from random weights, but executable-shaped thanks to the schema
+        Action(s.verb, tuple(s.objects))
+    # llama-cpp-python's server rejects OpenAI's json_schema response_format; the client stepped down once
+    assert p.client.mode == "json_object" and p.client.stats["fallbacks"] == 1
+    hist = [Attempt(step=0, attempt=0, prompt=plan.steps[0].text, seed=1, decision="replan",
+                    verdict=Verdict(scores={"action": 0.0}, passed=False, decision="replan", failure="missing_action",
+                                    feedback="nothing moved"))]
+    again = p.replan(GOAL, Observation(frame=frame, state=state), hist)
+    assert all(s.id >= 1 for s in again.steps)
+    text = p.refine(plan.steps[0], "the block must end inside the box")
+    assert isinstance(text, str) and text
+
+
+def test_unconstrained_output_gets_bounded_repair(server, key_env):
+    from spiral.planners.llm import LLMPlanner
+
+    p = LLMPlanner(**_planner_opts(server.base_url, use_json_schema=False, max_tokens=48, repair_retries=1))
+    frame, state = _scene()
+    with pytest.raises(OutputError, match="gave no valid plan after 1 repair"):
+        p.plan(GOAL, Observation(frame=frame, state=state))
+    assert p.client.stats["requests"] == 2 and p.client.stats["repairs"] == 1
+
+
+def test_critic_sends_frames_and_returns_verdict(server, key_env):
+    from spiral.critics.vlm import VLMCritic
+    from spiral.world.domain import State
+    from spiral.world.render import render_action
+
+    frame, state = _scene()
+    st = State.from_dict(state)
+    from spiral.world.domain import applicable_actions
+
+    action = applicable_actions(st)[0]
+    frames = render_action(st, action, size=64, frames=9).frames
+    seg = Segment(frames=frames)
+    sub = SubAction(text=action.text(), verb=action.verb, objects=list(action.args))
+    with llama_tools.FaultProxy(server.port, rate=0.0) as proxy:
+        c = VLMCritic(frames=3, **_client_opts(proxy.base_url))
+        v = c.judge(seg, sub, None)
+    assert isinstance(v, Verdict) and all(0 <= x <= 1 for x in v.scores.values())
+    assert set(v.scores) == {"action", "preservation", "continuity", "consistency"}
+    parts = proxy.stats.bodies[-1]["messages"][1]["content"]
+    images = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert len(images) == 3
+    from PIL import Image
+
+    last = np.asarray(Image.open(io.BytesIO(base64.b64decode(images[-1].split(",", 1)[1]))).convert("RGB"))
+    assert np.array_equal(last, frames[-1])  # the critic really sends the clip's last frame
+
+
+E2E_SETS = [
+    "planner.name=llm", "critic.name=vlm", "generator.name=world",
+    "generator.options.read_state=memory", "generator.options.failure_rate=0.0",
+    "loop.max_total_generations=4", "loop.max_replans=1", "loop.max_refines_per_step=1",
+]
+
+
+def _sets(prefix: str, opts: dict) -> list[str]:
+    return [f"{prefix}.options.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in opts.items()]
+
+
+def test_spiral_run_end_to_end(server, key_env, tmp_path):
+    from typer.testing import CliRunner
+
+    from spiral.cli import app
+
+    # simulate + keep: the random plan fails the domain simulation, is sent back for repair, and is kept
+    # (tagged unverified) when the repairs run out; the world generator renders an impossible step as a still scene
+    planner = _planner_opts(server.base_url, validate="simulate", on_invalid="keep", repair_retries=1)
+    sets = E2E_SETS + _sets("planner", planner) + _sets("critic", _client_opts(server.base_url, frames=2))
+    out = tmp_path / "run"
+    args = ["run", GOAL, "--scene", "0", "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code in (0, 1), res.output
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] in ("success", "budget_exhausted")
+    assert (out / "final.mp4").stat().st_size > 0 and record["counts"]["generations"] >= 1
+    assert record["plans"] and record["plans"][0]["steps"]
+    from spiral.planners.llm import _tabletop_issues
+
+    p0 = Plan.model_validate(record["plans"][0])
+    state0 = json.loads((out / "meta.json").read_text())["initial_state"]
+    assert "[unverified:" in p0.rationale or not _tabletop_issues(p0, state0, GOAL, simulate=True)
+
+
+def test_runs_complete_through_fault_proxy(server, key_env, tmp_path, caplog, capfd):
+    import spiral.api as api
+
+    caplog.set_level(logging.DEBUG)
+    timeout = 5.0  # normal requests take < 1.5 s here; an injected hang outlasts the client's timeout
+    with llama_tools.FaultProxy(server.port, rate=0.3, seed=0, hang_s=timeout + 0.5) as proxy:
+        url = proxy.base_url
+        sets = E2E_SETS + _sets("planner", _planner_opts(url, timeout=timeout, repair_retries=3)) + _sets(
+            "critic", _client_opts(url, frames=2, timeout=timeout, repair_retries=3))
+        records = [api.run(GOAL, scene=s, out=tmp_path / f"run{s}", overrides=sets) for s in (0, 1, 2)]
+    for r in records:
+        assert r.status in ("success", "budget_exhausted") and r.counts["generations"] >= 1
+    f = proxy.stats.faults
+    msgs = [r.getMessage() for r in caplog.records if r.name == "spiral.llm"]
+    retries = {k: sum(1 for m in msgs if f": {k}" in m and "; retry " in m)
+               for k in ("timeout", "HTTP 429", "HTTP 500", "connection error")}
+    repairs = sum(1 for m in msgs if "; repair " in m)
+    assert all(n >= 1 for n in f.values()) and proxy.stats.injected >= 6, ",".join(proxy.stats.sequence)
+    # each injected transient fault was retried (a slow machine may add genuine timeouts, never fewer retries)
+    assert retries["HTTP 429"] == f["429"] and retries["HTTP 500"] == f["500"], (retries, f)
+    assert retries["timeout"] >= f["timeout"] and retries["connection error"] >= f["truncated"], (retries, f)
+    assert repairs >= f["schema_invalid"]
+    # the key reached the server (it requires it) but never our logs, output or run directories
+    out, err = capfd.readouterr()
+    assert FAKE_KEY not in caplog.text and FAKE_KEY not in out and FAKE_KEY not in err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+    assert KEY_ENV in (tmp_path / "run0" / "config.yaml").read_text()
