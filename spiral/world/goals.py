@@ -42,6 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from spiral.bench.seeds import is_reserved
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, DomainError, Pred, State
 
 # ---------------------------------------------------------------------------------------------
@@ -774,6 +775,8 @@ def sample_task(seed: int, min_steps: int = 1, max_steps: int = 8) -> Task:
     found: tuple | None = None
     for attempt in range(1000):
         scene_seed = int(rng.integers(0, 2**31 - 1))
+        if is_reserved(scene_seed):  # benchmark scenes are never sampled for training data
+            continue
         state = sample_state(np.random.default_rng(scene_seed))
         stages: list[list[str]] = []
         n = 0
