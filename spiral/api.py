@@ -148,6 +148,7 @@ def finish(rd: RunDir, record: RunRecord, video: np.ndarray, cfg: Config) -> Non
     write_video(rd.path / "final.mp4", video, cfg.video.fps, quality="web")
     record.final_video = "final.mp4"
     atomic.write_text(rd.path / "record.json", record.model_dump_json(indent=2))
-    from spiral.report import write_report
+    if cfg.output.report:
+        from spiral.report import write_report
 
-    write_report(rd.path)
+        write_report(rd.path)

@@ -46,6 +46,13 @@ class VideoConfig(_Strict):
     crossfade: int = Field(0, ge=0, description="frames blended at each step boundary in final.mp4")
 
 
+class OutputConfig(_Strict):
+    """What a run directory holds beyond the journal (benchmarks turn the viewing aids off)."""
+
+    segment_videos: bool = Field(True, description="an mp4 beside each attempt's lossless .npz, for viewing")
+    report: bool = Field(True, description="write report.html at the end")
+
+
 class Config(_Strict):
     """Everything a run needs; ``configs/tabletop.yaml`` is the embedded default."""
 
@@ -54,6 +61,7 @@ class Config(_Strict):
     critic: BackendConfig = BackendConfig(name="tabletop")
     loop: LoopConfig = LoopConfig()
     video: VideoConfig = VideoConfig()
+    output: OutputConfig = OutputConfig()
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -216,7 +216,7 @@ def _attempt(agents: Agents, cfg: Config, memory: Memory, sub: SubAction, instru
                         decision=verdict.decision if verdict else "accept", seconds=seconds)
         run_dir.log_attempt(version, entry, segment.frames, segment.fps,
                             {"backend": segment.backend, "sub_action": sub.model_dump(mode="json"),
-                             "generator_meta": _jsonable(segment.meta)})
+                             "generator_meta": _jsonable(segment.meta)}, video=cfg.output.segment_videos)
     return segment.frames, verdict, seconds
 
 

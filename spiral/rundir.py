@@ -98,13 +98,15 @@ class RunDir:
     def segment_file(self, version: int, step: int, attempt: int) -> str:
         return f"segments/v{version}_s{step:02d}_a{attempt:02d}.npz"
 
-    def log_attempt(self, version: int, entry: Attempt, frames: np.ndarray, fps: float, extra: dict) -> dict:
-        """Write the segment (npz + mp4) then append the attempt line."""
+    def log_attempt(self, version: int, entry: Attempt, frames: np.ndarray, fps: float, extra: dict,
+                    video: bool = True) -> dict:
+        """Write the segment (lossless npz, plus an mp4 for viewing if ``video``) then append the attempt line."""
         from spiral.video import write_video
 
         rel = self.segment_file(version, entry.step, entry.attempt)
         save_frames(self.path / rel, frames)
-        write_video(self.path / rel.replace(".npz", ".mp4"), frames, fps, quality="web")
+        if video:
+            write_video(self.path / rel.replace(".npz", ".mp4"), frames, fps, quality="web")
         line = {"plan_version": version, **entry.model_dump(mode="json"), "segment_file": rel, **extra}
         atomic.append_line(self.path / "attempts.jsonl", json.dumps(line))
         self._attempts[(version, entry.step, entry.attempt)] = line
