@@ -189,6 +189,16 @@ def test_planner_against_server(server, key_env):
     assert isinstance(text, str) and text
 
 
+def test_wrong_key_names_the_variable_not_the_key(server, monkeypatch):
+    from spiral.planners.llm import LLMPlanner
+
+    monkeypatch.setenv(KEY_ENV, "sk-wrong-key-0000")
+    p = LLMPlanner(**_planner_opts(server.base_url))
+    with pytest.raises(EndpointError, match=f"rejected the API key.*{KEY_ENV}") as e:
+        p.plan(GOAL, Observation(state=_scene()[1]))
+    assert "sk-wrong" not in str(e.value) and p.client.stats["retries"] == 0
+
+
 def test_unconstrained_output_gets_bounded_repair(server, key_env):
     from spiral.planners.llm import LLMPlanner
 
