@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,diffusers,ray,bench]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,diffusers,ray,bench,text]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -252,6 +252,52 @@ app.add_typer(_bench_cli.make_bench_app(friendly), name="bench")
 eval_app.command("planner")(friendly(_bench_cli.eval_planner))
 
 
+# Training (spiral/train/): `spiral train generator`
+train_app = typer.Typer(no_args_is_help=True, help="Train the embedded models.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("generator")
+@friendly
+def train_generator_cmd(
+    data: Path = typer.Option(..., help="dataset folder from `spiral data build` (success clips are used)"),
+    out: Path = typer.Option(..., help="run folder: checkpoint/, samples/, log.jsonl, tiny.safetensors, tiny.md"),
+    steps: int = typer.Option(20000, help="total optimizer steps (the cosine schedule spans them)"),
+    batch: int = typer.Option(32, help="clips per step"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    minutes: float | None = typer.Option(None, help="wall-time budget of the whole run; the LR cosine ends with it"),
+    seed: int = typer.Option(0, help="seed of the model init and of every data/noise draw"),
+    lr: float = typer.Option(3e-4, help="peak AdamW learning rate"),
+    ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
+    sample_every: int = typer.Option(500, help="val loss + sample strip PNG every N steps"),
+    dim: int = typer.Option(256, help="transformer width"),
+    depth: int = typer.Option(6, help="transformer blocks"),
+    tubelet: int = typer.Option(4, help="new frames per token (4: two time slices of 64 patches; 8: one)"),
+    threads: int = typer.Option(2, help="torch CPU threads (0: torch's default)"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the training forward (~2 min to compile)"),
+) -> None:
+    """Train the tiny flow-matching video generator; exports EMA weights as OUT/tiny.safetensors + model card."""
+    import torch
+
+    from spiral.models.tiny_video import TinyVideoConfig
+    from spiral.train.generator import TrainConfig, train_generator
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(data=str(data), out=str(out), steps=steps, batch=batch, lr=lr, ckpt_every=ckpt_every,
+                      sample_every=sample_every, minutes=minutes, seed=seed, device=device, compile=compile_,
+                      model=TinyVideoConfig(dim=dim, depth=depth, heads=max(1, dim // 64), tubelet=tubelet))
+    res = train_generator(cfg, resume=resume)
+    t = Table(title="generator training", show_header=False)
+    for k in ("step", "samples", "seconds", "total_seconds", "loss", "val_loss", "weights"):
+        v = res.get(k)
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) and k.endswith("loss") else
+                  f"{v:.0f}" if isinstance(v, float) else str(v))
+    console.print(t)
+    console.print(f"ship it: cp {res['weights']} spiral/models/weights/ && cp {out / 'tiny.md'} spiral/models/weights/")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -16,6 +16,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
     "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner", "llm": "spiral.planners.llm:LLMPlanner"},
     "generator": {
         "world": "spiral.generators.world:WorldGenerator",
+        "tiny": "spiral.generators.tiny:TinyGenerator",
         "diffusers": "spiral.generators.diffusers:DiffusersI2V",
         "wan21-i2v": "spiral.generators.diffusers:WanI2VAdapter",
         "wan22-ti2v": "spiral.generators.diffusers:Wan22TI2VAdapter",

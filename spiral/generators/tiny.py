@@ -1,0 +1,139 @@
+"""The embedded learned VideoGenerator: TinyVideoDiT (``spiral.models.tiny_video``) sampled with ``spiral.flow``.
+
+``generate`` runs the Euler ODE from seeded noise (optionally with classifier-free guidance
+against the learned null text); frame 0 of every segment is the request's conditioning frame,
+byte for byte. For GRPO the pieces are public: :meth:`TinyGenerator.prepare` turns requests into
+a :class:`TinyCond`, :meth:`TinyGenerator.initial_noise` gives the seeded x_T,
+:meth:`TinyGenerator.denoiser` is ``(x_t, σ, cond) → v`` and :meth:`TinyGenerator.sigmas` the
+schedule, so ``flow.sample(lambda x, s: gen.denoiser(x, s, cond), x_T, gen.sigmas(), mode="sde")``
+rolls out with per-step log-probabilities.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spiral import flow
+from spiral.models.text import TextEncoder, get_text_encoder
+from spiral.models.tiny_video import TinyVideoDiT, load_weights
+from spiral.types import GenerationRequest, Segment, check_frame
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny.safetensors"
+
+
+@dataclass
+class TinyCond:
+    """Everything but x_t and σ that the denoiser needs, batched."""
+
+    text: torch.Tensor  # (B, text_dim)
+    cond: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    anchor: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    cfg_scale: float = 1.0
+
+
+def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (…, H, W, 3) → float (…, 3, H, W) in [-1, 1]."""
+    t = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+    return t.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """float (…, 3, H, W) in [-1, 1] → uint8 (…, H, W, 3), rounded and clipped."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+class TinyGenerator:
+    """Text+image-to-video flow-matching generator trained on the tabletop world (registered as ``tiny``)."""
+
+    name = "tiny"
+    is_oracle = False
+
+    def __init__(self, weights: str | Path | None = None, steps: int = 12, cfg_scale: float = 1.0,
+                 shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
+                 text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        if model is None:
+            model, _ = load_weights(Path(weights) if weights is not None else DEFAULT_WEIGHTS, map_location=device)
+        self.model = model.to(device).eval()
+        self.config = self.model.config
+        self.steps, self.cfg_scale, self.fps, self.device = steps, cfg_scale, fps, torch.device(device)
+        self.shift = self.config.shift if shift is None else shift
+        if text_encoder is None or isinstance(text_encoder, str):
+            text_encoder = get_text_encoder(text_encoder or self.config.text_encoder)
+        self.text_encoder = text_encoder
+
+    # --- pieces GRPO reuses ---------------------------------------------------------------------
+    def check_request(self, request: GenerationRequest) -> None:
+        """Raise a clear error for what this model cannot make (size, length, missing frame)."""
+        c = self.config
+        if (request.height, request.width, request.num_frames) != (c.resolution, c.resolution, c.num_frames + 1):
+            raise ValueError(
+                f"the tiny generator makes {c.resolution}x{c.resolution} segments of {c.num_frames + 1} frames "
+                f"(1 conditioning + {c.num_frames} new); the request asks for {request.height}x{request.width} "
+                f"with {request.num_frames} frames (set height/width/num_frames to the supported values)")
+        if request.cond_frame is None:
+            raise ValueError("the tiny generator is image-to-video: the request needs a cond_frame")
+        for what, f in (("cond_frame", request.cond_frame), ("anchor_frame", request.anchor_frame)):
+            if f is not None and check_frame(f, what).shape[:2] != (c.resolution, c.resolution):
+                raise ValueError(f"{what} is {f.shape[0]}x{f.shape[1]}; the tiny generator needs "
+                                 f"{c.resolution}x{c.resolution} frames")
+
+    def prepare(self, requests: list[GenerationRequest], cfg_scale: float | None = None) -> TinyCond:
+        """Batch the requests' text embeddings, conditioning and anchor frames."""
+        for r in requests:
+            self.check_request(r)
+        text = self.text_encoder.encode([r.prompt for r in requests]).to(self.device)
+        cond = frames_to_tensor(np.stack([r.cond_frame for r in requests])).to(self.device)
+        anchor = frames_to_tensor(np.stack([r.anchor_frame if r.anchor_frame is not None else r.cond_frame
+                                            for r in requests])).to(self.device)
+        return TinyCond(text, cond, anchor, self.cfg_scale if cfg_scale is None else cfg_scale)
+
+    def initial_noise(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        """x_T (B, F, 3, H, W): each request's noise from its own seed, so batching never changes a result."""
+        c = self.config
+        shape = (c.num_frames, 3, c.resolution, c.resolution)
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(r.seed))
+                            for r in requests]).to(self.device)
+
+    def sigmas(self, steps: int | None = None) -> torch.Tensor:
+        """The sampling schedule (steps + 1 noise levels, 1 → 0) with this model's time shift."""
+        return flow.sigma_schedule(steps or self.steps, self.shift).to(self.device)
+
+    def denoiser(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: TinyCond) -> torch.Tensor:
+        """Velocity (B, F, 3, H, W); with cfg_scale ≠ 1, guided against the learned null text."""
+        if cond.cfg_scale == 1.0:
+            return self.model(x_t, sigma, cond.text, cond.cond, cond.anchor)
+        null = self.model.embed_text(None, x_t.shape[0])
+        v = self.model(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), torch.cat([cond.text, null]),
+                       torch.cat([cond.cond, cond.cond]), torch.cat([cond.anchor, cond.anchor]))
+        v_c, v_u = v.chunk(2)
+        return v_u + cond.cfg_scale * (v_c - v_u)
+
+    # --- VideoGenerator -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[Segment]:
+        """One segment per request, sampled together (ODE, deterministic by each request's seed)."""
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        cond = self.prepare(requests)
+        x0, _, _ = flow.sample(lambda x, s: self.denoiser(x, s, cond), self.initial_noise(requests), self.sigmas())
+        new = tensor_to_frames(x0)
+        seconds = (time.perf_counter() - t0) / len(requests)
+        out = []
+        for r, frames in zip(requests, new):
+            video = np.concatenate([np.asarray(r.cond_frame, dtype=np.uint8)[None], frames])
+            out.append(Segment(frames=video, fps=self.fps, seed=r.seed, backend=self.name,
+                               timings={"generate": seconds},
+                               meta={"steps": self.steps, "cfg_scale": self.cfg_scale, "shift": self.shift}))
+        return out
+
+    def generate(self, request: GenerationRequest) -> Segment:
+        """One segment; frame 0 is ``request.cond_frame`` exactly."""
+        return self.generate_batch([request])[0]

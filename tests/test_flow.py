@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from spiral import flow
+
+
+def _state(seed: int = 0, b: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 2, 3, 4, 4, generator=g), torch.randn(b, 2, 3, 4, 4, generator=g)
+
+
+def test_schedule_runs_from_one_to_zero_and_shift_spends_steps_at_high_noise():
+    s = flow.sigma_schedule(10)
+    assert s.dtype == torch.float32 and len(s) == 11 and float(s[0]) == 1.0 and float(s[-1]) == 0.0
+    assert bool((s[1:] < s[:-1]).all())
+    shifted = flow.sigma_schedule(10, shift=3.0)
+    assert float(shifted[0]) == 1.0 and float(shifted[-1]) == 0.0 and bool((shifted[1:-1] > s[1:-1]).all())
+    t = torch.tensor([0.25])
+    assert float(flow.time_shift(t, 3.0)) == pytest.approx(3 * 0.25 / (1 + 2 * 0.25))
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.9), (0.6, 0.45), (0.1, 0.0)])
+def test_sde_with_noise_level_zero_is_the_euler_step_exactly(sigma, sigma_next):
+    x, v = _state()
+    ode = flow.euler_step(x, v, sigma, sigma_next)
+    sde, lp = flow.sde_step(x, v, sigma, sigma_next, noise_level=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sde, ode) and lp.dtype == torch.float32 and lp.shape == (3,)
+    mean, std = flow.sde_mean_std(x, v, sigma, sigma_next, noise_level=0.0)  # the formula itself, a = 0
+    assert torch.equal(mean, ode) and float(std.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.875), (0.7, 0.55), (0.2, 0.05), (0.05, 0.0)])
+def test_sde_logprob_equals_independent_gaussian_density(sigma, sigma_next):
+    a = 0.7
+    x, v = _state(1)
+    x64, v64 = x.double(), v.double()
+    x_next, lp = flow.sde_step(x, v, sigma, sigma_next, noise_level=a, generator=torch.Generator().manual_seed(2))
+    assert lp.dtype == torch.float32 and lp.shape == (3,)
+    # the formula, written out independently in float64 (σ = 1 uses 1 − σ_next as Flow-GRPO does)
+    dt = sigma_next - sigma
+    one_minus = (1 - sigma_next) if sigma >= 1 else (1 - sigma)
+    st = a * math.sqrt(sigma / one_minus)
+    mean = x64 * (1 + st**2 * dt / (2 * sigma)) + v64 * (1 + st**2 * (1 - sigma) / (2 * sigma)) * dt
+    std = st * math.sqrt(abs(dt))
+    ref = torch.distributions.Normal(mean, std).log_prob(x_next.double()).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=1e-5)
+    # recomputing the recorded transition under the same velocities gives the same density
+    torch.testing.assert_close(flow.step_logprob(x, x_next, v, sigma, sigma_next, a), lp)
+    # and under other velocities a lower one (the sample was drawn around the first mean)
+    assert bool((flow.step_logprob(x, x_next, v + 1.0, sigma, sigma_next, a) < lp).all())
+
+
+def test_logprob_is_float32_with_half_inputs_and_differentiable_in_v():
+    x, v = _state(3)
+    x_next, _ = flow.sde_step(x, v, 0.5, 0.4, 0.8, generator=torch.Generator().manual_seed(0))
+    lp16 = flow.step_logprob(x.bfloat16(), x_next.bfloat16(), v.bfloat16(), 0.5, 0.4, 0.8)
+    assert lp16.dtype == torch.float32
+    vv = v.clone().requires_grad_(True)
+    flow.step_logprob(x, x_next, vv, 0.5, 0.4, 0.8).sum().backward()
+    assert vv.grad is not None and torch.isfinite(vv.grad).all()
+
+
+def test_per_sample_sigmas_match_scalar_steps():
+    x, v = _state(4)
+    sig, nxt = torch.tensor([1.0, 0.5, 0.2]), torch.tensor([0.9, 0.3, 0.0])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    xb, lpb = flow.sde_step(x, v, sig, nxt, 0.5, noise=noise)
+    for i in range(3):
+        xi, lpi = flow.sde_step(x[i : i + 1], v[i : i + 1], float(sig[i]), float(nxt[i]), 0.5, noise=noise[i : i + 1])
+        torch.testing.assert_close(xb[i : i + 1], xi)
+        torch.testing.assert_close(lpb[i : i + 1], lpi)
+
+
+def _toy_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return x * 0.5 - sigma.view(-1, *([1] * (x.ndim - 1)))  # any smooth function of (x, σ)
+
+
+def test_sample_ode_sde_window_and_determinism_by_seed():
+    x_T, _ = _state(6)
+    sigmas = flow.sigma_schedule(6, shift=2.0)
+    x0, traj, lps = flow.sample(_toy_denoiser, x_T, sigmas, mode="ode")
+    assert lps is None and len(traj) == 7 and traj[0] is x_T and torch.equal(traj[-1], x0)
+    a = flow.sample(_toy_denoiser, x_T, sigmas, mode="sde", noise_level=0.7, generator=torch.Generator().manual_seed(9))
+    b = flow.sample(_toy_denoiser, x_T, sigmas, mode="sde", noise_level=0.7, generator=torch.Generator().manual_seed(9))
+    c = flow.sample(_toy_denoiser, x_T, sigmas, mode="sde", noise_level=0.7, generator=torch.Generator().manual_seed(10))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and not torch.equal(a[0], c[0])
+    assert a[2].shape == (3, 6) and a[2].dtype == torch.float32 and torch.isfinite(a[2]).all()
+    # the recorded trajectory re-scores to the same log-probs step by step (what GRPO's ratio needs)
+    for i in range(6):
+        v = _toy_denoiser(a[1][i], sigmas[i].expand(3))
+        torch.testing.assert_close(flow.step_logprob(a[1][i], a[1][i + 1], v, sigmas[i], sigmas[i + 1], 0.7), a[2][:, i])
+    # SDE only inside the window: outside it the steps are Euler and their log-probs are 0
+    w = flow.sample(_toy_denoiser, x_T, sigmas, mode="sde", noise_level=0.7, sde_window=(1, 3),
+                    generator=torch.Generator().manual_seed(9))
+    assert torch.equal(w[1][1], traj[1]) and not torch.equal(w[1][3], traj[3])
+    assert bool((w[2][:, [0, 3, 4, 5]] == 0).all()) and bool((w[2][:, 1:3] != 0).all())
+    assert flow.sde_mask(6, "sde", (1, 3)).tolist() == [False, True, True, False, False, False]
+    with pytest.raises(ValueError, match="sde_window"):
+        flow.sde_mask(6, "sde", (4, 9))
+    with pytest.raises(ValueError, match="mode"):
+        flow.sample(_toy_denoiser, x_T, sigmas, mode="euler")  # type: ignore[arg-type]
