@@ -298,6 +298,97 @@ def train_generator_cmd(
     console.print(f"ship it: cp {res['weights']} spiral/models/weights/ && cp {out / 'tiny.md'} spiral/models/weights/")
 
 
+# ---- the critic's recogniser, the benchmark judge, and critic evaluation (spiral/train, spiral/bench/critic_eval.py)
+def _train_recognizer(role: str, out: Path | None, steps: int | None, minutes: float, seed: int | None,
+                      arch: str | None, resume: bool, checkpoints: Path | None) -> None:
+    from spiral.train.recognizer import TrainConfig, judge_config, train
+
+    kw = {"out": out, "steps": steps, "minutes": minutes, "seed": seed, "arch": arch, "resume": resume,
+          "ckpt_dir": checkpoints}
+    cfg = judge_config(**kw) if role == "judge" else TrainConfig(**{k: v for k, v in kw.items() if v is not None})
+    m = train(cfg, log=lambda msg: console.print(msg, highlight=False))
+    t = Table(title=f"{role} recogniser: held-out accuracy")
+    t.add_column("attribute")
+    for kind in ("clean", "generator"):
+        t.add_column(kind, justify="right")
+    for key in ("loc_acc", "loc_rest_acc", "loc_moving_acc", "lid_acc", "light_acc", "pull_acc", "state_acc"):
+        t.add_row(key, *(f"{m[kind].get(key, float('nan')):.4f}" for kind in ("clean", "generator")))
+    console.print(t)
+    console.print(f"weights: {cfg.out}\ncard:    {Path(cfg.out).with_suffix('.md')}")
+
+
+@train_app.command("recognizer")
+@friendly
+def train_recognizer(
+    out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/recognizer.safetensors)"),
+    steps: int | None = typer.Option(None, help="optimiser steps (default 2000: ~13 min on a shared 2-core CPU)"),
+    minutes: float = typer.Option(20.0, help="wall-time budget for the optimisation; stops early and checkpoints"),
+    seed: int | None = typer.Option(None, help="seed of data, init and augmentation (default 0)"),
+    arch: str | None = typer.Option(None, help="network: cnn (default) or cnn-wide"),
+    resume: bool = typer.Option(False, help="continue from checkpoints/recognizer/ckpt.pt"),
+    checkpoints: Path | None = typer.Option(None, help="checkpoint folder (default checkpoints/recognizer)"),
+) -> None:
+    """Train the critic's state recogniser on rendered frames; writes weights + model card."""
+    _train_recognizer("critic", out, steps, minutes, seed, arch, resume, checkpoints)
+
+
+@train_app.command("judge")
+@friendly
+def train_judge(
+    out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/judge.safetensors)"),
+    steps: int | None = typer.Option(None, help="optimiser steps"),
+    minutes: float = typer.Option(20.0, help="wall-time budget for the optimisation"),
+    seed: int | None = typer.Option(None, help="seed (default 1, unlike the critic's 0)"),
+    arch: str | None = typer.Option(None, help="network (default cnn-wide, unlike the critic's cnn)"),
+    resume: bool = typer.Option(False, help="continue from checkpoints/judge/ckpt.pt"),
+    checkpoints: Path | None = typer.Option(None, help="checkpoint folder (default checkpoints/judge)"),
+) -> None:
+    """Train the benchmark's independent judge: the recogniser trainer with another arch, seed and augmentations."""
+    _train_recognizer("judge", out, steps, minutes, seed, arch, resume, checkpoints)
+
+
+@eval_app.command("critic")
+@friendly
+def eval_critic(
+    data: Path = typer.Option(..., help="labelled dataset folder (spiral data build --failures 0.5 --seed NEW)"),
+    degrade: bool = typer.Option(False, help="also judge degraded clips and report the deltas"),
+    degradation: str = typer.Option("generator", help="which degradation --degrade applies (see docs/critic_eval.md)"),
+    critic: str = typer.Option("tabletop", help="critic backend name"),
+    weights: str | None = typer.Option(None, help="recogniser weights for the tabletop critic: a path or 'judge'"),
+    pairs: Path | None = typer.Option(None, help="preference JSONL (default: DATA/pairs.jsonl, built if missing)"),
+    limit: int | None = typer.Option(None, help="judge only the first N segments"),
+    agree_with: str | None = typer.Option(None, help="also run the critic with other weights ('critic', 'judge' or "
+                                                     "a path) and report the agreement"),
+    card: Path | None = typer.Option(None, help="write the report into this model card's evaluation section"),
+    json_out: Path | None = typer.Option(None, "--json", help="write all metrics as JSON"),
+) -> None:
+    """Score a critic on a held-out labelled set: accuracy, false rejects, per-kind recall, confusion, pairs."""
+    import json
+
+    from rich.progress import Progress
+
+    from spiral.atomic import write_text
+    from spiral.bench import critic_eval as ce
+
+    with Progress(console=err_console, transient=True) as prog:
+        def progress(kind: str, total: int):
+            task = prog.add_task(f"judging ({kind})", total=total)
+            return lambda i: prog.update(task, completed=i)
+
+        result, md = ce.run_eval(data, critic, weights, degradation if degrade else None, pairs, limit, agree_with,
+                                 progress)
+    console.print(md, highlight=False)
+    if card:
+        cmd = (f"spiral eval critic --data {data}" + (" --degrade" if degrade else "")
+               + (f" --weights {weights}" if weights else "") + (f" --agree-with {agree_with}" if agree_with else ""))
+        ce.write_card_section(card, "Held-out labelled set (critic evaluation)",
+                              f"`{cmd}` — {data}: successes and every failure kind, seeds disjoint from training.\n\n{md}")
+        console.print(f"card: {card}")
+    if json_out:
+        write_text(json_out, json.dumps(result, indent=2))
+        console.print(f"metrics: {json_out}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -163,6 +163,9 @@ class RenderResult:
     held: list[str | None]
     moved: set[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: per-frame ground truth for training recognisers: block positions (centre x, bottom y, base units),
+    #: the block in the gripper, lid opening, light level, cord pull and gripper pose (x, palm y, half-gap)
+    frame_labels: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- geometry helpers
@@ -843,7 +846,9 @@ def render_action(state: State, action: Action, *, appearance: Appearance | None
         light=round(last.light, 5),
         gripper_home=bool(last.gripper is not None and np.allclose(last.gripper[:2], HOME[:2])),
     )
-    return RenderResult(frames_arr, end, failure, [sc.held for sc in scenes], moved, meta)
+    labels = [{"blocks": dict(sc.blocks), "held": sc.held, "lid": float(sc.lid), "light": float(sc.light),
+               "pull": float(sc.pull), "gripper": sc.gripper} for sc in scenes]
+    return RenderResult(frames_arr, end, failure, [sc.held for sc in scenes], moved, meta, labels)
 
 
 def _shift(rgb: Vec3, d: np.ndarray) -> Vec3:

@@ -1,0 +1,95 @@
+"""Critic judge time per 9-frame 64×64 segment on CPU (mean, p95), successes and each failure kind.
+
+The issue's budget is 50 ms per segment; the critic is called once per generation attempt in
+the loop and G times per prompt in GRPO. The machine is shared, so the script also reports the
+load average it ran under and the fastest call (closest to an idle machine).
+
+    python benchmarks/critic_speed.py --segments 60 --out benchmarks/results/critic_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from spiral.critics.tabletop import TabletopCritic
+from spiral.memory import Memory
+from spiral.types import Segment, SubAction
+from spiral.world import domain
+from spiral.world.goals import sample_state
+from spiral.world.render import FAILURES, Appearance, render_action
+
+
+def _segments(n: int, seed: int, frames: int) -> list[tuple[Segment, SubAction, Memory, str]]:
+    rng = np.random.default_rng([seed, 99])
+    out = []
+    kinds = (None, *FAILURES)
+    for i in range(n):
+        s = sample_state(rng)
+        acts = domain.applicable_actions(s)
+        a = acts[int(rng.integers(len(acts)))]
+        f = kinds[i % len(kinds)]
+        res = render_action(s, a, appearance=Appearance.sample(int(2**31 + rng.integers(2**30))),
+                            seed=int(rng.integers(2**30)), frames=frames, failure=f)
+        sub = SubAction(text=a.text(), verb=a.verb, objects=list(a.args), preconditions=domain.preconditions(s, a),
+                        postconditions=domain.effects(s, a))
+        out.append((Segment(frames=res.frames), sub, Memory.start(res.frames[0], s.to_dict()), f or "success"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--segments", type=int, default=70)
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/critic_speed.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    critic = TabletopCritic()
+    segs = _segments(args.segments, 0, args.frames)
+    for seg, sub, mem, _ in segs[:5]:  # warm-up: first calls build caches (lamp model, layouts)
+        critic.judge(seg, sub, mem)
+    times: dict[str, list[float]] = {}
+    load0 = os.getloadavg()[0]
+    for _ in range(args.repeats):
+        for seg, sub, mem, kind in segs:
+            t = time.perf_counter()
+            critic.judge(seg, sub, mem)
+            times.setdefault(kind, []).append((time.perf_counter() - t) * 1000)
+    load1 = os.getloadavg()[0]
+    allt = np.concatenate([np.array(v) for v in times.values()])
+    rows = [{"kind": k, "n": len(v), "mean_ms": round(float(np.mean(v)), 2), "p95_ms": round(float(np.percentile(v, 95)), 2)}
+            for k, v in times.items()]
+    result = {
+        "benchmark": "critic_speed", "frames_per_segment": args.frames, "resolution": 64,
+        "mean_ms": round(float(allt.mean()), 2), "p95_ms": round(float(np.percentile(allt, 95)), 2),
+        "median_ms": round(float(np.median(allt)), 2), "min_ms": round(float(allt.min()), 2), "calls": int(len(allt)),
+        "budget_ms": 50.0, "rows": rows,
+        "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_start": round(load0, 2), "load_average_end": round(load1, 2)},
+    }
+    table = Table(title=f"critic judge time per {args.frames}-frame 64×64 segment (CPU, {args.threads} threads)")
+    for c in ("segment kind", "n", "mean ms", "p95 ms"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(r["kind"], str(r["n"]), f"{r['mean_ms']:.1f}", f"{r['p95_ms']:.1f}")
+    table.add_row("all", str(len(allt)), f"{result['mean_ms']:.1f}", f"{result['p95_ms']:.1f}")
+    Console().print(table)
+    print(f"load average {load0:.1f} → {load1:.1f} on {os.cpu_count()} cores; fastest call {result['min_ms']:.1f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

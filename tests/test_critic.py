@@ -1,0 +1,178 @@
+"""The tabletop CriticAgent: failure kinds and decisions on rendered clips, verdict JSON, config, bad input,
+and the accuracy-with-ties metric of the critic evaluation on hand-worked examples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spiral.bench.critic_eval import accuracy_with_ties, build_pairs, evaluate_labelled, evaluate_pairs
+from spiral.critics.tabletop import CriticConfig, TabletopCritic
+from spiral.memory import Memory
+from spiral.types import Segment, SubAction, Verdict
+from spiral.world import domain
+from spiral.world.domain import Action, State
+from spiral.world.render import Appearance, render_action
+
+S0 = State.make({"red_block": "left", "green_block": "red_block", "blue_block": "center", "yellow_block": "far_right"})
+S_OPEN = State.make({"red_block": "left", "green_block": "far_left", "blue_block": "box", "yellow_block": "center"},
+                    box_open=True)
+APP = Appearance.sample(11)
+MOVE, OPEN, LAMP = Action.parse("move(blue_block, far_left)"), Action.parse("open(box)"), Action.parse("switch_on(lamp)")
+
+
+@pytest.fixture(scope="module")
+def critic() -> TabletopCritic:
+    return TabletopCritic()
+
+
+def _sub(state: State, action: Action) -> SubAction:
+    return SubAction(text=action.text(), verb=action.verb, objects=list(action.args),
+                     preconditions=domain.preconditions(state, action), postconditions=domain.effects(state, action))
+
+
+def _judge(critic: TabletopCritic, state: State, action: Action, failure: str | None, seed: int = 2) -> Verdict:
+    res = render_action(state, action, appearance=APP, seed=seed, failure=failure)
+    return critic.judge(Segment(frames=res.frames), _sub(state, action), Memory.start(res.frames[0], state.to_dict()))
+
+
+CASES = [
+    # (state, action, failure, render seed, expected failure kind, expected decision)
+    (S0, MOVE, None, 2, None, "accept"),
+    (S_OPEN, Action.parse("move(yellow_block, box)"), None, 4, None, "accept"),
+    (S0, OPEN, None, 2, None, "accept"),
+    (S0, LAMP, None, 2, None, "accept"),
+    (S0, MOVE, "incomplete", 2, "incomplete_action", "refine"),  # stall: block left hanging in the gripper
+    (S0, MOVE, "incomplete", 3, "incomplete_action", "refine"),  # drop: put down between two slots
+    (S0, OPEN, "incomplete", 2, "incomplete_action", "refine"),  # lid left part-way
+    (S0, LAMP, "incomplete", 2, "incomplete_action", "refine"),  # cord pulled, light unchanged
+    (S0, MOVE, "wrong_object", 2, "missing_action", "replan"),
+    (S0, MOVE, "no_motion", 2, "missing_action", "refine"),
+    (S0, LAMP, "no_motion", 5, "missing_action", "refine"),
+    (S0, MOVE, "extra_motion", 2, "physical_violation", "regenerate"),
+    (S0, LAMP, "extra_motion", 2, "physical_violation", "regenerate"),
+    (S0, MOVE, "teleport", 2, "sudden_switch", "regenerate"),
+    (S0, OPEN, "teleport", 2, "sudden_switch", "regenerate"),
+    (S0, LAMP, "teleport", 2, "sudden_switch", "regenerate"),
+    (S0, MOVE, "drift", 2, "scene_drift", "regenerate"),
+]
+
+
+@pytest.mark.parametrize("state,action,failure,seed,kind,decision", CASES,
+                         ids=[f"{a}-{f or 'success'}-{s}" for _, a, f, s, _, _ in CASES])
+def test_failure_kind_and_decision(critic, state, action, failure, seed, kind, decision):
+    v = _judge(critic, state, action, failure, seed)
+    assert (v.failure, v.decision) == (kind, decision), v.feedback
+    assert v.passed == (kind is None)
+    assert v.feedback and v.feedback.count(".") <= 1  # one sentence
+    assert all(0.0 <= x <= 1.0 for x in v.scores.values()) and set(v.scores) == {"action", "preservation",
+                                                                                 "continuity", "consistency"}
+    State.from_dict(v.observed_state)
+
+
+def test_feedback_is_actionable(critic):
+    v = _judge(critic, S_OPEN, Action.parse("move(yellow_block, box)"), "incomplete", 2)
+    assert "yellow block" in v.feedback and "it must end in the box" in v.feedback
+    v = _judge(critic, S0, MOVE, "wrong_object", 2)
+    assert "instead of" in v.feedback and v.observed_state != S0.to_dict()
+
+
+def test_verdict_json_round_trip(critic):
+    v = _judge(critic, S0, MOVE, "teleport", 2)
+    back = Verdict.model_validate_json(v.model_dump_json())
+    assert back == v
+    assert json.loads(v.model_dump_json())["failure"] == "sudden_switch"
+
+
+def test_reward_prefers_success(critic):
+    res_ok = render_action(S0, MOVE, appearance=APP, seed=2)
+    res_bad = render_action(S0, MOVE, appearance=APP, seed=2, failure="no_motion")
+    mem = Memory.start(res_ok.frames[0], S0.to_dict())
+    good = critic.reward(Segment(frames=res_ok.frames), _sub(S0, MOVE), mem)
+    bad = critic.reward(Segment(frames=res_bad.frames), _sub(S0, MOVE), mem)
+    assert 0 <= bad < good <= 1
+
+
+def test_observe_reads_the_state(critic):
+    res = render_action(S0, MOVE, appearance=APP, seed=2)
+    assert critic.observe(res.frames[0]) == S0
+    assert critic.observe(res.frames[-1]) == domain.apply(S0, MOVE)
+
+
+def test_config_overrides_and_errors(critic):
+    c = TabletopCritic(thresholds={"consistency": 0.9}, decisions={"no_change": "replan"}, recognizer=critic.recognizer)
+    assert c.config.thresholds["consistency"] == 0.9 and c.config.thresholds["action"] == 0.5
+    v = _judge(c, S0, MOVE, "no_motion", 2)
+    assert (v.failure, v.decision) == ("missing_action", "replan")
+    with pytest.raises(ValueError, match="unknown score name"):
+        TabletopCritic(thresholds={"beauty": 0.5}, recognizer=critic.recognizer)
+    with pytest.raises(ValueError, match="unknown cause"):
+        TabletopCritic(decisions={"boredom": "accept"}, recognizer=critic.recognizer)
+    assert isinstance(CriticConfig().decisions, dict)
+
+
+def test_bad_input_errors(critic):
+    res = render_action(S0, MOVE, appearance=APP, seed=2)
+    seg = Segment(frames=res.frames)
+    with pytest.raises(ValueError, match="uint8"):
+        Segment(frames=res.frames.astype(np.float32))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        critic.judge(Segment(frames=res.frames[:1]), _sub(S0, MOVE), None)
+    with pytest.raises(ValueError, match="square"):
+        critic.judge(Segment(frames=np.ascontiguousarray(res.frames[:, :, :40])), _sub(S0, MOVE), None)
+    bad_obj = SubAction(text="move the purple block", verb="move", objects=["purple_block", "box"])
+    with pytest.raises(ValueError, match="purple_block"):
+        critic.judge(seg, bad_obj, None)
+    bad_verb = SubAction(text="paint the box", verb="paint", objects=["box"])
+    with pytest.raises(ValueError, match="paint"):
+        critic.judge(seg, bad_verb, None)
+    bad_post = SubAction(text="x", verb="move", objects=["blue_block", "far_left"], postconditions=["at(blue_block, moon)"])
+    with pytest.raises(ValueError, match="moon"):
+        critic.judge(seg, bad_post, None)
+    small = Memory.start(res.frames[0][::2, ::2].copy())
+    with pytest.raises(ValueError, match="anchor frame is 32×32"):
+        critic.judge(seg, _sub(S0, MOVE), small)
+    with pytest.raises(ValueError, match="H×W×3 uint8"):
+        critic.observe(res.frames[0].astype(np.float64))
+
+
+# ---------------------------------------------------------------- accuracy with ties (hand-worked)
+def test_accuracy_with_ties_all_concordant():
+    r = accuracy_with_ties([1.0, -2.0, 3.0], ["A", "B", "A"])
+    assert r["with_ties"] == 1.0 and r["without_ties"] == 1.0 and r["epsilon"] == 0.0
+
+
+def test_accuracy_with_ties_all_discordant():
+    r = accuracy_with_ties([1.0, -1.0], ["B", "A"])
+    assert r["with_ties"] == 0.0 and r["without_ties"] == 0.0
+
+
+def test_accuracy_with_ties_with_ties():
+    # labels tie,A,tie,B. ε=0: A,A,B,B → 2/4; ε=0.05: A,A,tie,B → 3/4; ε=0.1: tie,A,tie,B → 4/4; ε=2: tie,tie,tie,B → 2/4
+    r = accuracy_with_ties([0.1, 2.0, -0.05, -3.0], ["tie", "A", "tie", "B"])
+    assert r["with_ties"] == 1.0 and r["epsilon"] == pytest.approx(0.1)
+    assert r["without_ties"] == 1.0 and r["n_ties"] == 2
+    r = accuracy_with_ties([0.0, 0.5, -0.5], ["A", "tie", "B"])  # zero margin: half credit without ties
+    assert r["without_ties"] == pytest.approx(0.75)
+    # ε=0: tie,A,B → 1/3 (only the B pair); ε=0.5: tie,tie,tie → 1/3 (only the tie pair)
+    assert r["with_ties"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        accuracy_with_ties([1.0], ["A", "B"])
+
+
+def test_labelled_and_pair_harness_end_to_end(critic, tmp_path):
+    from spiral.data.build import BuildConfig, build_tabletop
+
+    root = tmp_path / "eval"
+    build_tabletop(root, BuildConfig(episodes=2, seed=777, failures=1.0, max_steps=2, split="test"), progress=False)
+    res = evaluate_labelled(critic, root).summary()
+    assert res["n"] == res["n_success"] + res["n_failure"] and res["n_failure"] >= 1
+    assert set(res["confusion"]) == {"success", "physical_violation", "missing_action", "incomplete_action",
+                                     "sudden_switch", "scene_drift"}
+    pairs = build_pairs(root, seed=0, ties=1.0)
+    lines = [json.loads(x) for x in pairs.read_text().splitlines()]
+    assert {x["label"] for x in lines} >= {"tie"} and all({"a", "b", "sub_action"} <= x.keys() for x in lines)
+    out = evaluate_pairs(critic, pairs)
+    assert 0 <= out["with_ties"] <= 1 and out["n"] == len(lines)
