@@ -49,7 +49,7 @@ class VideoConfig(_Strict):
 class OutputConfig(_Strict):
     """What a run directory holds beyond the journal (benchmarks turn the viewing aids off)."""
 
-    segment_videos: bool = Field(True, description="an mp4 beside each attempt's lossless .npz, for viewing")
+    segment_videos: bool = Field(False, description="an mp4 beside each attempt's lossless .npz, for viewing")
     report: bool = Field(True, description="write report.html at the end")
 
 

@@ -118,7 +118,7 @@ class RunDir:
 
 def save_frames(path: Path, frames: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez_compressed(buf, frames=frames)
+    np.savez(buf, frames=frames)  # uncompressed: zlib costs more time per attempt than the loop itself
     atomic.write_bytes(path, buf.getvalue())
 
 
