@@ -216,24 +216,24 @@ def run(
 @app.command()
 @friendly
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="output folder"),
-    goal: str = typer.Option("put the red block in the box and close it", help="goal"),
+    out: Path = typer.Option(Path("runs/demo"), help="output folder (a previous demo run there is replaced)"),
+    goal: str = typer.Option("put the red block in the box and close it, then turn on the lamp", help="goal"),
     scene: int = typer.Option(3, help="scene seed"),
+    seed: int = typer.Option(0, help="run seed"),
 ) -> None:
-    """Plan a sample goal and render its ground-truth video to runs/demo/."""
-    from spiral.atomic import write_text
-    from spiral.planners.symbolic import SymbolicPlanner
-    from spiral.video import write_video
-    from spiral.world.render import Appearance, render_plan
+    """Run the closed loop on a sample goal with the embedded default and print where the report is."""
+    import shutil
 
-    state = _scene_state(scene)
-    p = SymbolicPlanner().plan(goal, state)
-    console.print(_plan_table(p))
-    video, _, _ = render_plan(state, p, appearance=Appearance.sample(scene), seed=0)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "plan.json", p.model_dump_json(indent=2))
-    write_video(out / "plan.mp4", video, 8.0, quality="web")
-    console.print(f"video: {out / 'plan.mp4'}\nplan:  {out / 'plan.json'}")
+    import spiral.api as api
+    from spiral.rundir import RUN_MARKER
+
+    if out.exists() and (out / RUN_MARKER).is_file():
+        shutil.rmtree(out)  # only ever a previous demo run: RunDir.create refuses any other non-empty folder
+    view = _LiveView()
+    with view.progress:
+        record = api.run(goal, scene=scene, out=out, seed=seed, on_event=view)
+    console.print(_summary(record, out))
+    console.print(f"open the report: {(out / 'report.html').resolve()}", highlight=False)
 
 
 @app.command()
@@ -270,10 +270,10 @@ def train_generator_cmd(
     lr: float = typer.Option(3e-4, help="peak AdamW learning rate"),
     ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
     sample_every: int = typer.Option(500, help="val loss + sample strip PNG every N steps"),
-    dim: int = typer.Option(256, help="transformer width"),
+    dim: int = typer.Option(192, help="transformer width (heads = dim // 64)"),
     depth: int = typer.Option(6, help="transformer blocks"),
     tubelet: int = typer.Option(4, help="new frames per token (4: two time slices of 64 patches; 8: one)"),
-    threads: int = typer.Option(2, help="torch CPU threads (0: torch's default)"),
+    threads: int = typer.Option(2, help="torch CPU threads (0: torch's default); on a busy machine 1 is faster"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the training forward (~2 min to compile)"),
 ) -> None:

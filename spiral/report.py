@@ -210,6 +210,10 @@ def _header(run: dict) -> str:
     badge = _chip(status.replace("_", " "), _STATUS_COLOURS.get(status, "#57606a"), "badge")
     note = "" if run["record"] else '<p class="warn">No record.json: the run is still going or was stopped; ' \
                                    "resume it with <code>spiral run --resume</code>.</p>"
+    if any(a.get("backend") == "world" for a in run["attempts"]):
+        note += ('<p class="warn">Generator: <b>world</b> — the tabletop renderer used as an oracle (it renders the '
+                 "requested step exactly, with failures injected on purpose), not a learned video model; results "
+                 "with it are the loop's test bench and an upper bound.</p>")
     counts = rec.get("counts", {})
     source = f"image {esc(meta['image'])}" if meta.get("image") else f"scene {esc(meta.get('scene'))}"
     facts = [("mode", esc(rec.get("mode") or _cfg(run, "loop", "mode") or "?")), ("start", source),

@@ -151,3 +151,11 @@ def test_record_json_is_valid(tmp_path: Path) -> None:
     """The synthetic record must parse as a RunRecord, so the report is tested on the real format."""
     run = make_run(tmp_path / "run")
     RunRecord.model_validate(json.loads((run / "record.json").read_text()))
+
+
+def test_report_names_the_oracle_generator(tmp_path):
+    from spiral.api import run
+
+    run("open the box", scene=1, out=tmp_path / "r")
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "used as an oracle" in html and 'id="plan-table"' in html
