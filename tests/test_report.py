@@ -156,6 +156,6 @@ def test_record_json_is_valid(tmp_path: Path) -> None:
 def test_report_names_the_oracle_generator(tmp_path):
     from spiral.api import run
 
-    run("open the box", scene=1, out=tmp_path / "r")
+    run("tidy up: put every block in the box", scene=1, out=tmp_path / "r")
     html = (tmp_path / "r" / "report.html").read_text()
     assert "used as an oracle" in html and 'id="plan-table"' in html
