@@ -53,7 +53,7 @@ class TinyGenerator:
     name = "tiny"
     is_oracle = False
 
-    def __init__(self, weights: str | Path | None = None, steps: int = 12, cfg_scale: float = 1.0,
+    def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float = 1.0,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
                  text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None):
         if threads:

@@ -56,7 +56,7 @@ class TrainConfig:
     ckpt_every: int = 500
     sample_every: int = 500
     log_every: int = 10
-    sample_steps: int = 12
+    sample_steps: int = 10
     val_clips: int = 64
     minutes: float | None = None  # total wall-time budget of the run (resumes included)
     seed: int = 0
@@ -335,7 +335,7 @@ class Trainer:
         meta = {"steps": str(self.step), "samples": str(self.samples), "train_seconds": f"{wall_seconds:.0f}",
                 "clips": str(len(self.bank)), "data": str(self.cfg.data), "hardware": _hardware(self.device)}
         path = save_weights(self.ema, self.out / EXPORT_NAME, meta)
-        write_model_card(self.out / "tiny.md", self.ema, self.cfg, meta, self._last_val)
+        write_model_card(self.out / "tiny.md", self.ema, self.cfg, meta, self._last_val, self.val_is_heldout)
         return path
 
     # --- samples ------------------------------------------------------------------------------
@@ -449,12 +449,16 @@ def _hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
 
 
-def write_model_card(path: Path, model: TinyVideoDiT, cfg: TrainConfig, meta: dict[str, str], val: float | None) -> Path:
+def write_model_card(path: Path, model: TinyVideoDiT, cfg: TrainConfig, meta: dict[str, str], val: float | None,
+                     heldout: bool = True) -> Path:
     """Markdown card: architecture, data, steps, wall time, hardware; the quality table is added by the eval."""
     from spiral.atomic import write_text
 
     c = model.config
     hours = float(meta["train_seconds"]) / 3600
+    rebuild = (f"spiral train generator --data {cfg.data} --out <dir> --steps {cfg.steps} --batch {cfg.batch} "
+               f"--lr {cfg.lr} --seed {cfg.seed} --dim {c.dim} --depth {c.depth} --tubelet {c.tubelet}"
+               + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "") + (" --compile" if cfg.compile else ""))
     text = f"""# TinyVideoDiT — the embedded tabletop video generator
 
 Text+image-to-video rectified-flow transformer, {model.num_params() / 1e6:.2f} M parameters, safetensors.
@@ -467,7 +471,7 @@ Architecture and the reasons for it: `spiral/models/tiny_video.py` (module docst
 | width / depth / heads | {c.dim} / {c.depth} / {c.heads} |
 | conditioning | conditioning frame ‖ scene anchor ‖ known-frame mask as input channels; MiniLM ({c.text_encoder}) text → adaLN + in-context tokens |
 | prediction | x̂_0 as a residual on the conditioning frame, served as velocity (σ_min {c.sigma_min}) |
-| schedule | time shift {c.shift}, Euler ODE, default 12 steps |
+| schedule | time shift {c.shift}, Euler ODE, default 10 steps |
 
 ## Training
 
@@ -475,12 +479,12 @@ Architecture and the reasons for it: `spiral/models/tiny_video.py` (module docst
 |---|---|
 | data | `{meta['data']}` ({meta['clips']} success clips; held-out combinations `spiral.world.splits.HELDOUT_MOVES` excluded) |
 | steps × batch | {meta['steps']} × {cfg.batch} ({meta['samples']} samples) |
-| optimizer | AdamW lr {cfg.lr}, warm-up {cfg.warmup}, cosine to {cfg.min_lr_ratio}×, EMA {cfg.ema}, text dropout {cfg.text_drop} |
+| optimizer | AdamW lr {cfg.lr}, warm-up {max(1, min(cfg.warmup, cfg.steps // 10))} steps, cosine to {cfg.min_lr_ratio}× (over steps or --minutes, whichever ends first), EMA {cfg.ema}, text dropout {cfg.text_drop} |
 | wall time | {hours:.2f} h |
 | hardware | {meta['hardware']} |
-| final val loss (EMA, fixed noise) | {val if val is None else f'{val:.4f}'} |
+| final val loss (EMA, fixed noise; {'held-out combinations' if heldout else 'training clips'}) | {val if val is None else f'{val:.4f}'} |
 
-Rebuild: `spiral train generator --data {cfg.data} --out <dir> --steps {cfg.steps} --batch {cfg.batch}`
+Rebuild: `{rebuild}`
 
 ## Quality
 
