@@ -152,7 +152,7 @@ def flow_loss(model: TinyVideoDiT, clips: torch.Tensor, anchors: torch.Tensor, t
     s = sigma.view(-1, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
     target = (x_t - x0) / s.clamp(min=model.config.sigma_min)
-    v = (forward or model)(x_t, sigma, text, cond, _to_float(anchors))
+    v = (forward if forward is not None else model)(x_t, sigma, text, cond, _to_float(anchors))
     return torch.mean((v.float() - target) ** 2)
 
 
