@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,diffusers,ray,bench,text]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,diffusers,ray,bench,text,vlm]"
 	touch $(STAMP)
 
 install: $(STAMP)

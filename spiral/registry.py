@@ -13,7 +13,8 @@ from typing import Any
 KINDS = ("planner", "generator", "critic")
 # Built-in backends are imported lazily by module path, so optional extras stay optional.
 _BUILTIN: dict[str, dict[str, str]] = {
-    "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner", "llm": "spiral.planners.llm:LLMPlanner"},
+    "planner": {"symbolic": "spiral.planners.symbolic:SymbolicPlanner", "llm": "spiral.planners.llm:LLMPlanner",
+                "transformers-vlm": "spiral.planners.transformers_vlm:TransformersVLMPlanner"},
     "generator": {
         "world": "spiral.generators.world:WorldGenerator",
         "tiny": "spiral.generators.tiny:TinyGenerator",
@@ -23,7 +24,8 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "cogvideox-i2v": "spiral.generators.diffusers:CogVideoXI2VAdapter",
         "ltx-i2v": "spiral.generators.diffusers:LTXI2VAdapter",
     },
-    "critic": {"tabletop": "spiral.critics.tabletop:TabletopCritic", "vlm": "spiral.critics.vlm:VLMCritic"},
+    "critic": {"tabletop": "spiral.critics.tabletop:TabletopCritic", "vlm": "spiral.critics.vlm:VLMCritic",
+               "transformers-vlm": "spiral.critics.transformers_vlm:TransformersVLMCritic"},
 }
 _REGISTERED: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 

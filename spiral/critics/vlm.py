@@ -14,12 +14,13 @@ verdicts carry no ``observed_state``: a ``replan`` re-plans from the last accept
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from spiral.llm.client import ChatClient, JsonTask, image_part, make_client
+from spiral.llm.client import JsonTask, make_client
 from spiral.llm.prompts import load_template
+from spiral.llm.structured import ChatBackend, complete_json, text_part, video_input
 from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
 
 DIMENSIONS: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
@@ -59,6 +60,13 @@ def sample_indices(total: int, n: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, total - 1, n)})
 
 
+def _sampled_fps(fps: float, idx: list[int]) -> float:
+    """Frames per second of the sampled frames in the clip's own time (the video part's time axis)."""
+    if len(idx) < 2:
+        return float(fps)
+    return float(fps) * (len(idx) - 1) / max(1, idx[-1] - idx[0])
+
+
 def _to_verdict(data: Any) -> Verdict:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
@@ -85,9 +93,14 @@ def _memory_text(context: Any, sub_action: SubAction) -> str:
 
 
 class VLMCritic:
-    """CriticAgent over an OpenAI-compatible VLM; validated verdict JSON with scores and a decision."""
+    """CriticAgent over an OpenAI-compatible VLM; validated verdict JSON with scores and a decision.
+
+    The sampled frames travel as one neutral video part: the HTTP client sends them as images in
+    order, a local backend (``backend_class``, see ``spiral.critics.transformers_vlm``) as a video.
+    """
 
     name = "vlm"
+    backend_class: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -100,13 +113,13 @@ class VLMCritic:
         **client_options: Any,
     ):
         if frames < 1:
-            raise ValueError(f"critic vlm: frames must be >= 1, got {frames}")
+            raise ValueError(f"critic {self.name}: frames must be >= 1, got {frames}")
         if score_levels == 1 or score_levels < 0:
-            raise ValueError(f"critic vlm: score_levels must be 0 (free number) or >= 2, got {score_levels}")
+            raise ValueError(f"critic {self.name}: score_levels must be 0 (free number) or >= 2, got {score_levels}")
         self.frames, self.image_size, self.send_images = frames, image_size, send_images
         self.score_levels = score_levels
         self.prompts = load_template("critic", prompt_version, prompt_file, required=_SECTIONS)
-        self.client: ChatClient = make_client("critic vlm", client_options, type(self))
+        self.client: ChatBackend = make_client(f"critic {self.name}", client_options, type(self), self.backend_class)
         self._task = JsonTask("verdict", verdict_schema(score_levels), _to_verdict, self.prompts.raw("repair"),
                               self.prompts.raw("format"))
 
@@ -127,9 +140,9 @@ class VLMCritic:
         system = self.prompts.render("system", failures=", ".join(FAILURE_KINDS))
         content: Any = text
         if self.send_images:
-            content = [{"type": "text", "text": text}] + [image_part(frames[i], self.image_size) for i in idx]
+            content = [text_part(text), video_input(frames[idx], _sampled_fps(segment.fps, idx), self.image_size)]
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
     def judge(self, segment: Segment, sub_action: SubAction, context: Any = None) -> Verdict:
         """Ask the model for a verdict on ``segment``; invalid replies are repaired, transient errors retried."""
-        return self.client.complete_json(self.messages(segment, sub_action, context), self._task)
+        return complete_json(self.client, self.messages(segment, sub_action, context), self._task)

@@ -28,11 +28,21 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+
+from spiral.llm.structured import (  # noqa: F401 - re-exported: this module was their first home
+    JsonTask,
+    LLMError,
+    OutputError,
+    check_options,
+    complete_json,
+    init_params,
+    parse_json_text,
+    short_error,
+    with_format,
+)
 
 log = logging.getLogger("spiral.llm")
 T = TypeVar("T")
@@ -41,16 +51,8 @@ MODES: tuple[str, ...] = ("json_schema", "json_object", "off")
 _INSTALL = "pip install 'spiral-video[api]'"
 
 
-class LLMError(ValueError):
-    """An agent's model call failed for a reason the user can fix (a ValueError, so the CLI prints one line)."""
-
-
 class EndpointError(LLMError):
     """The server could not be reached, refused the request, or kept failing past the retry budget."""
-
-
-class OutputError(LLMError):
-    """The model's reply stayed unparseable or invalid after the repair retries."""
 
 
 def require_openai() -> Any:
@@ -79,53 +81,20 @@ def image_part(frame: np.ndarray, size: int | None = None) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": encode_png(frame, size)}}
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-def parse_json_text(text: str) -> Any:
-    """The first JSON object in a reply (code fences and surrounding prose are tolerated)."""
-    if text is None:
-        raise ValueError("the reply has no text content")
-    m = _FENCE.search(text)
-    body = m.group(1) if m else text
-    start = body.find("{")
-    if start < 0:
-        raise ValueError("the reply contains no JSON object (no '{' found)")
-    # strict=False lets raw control characters through inside strings (a common glitch of models and
-    # grammar samplers); the text is still only parsed as JSON.
-    obj, _ = json.JSONDecoder(strict=False).raw_decode(body[start:])
-    return obj
-
-
-def short_error(e: BaseException, limit: int = 600) -> str:
-    """A compact, single-paragraph description of a parse or validation error for the repair prompt."""
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        try:
-            parts = [f"{'.'.join(str(x) for x in err['loc']) or '(root)'}: {err['msg']}" for err in errors()[:8]]
-            text = "; ".join(parts)
-        except Exception:  # noqa: BLE001 - fall back to str() for foreign error types
-            text = str(e)
-    else:
-        text = str(e)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass
-class JsonTask(Generic[T]):
-    """What one structured call asks for: a schema, a validator, and the prompts around them.
-
-    ``validate`` turns parsed JSON into the agent's type or raises ``ValueError`` (pydantic's
-    ValidationError is one); ``repair_prompt`` holds ``$error``; ``format_prompt`` holds
-    ``$schema`` and is appended to the system message when the server does not enforce it.
-    """
-
-    name: str
-    schema: dict[str, Any]
-    validate: Callable[[Any], T]
-    repair_prompt: str
-    format_prompt: str
+def to_openai_content(content: Any) -> Any:
+    """Neutral content parts (``spiral.llm.structured``) as OpenAI parts: images → PNG, a video → one PNG per frame."""
+    if not isinstance(content, list):
+        return content
+    out: list[Any] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image":
+            out.append(image_part(part["image"], part.get("size")))
+        elif kind == "video":
+            out.extend(image_part(f, part.get("size")) for f in part["video"])
+        else:
+            out.append(part)
+    return out
 
 
 class _Transient(Exception):
@@ -193,6 +162,7 @@ class ChatClient:
             )
         self.base_url = base_url.rstrip("/")
         self.model, self.api_key_env = model, api_key_env
+        self.where, self.label = self.base_url, f"the model at {self.base_url} ({model})"
         self.timeout, self.max_retries, self.repair_retries = float(timeout), int(max_retries), int(repair_retries)
         self.temperature, self.max_tokens, self.seed = temperature, int(max_tokens), seed
         self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
@@ -283,9 +253,10 @@ class ChatClient:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _request(self, messages: list[dict[str, Any]], task: JsonTask[Any]) -> tuple[str, str | None]:
+    def request(self, messages: list[dict[str, Any]], task: JsonTask[Any]) -> tuple[str, str | None]:
         """One completion (retrying transient failures, stepping down the structured-output ladder)."""
         openai = require_openai()
+        messages = [{**m, "content": to_openai_content(m.get("content"))} for m in messages]
         attempt = 0
         while True:
             mode = self.mode
@@ -349,55 +320,17 @@ class ChatClient:
     @staticmethod
     def _with_format(messages: list[dict[str, Any]], task: JsonTask[Any], mode: str) -> list[dict[str, Any]]:
         """Spell the schema out in the system message unless the server enforces it."""
-        if mode == "json_schema":
-            return messages
-        from string import Template
-
-        note = Template(task.format_prompt).substitute(schema=json.dumps(task.schema, separators=(",", ":")))
-        out = [dict(m) for m in messages]
-        if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
-            out[0]["content"] = out[0]["content"].rstrip() + "\n\n" + note
-        else:
-            out.insert(0, {"role": "system", "content": note})
-        return out
+        return messages if mode == "json_schema" else with_format(messages, task)
 
     def complete_json(self, messages: list[dict[str, Any]], task: JsonTask[T]) -> T:
         """Ask for JSON matching ``task.schema``; parse, validate, and repair (bounded) until it is valid."""
-        from string import Template
-
-        msgs = list(messages)
-        err = ""
-        for k in range(self.repair_retries + 1):
-            text, finish = self._request(msgs, task)
-            try:
-                return task.validate(parse_json_text(text))
-            except ValueError as e:
-                err = short_error(e)
-                if finish == "length":
-                    err = f"the reply was cut off at max_tokens={self.max_tokens}; be shorter. {err}"
-            if k == self.repair_retries:
-                break
-            self.stats["repairs"] += 1
-            log.warning("%s: invalid %s reply (%s); repair %d/%d", self.base_url, task.name, err, k + 1,
-                        self.repair_retries)
-            msgs = msgs + [{"role": "assistant", "content": text[:4000]},
-                           {"role": "user", "content": Template(task.repair_prompt).substitute(error=err)}]
-        raise OutputError(f"the model at {self.base_url} ({self.model}) gave no valid {task.name} after "
-                          f"{self.repair_retries} repair(s): {err}")
+        return complete_json(self, messages, task)
 
 
-def make_client(owner: str, options: dict[str, Any], agent_class: type | None = None) -> ChatClient:
-    """A ChatClient from an agent's leftover config options; a typo'd option is an error naming the close one."""
-    import difflib
-    import inspect
-
-    known = [p for p in inspect.signature(ChatClient.__init__).parameters if p != "self"]
-    if agent_class is not None:
-        own = inspect.signature(agent_class.__init__).parameters.values()
-        known += [p.name for p in own if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
-    for k in options:
-        if k not in known:
-            close = difflib.get_close_matches(k, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{owner}: unknown option {k!r}{hint}; options: {', '.join(sorted(known))}")
-    return ChatClient(**options)
+def make_client(owner: str, options: dict[str, Any], agent_class: type | None = None,
+                backend_class: type | None = None) -> Any:
+    """A chat backend (``ChatClient`` unless told) from an agent's leftover config options; typos are errors."""
+    backend_class = backend_class or ChatClient
+    known = init_params(backend_class) + (init_params(agent_class) if agent_class is not None else [])
+    check_options(owner, options, known)
+    return backend_class(**options)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from spiral.llm.client import ChatClient, JsonTask, OutputError, image_part, make_client
+from spiral.llm.client import JsonTask, OutputError, make_client
 from spiral.llm.prompts import load_template
+from spiral.llm.structured import ChatBackend, complete_json, image_input, text_part
 from spiral.loop import refine_instruction
 from spiral.types import Attempt, Observation, Plan, SubAction
 
@@ -142,9 +143,14 @@ def _describe_history(history: list[Any] | None, limit: int) -> str:
 
 
 class LLMPlanner:
-    """PlanAgent over an OpenAI-compatible chat model; validated JSON plans with pre/post-conditions."""
+    """PlanAgent over an OpenAI-compatible chat model; validated JSON plans with pre/post-conditions.
+
+    ``backend_class`` (a :class:`spiral.llm.structured.ChatBackend`; ``None`` is the HTTP
+    ``ChatClient``) lets a subclass keep the prompts, schemas and checks and change the transport.
+    """
 
     name = "llm"
+    backend_class: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -162,21 +168,21 @@ class LLMPlanner:
         **client_options: Any,
     ):
         if domain not in (None, "tabletop"):
-            raise ValueError(f"planner llm: unknown domain {domain!r}; use 'tabletop' or null (free-form actions)")
+            raise ValueError(f"planner {self.name}: unknown domain {domain!r}; use 'tabletop' or null (free-form actions)")
         if validate not in ("simulate", "syntax", "off"):
-            raise ValueError(f"planner llm: validate must be simulate, syntax or off; got {validate!r}")
+            raise ValueError(f"planner {self.name}: validate must be simulate, syntax or off; got {validate!r}")
         if on_invalid not in ("error", "keep"):
-            raise ValueError(f"planner llm: on_invalid must be error or keep; got {on_invalid!r}")
+            raise ValueError(f"planner {self.name}: on_invalid must be error or keep; got {on_invalid!r}")
         if refine not in ("llm", "template"):
-            raise ValueError(f"planner llm: refine must be llm or template; got {refine!r}")
+            raise ValueError(f"planner {self.name}: refine must be llm or template; got {refine!r}")
         if max_steps < 1 or max_conditions < 0:
-            raise ValueError("planner llm: max_steps must be >= 1 and max_conditions >= 0")
+            raise ValueError(f"planner {self.name}: max_steps must be >= 1 and max_conditions >= 0")
         self.domain, self.validate, self.on_invalid = domain, validate, on_invalid
         self.send_image, self.image_size = send_image, image_size
         self.max_steps, self.max_conditions, self.refine_mode = max_steps, max_conditions, refine
         self.history_limit = history_limit
         self.prompts = load_template("planner", prompt_version, prompt_file, required=_SECTIONS)
-        self.client: ChatClient = make_client("planner llm", client_options, type(self))
+        self.client: ChatBackend = make_client(f"planner {self.name}", client_options, type(self), self.backend_class)
 
     @property
     def prompt_id(self) -> str:
@@ -216,9 +222,9 @@ class LLMPlanner:
         task = JsonTask("instruction", REFINE_SCHEMA, _refine_text, self.prompts.raw("repair"),
                         self.prompts.raw("format"))
         try:
-            return self.client.complete_json(messages, task)
+            return complete_json(self.client, messages, task)
         except OutputError as e:
-            log.warning("planner llm: refine fell back to the template rewriter (%s)", e)
+            log.warning("planner %s: refine fell back to the template rewriter (%s)", self.name, e)
             return refine_instruction(sub_action.text, feedback)
 
     # -- the validate_plan hook ----------------------------------------------------------------
@@ -242,7 +248,7 @@ class LLMPlanner:
         system = self.prompts.render("system", domain=_domain_text(self.domain), max_steps=self.max_steps)
         content: Any = user
         if self.send_image and obs.frame is not None:
-            content = [{"type": "text", "text": user}, image_part(obs.frame, self.image_size)]
+            content = [text_part(user), image_input(obs.frame, self.image_size)]
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
     def _ask(self, goal: str, obs: Observation, user: str, first_id: int, min_steps: int) -> Plan:
@@ -264,12 +270,12 @@ class LLMPlanner:
         schema = plan_schema(self.domain, self.max_steps, self.max_conditions, min_steps)
         task = JsonTask("plan", schema, validate, self.prompts.raw("repair"), self.prompts.raw("format"))
         try:
-            return self.client.complete_json(self._messages(obs, user), task)
+            return complete_json(self.client, self._messages(obs, user), task)
         except OutputError:
             if self.on_invalid == "keep" and syntax_ok:
                 plan = syntax_ok[-1]
                 why = "; ".join(p[len(_SOFT):] for p in problems)
-                log.warning("planner llm: keeping a plan that failed the domain check (%s)", why)
+                log.warning("planner %s: keeping a plan that failed the domain check (%s)", self.name, why)
                 return plan.model_copy(update={"rationale": f"{plan.rationale} [unverified: {why}]".strip()})
             raise
 
