@@ -4,8 +4,9 @@ Speed does not depend on the weights, so the default-config model is used with r
 unless trained weights exist (``--weights``). The machine is shared, so every timing is the
 median and the best of several repeats, with the load average next to them, and also the
 process CPU time: with one thread, CPU seconds are what the work takes on an idle core. On an
-oversubscribed machine two OpenMP threads stall on each other at every op (we saw 5-10× slower
-than one thread at load 6 on 2 cores), so the script measures each ``--threads`` setting.
+oversubscribed machine OpenMP threads that spin-wait steal the core from the thread doing the
+work (2 threads were 10-25× slower than 1 at batch 1, load 3-6 on 2 cores), so the script sets
+``OMP_WAIT_POLICY=PASSIVE`` (unless set) before torch loads and measures each ``--threads`` setting.
 The issue's budget is ≤ 0.25 s per segment at batch 1.
 
     python benchmarks/tiny_generator.py --threads 1,2 --out benchmarks/results/tiny_generator.json
@@ -13,9 +14,13 @@ The issue's budget is ≤ 0.25 s per segment at batch 1.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: spinning OpenMP waits make 2 threads 10× slower than 1 on a busy machine (see the docstring).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics

@@ -278,6 +278,11 @@ def train_generator_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the training forward (~2 min to compile)"),
 ) -> None:
     """Train the tiny flow-matching video generator; exports EMA weights as OUT/tiny.safetensors + model card."""
+    import os
+
+    # OpenMP threads that spin while they wait steal the CPU on a shared machine (10× slower at load 3 on 2 cores);
+    # this only takes effect if torch is not loaded yet, which is the case for this command.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from spiral.models.tiny_video import TinyVideoConfig
