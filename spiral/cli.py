@@ -366,11 +366,15 @@ def eval_critic(
                                                      "a path) and report the agreement"),
     card: Path | None = typer.Option(None, help="write the report into this model card's evaluation section"),
     json_out: Path | None = typer.Option(None, "--json", help="write all metrics as JSON"),
+    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest for small batches on a shared CPU)"),
 ) -> None:
     """Score a critic on a held-out labelled set: accuracy, false rejects, per-kind recall, confusion, pairs."""
     import json
 
+    import torch
     from rich.progress import Progress
+
+    torch.set_num_threads(threads)
 
     from spiral.atomic import write_text
     from spiral.bench import critic_eval as ce

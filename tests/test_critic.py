@@ -72,6 +72,14 @@ def test_failure_kind_and_decision(critic, state, action, failure, seed, kind, d
     State.from_dict(v.observed_state)
 
 
+def test_postconditions_default_to_the_domain_effects(critic):
+    res = render_action(S0, MOVE, appearance=APP, seed=2)
+    bare = SubAction(text=MOVE.text(), verb=MOVE.verb, objects=list(MOVE.args))
+    assert critic.judge(Segment(frames=res.frames), bare, None).decision == "accept"
+    res = render_action(S0, MOVE, appearance=APP, seed=2, failure="no_motion")
+    assert critic.judge(Segment(frames=res.frames), bare, None).failure == "missing_action"
+
+
 def test_feedback_is_actionable(critic):
     v = _judge(critic, S_OPEN, Action.parse("move(yellow_block, box)"), "incomplete", 2)
     assert "yellow block" in v.feedback and "it must end in the box" in v.feedback
@@ -111,6 +119,10 @@ def test_config_overrides_and_errors(critic):
     with pytest.raises(ValueError, match="unknown cause"):
         TabletopCritic(decisions={"boredom": "accept"}, recognizer=critic.recognizer)
     assert isinstance(CriticConfig().decisions, dict)
+    from spiral.critics.recognizer import weights_path
+
+    by_path = TabletopCritic(recognizer=str(weights_path("critic")))  # a path works as the config option does
+    assert by_path.config.recognizer == str(weights_path("critic")) and by_path.recognizer is critic.recognizer
 
 
 def test_bad_input_errors(critic):

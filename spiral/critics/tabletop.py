@@ -32,6 +32,7 @@ through :class:`CriticConfig` (``decisions`` maps a cause to a decision):
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,8 @@ class CriticConfig(BaseModel):
                                                         "rendered paths move up to 0.67")
     pull_min: float = Field(0.5, ge=0, le=1, description="probability above which the lamp cord counts as pulled")
     recognizer: str | None = Field(None, description="path of recogniser weights (default: the shipped ones)")
+    threads: int | None = Field(None, ge=1, description="if set, torch.set_num_threads(threads) once for the process "
+                                                        "(1 is fastest on a shared CPU; see benchmarks/critic_speed.py)")
 
 
 def _cfg(config: CriticConfig | dict | None, options: dict[str, Any]) -> CriticConfig:
@@ -180,42 +183,48 @@ _LID_KINDS = np.array([[0, 0, 1], [0, 0, 0], [1, 0, 0]])
 _LAMP_KINDS = np.array([[0, 2, 1], [2, 0, 2], [1, 2, 0]])
 
 
-def _viterbi(logp: np.ndarray, penalty: np.ndarray) -> tuple[float, list[int]]:
-    """Best path through T×C log-probabilities with a C×C (or (T-1)×C×C, per step) transition penalty.
-
-    Returns (score, path)."""
-    t_n, c_n = logp.shape
-    score = logp[0].copy()
-    back = np.zeros((t_n, c_n), np.int64)
+def _viterbi(logp: np.ndarray, penalty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best paths through B×T×C log-probabilities with per-sequence transition penalties (B×C×C, or
+    B×(T-1)×C×C per step; from × to). Returns (scores B, paths B×T)."""
+    b_n, t_n, c_n = logp.shape
+    score = logp[:, 0].copy()
+    back = np.zeros((b_n, t_n, c_n), np.int64)
     for t in range(1, t_n):
-        cand = score[:, None] - (penalty if penalty.ndim == 2 else penalty[t - 1])  # from × to
-        back[t] = cand.argmax(0)
-        score = cand.max(0) + logp[t]
-    path = [int(score.argmax())]
+        cand = score[:, :, None] - (penalty if penalty.ndim == 3 else penalty[:, t - 1])
+        back[:, t] = cand.argmax(1)
+        score = np.take_along_axis(cand, back[:, t][:, None, :], 1)[:, 0] + logp[:, t]
+    paths = np.empty((b_n, t_n), np.int64)
+    paths[:, -1] = score.argmax(-1)
+    rows = np.arange(b_n)
     for t in range(t_n - 1, 0, -1):
-        path.append(int(back[t, path[-1]]))
-    return float(score.max()), path[::-1]
+        paths[:, t - 1] = back[rows, t, paths[:, t]]
+    return score.max(-1), paths
 
 
 def _violation(logp: np.ndarray, kinds: np.ndarray, nats: float
-               ) -> tuple[float, list[tuple[int, int, int, int]], list[int]]:
-    """Evidence (nats) that a sequence of readings needs forbidden transitions, which ones, and the best
-    physically allowed path.
+               ) -> list[tuple[float, list[tuple[int, int, int, int]], list[int]]]:
+    """For each of B sequences of readings (B×T×C log-probabilities): the evidence (nats) that it needs
+    forbidden transitions, which ones, and its best physically allowed path.
 
-    ``kinds`` (C×C, or per step (T-1)×C×C) is 0 for an allowed transition, else a violation code.
-    The evidence is the log-likelihood gain of the best path that may pay ``nats`` per forbidden
-    transition over the best path that uses allowed ones only; events are (t, from, to, code).
+    ``kinds`` (C×C, or per step (T-1)×C×C, shared by the batch) is 0 for an allowed transition, else a
+    violation code. The evidence is the log-likelihood gain of the best path that may pay ``nats`` per
+    forbidden transition over the best path that uses allowed ones only; events are (t, from, to, code).
     """
-    s_ok, allowed = _viterbi(logp, np.where(kinds > 0, 1e6, 0.0))
-    s_soft, path = _viterbi(logp, np.where(kinds > 0, nats, 0.0))
+    b_n = len(logp)
+    pen = np.stack([np.where(kinds > 0, 1e6, 0.0)] * b_n + [np.where(kinds > 0, nats, 0.0)] * b_n)
+    scores, paths = _viterbi(np.concatenate([logp, logp]), pen)
+    out = []
+    for b in range(b_n):
+        path = paths[b_n + b]
 
-    def code(t: int) -> int:
-        k = kinds if kinds.ndim == 2 else kinds[t - 1]
-        return int(k[path[t - 1], path[t]])
+        def code(t: int, path: np.ndarray = path) -> int:
+            k = kinds if kinds.ndim == 2 else kinds[t - 1]
+            return int(k[path[t - 1], path[t]])
 
-    events = [(t, path[t - 1], path[t], code(t)) for t in range(1, len(path)) if code(t)]
-    gap = s_soft + nats * len(events) - s_ok
-    return max(0.0, gap), events, allowed
+        events = [(t, int(path[t - 1]), int(path[t]), code(t)) for t in range(1, len(path)) if code(t)]
+        gap = scores[b_n + b] + nats * len(events) - scores[b]
+        out.append((max(0.0, float(gap)), events, [int(x) for x in paths[b]]))
+    return out
 
 
 def _sigmoid_score(evidence: float, at_half: float, sharpness: float = 1.0) -> float:
@@ -257,12 +266,18 @@ def _changed(a: State, b: State) -> list[str]:
     return [o for o in (*BLOCKS, BOX, LAMP) if _obj_state(a, o) != _obj_state(b, o)]
 
 
+def _where_to(loc: str) -> str:
+    if loc == BOX:
+        return "into the box"
+    return f"{'to' if loc in SLOTS else 'onto'} the {domain.name(loc)}"
+
+
 def _change_text(obj: str, a: State, b: State) -> str:
     if obj == BOX:
         return "the box was " + ("opened" if b.box_open else "closed")
     if obj == LAMP:
         return "the lamp was switched " + ("on" if b.lamp_on else "off")
-    return f"the {domain.name(obj)} was moved {_where(b.where(obj))}"
+    return f"the {domain.name(obj)} was moved {_where_to(b.where(obj))}"
 
 
 # ---------------------------------------------------------------- the critic
@@ -271,9 +286,16 @@ class TabletopCritic:
 
     name = "tabletop"
 
-    def __init__(self, config: CriticConfig | dict | None = None, recognizer: Recognizer | None = None,
+    def __init__(self, config: CriticConfig | dict | None = None, recognizer: Recognizer | str | Path | None = None,
                  **options: Any):
+        """``recognizer``: a loaded :class:`Recognizer`, or a weights path (as the ``recognizer`` config option)."""
+        if isinstance(recognizer, (str, Path)):
+            options["recognizer"], recognizer = str(recognizer), None
         self.config = _cfg(config, options)
+        if self.config.threads:
+            import torch
+
+            torch.set_num_threads(self.config.threads)
         self.recognizer = recognizer or load_recognizer(self.config.recognizer)
         self._anchor_key: tuple | None = None
         self._anchor_val: tuple[np.ndarray, float] | None = None
@@ -303,8 +325,9 @@ class TabletopCritic:
         s0, s_end = decode_states(self._start_end(r))
         if self.config.start_from == "memory" and mem_state is not None:
             s0 = mem_state
-        if not post:
-            post = domain.effects(s0, action) if action.verb != "move" or s0.where(action.args[0]) != action.args[1] else []
+        if not post:  # no post-conditions given: the domain's effects of the action from the observed start
+            already = action.verb == "move" and s0.where(action.args[0]) == action.args[1]
+            post = [Pred.parse(p) for p in (domain.effects(s0, action) if not already else [])]
         cfg = self.config
 
         end = {"loc": layout_marginals(r["loc"][-1:])[0], "lid": r["lid"][-1], "light": r["light"][-1]}
@@ -339,7 +362,7 @@ class TabletopCritic:
             changed = [o for o in untouched if keep[o] < th["preservation"]]
             if changed:
                 cause = "extra_change"
-                what = "; ".join(_change_text(o, s0, s_end) for o in changed)
+                what = " and ".join(_change_text(o, s0, s_end) for o in changed)
                 feedback = (f"{what} although only the {domain.name(target)} should change; keep everything "
                             "else still")
             else:
@@ -352,7 +375,8 @@ class TabletopCritic:
                 feedback = (f"{_change_text(target, s0, s_end)} instead; {_goal_phrase(action)}")
             elif others:
                 cause = "wrong_object"
-                feedback = (f"{'; '.join(_change_text(o, s0, s_end) for o in others)} instead of: {action.text()}")
+                feedback = (f"{' and '.join(_change_text(o, s0, s_end) for o in others)} instead of the requested "
+                            f"step ({action.text()}); re-plan from what is now on the table")
             elif action.verb.startswith("switch") and float(r["pull"].max()) > cfg.pull_min:
                 cause = "lamp_not_switched"
                 feedback = (f"the cord was pulled but the lamp stayed {'on' if s_end.lamp_on else 'off'}; "
@@ -458,14 +482,14 @@ class TabletopCritic:
         events: list[dict[str, Any]] = []
         logp = np.log(np.clip(r["loc"], 1e-6, 1.0))
         paths: dict[str, list[int]] = {}
-        for k, b in enumerate(BLOCKS):
-            gap, evs, paths[b] = _violation(logp[:, k], _KINDS, nats)
+        for b, (gap, evs, path) in zip(BLOCKS, _violation(logp.transpose(1, 0, 2), _KINDS, nats), strict=True):
+            paths[b] = path
             if evs:
                 t, a, c, kind = evs[0]
                 events.append({"object": b, "frame": t, "from": LOC_CLASSES[a], "to": LOC_CLASSES[c],
                                "kind": "jump" if kind == 1 else "moved_by_itself", "evidence": gap})
         # lid: closed ↔ open without a partial frame in between
-        gap, evs, _ = _violation(np.log(np.clip(r["lid"], 1e-6, 1.0)), _LID_KINDS, nats)
+        gap, evs, _ = _violation(np.log(np.clip(r["lid"], 1e-6, 1.0))[None], _LID_KINDS, nats)[0]
         if evs:
             t, a, c, _ = evs[0]
             events.append({"object": BOX, "frame": t, "from": LID_CLASSES[a], "to": LID_CLASSES[c], "kind": "jump",
@@ -474,7 +498,7 @@ class TabletopCritic:
         pull = r["pull"]
         pulled = np.array([pull[max(0, t - 2): t + 2].max() > cfg.pull_min for t in range(1, len(pull))], bool)
         kinds = np.where(pulled[:, None, None], 0, _LAMP_KINDS[None])
-        gap, evs, _ = _violation(np.log(np.clip(r["light"], 1e-6, 1.0)), kinds, nats)
+        gap, evs, _ = _violation(np.log(np.clip(r["light"], 1e-6, 1.0))[None], kinds, nats)[0]
         if evs:
             t, a, c, kind = evs[0]
             events.append({"object": LAMP, "frame": t, "from": LIGHT_CLASSES[a], "to": LIGHT_CLASSES[c],

@@ -414,7 +414,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     temps = calibrate(model, calib, cfg)
     test = _pool(cfg, "test", cfg.test_clips, cfg.test_clips * 2, log)
     metrics = evaluate(model, test, cfg.eval_kinds)
-    metrics["train"] = {"steps_done": step, "steps": cfg.steps, "stopped_early": stopped_early,
+    metrics["train"] = {"steps_done": step, "steps": cfg.steps, "stopped_early": stopped_early, "resumed_at": start,
                         "train_seconds": round(train_seconds, 1), "pool_frames": len(pool),
                         "wall_seconds_this_call": round(time.perf_counter() - t_wall, 1)}
     metrics["temperature"] = temps
@@ -573,9 +573,11 @@ def write_card(cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
         f"- command: `{cmd} --seed {cfg.seed} --steps {cfg.steps} --arch {cfg.arch}` (CPU, torch threads = {cfg.threads})",
         f"- architecture: `{cfg.arch}` CNN, {sum(p.numel() for p in RecognizerNet(cfg.arch).parameters()):,} parameters",
         f"- steps: {tr['steps_done']} of {cfg.steps}, batch {cfg.batch}, AdamW lr {cfg.lr} one-cycle"
-        + (" (stopped by the time budget)" if tr["stopped_early"] else ""),
-        f"- training wall time: {tr['train_seconds'] / 60:.1f} min on a shared 2-core CPU "
-        f"(whole command incl. rendering, calibration and evaluation: {tr['wall_seconds_this_call'] / 60:.1f} min)",
+        + (" (stopped by the time budget)" if tr["stopped_early"] else "")
+        + (f"; resumed with `--resume` from the checkpoint at step {tr['resumed_at']}" if tr.get("resumed_at") else ""),
+        f"- training wall time: {tr['train_seconds'] / 60:.1f} min of optimisation on a shared 2-core CPU "
+        f"({'last call' if tr.get('resumed_at') else 'whole command'} incl. rendering, calibration and evaluation: "
+        f"{tr['wall_seconds_this_call'] / 60:.1f} min)",
         f"- data: {tr['pool_frames']} pre-rendered frames ({cfg.pool_clips} `render_action` clips — successes and "
         f"every failure kind, per-frame labels — and {cfg.pool_stills} `render_state` stills with the gripper parked, "
         "hidden or posed, sometimes holding a block); appearance seeds in [2^31, 2^32) (disjoint from every "
