@@ -391,7 +391,8 @@ def eval_critic(
         cmd = (f"spiral eval critic --data {data}" + (" --degrade" if degrade else "")
                + (f" --weights {weights}" if weights else "") + (f" --agree-with {agree_with}" if agree_with else ""))
         ce.write_card_section(card, "Held-out labelled set (critic evaluation)",
-                              f"`{cmd}` — {data}: successes and every failure kind, seeds disjoint from training.\n\n{md}")
+                              f"`{cmd}` — {data}: successes and every failure kind, seeds disjoint from training "
+                              f"(how the set is built and what each metric means: docs/critic_eval.md).\n\n{md}")
         console.print(f"card: {card}")
     if json_out:
         write_text(json_out, json.dumps(result, indent=2))
