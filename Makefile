@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned: this version installs as a CPU build; a bare `torch` pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
+CORE := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean llama-cpp
@@ -12,8 +13,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# core: what `make demo` needs (the embedded default); full: every backend and test tool
+$(CORE): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $(CORE)
+
+$(STAMP): $(CORE)
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,diffusers,ray,bench,text,vlm]"
 	touch $(STAMP)
 
@@ -32,7 +38,7 @@ $(LLAMA_STAMP): $(STAMP) scripts/llama_cpp.sh
 
 llama-cpp: $(LLAMA_STAMP)
 
-demo: install
+demo: $(CORE)
 	$(BIN)/spiral demo
 
 test: install llama-cpp
