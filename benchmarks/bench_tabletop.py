@@ -41,14 +41,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", default=None, help="YAML config (default: the embedded default)")
     ap.add_argument("--judge", default="recognizer")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
-    ap.add_argument("--plugin", dest="plugins", action="append", default=[], help="module registering backends")
     ap.add_argument("--docs", type=Path, default=None,
                     help="where to copy summary.md (default: docs/bench_tabletop_v1.md for a full run)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_tabletop.json")
     args = ap.parse_args(argv)
 
     cfg = BenchConfig(suite=args.suite, out=str(args.out), modes=args.modes.split(","), config=args.config,
-                      overrides=args.overrides, limit=args.limit, judge=args.judge, plugins=args.plugins,
+                      overrides=args.overrides, limit=args.limit, judge=args.judge,
                       workers=args.workers, ray=args.ray, resume=args.resume)
     t0 = time.perf_counter()
     results = run_bench(cfg)

@@ -40,7 +40,6 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | module:factory"),
         subject_features: str | None = typer.Option(None, help="judge | pixels | module:factory (DINO, …)"),
         background_features: str | None = typer.Option(None, help="colour-layout | pixels | module:factory (CLIP, …)"),
-        plugin: list[str] = typer.Option([], help="module to import in every worker (registers backends)"),
         set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ) -> None:
@@ -58,7 +57,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         cfg = BenchConfig(suite=suite, out=str(out), modes=mode_list, config=str(config) if config else None,
                           overrides=list(set_), limit=limit, seed=seed, judge=judge,
                           subject_features=subject_features, background_features=background_features,
-                          plugins=list(plugin), workers=workers, ray=ray, resume=resume)
+                          workers=workers, ray=ray, resume=resume)
         results = run_bench(cfg, progress=not quiet)
         errors = results["errors"]
         if errors and errors[0].get("stage") == "suite":

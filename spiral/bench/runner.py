@@ -16,12 +16,11 @@ again. A bad case never stops the others: its error is recorded in its result.
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ class BenchConfig:
     judge: str = "recognizer"
     subject_features: str | None = None
     background_features: str | None = None
-    plugins: list[str] = field(default_factory=list)
     workers: int = 1
     ray: str | None = None
     resume: bool = False
@@ -66,29 +64,21 @@ def case_seed(seed: int, case_id: str) -> int:
 
 
 # ---- one case (runs in the driver, a spawned process or a Ray worker) --------------------------
-def _import_plugins(plugins: Iterable[str]) -> None:
-    for mod in plugins:
-        importlib.import_module(mod)
-
-
-def _init_worker(plugins: list[str]) -> None:
-    """Process-pool initializer: one torch thread per worker (workers share the cores), plugins registered."""
+def _init_worker() -> None:
+    """Process-pool initializer: one torch thread per worker (workers share the cores)."""
     try:
         import torch
 
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a core dependency
         pass
-    _import_plugins(plugins)
 
 
 def run_case(task: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) one case's loop, then score its run directory with the judge; never raises."""
     t0 = time.perf_counter()
     if task.get("threads"):
-        _init_worker(task.get("plugins", []))
-    else:
-        _import_plugins(task.get("plugins", []))
+        _init_worker()
     case = task["case"]
     res: dict[str, Any] = {**_case_fields(case), "mode": task["mode"], "run_dir": task["run_rel"],
                            "seed": task["seed"], "status": "ok", "error": None, "stage": None}
@@ -199,7 +189,7 @@ class Bench:
         return {"case": case.to_dict(), "mode": mode, "run_dir": str(self.out / rel), "run_rel": rel,
                 "seed": case_seed(cfg.seed, case.id), "config": cfg.config, "overrides": list(cfg.overrides),
                 "judge": cfg.judge, "subject_features": cfg.subject_features,
-                "background_features": cfg.background_features, "plugins": list(cfg.plugins)}
+                "background_features": cfg.background_features}
 
     def record(self, res: dict[str, Any]) -> None:
         """Keep one finished case and write its result file atomically."""
@@ -275,7 +265,7 @@ def _run_pool(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None])
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(list(cfg.plugins),)) as pool:
+                             initializer=_init_worker) as pool:
         futures = {pool.submit(run_case, t): t for t in tasks}
         for fut in as_completed(futures):
             try:
