@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from spiral.world import domain as d
-from spiral.world.domain import Action, DomainError, Pred, PreconditionError, State
+from spiral.world.domain import Action, DomainError, PreconditionError, Pred, State
 
 
 def S(box_open=False, lamp_on=False, **loc):
