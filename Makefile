@@ -42,10 +42,11 @@ demo: $(CORE)
 	$(BIN)/spiral demo
 
 test: install llama-cpp
+	$(BIN)/ruff check spiral tests benchmarks docs
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check spiral tests benchmarks
+	$(BIN)/ruff check spiral tests benchmarks docs
 
 bench: install
 	$(BIN)/python benchmarks/planner_latency.py
