@@ -159,7 +159,7 @@ def run_loop(
                 status, stop_reason = "budget_exhausted", f"max_replans={loop.max_replans} reached at step {step + 1}"
                 break
             if decision == "replan" and verdict is not None and verdict.observed_state is not None:
-                memory.commit(frames, sub, verdict, verdict.observed_state)  # keep what happened
+                memory.commit(frames, _as_happened(sub, verdict), verdict, verdict.observed_state)  # keep what happened
                 accepted.append(frames)
                 record.accepted.append(entry.segment_path or f"v{version}_s{step}_a{attempt - 1}")
             version += 1
@@ -218,6 +218,11 @@ def _attempt(agents: Agents, cfg: Config, memory: Memory, sub: SubAction, instru
                             {"backend": segment.backend, "sub_action": sub.model_dump(mode="json"),
                              "generator_meta": _jsonable(segment.meta)}, video=cfg.output.segment_videos)
     return segment.frames, verdict, seconds
+
+
+def _as_happened(sub: SubAction, verdict: Verdict) -> SubAction:
+    """A kept off-plan segment enters the history as what the critic saw, not as the step that was asked."""
+    return SubAction(id=sub.id, text=f"unplanned: {verdict.feedback}", verb="unplanned", objects=list(sub.objects))
 
 
 def _executed(memory: Memory) -> list[SubAction]:
