@@ -347,12 +347,18 @@ class _Progress:
 
 
 def comparable(res: dict[str, Any]) -> dict[str, Any]:
-    """A case result without its timings: what must be equal across local, process-pool and Ray runs."""
+    """A case result without its timings: what must be equal across local, process-pool and Ray runs.
+
+    Floats are rounded to 6 decimals: workers run torch on one thread, the driver may not, and a
+    different thread count changes the summation order of feature sums in the last bits.
+    """
     def strip(x: Any) -> Any:
         if isinstance(x, dict):
             return {k: strip(v) for k, v in x.items() if k not in _TIMING_KEYS and k != "traceback"}
         if isinstance(x, list):
             return [strip(v) for v in x]
+        if isinstance(x, float):
+            return round(x, 6)
         return x
 
     return strip(res)
