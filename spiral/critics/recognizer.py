@@ -139,7 +139,7 @@ class Recognizer:
         """Backbone embedding per frame (N×256), e.g. for consistency metrics."""
         frames = self._frames(frames)
         with self._threads():
-            return self.net.features(to_input(torch.from_numpy(np.ascontiguousarray(frames)))).numpy()
+            return self.net.features(to_input(torch.from_numpy(np.require(frames, requirements=['C', 'W'])))).numpy()
 
     @staticmethod
     def _frames(frames: np.ndarray) -> np.ndarray:
@@ -162,7 +162,7 @@ class Recognizer:
         """
         frames = self._frames(frames)
         with self._threads():
-            p = probabilities(self.net(to_input(torch.from_numpy(np.ascontiguousarray(frames)))))
+            p = probabilities(self.net(to_input(torch.from_numpy(np.require(frames, requirements=['C', 'W'])))))
         reg = p["reg"].numpy()
         loc = p["loc"].numpy()
         return {
