@@ -519,6 +519,14 @@ class _FlowAccess:
 
         return fn
 
+    def _request_inputs(self, request: GenerationRequest) -> tuple[ModelSize, Any, str, torch.Generator, Any, bool]:
+        """What every hand-driven ``prepare`` starts from: model size, conditioning image, prompt, seeded
+        generator, execution device and whether classifier-free guidance is on."""
+        size = self.model_size(request)  # type: ignore[attr-defined]
+        return (size, self.cond_image(request, size), self.prompt_for(request),  # type: ignore[attr-defined]
+                self.make_generator(request), self.pipe._execution_device,  # type: ignore[attr-defined]
+                self.guidance_scale > 1.0)  # type: ignore[attr-defined]
+
 
 class WanI2VAdapter(_FlowAccess, DiffusersI2V):
     """Wan 2.1 I2V (CLIP image embeddings + channel-concatenated first-frame latents); also Wan 2.2
@@ -554,12 +562,7 @@ class WanI2VAdapter(_FlowAccess, DiffusersI2V):
         """Encode prompt, image and first-frame latents exactly as the pipeline does, seed the noise."""
         pipe = self.pipe
         t0 = time.perf_counter()
-        size = self.model_size(request)
-        image = self.cond_image(request, size)
-        prompt = self.prompt_for(request)
-        generator = self.make_generator(request)
-        device = pipe._execution_device
-        cfg = self.guidance_scale > 1.0
+        size, image, prompt, generator, device, cfg = self._request_inputs(request)
         model = self.denoiser
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=prompt, negative_prompt=self.negative_prompt, do_classifier_free_guidance=cfg,
@@ -717,12 +720,7 @@ class LTXI2VAdapter(_FlowAccess, DiffusersI2V):
 
         pipe = self.pipe
         t0 = time.perf_counter()
-        size = self.model_size(request)
-        image = self.cond_image(request, size)
-        prompt = self.prompt_for(request)
-        generator = self.make_generator(request)
-        device = pipe._execution_device
-        cfg = self.guidance_scale > 1.0
+        size, image, prompt, generator, device, cfg = self._request_inputs(request)
         pe, pm, npe, npm = pipe.encode_prompt(prompt=prompt, negative_prompt=self.negative_prompt,
                                               do_classifier_free_guidance=cfg,
                                               max_sequence_length=self.max_sequence_length, device=device)
