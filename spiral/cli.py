@@ -260,7 +260,8 @@ app.add_typer(train_app, name="train")
 @train_app.command("generator")
 @friendly
 def train_generator_cmd(
-    data: Path = typer.Option(..., help="dataset folder from `spiral data build` (success clips are used)"),
+    data: str = typer.Option(..., help="dataset folder from `spiral data build` (success clips are used), or "
+                             "world:EPISODES[:SEED] to render that many episodes in memory on all cores"),
     out: Path = typer.Option(..., help="run folder: checkpoint/, samples/, log.jsonl, tiny.safetensors, tiny.md"),
     steps: int = typer.Option(20000, help="total optimizer steps (the cosine schedule spans them)"),
     batch: int = typer.Option(32, help="clips per step"),
@@ -276,6 +277,8 @@ def train_generator_cmd(
     threads: int = typer.Option(2, help="torch CPU threads (0: torch's default); on a busy machine 1 is faster"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the training forward (~2 min to compile)"),
+    text_table: Path | None = typer.Option(None, help="precomputed text embeddings (spiral.models.text.write_text_table) "
+                                           "for a machine without the text encoder's weights"),
 ) -> None:
     """Train the tiny flow-matching video generator; exports EMA weights as OUT/tiny.safetensors + model card."""
     import os
@@ -293,7 +296,12 @@ def train_generator_cmd(
     cfg = TrainConfig(data=str(data), out=str(out), steps=steps, batch=batch, lr=lr, ckpt_every=ckpt_every,
                       sample_every=sample_every, minutes=minutes, seed=seed, device=device, compile=compile_,
                       model=TinyVideoConfig(dim=dim, depth=depth, heads=max(1, dim // 64), tubelet=tubelet))
-    res = train_generator(cfg, resume=resume)
+    encoder = None
+    if text_table is not None:
+        from spiral.models.text import TableEncoder
+
+        encoder = TableEncoder(text_table)
+    res = train_generator(cfg, resume=resume, text_encoder=encoder)
     t = Table(title="generator training", show_header=False)
     for k in ("step", "samples", "seconds", "total_seconds", "loss", "val_loss", "weights"):
         v = res.get(k)
@@ -320,6 +328,47 @@ def _train_recognizer(role: str, out: Path | None, steps: int | None, minutes: f
         t.add_row(key, *(f"{m[kind].get(key, float('nan')):.4f}" for kind in ("clean", "generator")))
     console.print(t)
     console.print(f"weights: {cfg.out}\ncard:    {Path(cfg.out).with_suffix('.md')}")
+
+
+@train_app.command("grpo")
+@friendly
+def train_grpo_cmd(
+    config: Path = typer.Option(..., help="GRPO config YAML (see configs/grpo-tiny.yaml; keys of GRPOConfig)"),
+    resume: Path | None = typer.Option(None, help="continue the run in this folder (its config must match)"),
+    out: Path | None = typer.Option(None, help="run folder (overrides the config's out)"),
+    steps: int | None = typer.Option(None, help="total GRPO steps (overrides the config)"),
+    minutes: float | None = typer.Option(None, help="stop after this much wall time (a checkpoint is written)"),
+    device: str | None = typer.Option(None, help="cpu or cuda (overrides the config)"),
+    export: Path | None = typer.Option(None, help="where the evolved weights go (default OUT/evolved.safetensors)"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set prompts_per_step=16 (YAML value)"),
+) -> None:
+    """Self-evolution: Flow-GRPO on PlanAgent sub-actions with CriticAgent rewards (torchrun for several ranks)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from spiral.train.grpo import load_config, train_grpo
+
+    if threads:
+        torch.set_num_threads(threads)
+    import yaml
+
+    extra = {}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set group_size=4")
+        extra[key.strip()] = yaml.safe_load(value)
+    cfg = load_config(config, out=str(resume or out) if (resume or out) else None, steps=steps, device=device,
+                      **extra)
+    res = train_grpo(cfg, resume=resume is not None, minutes=minutes, export=str(export) if export else None)
+    last = res.get("last") or {}
+    console.print(f"GRPO: {res['steps']} steps; last reward {last.get('reward_mean', float('nan')):.4f}, "
+                  f"critic pass {last.get('critic_pass', float('nan')):.3f}")
+    if res.get("weights"):
+        console.print(f"evolved weights: {res['weights']}")
 
 
 @train_app.command("recognizer")

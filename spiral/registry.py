@@ -18,6 +18,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
     "generator": {
         "world": "spiral.generators.world:WorldGenerator",
         "tiny": "spiral.generators.tiny:TinyGenerator",
+        "tiny-evolved": "spiral.generators.tiny:TinyEvolvedGenerator",
         "diffusers": "spiral.generators.diffusers:DiffusersI2V",
         "wan21-i2v": "spiral.generators.diffusers:WanI2VAdapter",
         "wan22-ti2v": "spiral.generators.diffusers:Wan22TI2VAdapter",

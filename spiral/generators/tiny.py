@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from spiral.models.text import TextEncoder, get_text_encoder
 from spiral.models.tiny_video import TinyVideoDiT, load_weights
 from spiral.types import GenerationRequest, Segment, check_frame
 
+EVOLVED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny_evolved.safetensors"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny.safetensors"
 
 
@@ -137,3 +139,12 @@ class TinyGenerator:
     def generate(self, request: GenerationRequest) -> Segment:
         """One segment; frame 0 is ``request.cond_frame`` exactly."""
         return self.generate_batch([request])[0]
+
+
+class TinyEvolvedGenerator(TinyGenerator):
+    """The tiny generator after self-evolution (``spiral train grpo``; registered as ``tiny-evolved``)."""
+
+    name = "tiny-evolved"
+
+    def __init__(self, weights: str | Path | None = None, **options: Any):
+        super().__init__(weights=weights if weights is not None else EVOLVED_WEIGHTS, **options)

@@ -12,8 +12,10 @@ weights and exists for tests and for machines without the ``text`` extra.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -105,6 +107,55 @@ class HashEncoder(_Cached):
                 seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
                 out[i] += torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
         return torch.nn.functional.normalize(out, dim=-1)
+
+
+class TableEncoder:
+    """Embeddings precomputed by :func:`write_text_table` for a fixed list of texts.
+
+    For machines that have no encoder weights (a rented GPU with no network): the table holds
+    every wording the tabletop world can produce, made on a machine with the ``text`` extra, so
+    training there conditions on exactly the vectors inference computes here.
+    """
+
+    def __init__(self, path: str | Path):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            self.table = f.get_tensor("embeddings").float()
+        self.name = meta.get("encoder", "?")
+        self.dim = self.table.shape[1]
+        self.index = {t: i for i, t in enumerate(json.loads(meta.get("texts", "[]")))}
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in texts if t not in self.index]
+        if missing:
+            raise KeyError(f"{len(missing)} texts are not in the precomputed {self.name} table (first: {missing[0]!r}); "
+                           f"rebuild it with spiral.models.text.write_text_table or use the encoder itself")
+        return self.table[torch.tensor([self.index[t] for t in texts], dtype=torch.long)]
+
+
+def world_texts() -> list[str]:
+    """Every wording of every tabletop action (canonical, training and evaluation paraphrases)."""
+    from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS
+    from spiral.world.splits import paraphrases
+
+    actions = [("move", (b, d)) for b in BLOCKS for d in (*SLOTS, *[x for x in BLOCKS if x != b], BOX)]
+    actions += [("open", (BOX,)), ("close", (BOX,)), ("switch_on", (LAMP,)), ("switch_off", (LAMP,))]
+    out: dict[str, None] = {}
+    for verb, objs in actions:
+        for split in ("train", "eval"):
+            out.update(dict.fromkeys(paraphrases(verb, objs, split)))  # type: ignore[arg-type]
+    return list(out)
+
+
+def write_text_table(encoder: TextEncoder, texts: list[str], path: str | Path) -> Path:
+    """Save ``encoder``'s embeddings of ``texts`` for :class:`TableEncoder`."""
+    from safetensors.torch import save_file
+
+    save_file({"embeddings": encoder.encode(texts).contiguous()}, str(path),
+              metadata={"encoder": encoder.name, "texts": json.dumps(texts)})
+    return Path(path)
 
 
 _ENCODERS: dict[str, TextEncoder] = {}

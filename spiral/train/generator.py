@@ -31,6 +31,7 @@ import torch
 
 from spiral.models.text import TextEncoder, get_text_encoder
 from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT, load_weights, save_weights
+from spiral.train.world_clips import WORLD_PREFIX, WorldClips, parse_world_spec, render_world_clips
 from spiral.world.splits import all_train_texts, is_heldout, paraphrases
 
 CKPT_DIR = "checkpoint"
@@ -118,13 +119,31 @@ class ClipBank:
                 clips.append(torch.from_numpy(np.ascontiguousarray(clip)))
                 anchor_of.append(len(anchors) - 1)
                 actions.append((s.verb, tuple(s.objects)))
-        self.clips = torch.stack(clips) if clips else torch.zeros(0, num_frames + 1, resolution, resolution, 3,
-                                                                   dtype=torch.uint8)
-        self.anchors = torch.stack(anchors) if anchors else torch.zeros(0, resolution, resolution, 3,
-                                                                         dtype=torch.uint8)
+        self._set(clips, anchors, anchor_of, actions, num_frames, resolution)
+
+    def _set(self, clips: list, anchors: list, anchor_of: list[int], actions: list[tuple[str, tuple[str, ...]]],
+             num_frames: int, resolution: int) -> None:
+        as_t = torch.as_tensor
+        self.clips = torch.stack([as_t(c) for c in clips]) if clips else torch.zeros(
+            0, num_frames + 1, resolution, resolution, 3, dtype=torch.uint8)
+        self.anchors = torch.stack([as_t(a) for a in anchors]) if anchors else torch.zeros(
+            0, resolution, resolution, 3, dtype=torch.uint8)
         self.anchor_of = torch.tensor(anchor_of, dtype=torch.long)
         self.actions = actions
         self.wordings = [paraphrases(v, o, "train") for v, o in actions]
+
+    @classmethod
+    def from_world(cls, clips: WorldClips, num_frames: int, resolution: int) -> ClipBank:
+        """A bank of clips rendered in memory by :func:`spiral.train.world_clips.render_world_clips`."""
+        bank = cls.__new__(cls)
+        bank._set(clips.clips, clips.anchors, clips.anchor_of, clips.actions, num_frames, resolution)
+        return bank
+
+    def to(self, device: torch.device) -> ClipBank:
+        """Move the frames to ``device`` (a GPU then gathers batches without host copies)."""
+        self.clips, self.anchors = self.clips.to(device), self.anchors.to(device)
+        self.anchor_of = self.anchor_of.to(device)
+        return self
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -173,8 +192,7 @@ def _lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
 @torch.no_grad()
 def _ema_update(ema: TinyVideoDiT, model: TinyVideoDiT, step: int, decay: float) -> None:
     d = min(decay, (1 + step) / (10 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1 - d)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
 class Trainer:
@@ -202,10 +220,16 @@ class Trainer:
 
         write_text(cfg_path, cfg.to_json())
         mc = cfg.model
-        self.bank = ClipBank(cfg.data, mc.num_frames, mc.resolution, progress=progress)
+        if cfg.data.startswith(WORLD_PREFIX):
+            episodes, data_seed = parse_world_spec(cfg.data)
+            train, held = render_world_clips(episodes, data_seed, mc.num_frames + 1, mc.resolution, progress=progress)
+            self.bank = ClipBank.from_world(train, mc.num_frames, mc.resolution)
+            heldout = ClipBank.from_world(held, mc.num_frames, mc.resolution)
+        else:
+            self.bank = ClipBank(cfg.data, mc.num_frames, mc.resolution, progress=progress)
+            heldout = ClipBank(cfg.data, mc.num_frames, mc.resolution, heldout=True, progress=False)
         if len(self.bank) == 0:
             raise ValueError(f"{cfg.data} has no usable success clips outside the held-out combinations")
-        heldout = ClipBank(cfg.data, mc.num_frames, mc.resolution, heldout=True, progress=False)
         self.val_bank, self.val_is_heldout = (heldout, True) if len(heldout) else (self.bank, False)
         self.text_encoder = text_encoder or get_text_encoder(mc.text_encoder)
         texts = all_train_texts(self.bank.actions)
@@ -228,9 +252,16 @@ class Trainer:
         self.step, self.samples, self.elapsed = 0, 0, 0.0
         self.lr = cfg.lr
         self._forward: Callable[..., torch.Tensor] = torch.compile(self.model) if cfg.compile else self.model
+        # on a GPU the frames live on the device and the noise comes from a device generator: a
+        # batch of 1024 clips would otherwise spend longer in host randn and copies than in the model
+        self.cuda = self.device.type == "cuda"
+        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1) if self.cuda else self.gen
         if resume:
             self._load_checkpoint()
         self._val = self._fixed_val_batch()
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            self.bank.to(self.device)
 
     # --- data ---------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -246,9 +277,11 @@ class Trainer:
         drop = (torch.rand(cfg.batch, generator=g) < cfg.text_drop).to(self.device)
         sigma = sample_sigmas(cfg.batch, cfg.model.shift, g)
         c = cfg.model
-        noise = torch.randn(cfg.batch, c.num_frames, 3, c.resolution, c.resolution, generator=g)
-        clips, anchors = self.bank.clips[idx], self.bank.anchors[self.bank.anchor_of[idx]]
         d = self.device
+        noise = torch.randn(cfg.batch, c.num_frames, 3, c.resolution, c.resolution, generator=self.noise_gen,
+                            device=self.noise_gen.device)
+        idx = idx.to(self.bank.clips.device)
+        clips, anchors = self.bank.clips[idx], self.bank.anchors[self.bank.anchor_of[idx]]
         return clips.to(d), anchors.to(d), self.model.embed_text(text, cfg.batch, drop), sigma.to(d), noise.to(d)
 
     def _fixed_val_batch(self) -> dict[str, torch.Tensor]:
@@ -281,7 +314,8 @@ class Trainer:
         self.lr = _lr_at(self.step, self.cfg, self._time_frac())
         for group in self.opt.param_groups:
             group["lr"] = self.lr
-        loss = flow_loss(self.model, clips, anchors, text, sigma, noise, forward=self._forward)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):  # bf16 matmuls, fp32 weights and loss
+            loss = flow_loss(self.model, clips, anchors, text, sigma, noise, forward=self._forward)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
@@ -312,6 +346,8 @@ class Trainer:
         save_weights(self.ema, ck / "ema.safetensors", meta)
         state = {"step": self.step, "samples": self.samples, "elapsed": self.total_seconds(),
                  "optimizer": self.opt.state_dict(), "rng": self.gen.get_state()}
+        if self.noise_gen is not self.gen:
+            state["noise_rng"] = self.noise_gen.get_state()
         with atomic_path(ck / "state.pt") as tmp:
             torch.save(state, tmp)
         return ck
@@ -328,6 +364,8 @@ class Trainer:
         self.ema.load_state_dict(ema.state_dict())
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["rng"])
+        if "noise_rng" in state and self.noise_gen is not self.gen:
+            self.noise_gen.set_state(state["noise_rng"])
         self.step, self.samples, self.elapsed = int(state["step"]), int(state["samples"]), float(state["elapsed"])
 
     def export(self, wall_seconds: float) -> Path:
@@ -353,9 +391,9 @@ class Trainer:
         reqs, gts = [], []
         for k in range(n):
             i = int(v["idx"][k])
-            clip = self.val_bank.clips[i].numpy()
-            reqs.append(GenerationRequest(prompt=self.val_bank.wordings[i][0], cond_frame=clip[0],
-                                          anchor_frame=self.val_bank.anchors[self.val_bank.anchor_of[i]].numpy(),
+            clip = self.val_bank.clips[i].cpu().numpy()
+            anchor = self.val_bank.anchors[int(self.val_bank.anchor_of[i])].cpu().numpy()
+            reqs.append(GenerationRequest(prompt=self.val_bank.wordings[i][0], cond_frame=clip[0], anchor_frame=anchor,
                                           seed=k, num_frames=len(clip), height=clip.shape[1], width=clip.shape[2]))
             gts.append(clip)
         segs = gen.generate_batch(reqs)
