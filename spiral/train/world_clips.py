@@ -52,11 +52,11 @@ def parse_world_spec(spec: str) -> tuple[int, int]:
     parts = spec[len(WORLD_PREFIX):].split(":")
     try:
         episodes, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-        if len(parts) > 2 or episodes < 1:
+        if len(parts) > 2 or episodes < 1 or seed < 0:  # task seeds come from SeedSequence: no negatives
             raise ValueError
     except ValueError:
-        raise ValueError(f"--data {spec!r}: write world:EPISODES or world:EPISODES:SEED with EPISODES ≥ 1, "
-                         f"e.g. world:12000:1") from None
+        raise ValueError(f"--data {spec!r}: write world:EPISODES or world:EPISODES:SEED with EPISODES ≥ 1 and "
+                         f"SEED ≥ 0, e.g. world:12000:1") from None
     return episodes, seed
 
 
