@@ -117,7 +117,7 @@ class TableEncoder:
     training there conditions on exactly the vectors inference computes here.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, hint: str = ""):
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -126,12 +126,13 @@ class TableEncoder:
         self.name = meta.get("encoder", "?")
         self.dim = self.table.shape[1]
         self.index = {t: i for i, t in enumerate(json.loads(meta.get("texts", "[]")))}
+        self.hint = hint or "rebuild it with spiral.models.text.write_text_table or use the encoder itself"
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         missing = [t for t in texts if t not in self.index]
         if missing:
             raise KeyError(f"{len(missing)} texts are not in the precomputed {self.name} table (first: {missing[0]!r}); "
-                           f"rebuild it with spiral.models.text.write_text_table or use the encoder itself")
+                           f"{self.hint}")
         return self.table[torch.tensor([self.index[t] for t in texts], dtype=torch.long)]
 
 
@@ -161,13 +162,32 @@ def write_text_table(encoder: TextEncoder, texts: list[str], path: str | Path) -
 _ENCODERS: dict[str, TextEncoder] = {}
 
 
+# MiniLM's embeddings of every tabletop wording (world_texts()), shipped so that the embedded default
+# runs with the core install alone; regenerate with `python -m spiral.models.text` after changing wordings
+SHIPPED_TABLE = Path(__file__).resolve().parent / "weights" / "minilm_table.safetensors"
+
+
 def get_text_encoder(name: str) -> TextEncoder:
-    """A process-wide shared encoder by name (``minilm`` or ``hash``); loading MiniLM takes ~10 s once."""
+    """A process-wide shared encoder by name (``minilm`` or ``hash``); loading MiniLM takes ~10 s once.
+
+    Without the ``text`` extra, ``minilm`` falls back to the shipped table of every tabletop wording:
+    the symbolic planner's sub-actions work, free-form text asks for the extra.
+    """
     if name not in _ENCODERS:
         if name == "minilm":
-            _ENCODERS[name] = MiniLMEncoder()
+            try:
+                _ENCODERS[name] = MiniLMEncoder()
+            except ImportError as e:
+                if not SHIPPED_TABLE.is_file():
+                    raise
+                _ENCODERS[name] = TableEncoder(SHIPPED_TABLE, hint=f"{e} — it encodes any wording")
         elif name == "hash":
             _ENCODERS[name] = HashEncoder()
         else:
             raise ValueError(f"unknown text encoder {name!r}; known: minilm, hash")
     return _ENCODERS[name]
+
+
+if __name__ == "__main__":  # regenerate the shipped table (needs the text extra)
+    write_text_table(MiniLMEncoder(), world_texts(), SHIPPED_TABLE)
+    print(f"wrote {SHIPPED_TABLE} ({len(world_texts())} wordings)")

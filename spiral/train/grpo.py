@@ -96,6 +96,7 @@ class GRPOConfig(BaseModel):
     prompts_per_step: int = 8
     group_size: int = 8
     # reward and advantages
+    exclude_heldout_moves: bool = True  # never train on spiral.world.splits.HELDOUT_MOVES (keeps that eval honest)
     critic: str = "tabletop"
     planner: str = "symbolic"
     reward_weights: dict[str, float] = Field(default_factory=lambda: {k: 1.0 for k in SCORES})
@@ -295,6 +296,7 @@ class GRPOTrainer:
         """``n`` prompts of the stage's kind; chained frames come from the current policy (ODE)."""
         from spiral.world.goals import sample_task
         from spiral.world.render import Appearance, render_state
+        from spiral.world.splits import is_heldout
 
         size = self._size()
         tasks = []
@@ -302,10 +304,12 @@ class GRPOTrainer:
             ts = int(rng.integers(2**31))
             task = sample_task(ts, stage.min_steps, stage.max_steps)
             plan = self.planner.plan(task.goal.text, task.state)
-            if not plan.steps:
+            lo = 0 if stage.kind == "single" else min(1, len(plan.steps) - 1)
+            choices = [k for k in range(lo, len(plan.steps)) if not (
+                self.cfg.exclude_heldout_moves and is_heldout(plan.steps[k].verb, plan.steps[k].objects))]
+            if not choices:
                 continue
-            k = 0 if stage.kind == "single" and len(plan.steps) == 1 else int(rng.integers(
-                0 if stage.kind == "single" else min(1, len(plan.steps) - 1), len(plan.steps)))
+            k = choices[int(rng.integers(len(choices)))]
             look = Appearance.sample(task.scene_seed)
             tasks.append((ts, task, plan, k, look))
         prompts: list[Prompt] = []
