@@ -1,0 +1,486 @@
+"""GRPO self-evolution (``spiral.train.grpo`` + ``spiral.train.policy``): the on-policy identities, advantages,
+KL to the reference, which weights train, exact resume, bad input, checkpoints, torchrun (gloo), tiny Wan + LoRA.
+
+Policies are tiny random-weight TinyVideoDiTs built in code (64x64: the real tabletop critic reads 64x64
+frames) and a tiny random Wan 2.1 I2V pipeline; the critic and planner are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from spiral import flow, registry
+from spiral.models.text import get_text_encoder
+from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT
+from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, group_advantages
+from spiral.train.policy import TinyPolicy
+
+# 64x64 (the critic's frame size), 16x16 patches, one tubelet of 4 new frames: 16 tokens per forward
+TINY = dict(resolution=64, num_frames=4, patch=16, tubelet=4, dim=32, depth=1, heads=1, text_tokens=2,
+            text_encoder="hash")
+SINGLE = [Stage(name="single", kind="single", min_steps=1, max_steps=3)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """2 shared cores: one torch thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def critic():
+    """The real tabletop critic, loaded once for the module."""
+    return registry.create("critic", "tabletop")
+
+
+def tiny_model(seed: int = 0) -> TinyVideoDiT:
+    """Every weight random: a freshly initialised TinyVideoDiT has zero gates and head, so nothing would train."""
+    torch.manual_seed(seed)
+    model = TinyVideoDiT(TinyVideoConfig(**TINY))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+def tiny_policy(seed: int = 0, lora_rank: int = 0, cls: type = TinyPolicy, **kw) -> TinyPolicy:
+    return cls(model=tiny_model(seed), text_encoder=get_text_encoder("hash"), steps=4, lora_rank=lora_rank, **kw)
+
+
+def config(out, **kw) -> GRPOConfig:
+    base = dict(out=str(out), steps=1, prompts_per_step=2, group_size=3, sample_steps=4, eval_every=0,
+                sample_every=0, stages=SINGLE)
+    return GRPOConfig(**{**base, **kw})
+
+
+def trainer(out, critic, seed: int = 0, lora_rank: int = 0, resume: bool = False, policy=None, **kw) -> GRPOTrainer:
+    cfg = config(out, lora_rank=lora_rank, **kw)
+    policy = policy or tiny_policy(seed, lora_rank)
+    return GRPOTrainer(cfg, resume=resume, policy=policy, critic=critic, progress=False)
+
+
+def rollout(tr: GRPOTrainer) -> dict:
+    rng = tr._rng()
+    return tr.rollout(tr.sample_prompts(tr.cfg.prompts_per_step, tr.stage, rng), rng)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------ flow identities
+
+
+def test_sde_at_noise_level_zero_is_the_ode_on_the_policy_velocities():
+    """(tests/test_flow.py checks single steps with float σ; here the whole schedule with per-sample σ tensors.)"""
+    pol = tiny_policy()
+    batch = pol.prepare([_request(s) for s in range(3)])
+    x_T, sigmas = pol.initial_noise(batch), pol.sigmas()
+    with torch.no_grad():
+        x_ode, x_sde = x_T, x_T
+        for i in range(len(sigmas) - 1):
+            s, sn = sigmas[i].expand(3), sigmas[i + 1].expand(3)
+            x_ode = flow.euler_step(x_ode, pol.velocity(x_ode, s, batch), s, sn)
+            x_sde, lp = flow.sde_step(x_sde, pol.velocity(x_sde, s, batch), s, sn, noise_level=0.0,
+                                      generator=torch.Generator().manual_seed(i))
+            assert torch.equal(x_sde, x_ode) and lp.dtype == torch.float32 and not lp.any()
+    assert not torch.equal(x_ode, x_T)
+
+
+def _request(seed: int):
+    from spiral.types import GenerationRequest
+
+    frame = np.random.default_rng(seed % 2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    return GenerationRequest(prompt="move the red block into the box", cond_frame=frame, anchor_frame=frame,
+                             seed=seed, num_frames=5, height=64, width=64)
+
+
+# --------------------------------------------------------------------------------------------- on-policy
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, critic, lora_rank):
+    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2)
+    ro = rollout(tr)
+    n = ro["traj"][0].shape[0]
+    assert n == 6 and ro["traj"][0].shape[1] == 5  # 2 prompts x G=3 in one chunk, 4 steps + x_T
+    # every recorded transition replayed with the unchanged weights: the whole chunk and the update's minibatches
+    for sl in (slice(None), slice(0, n // 2), slice(n // 2, n)):
+        for i in range(4):
+            terms = tr.loss_terms(ro, 0, sl, i)
+            assert torch.equal(terms["ratio"], torch.ones_like(terms["ratio"])), (sl, i, terms["ratio"])
+            assert torch.equal(terms["logp"], ro["logp"][0][sl, i])
+            assert torch.isfinite(terms["loss"]) and terms["loss"].requires_grad
+    upd = tr.update(ro, np.random.default_rng(0))
+    assert upd["first_ratio_max_dev"] == 0.0 and upd["skipped_updates"] == 0 and upd["optimizer_steps"] == 2
+    # the replay is sensitive: after the update the same transitions no longer have ratio 1
+    after = torch.cat([tr.loss_terms(ro, 0, slice(None), i)["ratio"] for i in range(4)])
+    assert not torch.equal(after, torch.ones_like(after))
+
+
+class CastPolicy(TinyPolicy):
+    """The tiny policy with its flow state (noise, trajectory, velocities) in another dtype."""
+
+    def __init__(self, dtype: torch.dtype, **kw):
+        super().__init__(**kw)
+        self.dtype = dtype
+
+    def initial_noise(self, batch):
+        return super().initial_noise(batch).to(self.dtype)
+
+    def velocity(self, x, sigma, batch):
+        return super().velocity(x.float(), sigma.float(), batch).to(x.dtype)
+
+    def reference_velocity(self, x, sigma, batch):
+        return super().reference_velocity(x.float(), sigma.float(), batch).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_logprobs_are_float32_whatever_the_state_dtype(tmp_path, critic, dtype):
+    pol = tiny_policy(cls=CastPolicy, dtype=dtype) if dtype != torch.float32 else tiny_policy()
+    tr = trainer(tmp_path / "run", critic, policy=pol, sde_window=(1, 4))  # step 0 deterministic (logp 0)
+    ro = rollout(tr)
+    assert ro["traj"][0].dtype == dtype
+    lp = ro["logp"][0]
+    assert lp.dtype == torch.float32 and lp.shape == (6, 4) and not lp[:, 0].any() and torch.isfinite(lp).all()
+    assert bool((lp[:, 1:] != 0).all())
+    terms = tr.loss_terms(ro, 0, slice(None), 2)
+    assert terms["logp"].dtype == torch.float32 and terms["loss"].dtype == torch.float32
+    assert torch.equal(terms["ratio"], torch.ones_like(terms["ratio"]))
+
+
+# -------------------------------------------------------------------------------------------- advantages
+
+
+@pytest.mark.parametrize("global_std", [False, True])
+def test_advantages_have_zero_mean_per_group(global_std):
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(5 * 4, generator=g) * torch.tensor([1.0, 0.1, 3.0, 0.5, 2.0]).repeat_interleave(4)
+    adv = group_advantages(r, 4, global_std=global_std, clip=100.0)
+    assert adv.dtype == torch.float32 and adv.shape == (20,)
+    groups, a = r.view(5, 4), adv.view(5, 4)
+    torch.testing.assert_close(a.mean(dim=1), torch.zeros(5), atol=1e-6, rtol=0)
+    std = groups.std() if global_std else groups.std(dim=1, keepdim=True)
+    torch.testing.assert_close(a, (groups - groups.mean(dim=1, keepdim=True)) / (std + 1e-4))
+    if not global_std:  # each group scaled by its own std (unbiased): unit std up to the 1e-4
+        torch.testing.assert_close(a.std(dim=1), torch.ones(5), atol=1e-2, rtol=0)
+    # a group whose rollouts all score the same gets no advantage at all
+    flat = group_advantages(torch.tensor([0.3, 0.3, 0.3, 0.1, 0.2, 0.9]), 3, global_std=global_std)
+    assert torch.equal(flat[:3], torch.zeros(3)) and bool((flat[3:] != 0).all())
+
+
+@pytest.mark.parametrize("global_std", [False, True])
+def test_advantages_are_clamped(global_std):
+    r = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    adv = group_advantages(r, 8, global_std=global_std, clip=0.75)
+    assert float(adv.abs().max()) == pytest.approx(0.75) and float(adv.max()) == pytest.approx(0.75)
+    assert float(adv.min()) == pytest.approx(-0.75)
+    assert bool((adv.abs() <= 0.75).all())
+    unclamped = group_advantages(r, 8, global_std=global_std, clip=1e9)
+    assert float(unclamped.abs().max()) > 0.75
+    kept = unclamped.abs() < 0.75
+    assert torch.equal(adv[kept], unclamped[kept])
+
+
+def test_rollout_advantages_come_from_its_rewards(tmp_path, critic):
+    tr = trainer(tmp_path / "run", critic, adv_clip=0.9, global_std=False)
+    ro = rollout(tr)
+    r = ro["rewards"]
+    assert r.dtype == torch.float32 and r.shape == (6,) and bool((r.view(2, 3).std(dim=1) > 0).all())
+    assert torch.equal(ro["adv"], group_advantages(r, 3, False, 0.9))
+    assert bool((ro["adv"].abs() <= 0.9).all())
+    # the reward is the weighted mean of the critic's scores
+    w = tr.cfg.reward_weights
+    want = [sum(w[k] * s[k] for k in w) / sum(w.values()) for s in ro["scores"]]
+    torch.testing.assert_close(r, torch.tensor(want, dtype=torch.float32))
+
+
+# -------------------------------------------------------------------------------------------- KL, gradients
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_kl_is_zero_at_start_and_positive_after_an_update(tmp_path, critic, lora_rank):
+    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, weight_decay=0.0)
+    if lora_rank:
+        assert tr.policy.ref_model is None  # the reference is the model with the adapter disabled
+    else:
+        assert tr.policy.ref_model is not tr.policy.model
+    ro = rollout(tr)
+    for i in range(4):
+        kl = tr.loss_terms(ro, 0, slice(None), i)["kl"]
+        assert kl.dtype == torch.float32 and float(kl.detach()) == 0.0
+    tr.update(ro, np.random.default_rng(0))
+    kls = [float(tr.loss_terms(ro, 0, slice(None), i)["kl"].detach()) for i in range(4)]
+    assert all(k > 0 and np.isfinite(k) for k in kls), kls
+    # beta 0: no reference forward, the KL term is 0 and the loss is the policy loss alone
+    tr.cfg = tr.cfg.model_copy(update={"beta": 0.0})
+    terms = tr.loss_terms(ro, 0, slice(None), 1)
+    assert float(terms["kl"]) == 0.0 and torch.equal(terms["loss"], terms["policy"])
+
+
+def test_lora_gradients_reach_only_the_adapters(tmp_path, critic):
+    tr = trainer(tmp_path / "run", critic, lora_rank=4, weight_decay=0.0)
+    model = tr.policy.model
+    assert tr.params and all("lora_" in n for n in tr.params)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(tr.params)
+    ro = rollout(tr)
+    tr.loss_terms(ro, 0, slice(None), 1)["loss"].backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == ("lora_" in n), n
+    assert any(float(p.grad.abs().max()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    model.zero_grad(set_to_none=True)
+
+    before = snapshot(model)
+    tr.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed), changed
+    assert any("lora_B" in n for n in changed)
+
+
+def test_full_finetuning_leaves_the_reference_frozen(tmp_path, critic):
+    tr = trainer(tmp_path / "run", critic)
+    pol = tr.policy
+    assert set(tr.params) == {n for n, _ in pol.model.named_parameters()}  # every weight trains
+    assert not any(p.requires_grad for p in pol.ref_model.parameters())
+    ref_before, model_before = snapshot(pol.ref_model), snapshot(pol.model)
+    for n, p in pol.ref_model.named_parameters():  # a copy, not shared storage
+        assert p.data_ptr() != dict(pol.model.named_parameters())[n].data_ptr()
+    ro = rollout(tr)
+    tr.loss_terms(ro, 0, slice(None), 1)["loss"].backward()
+    assert all(p.grad is None for p in pol.ref_model.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in pol.model.parameters())
+    pol.model.zero_grad(set_to_none=True)
+    tr.step()
+    assert all(torch.equal(p, ref_before[n]) for n, p in pol.ref_model.named_parameters())
+    assert any(not torch.equal(p, model_before[n]) for n, p in pol.model.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------ resume, checkpoints
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_resume_gives_the_same_next_step(tmp_path, critic, lora_rank):
+    stages = [Stage(name="single", kind="single", min_steps=1, max_steps=3, until_step=1),
+              Stage(name="chain", kind="continuation", min_steps=2, max_steps=3)]
+    kw = dict(lora_rank=lora_rank, stages=stages, group_size=2, weight_decay=0.0 if lora_rank else 1e-4)
+
+    a = trainer(tmp_path / "a", critic, steps=2, **kw)
+    full = a.run()
+    assert [r["step"] for r in full] == [1, 2] and [r["stage"] for r in full] == ["single", "chain"]
+
+    b = trainer(tmp_path / "b", critic, steps=1, **kw)
+    assert b.run()[0]["loss"] == full[0]["loss"]  # the same start
+    resumed = trainer(tmp_path / "b", critic, steps=2, resume=True, **kw)
+    assert resumed.step_no == 1 and resumed.stage.name == "chain"
+    rec = resumed.run()
+    assert len(rec) == 1 and rec[0]["step"] == 2 and rec[0]["stage"] == "chain"
+    for k in ("loss", "reward_mean", "kl", "grad_norm", "ratio_max", "prompt_seeds"):
+        assert rec[0][k] == full[1][k], k
+    for n, p in a.params.items():
+        assert torch.equal(p, resumed.params[n]), n
+        assert torch.equal(a.ema[n], resumed.ema[n]), n
+    logs = [[json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert rec[0]["prompt_seeds"] != full[0]["prompt_seeds"]  # step 2's own draws, not a replay of step 1
+
+
+def test_checkpoint_is_safetensors_and_a_weights_only_state(tmp_path, critic):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tr = trainer(tmp_path / "run", critic, steps=2)
+    tr.run()
+    ck = tmp_path / "run" / "checkpoint"
+    assert sorted(p.name for p in ck.iterdir()) == ["ema.safetensors", "state.pt", "trainable.safetensors"]
+    weights = load_file(str(ck / "trainable.safetensors"))
+    assert set(weights) == set(tr.params)
+    assert all(torch.equal(weights[n], p.detach()) for n, p in tr.params.items())
+    ema = load_file(str(ck / "ema.safetensors"))
+    assert set(ema) == set(tr.params) and any(not torch.equal(ema[n], weights[n]) for n in ema)
+    with safe_open(str(ck / "trainable.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta == {"step": "2", "config": tr.cfg.identity()}
+    state = torch.load(ck / "state.pt", weights_only=True)
+    assert state["step"] == 2 and state["stage_idx"] == 0 and len(state["stage_rewards"]) == 2
+    # AdamW keeps moments for every weight that had a gradient: all but the null text (no guidance, cfg_scale 1)
+    trained = {i for i, n in enumerate(tr.params) if n != "null_text"}
+    assert set(state["optimizer"]["state"]) == trained and len(trained) == len(tr.params) - 1
+    assert state["torch_rng"].dtype == torch.uint8
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert GRPOConfig(**saved) == tr.cfg
+
+
+def test_lora_export_merges_the_adapter(tmp_path, critic):
+    from spiral.models.tiny_video import load_weights
+
+    tr = trainer(tmp_path / "run", critic, lora_rank=4, lr=1e-2, steps=1, ema=0.0)
+    tr.run()
+    path = tr.export(tmp_path / "evolved.safetensors")
+    merged, meta = load_weights(path)
+    assert meta["grpo_steps"] == "1" and not any("lora" in k for k in merged.state_dict())
+    batch = tr.policy.prepare([_request(s) for s in range(2)])
+    x, s = tr.policy.initial_noise(batch), torch.full((2,), 0.6)
+    with torch.no_grad():
+        live = tr.policy.velocity(x, s, batch)
+        base = tr.policy.reference_velocity(x, s, batch)
+        got = merged(x, s, batch.cond.text, batch.cond.cond, batch.cond.anchor)
+    assert not torch.equal(live, base)  # the adapter learned something
+    torch.testing.assert_close(got, live, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError, match="bogus"):
+        GRPOConfig(reward_weights={"bogus": 1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        GRPOConfig(reward_weights={"action": 0.0})
+    with pytest.raises(ValueError, match="noise_level"):
+        GRPOConfig(noise_level=0.0)
+    with pytest.raises(ValueError, match="sde_window"):
+        GRPOConfig(sample_steps=4, sde_window=(2, 5))
+    with pytest.raises(ValueError, match="grad_accum"):
+        GRPOConfig(minibatches=3, grad_accum=2)
+    with pytest.raises(ValueError, match="diffusers_model"):
+        GRPOConfig(generator="diffusers")
+    with pytest.raises(ValueError, match="lr_typo"):
+        GRPOConfig(lr_typo=1.0)
+
+
+def test_resume_and_fresh_start_guard_the_run_folder(tmp_path, critic):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        GRPOTrainer(config(tmp_path / "missing"), resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        GRPOTrainer(config(tmp_path / "empty"), resume=True)
+
+    trainer(tmp_path / "run", critic).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        GRPOTrainer(config(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"another config .*\['lr'\]"):
+        GRPOTrainer(config(tmp_path / "run", lr=1e-3), resume=True)
+    # runtime fields (how long, where, how often) may change on resume
+    ok = trainer(tmp_path / "run", critic, resume=True, steps=5, log_every=3)
+    assert ok.step_no == 1
+
+
+def test_policy_without_trainable_weights_is_refused(tmp_path, critic):
+    pol = tiny_policy()
+    pol.model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        trainer(tmp_path / "run", critic, policy=pol)
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+
+
+DIST_SCRIPT = """
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+import torch.distributed as dist
+
+from spiral.models.text import get_text_encoder
+from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT
+from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage
+from spiral.train.policy import TinyPolicy
+
+torch.manual_seed(0)  # the same start on every rank
+model = TinyVideoDiT(TinyVideoConfig(**{tiny!r}))
+with torch.no_grad():
+    for p in model.parameters():
+        p.normal_(0, 0.05)
+policy = TinyPolicy(model=model, text_encoder=get_text_encoder("hash"), steps=4)
+cfg = GRPOConfig(out=sys.argv[1], steps=2, prompts_per_step=2, group_size=2, sample_steps=4, eval_every=0,
+                 sample_every=0, stages=[Stage(name="single", kind="single", min_steps=1, max_steps=3)])
+tr = GRPOTrainer(cfg, policy=policy, progress=False)
+assert (tr.rank, tr.world) == (dist.get_rank(), 2) and dist.get_backend() == "gloo"
+tr.run()
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_ranks_gloo_average_gradients(tmp_path):
+    script = tmp_path / "grpo_dist.py"
+    script.write_text(textwrap.dedent(DIST_SCRIPT).format(tiny=TINY))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(out)], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [[json.loads(x) for x in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [r["step"] for r in ranks[0]] == [r["step"] for r in ranks[1]] == [1, 2]
+    for r0, r1 in zip(*ranks):
+        assert r0["prompt_seeds"] != r1["prompt_seeds"]  # each rank rolls out its own prompts
+        assert r0["param_sum"] == r1["param_sum"]  # the averaged gradients kept the replicas identical
+    assert ranks[0][0]["param_sum"] != ranks[0][1]["param_sum"]  # and they did train
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]  # rank 0 only
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    assert (out / "checkpoint" / "state.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------------ tiny Wan + LoRA
+
+
+def test_wan21_lora_grpo_step(tmp_path, critic):
+    pytest.importorskip("diffusers", reason="needs the diffusers extra: pip install 'spiral-video[diffusers]'")
+    pytest.importorskip("peft", reason="LoRA needs peft (the diffusers extra)")
+    from spiral.generators.diffusers_testing import save_tiny
+    from spiral.train.policy import DiffusersPolicy
+
+    path = save_tiny("wan21-i2v", tmp_path / "wan")
+    cfg = config(tmp_path / "run", generator="diffusers", diffusers_model=str(path), lora_rank=4, group_size=2,
+                 prompts_per_step=1, sample_steps=3, weight_decay=0.0, lr=1e-2)
+    tr = GRPOTrainer(cfg, critic=critic, progress=False)  # the policy from the config (build_policy)
+    assert isinstance(tr.policy, DiffusersPolicy) and type(tr.policy.adapter).__name__ == "WanI2VAdapter"
+    model = tr.policy.model
+    assert tr.params and all("lora_" in n for n in tr.params)
+    before = snapshot(model)
+    rec = tr.step()
+    assert np.isfinite(rec["loss"]) and np.isfinite(rec["kl"]) and rec["skipped_updates"] == 0
+    assert rec["first_ratio_max_dev"] == 0.0
+    ro = tr.last_rollout
+    assert len(ro["segments"]) == 2 and all(s.frames.shape == (9, 64, 64, 3) for s in ro["segments"])
+    assert ro["logp"][0].dtype == torch.float32 and ro["logp"][0].shape == (2, 3)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed), changed
+    assert any("lora_B" in n for n in changed)
+    assert set(before) == {n for n, _ in model.named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+
+
+def test_prompts_never_hold_a_heldout_move(tmp_path, critic):
+    from spiral.world.splits import is_heldout
+
+    stage = Stage(name="single", kind="single", min_steps=2, max_steps=6)
+
+    def moves(tr):
+        return [(p.sub_action.verb, p.sub_action.objects) for p in tr.sample_prompts(40, stage, np.random.default_rng(3))]
+
+    kept = moves(trainer(tmp_path / "a", critic))
+    allowed = moves(trainer(tmp_path / "b", critic, exclude_heldout_moves=False))
+    assert len(kept) == len(allowed) == 40
+    assert not any(is_heldout(v, o) for v, o in kept)
+    assert any(is_heldout(v, o) for v, o in allowed)  # the filter is what keeps them out
