@@ -211,7 +211,8 @@ class DiffusersPolicy:
             return self._fn(batch)(x, sigma[:1])
 
     def decode(self, x0: torch.Tensor, batch: Batch) -> list[Segment]:
-        return [self.adapter.decode(x0[i:i + 1], batch.cond) for i in range(len(x0))]
+        segs = [self.adapter.decode(x0[i:i + 1], batch.cond) for i in range(len(x0))]
+        return [seg.model_copy(update={"seed": r.seed}) for seg, r in zip(segs, batch.requests)]
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
