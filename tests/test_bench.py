@@ -1,8 +1,9 @@
 """ActVideoGen-Bench: metric formulas on hand-made inputs, suites, runner (resume, processes, Ray), report, planner eval.
 
-Runner tests (resume, processes, Ray, CLI) run the embedded default config (world generator reading
-states with the critic recogniser, tabletop critic) scored by the shipped judge recogniser, on few
-cases with the report and per-segment videos off. The metric test on runs with known outcomes uses
+Runner tests (resume, processes, Ray, CLI) run the oracle config ``configs/tabletop-oracle.yaml`` (world
+generator reading states with the critic recogniser, tabletop critic) scored by the shipped judge recogniser,
+on few cases with the report and per-segment videos off; the smoke suite also runs on the embedded default
+(``configs/tabletop.yaml``, the tiny video model). The metric test on runs with known outcomes uses
 the ``truth`` judge (the states the world generator reported) because it checks exact values.
 """
 
@@ -26,6 +27,8 @@ from spiral.cli import app
 from spiral.world.domain import State
 
 LIGHT = ["output.report=false", "output.segment_videos=false"]  # keep test runs light
+# the embedded default runs the tiny video model; the runner and metric tests need the oracle world generator
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
 
 
 def _video(*values: float, h: int = 4, w: int = 4) -> np.ndarray:
@@ -185,7 +188,7 @@ def _one_run(tmp_path: Path, name: str, mode: str, extra: list[str]) -> dict:
     # the world generator reads each start state with the critic recogniser; in this scene it reads every
     # frame right (in a few scenes, e.g. TESTS.start + 11, a misread shows up as hallucinated motion)
     run("put the red block in the box, then switch on the lamp", scene=seeds.TESTS.start + 14, out=out,
-        mode=mode, overrides=LIGHT + extra)
+        mode=mode, config=ORACLE, overrides=LIGHT + extra)
     from spiral.bench.judge import make_features, make_judge
 
     judge = make_judge("truth", out)
@@ -212,8 +215,8 @@ def test_metrics_on_runs_with_known_outcomes(tmp_path):
 
 # ---- runner ---------------------------------------------------------------------------------------
 def _cfg(out: Path, **kw) -> BenchConfig:
-    base = dict(suite="tabletop-smoke", out=str(out), modes=["plan_only"], judge="recognizer", overrides=list(LIGHT),
-                limit=3)
+    base = dict(suite="tabletop-smoke", out=str(out), modes=["plan_only"], config=str(ORACLE), judge="recognizer",
+                overrides=list(LIGHT), limit=3)
     return BenchConfig(**{**base, **kw})
 
 
@@ -286,7 +289,8 @@ def test_bad_cases_are_recorded_and_the_rest_still_run(tmp_path, monkeypatch):
     monkeypatch.setattr(spiral.api, "run", run_or_raise)
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["bench", "--suite", str(tmp_path / "suite.json"), "--out", str(out),
-                                 "--set", LIGHT[0], "--set", LIGHT[1], "--mode", "plan_only", "--quiet"])
+                                 "--config", str(ORACLE), "--set", LIGHT[0], "--set", LIGHT[1], "--mode", "plan_only",
+                                 "--quiet"])
     assert r.exit_code == 1, r.output
     res = json.loads((out / "results.json").read_text())
     status = {c["case_id"]: c["status"] for c in res["cases"]}
@@ -408,16 +412,20 @@ def test_planner_eval_scores_planners_and_egoplan_files(tmp_path):
     assert r.exit_code == 0 and "overall" in r.output, r.output
 
 
-# ---- the CI smoke subset with the embedded default --------------------------------------------------
-def test_smoke_suite_end_to_end_with_embedded_default(tmp_path):
-    """6 cases, closed loop, embedded default config, scored by the independent judge recogniser.
+# ---- the CI smoke subset with the embedded default (tiny video model) and with the oracle config -----------------
+@pytest.mark.parametrize("config", [None, ORACLE], ids=["default-tiny", "oracle"])
+def test_smoke_suite_end_to_end(tmp_path, config):
+    """6 cases, closed loop, scored by the independent judge recogniser: the embedded default config
+    (``configs/tabletop.yaml``: the tiny video model) and the oracle config (the world generator with injected
+    failures, reading states with the critic recogniser).
 
-    Uses the embedded critic (``spiral/critics/tabletop.py``), the critic recogniser inside the world
-    generator and the shipped judge weights (``load_recognizer(role="judge")``).
+    Uses the embedded critic (``spiral/critics/tabletop.py``) and the shipped judge weights
+    (``load_recognizer(role="judge")``).
     """
     out = tmp_path / "smoke"
+    args = ["--config", str(config)] if config else []
     r = CliRunner().invoke(app, ["bench", "--suite", "tabletop-smoke", "--mode", "closed_loop", "--out", str(out),
-                                 "--quiet"])
+                                 *args, "--quiet"])
     res = json.loads((out / "results.json").read_text())
     assert not res["errors"], f"smoke suite failed: {res['errors'][:2]}"
     assert r.exit_code == 0, r.output
@@ -438,7 +446,7 @@ def test_recognizer_judge_plumbing_with_random_weights(tmp_path):
     path = save_weights(RecognizerNet(), tmp_path / "random-judge.safetensors", {"note": "random, for plumbing"})
     out = tmp_path / "run"
     run("switch the lamp on and open the box", scene=seeds.TESTS.start + 21, out=out, mode="plan_only",
-        overrides=LIGHT)
+        config=ORACLE, overrides=LIGHT)
     judge = make_judge(f"recognizer:{path}")
     feats = make_features("judge", judge)
     assert isinstance(feats, RecognizerFeatures) and feats.features(np.zeros((3, 64, 64, 3), np.uint8)).shape[0] == 3

@@ -30,6 +30,8 @@ from spiral.types import Attempt, Observation, Plan, Segment, SubAction, Verdict
 FAKE_KEY = "sk-spiral-test-5f0c2e9a7b1d4c3e"
 KEY_ENV = "SPIRAL_TEST_LLM_KEY"
 GOAL = "put the red block in the box"
+# the end-to-end runs use the oracle world generator (the embedded default runs the tiny video model)
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
 
 
 def _scene(seed: int = 0) -> tuple[np.ndarray, dict]:
@@ -257,7 +259,7 @@ def test_spiral_run_end_to_end(server, key_env, tmp_path):
     planner = _planner_opts(server.base_url, validate="simulate", on_invalid="keep", repair_retries=1)
     sets = E2E_SETS + _sets("planner", planner) + _sets("critic", _client_opts(server.base_url, frames=2))
     out = tmp_path / "run"
-    args = ["run", GOAL, "--scene", "0", "--out", str(out)]
+    args = ["run", GOAL, "--scene", "0", "--config", str(ORACLE), "--out", str(out)]
     for s in sets:
         args += ["--set", s]
     res = CliRunner().invoke(app, args)
@@ -282,7 +284,7 @@ def test_runs_complete_through_fault_proxy(server, key_env, tmp_path, caplog, ca
         url = proxy.base_url
         sets = E2E_SETS + _sets("planner", _planner_opts(url, timeout=timeout, repair_retries=3)) + _sets(
             "critic", _client_opts(url, frames=2, timeout=timeout, repair_retries=3))
-        records = [api.run(GOAL, scene=s, out=tmp_path / f"run{s}", overrides=sets) for s in (0, 1, 2)]
+        records = [api.run(GOAL, scene=s, out=tmp_path / f"run{s}", config=ORACLE, overrides=sets) for s in (0, 1, 2)]
     for r in records:
         assert r.status in ("success", "budget_exhausted") and r.counts["generations"] >= 1
     f = proxy.stats.faults

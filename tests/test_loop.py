@@ -1,4 +1,5 @@
-"""The closed loop end to end on the embedded world: decisions, modes, resume after SIGKILL."""
+"""The closed loop end to end on the oracle world generator (configs/tabletop-oracle.yaml): decisions, modes,
+resume after SIGKILL; and `spiral demo` on the embedded default (configs/tabletop.yaml, the tiny video model)."""
 
 import json
 import os
@@ -18,6 +19,8 @@ from spiral.rundir import load_frames
 from spiral.world.goals import parse_goal, sample_task
 
 GOAL = "put the red block in the box and close it, then turn on the lamp"
+# the embedded default runs the tiny video model; these tests need the oracle world generator (injected failures)
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
 
 
 def _final_state_reached(out: Path, goal: str) -> bool:
@@ -29,8 +32,8 @@ def _final_state_reached(out: Path, goal: str) -> bool:
 
 
 def test_closed_loop_recovers_from_injected_failures(tmp_path):
-    rec = run(GOAL, scene=4, out=tmp_path / "r", seed=2, overrides=["generator.options.failure_rate=0.5",
-                                                                "loop.max_replans=8"])
+    rec = run(GOAL, scene=4, out=tmp_path / "r", seed=2, config=ORACLE,
+              overrides=["generator.options.failure_rate=0.5", "loop.max_replans=8"])
     assert rec.status == "success"
     decisions = [a.decision for a in rec.attempts]
     kept = sum(1 for a in rec.attempts if a.decision == "replan" and a.verdict.observed_state is not None)
@@ -47,15 +50,16 @@ def test_closed_loop_recovers_from_injected_failures(tmp_path):
 
 
 def test_open_loop_modes_use_no_critic_and_single_shot_uses_goal_text(tmp_path):
-    rec = run(GOAL, scene=4, out=tmp_path / "p", mode="plan_only", overrides=["generator.options.failure_rate=0.5"])
+    rec = run(GOAL, scene=4, out=tmp_path / "p", mode="plan_only", config=ORACLE,
+              overrides=["generator.options.failure_rate=0.5"])
     assert all(a.verdict is None and a.decision == "accept" for a in rec.attempts)
     assert len(rec.attempts) == len(rec.plans[0].steps)
-    rec = run(GOAL, scene=4, out=tmp_path / "s", mode="single_shot")
+    rec = run(GOAL, scene=4, out=tmp_path / "s", mode="single_shot", config=ORACLE)
     assert all(a.prompt == GOAL for a in rec.attempts) and len(rec.attempts) == len(rec.plans[0].steps)
 
 
 def test_budget_exhausted_keeps_what_it_made(tmp_path):
-    rec = run(GOAL, scene=4, out=tmp_path / "b", overrides=[
+    rec = run(GOAL, scene=4, out=tmp_path / "b", config=ORACLE, overrides=[
         "generator.options.failure_rate=1.0", "loop.max_refines_per_step=1", "loop.max_replans=1"])
     assert rec.status == "budget_exhausted" and "max_replans" in rec.stop_reason
     assert (tmp_path / "b" / "final.mp4").is_file() and (tmp_path / "b" / "report.html").is_file()
@@ -86,7 +90,7 @@ def _spiral(*args, **kw):
 def test_resume_after_sigkill_is_byte_identical(tmp_path):
     """Kill `spiral run` with SIGKILL at ≥ 10 points over several runs; resumed runs end identical."""
     rng = np.random.default_rng(0)
-    args = ["--set", "generator.options.failure_rate=0.4"]
+    args = ["--config", str(ORACLE), "--set", "generator.options.failure_rate=0.4"]
     cases = [(GOAL, 4), ("tidy up: put every block in the box", 7),
              ("stack the blue block on the green one, then switch on the lamp", 2),
              ("put the yellow block on the red one and close the box", 9), ("move every block into the box", 11)]
@@ -95,7 +99,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
         if kills >= 10:
             break
         ref = tmp_path / f"ref{case}"
-        run(goal, scene=scene, out=ref, seed=case, overrides=args[1:])
+        run(goal, scene=scene, out=ref, seed=case, config=ORACLE, overrides=args[3:])
         n_ref = len(_read(ref))
         out = tmp_path / f"k{case}"
         p = _spiral("run", goal, "--scene", str(scene), "--out", str(out), "--seed", str(case), *args)
@@ -125,9 +129,25 @@ def _lines(out: Path) -> int:
     return len(_read(out))
 
 
+def test_demo_runs_the_embedded_default_tiny_generator(tmp_path):
+    """`spiral demo` (no config: configs/tabletop.yaml, the tiny video model) reaches its goal; the demo's goal is GOAL."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from spiral.cli import app
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["generator"]["name"] == "tiny"
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["status"] == "success" and rec["goal"] == GOAL, rec["status"]
+    assert _final_state_reached(out, GOAL) and (out / "report.html").is_file()
+
+
 def test_goal_is_checked_at_the_end(tmp_path):
     """A planner that can judge the goal is asked at the end; the world run reaches its goal."""
     task = sample_task(123, 3, 5)
-    rec = run(task.goal.text, scene=task.scene_seed, out=tmp_path / "g")
+    rec = run(task.goal.text, scene=task.scene_seed, out=tmp_path / "g", config=ORACLE)
     assert rec.status == "success" and _final_state_reached(tmp_path / "g", task.goal.text)
     assert SymbolicPlanner().achieved(task.goal, rec.final_state)

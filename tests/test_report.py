@@ -21,6 +21,7 @@ from spiral.video import write_video
 
 EVIL = "<script>alert('x')</script> & try again"
 GOAL = 'put the red block in the box & close it <b>now</b>'
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"  # the world generator
 CONFIG = "loop:\n  mode: closed_loop\nvideo:\n  fps: 8.0\n  height: 64\n  width: 64\n"
 
 
@@ -156,6 +157,6 @@ def test_record_json_is_valid(tmp_path: Path) -> None:
 def test_report_names_the_oracle_generator(tmp_path):
     from spiral.api import run
 
-    run("tidy up: put every block in the box", scene=1, out=tmp_path / "r")
+    run("tidy up: put every block in the box", scene=1, out=tmp_path / "r", config=ORACLE)
     html = (tmp_path / "r" / "report.html").read_text()
     assert "used as an oracle" in html and 'id="plan-table"' in html
