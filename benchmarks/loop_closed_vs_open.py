@@ -27,6 +27,9 @@ from spiral.critics.recognizer import load_recognizer
 from spiral.rundir import load_frames
 from spiral.world.goals import parse_goal, sample_task
 
+# the loop is measured on the oracle generator with injected failures (known ground truth)
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+
 BENCH_SEED_BASE = 20_000_000  # disjoint from dataset/training seeds
 
 
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in rows:
                 out = Path(tmp) / f"{mode}-{i}"
                 t = time.perf_counter()
-                rec = run(task.goal.text, scene=task.scene_seed, out=out, mode=mode, seed=i,
+                rec = run(task.goal.text, scene=task.scene_seed, out=out, mode=mode, seed=i, config=ORACLE,
                           overrides=[f"generator.options.failure_rate={args.failure_rate}"])
                 wall = time.perf_counter() - t
                 last = _last_frame(out, rec)

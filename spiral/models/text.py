@@ -159,6 +159,30 @@ def write_text_table(encoder: TextEncoder, texts: list[str], path: str | Path) -
     return Path(path)
 
 
+class TableFirstEncoder:
+    """MiniLM that answers from the shipped table of tabletop wordings and loads the model only for
+    other text: the embedded default starts without the 10 s model load and needs no ``text`` extra."""
+
+    name = "minilm"
+    dim = EMBED_DIM
+
+    def __init__(self, table: TableEncoder):
+        self.table = table
+        self._model: TextEncoder | None = None
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        unknown = list(dict.fromkeys(t for t in texts if t not in self.table.index))
+        if not unknown:
+            return self.table.encode(texts)
+        if self._model is None:
+            try:
+                self._model = MiniLMEncoder()
+            except ImportError as e:
+                raise KeyError(f"{unknown[0]!r} is not a tabletop wording in the shipped MiniLM table, and {e}") from None
+        fresh = dict(zip(unknown, self._model.encode(unknown)))
+        return torch.stack([fresh[t] if t in fresh else self.table.encode([t])[0] for t in texts])
+
+
 _ENCODERS: dict[str, TextEncoder] = {}
 
 
@@ -170,17 +194,13 @@ SHIPPED_TABLE = Path(__file__).resolve().parent / "weights" / "minilm_table.safe
 def get_text_encoder(name: str) -> TextEncoder:
     """A process-wide shared encoder by name (``minilm`` or ``hash``); loading MiniLM takes ~10 s once.
 
-    Without the ``text`` extra, ``minilm`` falls back to the shipped table of every tabletop wording:
-    the symbolic planner's sub-actions work, free-form text asks for the extra.
+    ``minilm`` answers tabletop wordings from the shipped table (no model load, no ``text`` extra)
+    and loads MiniLM for any other text (which then needs the extra).
     """
     if name not in _ENCODERS:
         if name == "minilm":
-            try:
-                _ENCODERS[name] = MiniLMEncoder()
-            except ImportError as e:
-                if not SHIPPED_TABLE.is_file():
-                    raise
-                _ENCODERS[name] = TableEncoder(SHIPPED_TABLE, hint=f"{e} — it encodes any wording")
+            _ENCODERS[name] = TableFirstEncoder(TableEncoder(SHIPPED_TABLE)) if SHIPPED_TABLE.is_file() \
+                else MiniLMEncoder()
         elif name == "hash":
             _ENCODERS[name] = HashEncoder()
         else:
