@@ -1,6 +1,7 @@
 """ActVideoGen-Bench on the full ``tabletop-v1`` suite: closed loop vs plan-only vs single-shot, timed.
 
-Runs the three modes with the embedded default config (``configs/tabletop.yaml``), scored by the
+Runs the three modes with a config (default ``configs/tabletop-oracle.yaml``, the oracle generator
+that ``docs/bench_tabletop_v1.md`` reports; ``--config configs/tabletop.yaml`` for the tiny model), scored by the
 independent judge recogniser, on local worker processes; resumable. Writes the benchmark folder
 (``results.json``, ``summary.md``, plots), a JSON of timings + headline numbers, and — for a full
 run — the summary into ``docs/bench_tabletop_v1.md``. Acceptance: ≤ 60 minutes on 2 CPU cores.
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ray", default=None, help="Ray address or 'local' instead of local processes")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "tabletop-v1")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--config", default=None, help="YAML config (default: the embedded default)")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"),
+                    help="YAML config (default: configs/tabletop-oracle.yaml)")
     ap.add_argument("--judge", default="recognizer")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
     ap.add_argument("--docs", type=Path, default=None,
