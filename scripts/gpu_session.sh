@@ -2,7 +2,8 @@
 # One short GPU session, run from the repository root on a machine with a CUDA GPU:
 #   1. train the embedded tiny generator from clips rendered in memory (world:EPISODES), ~5 min on an H100/H200;
 #   2. time the full-size Wan 2.1 1.3B I2V architecture (random weights) through the diffusers adapter vs a
-#      bare pipeline call, plus one LoRA forward/backward of its transformer.
+#      bare pipeline call, plus one LoRA forward/backward of its transformer and one real GRPO step
+#      (GRPOTrainer + DiffusersPolicy: 2 rollouts at 480x832x33, update on a quarter of the steps).
 # Outputs go to $OUT (default ./gpu-out). The GPU machine may lack the text encoder's weights and some
 # packages: wheels in .whl/ are installed to /tmp/site, and the MiniLM embeddings of every tabletop
 # wording come precomputed in .device/minilm_table.safetensors (spiral.models.text.write_text_table).
@@ -12,7 +13,7 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 EPISODES=${EPISODES:-15000} MINUTES=${MINUTES:-5} BATCH=${BATCH:-512} LR=${LR:-8e-4} DEVICE=${DEVICE:-cuda}
-RUN=${RUN:-checkpoints/tiny-gpu} WAN=${WAN:-1} WAN_STEPS=${WAN_STEPS:-20} WAN_TIMEOUT=${WAN_TIMEOUT:-200}
+RUN=${RUN:-checkpoints/tiny-gpu} WAN=${WAN:-1} WAN_STEPS=${WAN_STEPS:-20} WAN_TIMEOUT=${WAN_TIMEOUT:-300}
 if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
@@ -34,7 +35,7 @@ last=$(ls "$RUN"/samples/*.png 2>/dev/null | tail -1); [ -n "$last" ] && cp "$la
 
 if [ "$WAN" = 1 ]; then
   t0=$(date +%s)
-  timeout "$WAN_TIMEOUT" $PY benchmarks/diffusers_overhead.py --full-wan21 --lora-step --steps "$WAN_STEPS" \
+  timeout "$WAN_TIMEOUT" $PY benchmarks/diffusers_overhead.py --full-wan21 --lora-step --grpo-step --steps "$WAN_STEPS" \
     --repeats 2 --out "$OUT/diffusers_overhead_full.json" 2>&1 | tee "$OUT/wan.log" | tail -30
   echo "wan command: $(( $(date +%s) - t0 )) s"
 fi
