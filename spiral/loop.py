@@ -62,10 +62,18 @@ def derive_seed(base: int, version: int, step: int, attempt: int) -> int:
     return int(np.random.SeedSequence([base, version, step, attempt]).generate_state(1)[0] >> 1)
 
 
+REFINE_MARK = ". Important: "
+
+
+def base_instruction(text: str) -> str:
+    """An instruction without the feedback :func:`refine_instruction` appended to it."""
+    return text.split(REFINE_MARK)[0]
+
+
 def refine_instruction(text: str, feedback: str) -> str:
     """Deterministic prompt rewriter: the step's own text plus the critic's latest feedback."""
-    base = text.split(" Important: ")[0]
-    return f"{base}. Important: {feedback}" if feedback else base
+    base = base_instruction(text)
+    return f"{base}{REFINE_MARK}{feedback}" if feedback else base
 
 
 def run_loop(

