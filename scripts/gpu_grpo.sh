@@ -6,13 +6,7 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 MINUTES=${MINUTES:-4.3} DEVICE=${DEVICE:-cuda} RUN=${RUN:-runs/grpo-gpu} PROMPTS=${PROMPTS:-16}
-if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-PY=${PY:-python3}
+. "$(dirname "$0")/gpu_env.sh"
 SETS=(--set "prompts_per_step=$PROMPTS")
 [ -f .device/minilm_table.safetensors ] && SETS+=(--set text_table=.device/minilm_table.safetensors)
 t0=$(date +%s)

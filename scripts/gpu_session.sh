@@ -14,13 +14,7 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 EPISODES=${EPISODES:-15000} MINUTES=${MINUTES:-5} BATCH=${BATCH:-512} LR=${LR:-8e-4} DEVICE=${DEVICE:-cuda}
 RUN=${RUN:-checkpoints/tiny-gpu} WAN=${WAN:-1} WAN_STEPS=${WAN_STEPS:-20} WAN_TIMEOUT=${WAN_TIMEOUT:-300}
-if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-PY=${PY:-python3}
+. "$(dirname "$0")/gpu_env.sh"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 TABLE=()
 [ -f .device/minilm_table.safetensors ] && TABLE=(--text-table .device/minilm_table.safetensors)

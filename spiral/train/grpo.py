@@ -631,6 +631,8 @@ class GRPOTrainer:
     def run(self, stop_at: int | None = None, minutes: float | None = None) -> list[dict]:
         cfg = self.cfg
         end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        from spiral.train.generator import _tensorboard
+
         writer = _tensorboard(self.out) if self.rank == 0 else None
         t_start = time.perf_counter()
         if self.step_no == 0 and cfg.eval_every and self.rank == 0:
@@ -709,14 +711,6 @@ def _dist_setup(device: str) -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
-
-
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
 
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False, minutes: float | None = None, export: str | None = None
