@@ -371,6 +371,25 @@ def train_grpo_cmd(
         console.print(f"evolved weights: {res['weights']}")
 
 
+@train_app.command("aligner")
+@friendly
+def train_aligner_cmd(
+    out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/text_aligner.safetensors)"),
+    steps: int = typer.Option(1000, help="full-batch optimiser steps (~7 min on a shared 2-core CPU)"),
+    seed: int = typer.Option(0, help="seed of the validation split, variants and init"),
+) -> None:
+    """Train the text aligner that maps re-worded sub-actions onto their canonical MiniLM vector; then
+    regenerate the shipped text table with `python -m spiral.models.text`."""
+    from spiral.models.aligner import ALIGNER_WEIGHTS
+    from spiral.train.aligner import train_aligner
+
+    rep = train_aligner(out or ALIGNER_WEIGHTS, steps=steps, seed=seed)
+    for k, v in rep["eval_nn_accuracy"].items():
+        typer.echo(f"unseen paraphrases, {k} (n={v['n']}): nearest-canonical accuracy "
+                   f"{v['mean_pooling']:.3f} (mean pooling) -> {v['aligned']:.3f} (aligned)")
+    typer.echo(f"wrote {out or ALIGNER_WEIGHTS} and its .json report ({rep['seconds']} s)")
+
+
 @train_app.command("recognizer")
 @friendly
 def train_recognizer(

