@@ -471,16 +471,19 @@ def test_wan21_lora_grpo_step(tmp_path, critic):
 # ------------------------------------------------------------------------------------------------- prompts
 
 
-def test_prompts_never_hold_a_heldout_move(tmp_path, critic):
+def test_heldout_moves_exclude_include_only(tmp_path, critic):
     from spiral.world.splits import is_heldout
 
     stage = Stage(name="single", kind="single", min_steps=2, max_steps=6)
 
     def moves(tr):
-        return [(p.sub_action.verb, p.sub_action.objects) for p in tr.sample_prompts(40, stage, np.random.default_rng(3))]
+        return [(p.sub_action.verb, tuple(p.sub_action.objects)) for p in tr.sample_prompts(40, stage, np.random.default_rng(3))]
 
     kept = moves(trainer(tmp_path / "a", critic))
-    allowed = moves(trainer(tmp_path / "b", critic, exclude_heldout_moves=False))
-    assert len(kept) == len(allowed) == 40
-    assert not any(is_heldout(v, o) for v, o in kept)
-    assert any(is_heldout(v, o) for v, o in allowed)  # the filter is what keeps them out
+    allowed = moves(trainer(tmp_path / "b", critic, heldout_moves="include"))
+    only = moves(trainer(tmp_path / "c", critic, heldout_moves="only"))
+    assert len(kept) == len(allowed) == len(only) == 40
+    assert not any(is_heldout(v, o) for v, o in kept)  # the default keeps the zero-shot eval honest
+    assert any(is_heldout(v, o) for v, o in allowed) and not all(is_heldout(v, o) for v, o in allowed)
+    assert all(is_heldout(v, o) for v, o in only)
+    assert len(set(only)) >= 3  # every held-out move gets drawn, not one

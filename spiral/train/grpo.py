@@ -96,7 +96,10 @@ class GRPOConfig(BaseModel):
     prompts_per_step: int = 8
     group_size: int = 8
     # reward and advantages
-    exclude_heldout_moves: bool = True  # never train on spiral.world.splits.HELDOUT_MOVES (keeps that eval honest)
+    # spiral.world.splits.HELDOUT_MOVES, never in the base model's supervised data: "exclude" keeps the
+    # compositional-generalization eval zero-shot; "only" spends the run on the moves the base model cannot do
+    # (self-evolution learning them from critic reward alone, with no ground-truth clip)
+    heldout_moves: Literal["exclude", "include", "only"] = "exclude"
     critic: str = "tabletop"
     planner: str = "symbolic"
     reward_weights: dict[str, float] = Field(default_factory=lambda: {k: 1.0 for k in SCORES})
@@ -269,6 +272,7 @@ class GRPOTrainer:
         self.ema = {n: p.detach().clone() for n, p in self.params.items()} if cfg.ema > 0 else None
         self.step_no, self.stage_idx, self.stage_start, self.stage_rewards = 0, 0, 0, []
         self.history: list[dict] = []
+        self._heldout_override: str | None = None  # gold evals pick their own held-out filter
         if resume:
             self._load()
 
@@ -296,7 +300,6 @@ class GRPOTrainer:
         """``n`` prompts of the stage's kind; chained frames come from the current policy (ODE)."""
         from spiral.world.goals import sample_task
         from spiral.world.render import Appearance, render_state
-        from spiral.world.splits import is_heldout
 
         size = self._size()
         tasks = []
@@ -305,8 +308,7 @@ class GRPOTrainer:
             task = sample_task(ts, stage.min_steps, stage.max_steps)
             plan = self.planner.plan(task.goal.text, task.state)
             lo = 0 if stage.kind == "single" else min(1, len(plan.steps) - 1)
-            choices = [k for k in range(lo, len(plan.steps)) if not (
-                self.cfg.exclude_heldout_moves and is_heldout(plan.steps[k].verb, plan.steps[k].objects))]
+            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k])]
             if not choices:
                 continue
             k = choices[int(rng.integers(len(choices)))]
@@ -330,6 +332,13 @@ class GRPOTrainer:
         if chains:
             prompts += self._chain(chains)
         return prompts
+
+    def _allowed(self, sub: SubAction) -> bool:
+        from spiral.world.splits import is_heldout
+
+        held = is_heldout(sub.verb, sub.objects)
+        mode = self._heldout_override or self.cfg.heldout_moves
+        return {"exclude": not held, "include": True, "only": held}[mode]
 
     @torch.no_grad()
     def _chain(self, chains: list) -> list[Prompt]:
@@ -532,7 +541,15 @@ class GRPOTrainer:
     @torch.no_grad()
     def gold_eval(self, n: int | None = None) -> dict[str, float]:
         """Fixed single-step prompts (seed-independent of training), ODE, scored by the critic *and*
-        the benchmark's independent judge: a gap between the two is reward hacking."""
+        the benchmark's independent judge: a gap between the two is reward hacking. The prompts never
+        hold a held-out move; a run that trains on them is also scored on held-out-only prompts
+        (``gold_heldout_*``), so learning them and forgetting the rest both show."""
+        out = self._gold("exclude", n)
+        if self.cfg.heldout_moves != "exclude":
+            out |= {k.replace("gold_", "gold_heldout_"): v for k, v in self._gold("only", n).items()}
+        return out
+
+    def _gold(self, heldout: str, n: int | None) -> dict[str, float]:
         from spiral.bench.judge import RecognizerJudge
         from spiral.world import domain
 
@@ -540,10 +557,12 @@ class GRPOTrainer:
         judge = getattr(self, "_judge", None) or RecognizerJudge()
         self._judge = judge
         saved_step, saved_rank = self.step_no, self.rank
-        self.step_no, self.rank = -1, 10_000  # a stream no training step uses
-        prompts = self.sample_prompts(n, Stage(name="gold", kind="single", min_steps=1, max_steps=8),
-                                      np.random.default_rng([self.cfg.seed, 99, 99]))
-        self.step_no, self.rank = saved_step, saved_rank
+        self.step_no, self.rank, self._heldout_override = -1, 10_000, heldout  # a stream no training step uses
+        try:
+            prompts = self.sample_prompts(n, Stage(name="gold", kind="single", min_steps=1, max_steps=8),
+                                          np.random.default_rng([self.cfg.seed, 99, 99]))
+        finally:
+            self.step_no, self.rank, self._heldout_override = saved_step, saved_rank, None
         reqs = [self._request(p.sub_action.text, p.cond_frame, p.anchor_frame, 1000 + i)
                 for i, p in enumerate(prompts)]
         segs = self._generate(reqs, mode="ode")
@@ -664,7 +683,7 @@ class GRPOTrainer:
             f.write(json.dumps(rec) + "\n")
         if self.progress:
             keys = ("step", "stage", "reward_mean", "critic_pass", "kl", "clipfrac", "gold_judge_success",
-                    "seconds_rollout", "seconds_update")
+                    "gold_heldout_judge_success", "seconds_rollout", "seconds_update")
             print("  ".join(f"{k}={rec[k]:.4g}" if isinstance(rec.get(k), float) else f"{k}={rec[k]}"
                             for k in keys if k in rec), flush=True)
         if writer is not None:
