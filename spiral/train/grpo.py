@@ -272,7 +272,6 @@ class GRPOTrainer:
         self.ema = {n: p.detach().clone() for n, p in self.params.items()} if cfg.ema > 0 else None
         self.step_no, self.stage_idx, self.stage_start, self.stage_rewards = 0, 0, 0, []
         self.history: list[dict] = []
-        self._heldout_override: str | None = None  # gold evals pick their own held-out filter
         if resume:
             self._load()
 
@@ -296,8 +295,11 @@ class GRPOTrainer:
     def _rng(self, *salt: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, self.rank, self.step_no, *salt])
 
-    def sample_prompts(self, n: int, stage: Stage, rng: np.random.Generator) -> list[Prompt]:
-        """``n`` prompts of the stage's kind; chained frames come from the current policy (ODE)."""
+    def sample_prompts(self, n: int, stage: Stage, rng: np.random.Generator, heldout: str | None = None
+                       ) -> list[Prompt]:
+        """``n`` prompts of the stage's kind; chained frames come from the current policy (ODE).
+        ``heldout`` overrides the config's ``heldout_moves`` filter."""
+        heldout = heldout or self.cfg.heldout_moves
         from spiral.world.goals import sample_task
         from spiral.world.render import Appearance, render_state
 
@@ -308,7 +310,7 @@ class GRPOTrainer:
             task = sample_task(ts, stage.min_steps, stage.max_steps)
             plan = self.planner.plan(task.goal.text, task.state)
             lo = 0 if stage.kind == "single" else min(1, len(plan.steps) - 1)
-            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k])]
+            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k], heldout)]
             if not choices:
                 continue
             k = choices[int(rng.integers(len(choices)))]
@@ -333,12 +335,12 @@ class GRPOTrainer:
             prompts += self._chain(chains)
         return prompts
 
-    def _allowed(self, sub: SubAction) -> bool:
+    @staticmethod
+    def _allowed(sub: SubAction, heldout: str) -> bool:
         from spiral.world.splits import is_heldout
 
         held = is_heldout(sub.verb, sub.objects)
-        mode = self._heldout_override or self.cfg.heldout_moves
-        return {"exclude": not held, "include": True, "only": held}[mode]
+        return {"exclude": not held, "include": True, "only": held}[heldout]
 
     @torch.no_grad()
     def _chain(self, chains: list) -> list[Prompt]:
@@ -557,12 +559,12 @@ class GRPOTrainer:
         judge = getattr(self, "_judge", None) or RecognizerJudge()
         self._judge = judge
         saved_step, saved_rank = self.step_no, self.rank
-        self.step_no, self.rank, self._heldout_override = -1, 10_000, heldout  # a stream no training step uses
+        self.step_no, self.rank = -1, 10_000  # a stream no training step uses
         try:
             prompts = self.sample_prompts(n, Stage(name="gold", kind="single", min_steps=1, max_steps=8),
-                                          np.random.default_rng([self.cfg.seed, 99, 99]))
+                                          np.random.default_rng([self.cfg.seed, 99, 99]), heldout)
         finally:
-            self.step_no, self.rank, self._heldout_override = saved_step, saved_rank, None
+            self.step_no, self.rank = saved_step, saved_rank
         reqs = [self._request(p.sub_action.text, p.cond_frame, p.anchor_frame, 1000 + i)
                 for i, p in enumerate(prompts)]
         segs = self._generate(reqs, mode="ode")
