@@ -29,13 +29,7 @@ TINY = dict(resolution=64, num_frames=4, patch=16, tubelet=4, dim=32, depth=1, h
 SINGLE = [Stage(name="single", kind="single", min_steps=1, max_steps=3)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """2 shared cores: one torch thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
