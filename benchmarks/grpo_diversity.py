@@ -20,6 +20,10 @@ the model's own chained frames).
     python benchmarks/grpo_diversity.py --heldout only --noise 0.7 --windows 0:4 --cfg 0,0.5,1   # guidance
 
 ``--cfg`` below 1 mixes in the unconditional prediction: another source of spread between rollouts.
+``--coarse`` adds noise constant over time and 8×8 pixel cells to the SDE steps (``coarse_noise``, with
+``--white`` the white part; ``spiral.flow.ExplorationNoise``): exploration at the scale of a block.
+
+    python benchmarks/grpo_diversity.py --heldout only --noise 1.5 --windows 4:8,6:9 --coarse 0,1 --white 0.3
 
 Results go to ``benchmarks/results/grpo_diversity.json`` (``--out`` to change).
 """
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--windows", default="full,0:6,0:3", help="comma-separated SDE windows: full or start:end")
     ap.add_argument("--heldout", default="exclude,only", help="comma-separated heldout_moves settings")
     ap.add_argument("--cfg", default="1", help="comma-separated guidance scales of the rollouts")
+    ap.add_argument("--coarse", default="0", help="comma-separated coarse_noise values")
+    ap.add_argument("--white", type=float, default=1.0, help="white_noise when coarse_noise > 0")
     ap.add_argument("--stage", default="single", choices=("single", "continuation"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -82,24 +88,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for held in args.heldout.split(","):
             for w in (float(x) for x in args.cfg.split(",")):
-                cfg = GRPOConfig(out=str(tmp / f"{held}-{w}"), heldout_moves=held, group_size=args.group,
-                                 prompts_per_step=args.prompts, stages=[stage], seed=args.seed, cfg_scale=w)
-                trainer = GRPOTrainer(cfg, progress=False)
-                prompts = trainer.sample_prompts(args.prompts, stage, np.random.default_rng(args.seed))
-                for noise in (float(x) for x in args.noise.split(",")):
-                    for window in windows:
-                        rows.append({"heldout_moves": held, "cfg_scale": w,
-                                     **measure(trainer, prompts, noise, window, args.seed)})
+                for coarse in (float(x) for x in args.coarse.split(",")):
+                    white = args.white if coarse > 0 else 1.0
+                    cfg = GRPOConfig(out=str(tmp / f"{held}-{w}-{coarse}"), heldout_moves=held, group_size=args.group,
+                                     prompts_per_step=args.prompts, stages=[stage], seed=args.seed, cfg_scale=w,
+                                     coarse_noise=coarse, white_noise=white)
+                    trainer = GRPOTrainer(cfg, progress=False)
+                    prompts = trainer.sample_prompts(args.prompts, stage, np.random.default_rng(args.seed))
+                    for noise in (float(x) for x in args.noise.split(",")):
+                        for window in windows:
+                            rows.append({"heldout_moves": held, "cfg_scale": w, "coarse_noise": coarse,
+                                         "white_noise": white, **measure(trainer, prompts, noise, window, args.seed)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     table = Table(title=f"within-group diversity of GRPO rollouts ({args.prompts} prompts x {args.group}, "
                         f"stage {args.stage}, tiny generator, 10 steps)")
-    for col in ("prompts", "cfg", "noise a", "SDE window", "reward std", "action std", "mixed groups", "pass",
+    for col in ("prompts", "cfg", "coarse", "noise a", "SDE window", "reward std", "action std", "mixed groups", "pass",
                 "frame std"):
         table.add_column(col, justify="right")
     for r in rows:
         w = "all" if r["sde_window"] is None else f"{r['sde_window'][0]}-{r['sde_window'][1]}"
-        table.add_row(r["heldout_moves"], f"{r['cfg_scale']:g}", f"{r['noise_level']:g}", w, f"{r['reward_std']:.4f}",
+        table.add_row(r["heldout_moves"], f"{r['cfg_scale']:g}", f"{r.get('coarse_noise', 0):g}", f"{r['noise_level']:g}", w, f"{r['reward_std']:.4f}",
                       f"{r['action_std']:.4f}", f"{r['mixed_groups']:.2f}", f"{r['pass']:.2f}", f"{r['frame_std']:.2f}")
     Console().print(table)
     res = {"rows": rows, "args": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__}}

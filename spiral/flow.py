@@ -10,6 +10,9 @@ velocity ``v = ε − x_0``, and sampling integrates σ from 1 (noise) down to 0
 * :func:`step_logprob` — the same density for a recorded transition under *new* velocities
   (the numerator of the PPO ratio).
 * :func:`sample` — the loop, ODE or SDE (optionally SDE only inside a window of steps).
+* :class:`ExplorationNoise` — the SDE's noise made of white noise plus *coarse* noise that is constant
+  over time and over p×p pixel cells, with its exact density and KL: exploration at the scale of
+  objects for a model that denoises white noise away (docs/self_evolution.md).
 
 Every function is batched over the first dimension; σ may be a float or a tensor of shape (B,).
 Randomness only comes from an explicit ``torch.Generator``.
@@ -123,6 +126,91 @@ def sde_mask(steps: int, mode: Literal["ode", "sde"], sde_window: tuple[int, int
     elif mode != "ode":
         raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
     return mask
+
+
+class ExplorationNoise:
+    """SDE noise ``white·ε + coarse·up(z)``: white noise plus noise constant over time and p×p cells.
+
+    Flow-GRPO explores with white noise; a model whose outcome is a near-point function of its
+    conditioning denoises it away or keeps it as grain, so its G rollouts never differ in *what*
+    happens. Coarse noise (one Gaussian per channel and cell, shared by all frames) can tint a whole
+    object-sized region. The transition stays Gaussian with covariance
+    ``std²·(white²·I + coarse²·n·P)`` (P: projection onto cell-constant tensors, n: elements per cell),
+    so :meth:`logprob` and :meth:`kl` are exact; ``coarse = 0, white = 1`` is the plain SDE.
+    Every dimension but the batch one and ``channel_dim`` is time or space; the last two are pooled
+    in ``patch``×``patch`` cells, the others whole.
+    """
+
+    def __init__(self, white: float = 1.0, coarse: float = 0.0, patch: int = 8, channel_dim: int = 2):
+        if white <= 0 or coarse < 0 or patch < 1:
+            raise ValueError(f"exploration noise needs white > 0, coarse ≥ 0, patch ≥ 1; got white={white}, "
+                             f"coarse={coarse}, patch={patch}")
+        self.white, self.coarse, self.patch, self.channel_dim = white, coarse, patch, channel_dim
+
+    @property
+    def plain(self) -> bool:
+        return self.coarse == 0 and self.white == 1
+
+    def _cells(self, shape: torch.Size) -> tuple[list[int], int]:
+        """Dims averaged whole, and elements per cell; checks that the patch tiles the last two dims."""
+        h, w = shape[-2], shape[-1]
+        if h % self.patch or w % self.patch:
+            raise ValueError(f"coarse noise patch {self.patch} must divide the spatial size {h}×{w}; "
+                             f"pick a divisor (the tiny generator: 8 at 64×64)")
+        whole = [d for d in range(1, len(shape) - 2) if d != self.channel_dim]
+        return whole, math.prod(shape[d] for d in whole) * self.patch**2
+
+    def _pool(self, r: torch.Tensor) -> torch.Tensor:
+        """Cell means of ``r``, kept with size-1 (whole) or H/p × W/p (spatial) dims."""
+        whole, _ = self._cells(r.shape)
+        m = r.mean(dim=whole, keepdim=True) if whole else r
+        *lead, h, w = m.shape
+        p = self.patch
+        return m.reshape(*lead, h // p, p, w // p, p).mean(dim=(-3, -1))
+
+    def sample(self, shape: torch.Size, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of the noise (unit std, float32, CPU) for states of ``shape``."""
+        eps = torch.randn(shape, generator=generator)
+        if self.plain:
+            return eps
+        whole, _ = self._cells(shape)
+        cell_shape = [1 if d in whole else n for d, n in enumerate(shape)]
+        cell_shape[-2] //= self.patch
+        cell_shape[-1] //= self.patch
+        z = torch.randn(cell_shape, generator=generator)
+        z = z.repeat_interleave(self.patch, -2).repeat_interleave(self.patch, -1).expand(shape)
+        return self.white * eps + self.coarse * z
+
+    def _quad_logdet(self, r: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dim mean of rᵀΣ⁻¹r and of log det Σ (Σ for unit std is white²I + coarse²·n·P)."""
+        r, std = r.float(), std.float()
+        _, n = self._cells(r.shape)
+        dims = tuple(range(1, r.ndim))
+        D = math.prod(r.shape[1:])
+        s2 = (std.reshape(r.shape[0], -1)[:, 0]) ** 2  # std is per sample
+        total = (r**2).sum(dims)
+        cell = self._pool(r)
+        on_cells = n * (cell**2).sum(dim=tuple(range(1, cell.ndim)))  # |P r|²
+        k = math.prod(cell.shape[1:])
+        w2, big = self.white**2, self.white**2 + self.coarse**2 * n
+        quad = ((total - on_cells) / w2 + on_cells / big) / s2 / D
+        logdet = torch.log(s2) + ((D - k) * math.log(w2) + k * math.log(big)) / D
+        return quad, logdet
+
+    def logprob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """log N(x_next; mean, std²Σ), float32 (B,), averaged over dimensions like :func:`gaussian_logprob`."""
+        if self.plain:
+            return gaussian_logprob(x_next, mean, std)
+        quad, logdet = self._quad_logdet(x_next.float() - mean.float(), std)
+        return -0.5 * quad - 0.5 * logdet - _LOG_SQRT_2PI
+
+    def kl(self, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """KL of two transitions with this covariance and different means, per sample, averaged over dims."""
+        if self.plain:
+            d = (mean.float() - mean_ref.float()) ** 2 / (2 * std.float() ** 2)
+            return d.mean(dim=tuple(range(1, d.ndim)))
+        quad, _ = self._quad_logdet(mean.float() - mean_ref.float(), std)
+        return 0.5 * quad
 
 
 @torch.no_grad()

@@ -101,3 +101,56 @@ def test_sample_ode_sde_window_and_determinism_by_seed():
         flow.sde_mask(6, "sde", (4, 9))
     with pytest.raises(ValueError, match="mode"):
         flow.sample(_toy_denoiser, x_T, sigmas, mode="euler")  # type: ignore[arg-type]
+
+
+def _dense_cov(shape: tuple[int, ...], white: float, coarse: float, patch: int, channel_dim: int) -> torch.Tensor:
+    """The covariance of ExplorationNoise written out (``shape`` without the batch dim): white²·I plus
+    coarse² between every two elements of one (channel, p×p cell), whatever their frame."""
+    ch = [1] * len(shape)
+    ch[channel_dim - 1] = shape[channel_dim - 1]
+    c = torch.arange(shape[channel_dim - 1]).view(ch)
+    h = (torch.arange(shape[-2]) // patch).view(-1, 1)
+    w = (torch.arange(shape[-1]) // patch).view(1, -1)
+    cell = (c * 10_000 + h * 100 + w).expand(shape).reshape(-1)
+    same = (cell[:, None] == cell[None, :]).double()
+    return white**2 * torch.eye(cell.numel(), dtype=torch.float64) + coarse**2 * same
+
+
+@pytest.mark.parametrize("channel_dim", [1, 2])
+def test_exploration_noise_density_and_kl_match_the_dense_gaussian(channel_dim):
+    shape = (3, 2, 4, 4) if channel_dim == 2 else (2, 3, 4, 4)  # (F, C, H, W) or (C, F, H, W)
+    noise = flow.ExplorationNoise(white=0.4, coarse=0.9, patch=2, channel_dim=channel_dim)
+    g = torch.Generator().manual_seed(0)
+    mean, mean_ref = torch.randn(3, *shape, generator=g), torch.randn(3, *shape, generator=g)
+    std = torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1, 1)
+    x_next = mean + std * noise.sample((3, *shape), g)
+    cov = _dense_cov(shape, 0.4, 0.9, 2, channel_dim)
+    D = cov.shape[0]
+    for b in range(3):
+        mvn = torch.distributions.MultivariateNormal(mean[b].flatten().double(), cov * float(std[b]) ** 2)
+        ref = torch.distributions.MultivariateNormal(mean_ref[b].flatten().double(), cov * float(std[b]) ** 2)
+        torch.testing.assert_close(noise.logprob(x_next, mean, std)[b].double(),
+                                   mvn.log_prob(x_next[b].flatten().double()) / D, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(noise.kl(mean, mean_ref, std)[b].double(),
+                                   torch.distributions.kl_divergence(mvn, ref) / D, rtol=1e-5, atol=1e-5)
+
+
+def test_exploration_noise_samples_have_its_covariance_and_plain_is_flow_grpo():
+    shape = (1, 3, 1, 4, 4)  # one sample of (F, C, H, W)
+    noise = flow.ExplorationNoise(white=0.5, coarse=1.0, patch=2, channel_dim=2)
+    g = torch.Generator().manual_seed(1)
+    draws = torch.stack([noise.sample(shape, g).flatten() for _ in range(20000)]).double()
+    emp = draws.T @ draws / len(draws)
+    torch.testing.assert_close(emp, _dense_cov(shape[1:], 0.5, 1.0, 2, 2), atol=0.06, rtol=0.0)
+    # the same frames and cell share one coarse draw: neighbours in a cell correlate, across cells they do not
+    assert emp[0, 1] > 0.9 and abs(float(emp[0, 2])) < 0.06
+    # white 1, coarse 0 is exactly the plain Flow-GRPO transition
+    plain = flow.ExplorationNoise()
+    x, v = torch.randn(2, 3, 1, 4, 4, generator=g), torch.randn(2, 3, 1, 4, 4, generator=g)
+    mean, std = flow.sde_mean_std(x, v, 0.6, 0.4, 0.7)
+    x_next = mean + std * plain.sample(x.shape, g)
+    assert torch.equal(plain.logprob(x_next, mean, std), flow.gaussian_logprob(x_next, mean, std))
+    with pytest.raises(ValueError, match="patch 3 must divide"):
+        flow.ExplorationNoise(coarse=1.0, patch=3).sample((1, 2, 3, 4, 4))
+    with pytest.raises(ValueError, match="white > 0"):
+        flow.ExplorationNoise(white=0.0)

@@ -103,9 +103,9 @@ def _request(seed: int):
 # --------------------------------------------------------------------------------------------- on-policy
 
 
-@pytest.mark.parametrize("lora_rank", [0, 4])
-def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, critic, lora_rank):
-    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2)
+@pytest.mark.parametrize("lora_rank,coarse", [(0, 0.0), (4, 0.0), (0, 1.0)])
+def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, critic, lora_rank, coarse):
+    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, coarse_noise=coarse, white_noise=0.5 if coarse else 1.0)
     ro = rollout(tr)
     n = ro["traj"][0].shape[0]
     assert n == 6 and ro["traj"][0].shape[1] == 5  # 2 prompts x G=3 in one chunk, 4 steps + x_T
@@ -203,9 +203,9 @@ def test_rollout_advantages_come_from_its_rewards(tmp_path, critic):
 # -------------------------------------------------------------------------------------------- KL, gradients
 
 
-@pytest.mark.parametrize("lora_rank", [0, 4])
-def test_kl_is_zero_at_start_and_positive_after_an_update(tmp_path, critic, lora_rank):
-    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, weight_decay=0.0)
+@pytest.mark.parametrize("lora_rank,coarse", [(0, 0.0), (4, 0.0), (0, 1.0)])
+def test_kl_is_zero_at_start_and_positive_after_an_update(tmp_path, critic, lora_rank, coarse):
+    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, weight_decay=0.0, coarse_noise=coarse)
     if lora_rank:
         assert tr.policy.ref_model is None  # the reference is the model with the adapter disabled
     else:
@@ -345,6 +345,8 @@ def test_bad_config_values_are_named():
         GRPOConfig(reward_weights={"action": 0.0})
     with pytest.raises(ValueError, match="noise_level"):
         GRPOConfig(noise_level=0.0)
+    with pytest.raises(ValueError, match="white_noise > 0"):
+        GRPOConfig(white_noise=0.0, coarse_noise=1.0)
     with pytest.raises(ValueError, match="sde_window"):
         GRPOConfig(sample_steps=4, sde_window=(2, 5))
     with pytest.raises(ValueError, match="grad_accum"):

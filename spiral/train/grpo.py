@@ -92,6 +92,12 @@ class GRPOConfig(BaseModel):
     sample_steps: int = 10
     noise_level: float = 0.7
     sde_window: tuple[int, int] | None = None
+    # exploration noise of the SDE steps (spiral.flow.ExplorationNoise): white·ε + coarse·(noise constant over
+    # time and coarse_patch² pixel cells). Flow-GRPO's default is white 1, coarse 0; coarse > 0 makes the
+    # rollouts of a model that denoises white noise away differ in what happens (docs/self_evolution.md)
+    white_noise: float = 1.0
+    coarse_noise: float = 0.0
+    coarse_patch: int = 8
     cfg_scale: float = 1.0
     prompts_per_step: int = 8
     group_size: int = 8
@@ -146,6 +152,10 @@ class GRPOConfig(BaseModel):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         if self.noise_level <= 0:
             raise ValueError("noise_level must be > 0: GRPO needs stochastic (SDE) steps")
+        if self.white_noise <= 0 or self.coarse_noise < 0 or self.coarse_patch < 1:
+            raise ValueError("exploration noise needs white_noise > 0 (the transition must keep a density), "
+                             f"coarse_noise ≥ 0 and coarse_patch ≥ 1; got {self.white_noise}, {self.coarse_noise}, "
+                             f"{self.coarse_patch}")
         if self.sde_window is not None and not 0 <= self.sde_window[0] < self.sde_window[1] <= self.sample_steps:
             raise ValueError(f"sde_window {self.sde_window} must satisfy 0 ≤ start < end ≤ sample_steps")
         if not self.stages:
@@ -190,12 +200,6 @@ def clipped_objective(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch
     ratio = torch.exp(logp_new - logp_old)
     loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
     return loss.mean(), ratio
-
-
-def transition_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL of two Gaussian transitions with the same std, per sample: mean over dims of (Δμ)²/(2σ²)."""
-    d = (mean.float() - mean_ref.float()) ** 2 / (2 * std.float() ** 2)
-    return d.mean(dim=tuple(range(1, d.ndim)))
 
 
 # --------------------------------------------------------------------------------------- prompts
@@ -265,6 +269,8 @@ class GRPOTrainer:
 
         self.critic = critic or registry.create("critic", cfg.critic)
         self.planner = registry.create("planner", cfg.planner)
+        self.noise = flow.ExplorationNoise(cfg.white_noise, cfg.coarse_noise, cfg.coarse_patch,
+                                           channel_dim=getattr(self.policy, "channel_dim", 2))
         self.params = self.policy.trainable()
         if not self.params:
             raise ValueError("the policy has no trainable parameters")
@@ -404,8 +410,9 @@ class GRPOTrainer:
                 s, sn = sigmas[i], sigmas[i + 1]
                 v = self.policy.velocity(x, s.expand(x.shape[0]), batch)
                 if mask[i]:
-                    noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
-                    x, lp = flow.sde_step(x, v, s, sn, cfg.noise_level, noise=noise)
+                    mean, std = flow.sde_mean_std(x, v, s, sn, cfg.noise_level)
+                    x = mean + std * self.noise.sample(x.shape, gen).to(x.device, x.dtype)
+                    lp = self.noise.logprob(x, mean, std)
                 else:
                     x, lp = flow.euler_step(x, v, s, sn), torch.zeros(x.shape[0], device=x.device)
                 states.append(x)
@@ -439,13 +446,13 @@ class GRPOTrainer:
         batch = self.policy.subset(ro["batches"][chunk], sl)
         v = self.policy.velocity(x_t, s.expand(per), batch)
         mean, std = flow.sde_mean_std(x_t, v, s, sn, cfg.noise_level)
-        logp = flow.gaussian_logprob(x_next, mean, std)
+        logp = self.noise.logprob(x_next, mean, std)
         policy_loss, ratio = clipped_objective(logp, ro["logp"][chunk][sl, i].to(logp.device), adv, cfg.clip_range)
         out = {"policy": policy_loss, "ratio": ratio.detach(), "logp": logp.detach()}
         if cfg.beta > 0:
             v_ref = self.policy.reference_velocity(x_t, s.expand(per), batch)
             mean_ref, _ = flow.sde_mean_std(x_t, v_ref, s, sn, cfg.noise_level)
-            out["kl"] = transition_kl(mean, mean_ref, std).mean()
+            out["kl"] = self.noise.kl(mean, mean_ref, std).mean()
         else:
             out["kl"] = torch.zeros((), device=logp.device)
         out["loss"] = policy_loss + cfg.beta * out["kl"]

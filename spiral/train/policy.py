@@ -67,6 +67,7 @@ class TinyPolicy:
     """The tiny generator as a policy (see module docstring)."""
 
     batches_groups = True
+    channel_dim = 2  # states are (B, F, C, H, W) pixels
 
     def __init__(self, weights: str | None = None, steps: int = 10, cfg_scale: float = 1.0, lora_rank: int = 0,
                  lora_alpha: float | None = None, lora_targets: list[str] | None = None, device: str = "cpu",
@@ -157,6 +158,7 @@ class DiffusersPolicy:
     """A diffusers adapter with flow access (``prepare``/``velocity``/``decode``) as a LoRA policy."""
 
     batches_groups = False
+    channel_dim = 1  # diffusers video latents are (B, C, F, H, W)
 
     def __init__(self, adapter: Any, steps: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_targets: list[str] | None = None):
