@@ -24,6 +24,9 @@ the model's own chained frames).
 ``--white`` the white part; ``spiral.flow.ExplorationNoise``): exploration at the scale of a block.
 
     python benchmarks/grpo_diversity.py --heldout only --noise 1.5 --windows 4:8,6:9 --coarse 0,1 --white 0.3
+    python benchmarks/grpo_diversity.py --heldout only --text "yellow block into the box" --coarse 0,1 --white 0.3
+
+``--text`` keeps only the prompts whose sub-action contains the string (one move at a time).
 
 Results go to ``benchmarks/results/grpo_diversity.json`` (``--out`` to change).
 """
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--windows", default="full,0:6,0:3", help="comma-separated SDE windows: full or start:end")
     ap.add_argument("--heldout", default="exclude,only", help="comma-separated heldout_moves settings")
     ap.add_argument("--cfg", default="1", help="comma-separated guidance scales of the rollouts")
+    ap.add_argument("--text", default=None, help="keep only prompts whose sub-action text contains this")
     ap.add_argument("--coarse", default="0", help="comma-separated coarse_noise values")
     ap.add_argument("--white", type=float, default=1.0, help="white_noise when coarse_noise > 0")
     ap.add_argument("--stage", default="single", choices=("single", "continuation"))
@@ -94,7 +98,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      prompts_per_step=args.prompts, stages=[stage], seed=args.seed, cfg_scale=w,
                                      coarse_noise=coarse, white_noise=white)
                     trainer = GRPOTrainer(cfg, progress=False)
-                    prompts = trainer.sample_prompts(args.prompts, stage, np.random.default_rng(args.seed))
+                    prompts = trainer.sample_prompts(args.prompts * (20 if args.text else 1), stage,
+                                                     np.random.default_rng(args.seed))
+                    if args.text:
+                        prompts = [p for p in prompts if args.text in p.sub_action.text][:args.prompts]
+                        if not prompts:
+                            raise SystemExit(f"no sampled prompt contains {args.text!r}")
                     for noise in (float(x) for x in args.noise.split(",")):
                         for window in windows:
                             rows.append({"heldout_moves": held, "cfg_scale": w, "coarse_noise": coarse,

@@ -483,3 +483,15 @@ def test_heldout_moves_exclude_include_only(tmp_path, critic):
     assert any(is_heldout(v, o) for v, o in allowed) and not all(is_heldout(v, o) for v, o in allowed)
     assert all(is_heldout(v, o) for v, o in only)
     assert len(set(only)) >= 3  # every held-out move gets drawn, not one
+
+
+def test_shipped_grpo_configs_load():
+    from pathlib import Path
+
+    from spiral.train.grpo import load_config
+
+    paths = sorted(Path(__file__).resolve().parents[1].glob("configs/grpo-*.yaml"))
+    assert len(paths) >= 3
+    for p in paths:
+        cfg = load_config(p)
+        assert cfg.group_size >= 2 and cfg.stages, p
