@@ -6,7 +6,8 @@ One step (``GRPOTrainer.step``):
    sub-action becomes the prompt and from which frame: ``single`` (one step from a rendered true
    state), ``continuation`` / ``plan`` (step k of a medium / long plan, conditioned on the
    generator's *own* chained outputs for steps 0..k−1, the errors that compound over long horizons).
-2. **Rollouts.** G SDE samples per prompt (``spiral.flow.sde_step``), log-probabilities kept per step.
+2. **Rollouts.** G SDE samples per prompt (``spiral.flow.sde_mean_std`` with the noise of
+   ``spiral.flow.ExplorationNoise``: white, or white plus coarse), log-probabilities kept per step.
 3. **Rewards.** ``CriticAgent.judge`` scores, combined with ``reward_weights``.
 4. **Advantages.** (r − mean_group) / std (group std, or the std of the whole batch with
    ``global_std``), clamped to ±``adv_clip``.
