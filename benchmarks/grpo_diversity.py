@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table.add_column(col, justify="right")
     for r in rows:
         w = "all" if r["sde_window"] is None else f"{r['sde_window'][0]}-{r['sde_window'][1]}"
-        table.add_row(r["heldout_moves"], f"{r['cfg_scale']:g}", f"{r.get('coarse_noise', 0):g}", f"{r['noise_level']:g}", w, f"{r['reward_std']:.4f}",
-                      f"{r['action_std']:.4f}", f"{r['mixed_groups']:.2f}", f"{r['pass']:.2f}", f"{r['frame_std']:.2f}")
+        table.add_row(r["heldout_moves"], f"{r['cfg_scale']:g}", f"{r['coarse_noise']:g}", f"{r['noise_level']:g}", w,
+                      f"{r['reward_std']:.4f}", f"{r['action_std']:.4f}", f"{r['mixed_groups']:.2f}", f"{r['pass']:.2f}", f"{r['frame_std']:.2f}")
     Console().print(table)
     res = {"rows": rows, "args": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

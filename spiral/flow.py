@@ -184,14 +184,14 @@ class ExplorationNoise:
     def _quad_logdet(self, r: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-dim mean of rᵀΣ⁻¹r and of log det Σ (Σ for unit std is white²I + coarse²·n·P)."""
         r, std = r.float(), std.float()
-        _, n = self._cells(r.shape)
         dims = tuple(range(1, r.ndim))
         D = math.prod(r.shape[1:])
         s2 = (std.reshape(r.shape[0], -1)[:, 0]) ** 2  # std is per sample
         total = (r**2).sum(dims)
         cell = self._pool(r)
-        on_cells = n * (cell**2).sum(dim=tuple(range(1, cell.ndim)))  # |P r|²
         k = math.prod(cell.shape[1:])
+        n = D // k  # elements per cell
+        on_cells = n * (cell**2).sum(dim=tuple(range(1, cell.ndim)))  # |P r|²
         w2, big = self.white**2, self.white**2 + self.coarse**2 * n
         quad = ((total - on_cells) / w2 + on_cells / big) / s2 / D
         logdet = torch.log(s2) + ((D - k) * math.log(w2) + k * math.log(big)) / D
