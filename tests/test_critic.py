@@ -103,6 +103,18 @@ def test_reward_prefers_success(critic):
     assert 0 <= bad < good <= 1
 
 
+@pytest.mark.parametrize("seed", [2, 4])
+def test_a_block_left_in_the_gripper_above_its_goal_scores_no_action(critic, seed):
+    """The layout marginals alone are conditional on every block being at rest, and read a yellow block
+    stalled in the gripper above the box as ~0.3 "in the box"; the action score must not pay for it
+    (GRPO rewards are made of it)."""
+    yellow = Action.parse("move(yellow_block, box)")
+    stalled = _judge(critic, S_OPEN, yellow, "incomplete", seed)
+    done = _judge(critic, S_OPEN, yellow, None, 4)
+    assert "stopped" in stalled.feedback and "gripper" in stalled.feedback
+    assert stalled.scores["action"] < 0.01 < 0.99 < done.scores["action"]
+
+
 def test_observe_reads_the_state(critic):
     res = render_action(S0, MOVE, appearance=APP, seed=2)
     assert critic.observe(res.frames[0]) == S0

@@ -20,7 +20,7 @@ import torch
 from spiral import flow, registry
 from spiral.models.text import get_text_encoder
 from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT
-from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, group_advantages
+from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, combine_reward, group_advantages
 from spiral.train.policy import TinyPolicy
 
 # 64x64 (the critic's frame size), 16x16 patches, one tubelet of 4 new frames: 16 tokens per forward
@@ -187,17 +187,39 @@ def test_advantages_are_clamped(global_std):
     assert torch.equal(adv[kept], unclamped[kept])
 
 
-def test_rollout_advantages_come_from_its_rewards(tmp_path, critic):
-    tr = trainer(tmp_path / "run", critic, adv_clip=0.9, global_std=False)
+@pytest.mark.parametrize("decades", [None, 6.0])
+def test_rollout_advantages_come_from_its_rewards(tmp_path, critic, decades):
+    tr = trainer(tmp_path / "run", critic, adv_clip=0.9, global_std=False, action_decades=decades)
     ro = rollout(tr)
     r = ro["rewards"]
     assert r.dtype == torch.float32 and r.shape == (6,) and bool((r.view(2, 3).std(dim=1) > 0).all())
     assert torch.equal(ro["adv"], group_advantages(r, 3, False, 0.9))
     assert bool((ro["adv"].abs() <= 0.9).all())
-    # the reward is the weighted mean of the critic's scores
+    # the reward is the weighted mean of the critic's scores, the action score on a log scale if asked
     w = tr.cfg.reward_weights
-    want = [sum(w[k] * s[k] for k in w) / sum(w.values()) for s in ro["scores"]]
+
+    def action(p: float) -> float:
+        return p if decades is None else 1 + np.log10(max(p, 10.0 ** -decades)) / decades
+
+    want = [(sum(w[k] * s[k] for k in w if k != "action") + w["action"] * action(s["action"])) / sum(w.values())
+            for s in ro["scores"]]
     torch.testing.assert_close(r, torch.tensor(want, dtype=torch.float32))
+
+
+def test_log_action_reward_ranks_rollouts_that_all_fail():
+    """Two failed rollouts (action probabilities 1e-5 and 1e-2) hardly differ on the linear score; counted in
+    orders of magnitude they are half the reward range apart, and the scale's ends stay 0 and 1."""
+    w = {"action": 1.0, "preservation": 0.0, "continuity": 0.0, "consistency": 0.0}
+    rest = {"preservation": 1.0, "continuity": 1.0, "consistency": 1.0}
+    lin = [combine_reward({"action": p, **rest}, w) for p in (1e-5, 1e-2)]
+    log = [combine_reward({"action": p, **rest}, w, 6) for p in (1e-5, 1e-2)]
+    assert lin[1] - lin[0] < 0.01
+    assert log[1] - log[0] == pytest.approx(0.5)
+    assert combine_reward({"action": 1.0, **rest}, w, 6) == 1.0
+    assert combine_reward({"action": 0.0, **rest}, w, 6) == combine_reward({"action": 1e-6, **rest}, w, 6) == 0.0
+    # other scores keep their linear weight
+    w2 = {"action": 1.0, "preservation": 1.0, "continuity": 0.0, "consistency": 0.0}
+    assert combine_reward({"action": 1e-3, **rest}, w2, 6) == pytest.approx((0.5 + 1.0) / 2)
 
 
 # -------------------------------------------------------------------------------------------- KL, gradients
@@ -355,6 +377,9 @@ def test_bad_config_values_are_named():
         GRPOConfig(generator="diffusers")
     with pytest.raises(ValueError, match="lr_typo"):
         GRPOConfig(lr_typo=1.0)
+    for d in (0.0, 7.0):
+        with pytest.raises(ValueError, match="action_decades"):
+            GRPOConfig(action_decades=d)
 
 
 def test_resume_and_fresh_start_guard_the_run_folder(tmp_path, critic):

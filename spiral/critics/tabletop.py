@@ -4,7 +4,8 @@ Each frame is read by the state recogniser (:mod:`spiral.critics.recognizer`, on
 four scores in [0, 1] follow from the readings:
 
 - ``action``: the sub-action's post-conditions hold in the last frame (probability of the least
-  likely one, from the calibrated marginals);
+  likely one, from the calibrated marginals; a block still held or in mid-air is at no location,
+  :func:`end_locations`);
 - ``preservation``: every object the sub-action does not act on is where it was in frame 0;
 - ``continuity``: every in-between frame is plausible. Per block, a Viterbi pass over the frame
   readings compares the best explanation that only uses physical transitions (rest → held → rest,
@@ -280,6 +281,20 @@ def _change_text(obj: str, a: State, b: State) -> str:
     return f"the {domain.name(obj)} was moved {_where_to(b.where(obj))}"
 
 
+def end_locations(loc: np.ndarray) -> np.ndarray:
+    """Where each block is in the last frame (4×C): the valid-layout marginals over the rest locations,
+    weighted by the probability that the block is at rest at all; held and elsewhere keep their raw readings.
+
+    Why: a block still in the gripper above the box is not *in* the box. The layout marginals alone are
+    conditional on every block being at rest, so they would score it as a likely success.
+    """
+    loc = np.asarray(loc, np.float64)
+    rest = np.clip(1.0 - loc[:, HELD] - loc[:, ELSEWHERE], 0.0, 1.0)
+    out = layout_marginals(loc[None])[0] * rest[:, None]
+    out[:, HELD], out[:, ELSEWHERE] = loc[:, HELD], loc[:, ELSEWHERE]
+    return out
+
+
 # ---------------------------------------------------------------- the critic
 class TabletopCritic:
     """CriticAgent for the tabletop world: scores, failure kind, decision and feedback from frame readings."""
@@ -330,7 +345,7 @@ class TabletopCritic:
             post = [Pred.parse(p) for p in (domain.effects(s0, action) if not already else [])]
         cfg = self.config
 
-        end = {"loc": layout_marginals(r["loc"][-1:])[0], "lid": r["lid"][-1], "light": r["light"][-1]}
+        end = {"loc": end_locations(r["loc"][-1]), "lid": r["lid"][-1], "light": r["light"][-1]}
         action_score = min((self._pred_prob(p, end) for p in post), default=1.0)
         target = self._target(action)
         untouched = [o for o in (*BLOCKS, BOX, LAMP) if o != target]
