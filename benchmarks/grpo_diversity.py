@@ -19,7 +19,8 @@ the model's own chained frames).
     python benchmarks/grpo_diversity.py --heldout only --noise 0.7,1.5 --windows full,0:6
     python benchmarks/grpo_diversity.py --heldout only --noise 0.7 --windows 0:4 --cfg 0,0.5,1   # guidance
 
-``--cfg`` below 1 mixes in the unconditional prediction: another source of spread between rollouts.
+``--cfg`` below 1 mixes in the unconditional prediction: another source of spread between rollouts; above 1
+(with ``--cfg-max-sigma`` 0.5: on the last three steps only) it lets the held-out moves happen at all.
 ``--coarse`` adds noise constant over time and 8×8 pixel cells to the SDE steps (``coarse_noise``, with
 ``--white`` the white part; ``spiral.flow.ExplorationNoise``): exploration at the scale of a block.
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--windows", default="full,0:6,0:3", help="comma-separated SDE windows: full or start:end")
     ap.add_argument("--heldout", default="exclude,only", help="comma-separated heldout_moves settings")
     ap.add_argument("--cfg", default="1", help="comma-separated guidance scales of the rollouts")
+    ap.add_argument("--cfg-max-sigma", type=float, default=None,
+                    help="guidance only on the steps with sigma <= this (the late ones)")
     ap.add_argument("--text", default=None, help="keep only prompts whose sub-action text contains this")
     ap.add_argument("--coarse", default="0", help="comma-separated coarse_noise values")
     ap.add_argument("--white", type=float, default=1.0, help="white_noise when coarse_noise > 0")
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     white = args.white if coarse > 0 else 1.0
                     cfg = GRPOConfig(out=str(tmp / f"{held}-{w}-{coarse}"), heldout_moves=held, group_size=args.group,
                                      prompts_per_step=args.prompts, stages=[stage], seed=args.seed, cfg_scale=w,
+                                     cfg_max_sigma=args.cfg_max_sigma,
                                      coarse_noise=coarse, white_noise=white)
                     trainer = GRPOTrainer(cfg, progress=False)
                     prompts = trainer.sample_prompts(args.prompts * (20 if args.text else 1), stage,

@@ -377,6 +377,10 @@ def test_bad_config_values_are_named():
         GRPOConfig(generator="diffusers")
     with pytest.raises(ValueError, match="lr_typo"):
         GRPOConfig(lr_typo=1.0)
+    with pytest.raises(ValueError, match="cfg_max_sigma"):
+        GRPOConfig(cfg_max_sigma=0.0)
+    with pytest.raises(ValueError, match="tiny-generator option"):
+        GRPOConfig(generator="diffusers", diffusers_model="x", cfg_max_sigma=0.5)
     for d in (0.0, 7.0):
         with pytest.raises(ValueError, match="action_decades"):
             GRPOConfig(action_decades=d)

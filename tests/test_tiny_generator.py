@@ -75,6 +75,22 @@ def test_text_and_guidance_condition_the_output(gen):
     assert not np.array_equal(base, guided.generate(request(5)).frames)
 
 
+def test_guidance_on_the_late_steps_only(gen):
+    """cfg_max_sigma limits guidance to σ ≤ cfg_max_sigma: below the smallest σ of the schedule nothing is
+    guided (equal to cfg 1), at 1 every step is (equal to plain guidance), in between it is neither."""
+    def frames(**kw):
+        return TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, **kw).generate(request(5)).frames
+
+    plain, guided = frames(), frames(cfg_scale=3.0)
+    smallest = float(gen.sigmas()[-2])
+    assert np.array_equal(frames(cfg_scale=3.0, cfg_max_sigma=smallest / 2), plain)
+    assert np.array_equal(frames(cfg_scale=3.0, cfg_max_sigma=1.0), guided)
+    late = frames(cfg_scale=3.0, cfg_max_sigma=0.5)
+    assert not np.array_equal(late, plain) and not np.array_equal(late, guided)
+    with pytest.raises(ValueError, match="cfg_max_sigma"):
+        TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, cfg_max_sigma=0.0)
+
+
 def test_unsupported_size_or_length_gets_a_clear_error(gen):
     with pytest.raises(ValueError, match=r"makes 16x16 segments of 5 frames \(1 conditioning \+ 4 new\).*32x32"):
         gen.generate(request(0, size=32))

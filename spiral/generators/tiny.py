@@ -36,6 +36,7 @@ class TinyCond:
     cond: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     anchor: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     cfg_scale: float = 1.0
+    cfg_max_sigma: float | None = None  # guidance only at noise levels σ ≤ this (None: at every step)
 
 
 def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,12 @@ class TinyGenerator:
     def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float = 1.0,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
                  text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None,
-                 refinements: bool = False):
+                 refinements: bool = False, cfg_max_sigma: float | None = None):
+        """``cfg_max_sigma``: apply ``cfg_scale`` only on the late steps (σ ≤ cfg_max_sigma), where the model
+        paints what a moved object looks like at its destination; guidance on the early steps moves the
+        whole scene (drift). docs/self_evolution.md item 6 measures both."""
+        if cfg_max_sigma is not None and not 0 < cfg_max_sigma <= 1:
+            raise ValueError(f"cfg_max_sigma must be in (0, 1] (a noise level; 1 guides every step), got {cfg_max_sigma}")
         if threads:
             torch.set_num_threads(threads)
         if model is None:
@@ -71,6 +77,7 @@ class TinyGenerator:
             text_encoder = get_text_encoder(text_encoder or self.config.text_encoder)
         self.text_encoder = text_encoder
         self.refinements = refinements
+        self.cfg_max_sigma = cfg_max_sigma
 
     # --- pieces GRPO reuses ---------------------------------------------------------------------
     def check_request(self, request: GenerationRequest) -> None:
@@ -105,7 +112,7 @@ class TinyGenerator:
         cond = frames_to_tensor(np.stack([r.cond_frame for r in requests])).to(self.device)
         anchor = frames_to_tensor(np.stack([r.anchor_frame if r.anchor_frame is not None else r.cond_frame
                                             for r in requests])).to(self.device)
-        return TinyCond(text, cond, anchor, self.cfg_scale if cfg_scale is None else cfg_scale)
+        return TinyCond(text, cond, anchor, self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_max_sigma)
 
     def initial_noise(self, requests: list[GenerationRequest]) -> torch.Tensor:
         """x_T (B, F, 3, H, W): each request's noise from its own seed, so batching never changes a result."""
@@ -119,8 +126,10 @@ class TinyGenerator:
         return flow.sigma_schedule(steps or self.steps, self.shift).to(self.device)
 
     def denoiser(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: TinyCond) -> torch.Tensor:
-        """Velocity (B, F, 3, H, W); with cfg_scale ≠ 1, guided against the learned null text."""
-        if cond.cfg_scale == 1.0:
+        """Velocity (B, F, 3, H, W); with cfg_scale ≠ 1, guided against the learned null text (at σ ≤
+        cfg_max_sigma only, if set)."""
+        late = cond.cfg_max_sigma is None or float(sigma.max()) <= cond.cfg_max_sigma
+        if cond.cfg_scale == 1.0 or not late:
             return self.model(x_t, sigma, cond.text, cond.cond, cond.anchor)
         null = self.model.embed_text(None, x_t.shape[0])
         v = self.model(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), torch.cat([cond.text, null]),
@@ -144,7 +153,8 @@ class TinyGenerator:
             video = np.concatenate([np.asarray(r.cond_frame, dtype=np.uint8)[None], frames])
             out.append(Segment(frames=video, fps=self.fps, seed=r.seed, backend=self.name,
                                timings={"generate": seconds},
-                               meta={"steps": self.steps, "cfg_scale": self.cfg_scale, "shift": self.shift}))
+                               meta={"steps": self.steps, "cfg_scale": self.cfg_scale,
+                                     "cfg_max_sigma": self.cfg_max_sigma, "shift": self.shift}))
         return out
 
     def generate(self, request: GenerationRequest) -> Segment:

@@ -102,6 +102,8 @@ class GRPOConfig(BaseModel):
     coarse_noise: float = 0.0
     coarse_patch: int = 8
     cfg_scale: float = 1.0
+    # tiny only: guidance on the steps with σ ≤ cfg_max_sigma (the late ones; docs/self_evolution.md item 6)
+    cfg_max_sigma: float | None = None
     prompts_per_step: int = 8
     group_size: int = 8
     # reward and advantages
@@ -177,6 +179,9 @@ class GRPOConfig(BaseModel):
         if self.minibatches < 1 or self.grad_accum < 1 or self.minibatches % self.grad_accum:
             raise ValueError(f"minibatches ({self.minibatches}) must be a positive multiple of grad_accum "
                              f"({self.grad_accum})")
+        if self.cfg_max_sigma is not None and (self.generator != "tiny" or not 0 < self.cfg_max_sigma <= 1):
+            raise ValueError(f"cfg_max_sigma (guidance on the late steps only) must be in (0, 1] and is a tiny-generator "
+                             f"option; got {self.cfg_max_sigma} with generator {self.generator}")
         if self.generator == "diffusers" and not self.diffusers_model:
             raise ValueError("generator: diffusers needs diffusers_model (a model id or a local folder)")
         return self
@@ -251,7 +256,7 @@ def build_policy(cfg: GRPOConfig) -> Any:
             from spiral.models.text import TableEncoder
 
             encoder = TableEncoder(cfg.text_table)
-        return TinyPolicy(weights=cfg.weights, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+        return TinyPolicy(weights=cfg.weights, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, cfg_max_sigma=cfg.cfg_max_sigma,
                           lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
                           device=cfg.device, text_encoder=encoder)
     from spiral import registry

@@ -69,12 +69,13 @@ class TinyPolicy:
     batches_groups = True
     channel_dim = 2  # states are (B, F, C, H, W) pixels
 
-    def __init__(self, weights: str | None = None, steps: int = 10, cfg_scale: float = 1.0, lora_rank: int = 0,
+    def __init__(self, weights: str | None = None, steps: int = 10, cfg_scale: float = 1.0,
+                 cfg_max_sigma: float | None = None, lora_rank: int = 0,
                  lora_alpha: float | None = None, lora_targets: list[str] | None = None, device: str = "cpu",
                  text_encoder: Any = None, model: Any = None):
         from spiral.generators.tiny import TinyGenerator
 
-        self.gen = TinyGenerator(weights=weights, steps=steps, cfg_scale=cfg_scale, device=device,
+        self.gen = TinyGenerator(weights=weights, steps=steps, cfg_scale=cfg_scale, cfg_max_sigma=cfg_max_sigma, device=device,
                                  text_encoder=text_encoder, model=model)
         self.model = self.gen.model
         self.lora = lora_rank > 0
@@ -102,7 +103,7 @@ class TinyPolicy:
         from spiral.generators.tiny import TinyCond
 
         c = batch.cond
-        return Batch(batch.requests[sl], TinyCond(c.text[sl], c.cond[sl], c.anchor[sl], c.cfg_scale))
+        return Batch(batch.requests[sl], TinyCond(c.text[sl], c.cond[sl], c.anchor[sl], c.cfg_scale, c.cfg_max_sigma))
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.gen.denoiser(x, sigma, batch.cond)
