@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--long", type=int, default=50, help="long tasks (6-8 steps), plan-only")
     ap.add_argument("--n-heldout", type=int, default=None, help="HELDOUT_MOVES pairs (default: n // 2)")
     ap.add_argument("--steps", type=int, default=10, help="sampling steps (the backend default)")
-    ap.add_argument("--cfg-scale", type=float, default=1.0)
+    ap.add_argument("--cfg-scale", type=float, default=None, help="default: the weights' sampler metadata, else 1")
     ap.add_argument("--batch", type=int, default=16, help="segments per generate_batch call")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/tiny_generator_quality.json")
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - t_start
     segs = max(runner.segments, 1)
     res = {
-        "config": {"weights": str(args.weights), "steps": args.steps, "cfg_scale": args.cfg_scale, "n": args.n,
+        "config": {"weights": str(args.weights), "steps": args.steps, "cfg_scale": gen.cfg_scale, "cfg_max_sigma": gen.cfg_max_sigma, "n": args.n,
                    "long": args.long, "n_heldout": len(held), "batch": args.batch, "threads": args.threads,
                    "model_params": gen.model.num_params(), "model_config": json.loads(gen.config.to_json()),
                    "seeds": {"step_pairs": [STEP_SEEDS, STEP_SEEDS + args.n - 1], "heldout_scan_from": HELDOUT_SEEDS,

@@ -353,6 +353,21 @@ def test_lora_export_merges_the_adapter(tmp_path, critic):
         got = merged(x, s, batch.cond.text, batch.cond.cond, batch.cond.anchor)
     assert not torch.equal(live, base)  # the adapter learned something
     torch.testing.assert_close(got, live, atol=1e-5, rtol=1e-5)
+    assert "sampler" not in meta  # trained unguided: the weights keep the plain sampler
+
+
+def test_export_records_the_guidance_it_was_evolved_under(tmp_path, critic):
+    """A run with late guidance exports weights whose generator samples with that guidance by default."""
+    from spiral.generators.tiny import TinyGenerator
+
+    tr = trainer(tmp_path / "run", critic, steps=1, ema=0.0, cfg_scale=3.0, cfg_max_sigma=0.5,
+                 policy=tiny_policy(cfg_scale=3.0, cfg_max_sigma=0.5))
+    tr.run()
+    path = tr.export(tmp_path / "evolved.safetensors")
+    gen = TinyGenerator(weights=path, steps=4, text_encoder=get_text_encoder("hash"))
+    assert (gen.cfg_scale, gen.cfg_max_sigma) == (3.0, 0.5)
+    plain = TinyGenerator(weights=path, steps=4, text_encoder=get_text_encoder("hash"), cfg_scale=1.0)
+    assert plain.cfg_scale == 1.0  # an explicit argument wins
 
 
 # ------------------------------------------------------------------------------------------------ bad input

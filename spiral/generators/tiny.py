@@ -11,6 +11,7 @@ rolls out with per-step log-probabilities.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,19 +57,24 @@ class TinyGenerator:
     name = "tiny"
     is_oracle = False
 
-    def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float = 1.0,
+    def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float | None = None,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
                  text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None,
                  refinements: bool = False, cfg_max_sigma: float | None = None):
         """``cfg_max_sigma``: apply ``cfg_scale`` only on the late steps (σ ≤ cfg_max_sigma), where the model
         paints what a moved object looks like at its destination; guidance on the early steps moves the
-        whole scene (drift). docs/self_evolution.md item 6 measures both."""
-        if cfg_max_sigma is not None and not 0 < cfg_max_sigma <= 1:
-            raise ValueError(f"cfg_max_sigma must be in (0, 1] (a noise level; 1 guides every step), got {cfg_max_sigma}")
+        whole scene (drift). docs/self_evolution.md item 6 measures both. Left unset, both come from the
+        weights' ``sampler`` metadata (what ``spiral train grpo`` trained the weights under), else 1 / None."""
         if threads:
             torch.set_num_threads(threads)
+        meta: dict[str, str] = {}
         if model is None:
-            model, _ = load_weights(Path(weights) if weights is not None else DEFAULT_WEIGHTS, map_location=device)
+            model, meta = load_weights(Path(weights) if weights is not None else DEFAULT_WEIGHTS, map_location=device)
+        sampler = json.loads(meta.get("sampler", "{}"))
+        cfg_scale = float(sampler.get("cfg_scale", 1.0)) if cfg_scale is None else cfg_scale
+        cfg_max_sigma = sampler.get("cfg_max_sigma") if cfg_max_sigma is None else cfg_max_sigma
+        if cfg_max_sigma is not None and not 0 < cfg_max_sigma <= 1:
+            raise ValueError(f"cfg_max_sigma must be in (0, 1] (a noise level; 1 guides every step), got {cfg_max_sigma}")
         self.model = model.to(device).eval()
         self.config = self.model.config
         self.steps, self.cfg_scale, self.fps, self.device = steps, cfg_scale, fps, torch.device(device)

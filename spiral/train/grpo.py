@@ -682,7 +682,10 @@ class GRPOTrainer:
             return Path(path)
         with self.ema_weights():
             model = self.policy.export_model()
-            return save_weights(model, path, {"grpo_steps": str(self.step_no), "grpo_config": self.cfg.identity()})
+            meta = {"grpo_steps": str(self.step_no), "grpo_config": self.cfg.identity()}
+            if self.cfg.cfg_scale != 1.0:  # the weights were evolved under this sampler: make it their default
+                meta["sampler"] = json.dumps({"cfg_scale": self.cfg.cfg_scale, "cfg_max_sigma": self.cfg.cfg_max_sigma})
+            return save_weights(model, path, meta)
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self, stop_at: int | None = None, minutes: float | None = None) -> list[dict]:
