@@ -527,6 +527,8 @@ def test_heldout_moves_exclude_include_only(tmp_path, critic):
     assert any(is_heldout(v, o) for v, o in allowed) and not all(is_heldout(v, o) for v, o in allowed)
     assert all(is_heldout(v, o) for v, o in only)
     assert len(set(only)) >= 3  # every held-out move gets drawn, not one
+    half = moves(trainer(tmp_path / "d", critic, heldout_moves="half"))
+    assert [is_heldout(v, o) for v, o in half] == [True, False] * 20  # alternating: learn without forgetting
 
 
 def test_shipped_grpo_configs_load():

@@ -109,8 +109,9 @@ class GRPOConfig(BaseModel):
     # reward and advantages
     # spiral.world.splits.HELDOUT_MOVES, never in the base model's supervised data: "exclude" keeps the
     # compositional-generalization eval zero-shot; "only" spends the run on the moves the base model cannot do
-    # (self-evolution learning them from critic reward alone, with no ground-truth clip)
-    heldout_moves: Literal["exclude", "include", "only"] = "exclude"
+    # (self-evolution learning them from critic reward alone, with no ground-truth clip); "half" alternates
+    # held-out and other prompts, so learning the first does not make the model forget the rest
+    heldout_moves: Literal["exclude", "include", "only", "half"] = "exclude"
     critic: str = "tabletop"
     planner: str = "symbolic"
     reward_weights: dict[str, float] = Field(default_factory=lambda: {k: 1.0 for k in SCORES})
@@ -346,7 +347,8 @@ class GRPOTrainer:
             task = sample_task(ts, stage.min_steps, stage.max_steps)
             plan = self.planner.plan(task.goal.text, task.state)
             lo = 0 if stage.kind == "single" else min(1, len(plan.steps) - 1)
-            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k], heldout)]
+            want = heldout if heldout != "half" else ("only", "exclude")[len(tasks) % 2]
+            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k], want)]
             if not choices:
                 continue
             k = choices[int(rng.integers(len(choices)))]
