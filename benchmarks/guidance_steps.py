@@ -38,11 +38,10 @@ def generate(trainer: Any, prompts: list, scale: float, steps: range) -> list:
     batch = policy.prepare(reqs)
     guided, plain = dataclasses.replace(batch.cond, cfg_scale=scale), dataclasses.replace(batch.cond, cfg_scale=1.0)
     sigmas = policy.sigmas()
-    x = policy.initial_noise(batch)
-    for i in range(len(sigmas) - 1):
-        v = policy.gen.denoiser(x, sigmas[i].expand(x.shape[0]), guided if i in steps else plain)
-        x = flow.euler_step(x, v, sigmas[i], sigmas[i + 1])
-    return policy.decode(x, batch)
+    on = {float(sigmas[i]) for i in steps}
+    x0, _, _ = flow.sample(lambda x, s: policy.gen.denoiser(x, s, guided if float(s[0]) in on else plain),
+                           policy.initial_noise(batch), sigmas)
+    return policy.decode(x0, batch)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +101,8 @@ class TinyPolicy:
         return self.gen.initial_noise(batch.requests)
 
     def subset(self, batch: Batch, sl: slice) -> Batch:
-        from spiral.generators.tiny import TinyCond
-
         c = batch.cond
-        return Batch(batch.requests[sl], TinyCond(c.text[sl], c.cond[sl], c.anchor[sl], c.cfg_scale, c.cfg_max_sigma))
+        return Batch(batch.requests[sl], dataclasses.replace(c, text=c.text[sl], cond=c.cond[sl], anchor=c.anchor[sl]))
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.gen.denoiser(x, sigma, batch.cond)
