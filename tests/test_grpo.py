@@ -337,6 +337,23 @@ def test_checkpoint_is_safetensors_and_a_weights_only_state(tmp_path, critic):
     assert GRPOConfig(**saved) == tr.cfg
 
 
+def test_keep_ema_keeps_every_checkpoints_ema(tmp_path, critic):
+    """keep_ema: one EMA file per checkpoint, each the EMA as it was then (for picking a checkpoint afterwards)."""
+    from safetensors.torch import load_file
+
+    tr = trainer(tmp_path / "run", critic, steps=3, ckpt_every=1, keep_ema=True)
+    seen = []
+    for _ in range(3):
+        tr.run(stop_at=tr.step_no + 1)
+        seen.append({n: t.clone() for n, t in tr.ema.items()})
+    ck = tmp_path / "run" / "checkpoint"
+    assert sorted(p.name for p in ck.glob("ema_*.safetensors")) == [f"ema_0000{i}.safetensors" for i in (1, 2, 3)]
+    for i, ema in enumerate(seen, 1):
+        kept = load_file(str(ck / f"ema_0000{i}.safetensors"))
+        assert all(torch.equal(kept[n], t) for n, t in ema.items())
+    assert any(not torch.equal(seen[0][n], seen[2][n]) for n in seen[0])  # three different snapshots
+
+
 def test_lora_export_merges_the_adapter(tmp_path, critic):
     from spiral.models.tiny_video import load_weights
 

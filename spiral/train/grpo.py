@@ -50,7 +50,7 @@ from spiral.types import GenerationRequest, Segment, SubAction
 SCORES = ("action", "preservation", "continuity", "consistency")
 # what may change between a run and its resume: where and how long it runs, how often it reports
 RUNTIME_FIELDS = {"out", "steps", "device", "text_table", "log_every", "sample_every", "eval_every", "ckpt_every",
-                  "eval_prompts"}
+                  "eval_prompts", "keep_ema"}
 CKPT = "checkpoint"
 
 
@@ -137,6 +137,9 @@ class GRPOConfig(BaseModel):
     eval_every: int = 10
     eval_prompts: int = 32
     ckpt_every: int = 10
+    # also keep the EMA weights of every checkpoint (checkpoint/ema_00010.safetensors, ...), so that the run can be
+    # judged per checkpoint afterwards (benchmarks/grpo_moves.py) and the best one exported
+    keep_ema: bool = False
 
     @field_validator("group_size")
     @classmethod
@@ -590,12 +593,7 @@ class GRPOTrainer:
         return out
 
     def _gold(self, heldout: str, n: int | None) -> dict[str, float]:
-        from spiral.bench.judge import RecognizerJudge
-        from spiral.world import domain
-
         n = n or self.cfg.eval_prompts
-        judge = getattr(self, "_judge", None) or RecognizerJudge()
-        self._judge = judge
         saved_step, saved_rank = self.step_no, self.rank
         self.step_no, self.rank = -1, 10_000  # a stream no training step uses
         try:
@@ -603,8 +601,18 @@ class GRPOTrainer:
                                           np.random.default_rng([self.cfg.seed, 99, 99]), heldout)
         finally:
             self.step_no, self.rank = saved_step, saved_rank
-        reqs = [self._request(p.sub_action.text, p.cond_frame, p.anchor_frame, 1000 + i)
-                for i, p in enumerate(prompts)]
+        critic_ok, judge_ok = self.score_prompts(prompts)
+        return {"gold_critic_pass": float(np.mean(critic_ok)), "gold_judge_success": float(np.mean(judge_ok))}
+
+    def score_prompts(self, prompts: list[Prompt], seed: int = 1000) -> tuple[list[float], list[float]]:
+        """ODE segments of the live weights for ``prompts`` (request seeds ``seed``, ``seed`` + 1, ...), each
+        passed or not by the critic and by the benchmark's independent judge (its postconditions hold)."""
+        from spiral.bench.judge import RecognizerJudge
+        from spiral.world import domain
+
+        judge = getattr(self, "_judge", None) or RecognizerJudge()
+        self._judge = judge
+        reqs = [self._request(p.sub_action.text, p.cond_frame, p.anchor_frame, seed + i) for i, p in enumerate(prompts)]
         segs = self._generate(reqs, mode="ode")
         critic_ok, judge_ok = [], []
         for p, seg in zip(prompts, segs):
@@ -615,7 +623,7 @@ class GRPOTrainer:
                                                                  domain.Action(p.sub_action.verb,
                                                                                tuple(p.sub_action.objects)))
             judge_ok.append(float(all(end.holds(q) for q in post)))
-        return {"gold_critic_pass": float(np.mean(critic_ok)), "gold_judge_success": float(np.mean(judge_ok))}
+        return critic_ok, judge_ok
 
     # --- checkpoints --------------------------------------------------------------------------
     def save(self) -> Path:
@@ -631,6 +639,9 @@ class GRPOTrainer:
         if self.ema is not None:
             with atomic_path(ck / "ema.safetensors") as tmp:
                 save_file({n: t.cpu().contiguous() for n, t in self.ema.items()}, str(tmp), metadata=meta)
+            if self.cfg.keep_ema:
+                with atomic_path(ck / f"ema_{self.step_no:05d}.safetensors") as tmp:
+                    save_file({n: t.cpu().contiguous() for n, t in self.ema.items()}, str(tmp), metadata=meta)
         state = {"step": self.step_no, "stage_idx": self.stage_idx, "stage_start": self.stage_start,
                  "stage_rewards": list(self.stage_rewards), "optimizer": self.opt.state_dict(),
                  "torch_rng": torch.get_rng_state()}
@@ -654,6 +665,25 @@ class GRPOTrainer:
         torch.set_rng_state(state["torch_rng"])
         self.step_no, self.stage_idx = int(state["step"]), int(state["stage_idx"])
         self.stage_start, self.stage_rewards = int(state["stage_start"]), list(state["stage_rewards"])
+
+    def load_ema(self, path: str | Path) -> int:
+        """Make a kept EMA file (``keep_ema``) the live and the EMA weights, to score or export that checkpoint;
+        returns its step."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path))
+        missing = sorted(set(self.params) - set(weights))
+        if missing:
+            raise ValueError(f"{path} lacks trainable weights {missing[:3]}: it comes from a run of another config")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(weights[n].to(p.device))
+                if self.ema is not None:
+                    self.ema[n].copy_(p)
+        with safe_open(str(path), framework="pt") as f:
+            self.step_no = int((f.metadata() or {}).get("step", 0))
+        return self.step_no
 
     @contextlib.contextmanager
     def ema_weights(self) -> Any:

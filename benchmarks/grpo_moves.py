@@ -1,0 +1,166 @@
+"""Which moves did a GRPO checkpoint learn, and which did it forget? Scores every kept checkpoint of runs.
+
+A run's gold evaluation mixes the moves, and learning a held-out move while forgetting trained ones can
+leave it flat. To pick a checkpoint to ship, this script samples (ODE, the run's own sampler) fixed
+single-step prompts from sampled tabletop scenes, grouped by class: each held-out move
+(``spiral.world.splits.HELDOUT_MOVES``) and the trained sub-actions. It scores them with the critic and
+with the benchmark's independent judge, and estimates the plan-only step success on ``tabletop-v1``. The
+estimate weights each class by its share of the suite's optimal-plan steps. The same prompts and seeds are
+used for every checkpoint and for the base weights, under each run's sampler.
+
+    python benchmarks/grpo_moves.py --runs runs/grpo-tiny-guided runs/grpo-tiny-guided-sde
+    python benchmarks/grpo_moves.py --runs runs/sweep/* --export-best 2 --export-dir out/  # best as tiny weights
+
+Kept checkpoints are ``checkpoint/ema_*.safetensors`` (``keep_ema: true``); a run without them is scored
+on its last ``checkpoint/ema.safetensors``. Results go to ``benchmarks/results/grpo_moves.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TRAINED = "trained"
+
+
+def move_class(verb: str, objects: Any) -> str:
+    from spiral.world.splits import is_heldout
+
+    short = [o.removesuffix("_block") for o in objects[:2]]
+    return f"{short[0]}->{short[1]}" if is_heldout(verb, objects) else TRAINED
+
+
+def suite_weights(suite: str = "tabletop-v1") -> dict[str, float]:
+    """Share of each class among the steps of the suite's optimal plans (what plan-only step success counts)."""
+    from spiral.bench.suite import load_suite
+    from spiral.planners.symbolic import SymbolicPlanner
+    from spiral.world.goals import parse_goal, sample_state
+    from spiral.world.splits import HELDOUT_MOVES
+
+    counts = collections.Counter({move_class("move", m): 0 for m in HELDOUT_MOVES})
+    for case in load_suite(suite, check_plans=False).cases:
+        state = sample_state(np.random.default_rng(case.scene))
+        for action in SymbolicPlanner().solve(state, parse_goal(case.goal)):
+            counts[move_class(action.verb, action.args)] += 1
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())}
+
+
+def prompt_sets(trainer: Any, per_move: int, trained: int, seed: int) -> dict[str, list]:
+    from spiral.train.grpo import Stage
+
+    stage = Stage(name="single", kind="single", min_steps=1, max_steps=8)
+    sets: dict[str, list] = collections.defaultdict(list)
+    rng = np.random.default_rng(seed)
+    for _ in range(20):  # held-out prompts: each draw is one of the four moves
+        for p in trainer.sample_prompts(8 * per_move, stage, rng, "only"):
+            key = move_class(p.sub_action.verb, p.sub_action.objects)
+            if len(sets[key]) < per_move:
+                sets[key].append(p)
+        if len(sets) == 4 and all(len(v) == per_move for v in sets.values()):
+            break
+    sets[TRAINED] = trainer.sample_prompts(trained, stage, rng, "exclude")
+    return dict(sorted(sets.items()))
+
+
+def score(trainer: Any, sets: dict[str, list], weights: dict[str, float]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for k, prompts in sets.items():
+        critic_ok, judge_ok = trainer.score_prompts(prompts, seed=2000)
+        row[k] = {"n": len(prompts), "critic": int(sum(critic_ok)), "judge": int(sum(judge_ok))}
+    for by in ("critic", "judge"):
+        row[f"est_step_success_{by}"] = round(sum(w * row[k][by] / row[k]["n"] for k, w in weights.items()), 4)
+    return row
+
+
+def checkpoints(run: Path) -> list[Path]:
+    kept = sorted((run / "checkpoint").glob("ema_*.safetensors"))
+    return kept or [p for p in [run / "checkpoint" / "ema.safetensors"] if p.is_file()]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from spiral.train.grpo import GRPOConfig, GRPOTrainer
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="+", required=True, help="GRPO run folders (config.json + checkpoint/)")
+    ap.add_argument("--per-move", type=int, default=16, help="prompts per held-out move")
+    ap.add_argument("--trained", type=int, default=48, help="prompts of trained sub-actions")
+    ap.add_argument("--suite", default="tabletop-v1", help="suite whose step mix weights the estimate")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: each run's own)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--export-best", type=int, default=0, help="export the K best checkpoints as tiny weights")
+    ap.add_argument("--export-dir", default="runs/grpo-moves-best")
+    ap.add_argument("--out", default="benchmarks/results/grpo_moves.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    weights = suite_weights(args.suite)
+    rows: list[dict[str, Any]] = []
+    base: dict[str, dict] = {}
+    sets = None
+    tmp = Path(tempfile.mkdtemp(prefix="grpo_moves_"))
+    exported: list[str] = []
+    try:
+        trainers = {}
+        for run in map(Path, args.runs):
+            if not (run / "config.json").is_file():
+                raise SystemExit(f"{run} is not a GRPO run folder (no config.json); pass folders made by "
+                                 "`spiral train grpo`")
+            cfg = GRPOConfig(**{**json.loads((run / "config.json").read_text()), "out": str(tmp / run.name),
+                                **({"device": args.device} if args.device else {})})
+            tr = GRPOTrainer(cfg, progress=False)
+            trainers[str(run)] = tr
+            sets = sets or prompt_sets(tr, args.per_move, args.trained, args.seed)
+            sampler = json.dumps({"cfg_scale": cfg.cfg_scale, "cfg_max_sigma": cfg.cfg_max_sigma,
+                                  "steps": cfg.sample_steps, "weights": cfg.weights})
+            if sampler not in base:  # the base weights under this run's sampler
+                base[sampler] = {"run": "base", "sampler": json.loads(sampler), "step": 0, **score(tr, sets, weights)}
+                rows.append(base[sampler])
+            for ck in checkpoints(run):
+                step = tr.load_ema(ck)
+                rows.append({"run": str(run), "file": str(ck), "step": step, "sampler": json.loads(sampler),
+                             **score(tr, sets, weights)})
+        ranked = sorted((r for r in rows if r["run"] != "base"),
+                        key=lambda r: (r["est_step_success_judge"], r["est_step_success_critic"]), reverse=True)
+        for i, r in enumerate(ranked[:args.export_best]):
+            tr = trainers[r["run"]]
+            tr.load_ema(r["file"])
+            dest = Path(args.export_dir) / f"best{i + 1}_{Path(r['run']).name}_step{r['step']}.safetensors"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            exported.append(str(tr.export(dest)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    classes = list(sets or {})
+    table = Table(title=f"per-move success (judge / critic), ODE, same prompts; est. = {args.suite} step mix")
+    for col in ("run", "step", *classes, "est. judge", "est. critic"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(Path(r["run"]).name, str(r["step"]),
+                      *(f"{r[k]['judge']}/{r[k]['critic']} /{r[k]['n']}" for k in classes),
+                      f"{r['est_step_success_judge']:.3f}", f"{r['est_step_success_critic']:.3f}")
+    Console().print(table)
+    res = {"rows": rows, "suite_weights": weights, "exported": exported, "args": vars(args),
+           "seconds": round(time.perf_counter() - t0, 1),
+           "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                       "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
