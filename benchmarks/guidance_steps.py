@@ -8,6 +8,8 @@ every setting). It is why ``cfg_max_sigma`` exists (docs/self_evolution.md item 
 
     python benchmarks/guidance_steps.py                       # ~5 min on 2 CPU cores
     python benchmarks/guidance_steps.py --specs 8/0:10,12/7:10 --move "green block on the red"
+    python benchmarks/guidance_steps.py --weights spiral/models/weights/tiny_evolved.safetensors \
+        --specs 1/0:10,6/7:10,8/7:10,10/7:10,12/7:10 --out benchmarks/results/guidance_steps_evolved.json
 
 A spec is ``scale/first:end`` (guidance on steps first..end-1; 1/0:10 is the unguided baseline).
 Results go to ``benchmarks/results/guidance_steps.json``.
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--move", default="yellow block into the box", help="held-out sub-action text to look for")
     ap.add_argument("--n-move", type=int, default=16)
     ap.add_argument("--n-trained", type=int, default=32)
+    ap.add_argument("--weights", default=None, help="tiny weights to test (default: the shipped tiny)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", default="benchmarks/results/guidance_steps.json")
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage = Stage(name="single", kind="single", min_steps=1, max_steps=8)
     tmp = Path(tempfile.mkdtemp(prefix="guidance_steps_"))
     try:
-        trainer = GRPOTrainer(GRPOConfig(out=str(tmp), heldout_moves="include", stages=[stage]), progress=False)
+        trainer = GRPOTrainer(GRPOConfig(out=str(tmp), weights=args.weights, heldout_moves="include",
+                                          stages=[stage]), progress=False)
         pool = trainer.sample_prompts(400, stage, np.random.default_rng(args.seed))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -85,16 +89,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         for p, s in zip(prompts, segs)]
             row[name] = {"n": len(verdicts), "passed": sum(v.passed for v in verdicts),
                          "scene_drift": sum(v.failure == "scene_drift" for v in verdicts),
-                         "max_action": round(max(v.scores["action"] for v in verdicts), 4)}
+                         "max_action": round(max(v.scores["action"] for v in verdicts), 4),
+                         "preservation": round(float(np.mean([v.scores["preservation"] for v in verdicts])), 4)}
         rows.append(row)
     table = Table(title=f"guidance by sampler step, tiny generator, ODE 10 steps, critic ({args.move!r})")
-    for col in ("cfg", "steps", "σ range", "held-out move pass", "its max action", "trained pass", "scene drift"):
+    for col in ("cfg", "steps", "σ range", "held-out move pass", "its max action", "trained pass", "scene drift",
+                "preservation (trained)"):
         table.add_column(col, justify="right")
     for r in rows:
         m, t = r["move"], r["trained"]
         table.add_row(f"{r['cfg_scale']:g}", f"{r['steps'][0]}-{r['steps'][1] - 1}",
                       f"{r['sigma_range'][0]:.2f}-{r['sigma_range'][1]:.2f}", f"{m['passed']}/{m['n']}",
-                      f"{m['max_action']:.2f}", f"{t['passed']}/{t['n']}", f"{m['scene_drift'] + t['scene_drift']}")
+                      f"{m['max_action']:.2f}", f"{t['passed']}/{t['n']}", f"{m['scene_drift'] + t['scene_drift']}",
+                      f"{t['preservation']:.4f}")
     Console().print(table)
     res = {"rows": rows, "sigmas": sigmas, "args": vars(args),
            "machine": {"platform": platform.platform(), "torch": torch.__version__}}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Self-evolution sweep on one GPU in about 8 minutes. Several GRPO runs of the tiny generator run side by side
-# (configs/grpo-tiny-gpu.yaml, one override set each, below). Each keeps every checkpoint's EMA and is then scored
+# (configs/grpo-tiny-evolved.yaml, one override set each, below; early-1e5 is the config itself). Each keeps every checkpoint's EMA and is then scored
 # move by move (benchmarks/grpo_moves.py). The best checkpoints of the KEEP best runs come back as tiny weights
 # with their sampler, beside sweep.json (every row) and sweep_logs.tgz (logs, configs, per-run tables).
 # With WAN=1 the full-size Wan 2.1 I2V GRPO step (benchmarks/diffusers_overhead.py --full-wan21 --grpo-step)
@@ -15,12 +15,12 @@ THREADS=${THREADS:-2} PER_MOVE=${PER_MOVE:-16} TRAINED=${TRAINED:-48} EXTRA=${EX
 SETS=(--set keep_ema=true)
 [ -f .device/minilm_table.safetensors ] && SETS+=(--set text_table=.device/minilm_table.safetensors)
 declare -A RUNS=(
-  [late-1e5]=""
-  [late-3e5]="lr=3e-5 beta=0.04"
-  [early-1e5]="sde_window=[0,4] noise_level=0.7"
-  [early-only-1e4]="sde_window=[0,4] noise_level=0.7 lr=1e-4 heldout_moves=only"
-  [late-only-1e5]="heldout_moves=only"
-  [lora-late]="lora_rank=32 lora_alpha=64 lr=1e-4"
+  [early-1e5]=""
+  [early-only-1e4]="lr=1e-4 heldout_moves=only"
+  [late-1e5]="sde_window=[6,10] noise_level=0.2"
+  [late-3e5]="sde_window=[6,10] noise_level=0.2 lr=3e-5 beta=0.04"
+  [late-only-1e5]="sde_window=[6,10] noise_level=0.2 heldout_moves=only"
+  [lora-late]="sde_window=[6,10] noise_level=0.2 lora_rank=32 lora_alpha=64 lr=1e-4"
 )
 mkdir -p "$ROOT"
 t0=$(date +%s)
@@ -31,8 +31,8 @@ fi
 for name in ${ONLY:-${!RUNS[@]}}; do
   over=(); for kv in ${RUNS[$name]} $EXTRA; do over+=(--set "$kv"); done
   (
-    timeout $(( ${MINUTES%.*} * 60 + 90 )) $PY -m spiral.cli train grpo --config configs/grpo-tiny-gpu.yaml \
-      --out "$ROOT/$name" --device "$DEVICE" --minutes "$MINUTES" --threads "$THREADS" "${SETS[@]}" "${over[@]}" \
+    timeout $(( ${MINUTES%.*} * 60 + 90 )) $PY -m spiral.cli train grpo --config configs/grpo-tiny-evolved.yaml \
+      --out "$ROOT/$name" --device "$DEVICE" --minutes "$MINUTES" --steps 1000 --threads "$THREADS" "${SETS[@]}" "${over[@]}" \
       >"$ROOT/$name.log" 2>&1
     timeout 120 $PY benchmarks/grpo_moves.py --runs "$ROOT/$name" --device "$DEVICE" --threads "$THREADS" \
       --per-move "$PER_MOVE" --trained "$TRAINED" --export-best 1 --export-dir "$ROOT/best" \

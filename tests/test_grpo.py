@@ -352,6 +352,13 @@ def test_keep_ema_keeps_every_checkpoints_ema(tmp_path, critic):
         kept = load_file(str(ck / f"ema_0000{i}.safetensors"))
         assert all(torch.equal(kept[n], t) for n, t in ema.items())
     assert any(not torch.equal(seen[0][n], seen[2][n]) for n in seen[0])  # three different snapshots
+    # a kept file becomes the live and EMA weights of a trainer built from the run's config (to score or export it)
+    other = trainer(tmp_path / "other", critic, steps=3)
+    assert other.load_ema(ck / "ema_00002.safetensors") == 2
+    assert all(torch.equal(p, seen[1][n]) and torch.equal(other.ema[n], seen[1][n]) for n, p in other.params.items())
+    lora = trainer(tmp_path / "lora", critic, lora_rank=4)
+    with pytest.raises(ValueError, match="another config"):
+        lora.load_ema(ck / "ema_00002.safetensors")
 
 
 def test_lora_export_merges_the_adapter(tmp_path, critic):
