@@ -165,6 +165,19 @@ def test_registry_and_splits():
         assert not set(paraphrases(verb, objs, "train")) & set(paraphrases(verb, objs, "eval"))
 
 
+def test_shipped_evolved_weights_sample_with_the_guidance_they_were_evolved_under():
+    """tiny-evolved (spiral/models/weights/tiny_evolved.md) differs from tiny and defaults to late guidance."""
+    from spiral.generators.tiny import EVOLVED_WEIGHTS, TinyEvolvedGenerator
+
+    evolved, meta = load_weights(EVOLVED_WEIGHTS)
+    base, _ = load_weights(EVOLVED_WEIGHTS.with_name("tiny.safetensors"))
+    assert int(meta["grpo_steps"]) > 0 and json.loads(meta["sampler"]) == {"cfg_scale": 12.0, "cfg_max_sigma": 0.5}
+    a, b = evolved.state_dict(), base.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    gen = TinyEvolvedGenerator(text_encoder=HashEncoder())
+    assert (gen.cfg_scale, gen.cfg_max_sigma) == (12.0, 0.5)
+
+
 def test_hash_encoder_caches_and_is_deterministic():
     enc = HashEncoder(cache_size=2)
     a = enc.encode(["open the box", "close the box", "open the box"])
