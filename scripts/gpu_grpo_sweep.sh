@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Self-evolution sweep on one GPU in about 8 minutes. Several GRPO runs of the tiny generator run side by side
-# (configs/grpo-tiny-evolved.yaml, one override set each, below; early-1e5 is the config itself). Each keeps every checkpoint's EMA and is then scored
-# move by move (benchmarks/grpo_moves.py). The best checkpoints of the KEEP best runs come back as tiny weights
-# with their sampler, beside sweep.json (every row) and sweep_logs.tgz (logs, configs, per-run tables).
+# (configs/grpo-tiny-evolved.yaml, one override set each, below; early-1e5 is the config itself). Each keeps
+# every checkpoint's EMA and is then scored move by move (benchmarks/grpo_moves.py). The best checkpoints of the
+# KEEP best runs come back as tiny weights with their sampler, beside sweep.json (every row) and sweep_logs.tgz
+# (logs, configs, per-run tables).
 # With WAN=1 the full-size Wan 2.1 I2V GRPO step (benchmarks/diffusers_overhead.py --full-wan21 --grpo-step)
 # runs beside them. Same environment as scripts/gpu_session.sh (wheels in .whl/, MiniLM table in .device/).
 #   MINUTES=5.5 bash scripts/gpu_grpo_sweep.sh
@@ -32,8 +33,8 @@ for name in ${ONLY:-${!RUNS[@]}}; do
   over=(); for kv in ${RUNS[$name]} $EXTRA; do over+=(--set "$kv"); done
   (
     timeout $(( ${MINUTES%.*} * 60 + 90 )) $PY -m spiral.cli train grpo --config configs/grpo-tiny-evolved.yaml \
-      --out "$ROOT/$name" --device "$DEVICE" --minutes "$MINUTES" --steps 1000 --threads "$THREADS" "${SETS[@]}" "${over[@]}" \
-      >"$ROOT/$name.log" 2>&1
+      --out "$ROOT/$name" --device "$DEVICE" --minutes "$MINUTES" --steps 1000 --threads "$THREADS" \
+      "${SETS[@]}" "${over[@]}" >"$ROOT/$name.log" 2>&1
     timeout 120 $PY benchmarks/grpo_moves.py --runs "$ROOT/$name" --device "$DEVICE" --threads "$THREADS" \
       --per-move "$PER_MOVE" --trained "$TRAINED" --export-best 1 --export-dir "$ROOT/best" \
       --out "$ROOT/$name/moves.json" >"$ROOT/$name.moves.log" 2>&1
@@ -57,9 +58,10 @@ best.sort(key=lambda b: b[:2], reverse=True)
 for _, _, path, top in best[:keep]:
     shutil.copy(path, out / Path(path).name)
 for r in rows:
+    moves = "  ".join(f"{k} {v['judge']}/{v['critic']}/{v['n']}"
+                      for k, v in r.items() if isinstance(v, dict) and "n" in v)
     print(f"{Path(r['run']).name:16s} step {r['step']:4d}  est judge {r['est_step_success_judge']:.3f}  critic "
-          f"{r['est_step_success_critic']:.3f}  " + "  ".join(f"{k} {v['judge']}/{v['critic']}/{v['n']}"
-                                                               for k, v in r.items() if isinstance(v, dict) and "n" in v))
+          f"{r['est_step_success_critic']:.3f}  {moves}")
 (out / "sweep.json").write_text(json.dumps({"rows": rows, "shipped_candidates": [b[2] for b in best[:keep]]}, indent=2))
 PY
 tar czf "$OUT/sweep_logs.tgz" "$ROOT"/*.log "$ROOT"/*/log.jsonl "$ROOT"/*/config.json "$ROOT"/*/moves.json \
