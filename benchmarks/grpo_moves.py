@@ -4,12 +4,15 @@ A run's gold evaluation mixes the moves, and learning a held-out move while forg
 leave it flat. To pick a checkpoint to ship, this script samples (ODE, the run's own sampler) fixed
 single-step prompts from sampled tabletop scenes, grouped by class: each held-out move
 (``spiral.world.splits.HELDOUT_MOVES``) and the trained sub-actions. It scores them with the critic and
-with the benchmark's independent judge, and estimates the plan-only step success on ``tabletop-v1``. The
+with the benchmark's independent judge, and estimates the plan-only step success on ``tabletop-v1``.
+It also measures the benchmark's drift (``spiral.bench.metrics.DriftReference``: untouched pixels of the
+last frame against the conditioning frame, relit), so a sampler can be chosen off the benchmark. The
 estimate weights each class by its share of the suite's optimal-plan steps. The same prompts and seeds are
 used for every checkpoint and for the base weights, under each run's sampler.
 
     python benchmarks/grpo_moves.py --runs runs/grpo-tiny-guided runs/grpo-tiny-guided-sde
     python benchmarks/grpo_moves.py --runs runs/sweep/* --export-best 2 --export-dir out/  # best as tiny weights
+    python benchmarks/grpo_moves.py --weights spiral/models/weights/tiny_evolved.safetensors --cfg-scale 8
 
 Kept checkpoints are ``checkpoint/ema_*.safetensors`` (``keep_ema: true``); a run without them is scored
 on its last ``checkpoint/ema.safetensors``. Results go to ``benchmarks/results/grpo_moves.json``.
@@ -73,13 +76,31 @@ def prompt_sets(trainer: Any, per_move: int, trained: int, seed: int) -> dict[st
     return dict(sorted(sets.items()))
 
 
-def score(trainer: Any, sets: dict[str, list], weights: dict[str, float]) -> dict[str, Any]:
+def drift_reference(trainer: Any, prompt: Any) -> tuple[Any, Any]:
+    """The bench's drift measure for one prompt: the true state before the step (its frame is the reference),
+    the expected state after it, and the scene's look (``spiral.bench.metrics.DriftReference``)."""
+    from spiral.bench.metrics import DriftReference
+    from spiral.world import domain
+    from spiral.world.goals import sample_task
+
+    task = sample_task(prompt.task_seed, 1, 8)  # as prompt_sets' stage drew it
+    state = task.state
+    for sub in trainer.planner.plan(task.goal.text, task.state).steps[:prompt.index]:
+        state = domain.apply(state, domain.Action(sub.verb, tuple(sub.objects)))
+    after = domain.apply(state, domain.Action(prompt.sub_action.verb, tuple(prompt.sub_action.objects)))
+    return DriftReference(anchor=np.asarray(prompt.cond_frame), anchor_state=state, scene=task.scene_seed), after
+
+
+def score(trainer: Any, sets: dict[str, list], weights: dict[str, float], refs: dict[str, list]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for k, prompts in sets.items():
-        critic_ok, judge_ok = trainer.score_prompts(prompts, seed=2000)
-        row[k] = {"n": len(prompts), "critic": int(sum(critic_ok)), "judge": int(sum(judge_ok))}
+        critic_ok, judge_ok, segs = trainer.score_prompts(prompts, seed=2000)
+        drift = [ref.drift(seg.frames[-1], after) for (ref, after), seg in zip(refs[k], segs)]
+        row[k] = {"n": len(prompts), "critic": int(sum(critic_ok)), "judge": int(sum(judge_ok)),
+                  "drift": round(float(np.mean([d for d in drift if d is not None])), 5)}
     for by in ("critic", "judge"):
         row[f"est_step_success_{by}"] = round(sum(w * row[k][by] / row[k]["n"] for k, w in weights.items()), 4)
+    row["est_drift"] = round(sum(w * row[k]["drift"] for k, w in weights.items()), 5)
     return row
 
 
@@ -95,7 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from spiral.train.grpo import GRPOConfig, GRPOTrainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", nargs="+", required=True, help="GRPO run folders (config.json + checkpoint/)")
+    ap.add_argument("--runs", nargs="+", default=[], help="GRPO run folders (config.json + checkpoint/)")
+    ap.add_argument("--weights", nargs="+", default=[], help="tiny weights files, each scored as it is")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="score under this guidance (default: each "
+                    "run's, or the weights' own sampler)")
+    ap.add_argument("--cfg-max-sigma", type=float, default=None, help="with --cfg-scale: guide only at σ ≤ this")
+    ap.add_argument("--sample-steps", type=int, default=None, help="ODE steps (default: each run's, or 10)")
     ap.add_argument("--per-move", type=int, default=16, help="prompts per held-out move")
     ap.add_argument("--trained", type=int, default=48, help="prompts of trained sub-actions")
     ap.add_argument("--suite", default="tabletop-v1", help="suite whose step mix weights the estimate")
@@ -106,35 +132,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--export-dir", default="runs/grpo-moves-best")
     ap.add_argument("--out", default="benchmarks/results/grpo_moves.json")
     args = ap.parse_args(argv)
+    if not args.runs and not args.weights:
+        raise SystemExit("nothing to score: pass --runs (GRPO run folders) and/or --weights (tiny weights files)")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     weights = suite_weights(args.suite)
+    override = {k: v for k, v in (("cfg_scale", args.cfg_scale), ("cfg_max_sigma", args.cfg_max_sigma),
+                                  ("sample_steps", args.sample_steps), ("device", args.device)) if v is not None}
     rows: list[dict[str, Any]] = []
     base: dict[str, dict] = {}
-    sets = None
+    sets: dict[str, list] = {}
+    refs: dict[str, list] = {}
     tmp = Path(tempfile.mkdtemp(prefix="grpo_moves_"))
     exported: list[str] = []
+
+    def trainer_for(cfg: GRPOConfig) -> tuple[Any, dict]:
+        tr = GRPOTrainer(cfg, progress=False)
+        if not sets:  # the same prompts, seeds and drift references for every row
+            sets.update(prompt_sets(tr, args.per_move, args.trained, args.seed))
+            refs.update({k: [drift_reference(tr, p) for p in ps] for k, ps in sets.items()})
+        return tr, {"cfg_scale": cfg.cfg_scale, "cfg_max_sigma": cfg.cfg_max_sigma, "steps": cfg.sample_steps}
+
     try:
+        for i, path in enumerate(map(Path, args.weights)):
+            from spiral.models.tiny_video import load_weights
+
+            _, meta = load_weights(path)
+            own = json.loads(meta.get("sampler", "{}"))
+            cfg = GRPOConfig(out=str(tmp / f"weights{i}"), weights=str(path), heldout_moves="include",
+                             **{**own, **override})
+            tr, sampler = trainer_for(cfg)
+            rows.append({"run": str(path), "step": int(meta.get("grpo_steps", 0)), "sampler": sampler,
+                         **score(tr, sets, weights, refs)})
         trainers = {}
         for run in map(Path, args.runs):
             if not (run / "config.json").is_file():
                 raise SystemExit(f"{run} is not a GRPO run folder (no config.json); pass folders made by "
                                  "`spiral train grpo`")
             cfg = GRPOConfig(**{**json.loads((run / "config.json").read_text()), "out": str(tmp / run.name),
-                                **({"device": args.device} if args.device else {})})
-            tr = GRPOTrainer(cfg, progress=False)
+                                **override})
+            tr, sampler = trainer_for(cfg)
             trainers[str(run)] = tr
-            sets = sets or prompt_sets(tr, args.per_move, args.trained, args.seed)
-            sampler = json.dumps({"cfg_scale": cfg.cfg_scale, "cfg_max_sigma": cfg.cfg_max_sigma,
-                                  "steps": cfg.sample_steps, "weights": cfg.weights})
-            if sampler not in base:  # the base weights under this run's sampler
-                base[sampler] = {"run": "base", "sampler": json.loads(sampler), "step": 0, **score(tr, sets, weights)}
-                rows.append(base[sampler])
+            key = json.dumps({**sampler, "weights": cfg.weights})
+            if key not in base:  # the base weights under this run's sampler
+                base[key] = {"run": "base", "sampler": sampler, "step": 0, **score(tr, sets, weights, refs)}
+                rows.append(base[key])
             for ck in checkpoints(run):
                 step = tr.load_ema(ck)
-                rows.append({"run": str(run), "file": str(ck), "step": step, "sampler": json.loads(sampler),
-                             **score(tr, sets, weights)})
-        ranked = sorted((r for r in rows if r["run"] != "base"),
+                rows.append({"run": str(run), "file": str(ck), "step": step, "sampler": sampler,
+                             **score(tr, sets, weights, refs)})
+        ranked = sorted((r for r in rows if r["run"] in trainers),
                         key=lambda r: (r["est_step_success_judge"], r["est_step_success_critic"]), reverse=True)
         for i, r in enumerate(ranked[:args.export_best]):
             tr = trainers[r["run"]]
@@ -144,15 +191,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             exported.append(str(tr.export(dest)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    classes = list(sets or {})
+    classes = list(sets)
     table = Table(title=f"per-move success (judge / critic), ODE, same prompts; est. = {args.suite} step mix")
-    for col in ("run", "step", *classes, "est. judge", "est. critic"):
+    for col in ("run", "step", "cfg", *classes, "est. judge", "est. critic", "est. drift ↓"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(Path(r["run"]).name, str(r["step"]),
+        table.add_row(Path(r["run"]).name, str(r["step"]), f"{r['sampler']['cfg_scale']:g}",
                       *(f"{r[k]['judge']}/{r[k]['critic']} /{r[k]['n']}" for k in classes),
-                      f"{r['est_step_success_judge']:.3f}", f"{r['est_step_success_critic']:.3f}")
-    Console().print(table)
+                      f"{r['est_step_success_judge']:.3f}", f"{r['est_step_success_critic']:.3f}",
+                      f"{r['est_drift']:.4f}")
+    Console(width=200).print(table)
     res = {"rows": rows, "suite_weights": weights, "exported": exported, "args": vars(args),
            "seconds": round(time.perf_counter() - t0, 1),
            "machine": {"platform": platform.platform(), "torch": torch.__version__,

@@ -53,10 +53,25 @@ def test_scores_each_kept_checkpoint_and_exports_the_best(tmp_path):
     assert [(r["run"], r["step"]) for r in res["rows"]] == [("base", 0), (str(run), 1), (str(run), 2)]
     for r in res["rows"]:
         assert r["trained"]["n"] == 2 and all(r[k]["n"] == 1 for k in ("yellow->box", "green->red"))
-        assert 0 <= r["est_step_success_judge"] <= 1
+        assert 0 <= r["est_step_success_judge"] <= 1 and 0 < r["est_drift"] < 1  # random weights: noise, not 0
+        assert r["sampler"]["cfg_scale"] == 2.0
     (path,) = res["exported"]
     exported, meta = load_weights(path)
     assert json.loads(meta["sampler"]) == {"cfg_scale": 2.0, "cfg_max_sigma": 0.5}
     assert meta["grpo_steps"] in {"1", "2"}
     kept = {n: t for n, t in exported.state_dict().items()}
     assert any(not torch.equal(kept[n], t) for n, t in model.state_dict().items())  # the evolved, not the base
+
+    # weights files are scored as they are, under their own sampler or the one asked for, on the same prompts
+    again = _script().main(["--weights", str(weights), path, "--sample-steps", "4", "--per-move", "1", "--trained", "2",
+                            "--threads", "1", "--out", str(out)])
+    assert [r["sampler"]["cfg_scale"] for r in again["rows"]] == [1.0, 2.0]
+    step = int(meta["grpo_steps"])
+    as_run = next(r for r in res["rows"] if r["run"] == str(run) and r["step"] == step)
+    classes = ("trained", "yellow->box", "green->red", "blue->left", "red->far_right")
+    assert all(again["rows"][1][k] == as_run[k] for k in classes)  # the exported file scores as its checkpoint
+    plain = _script().main(["--weights", path, "--cfg-scale", "1", "--per-move", "1", "--trained", "2",
+                            "--threads", "1", "--out", str(out)])
+    assert plain["rows"][0]["sampler"]["cfg_scale"] == 1.0
+    with pytest.raises(SystemExit, match="nothing to score"):
+        _script().main(["--out", str(out)])

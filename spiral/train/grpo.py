@@ -601,10 +601,11 @@ class GRPOTrainer:
                                           np.random.default_rng([self.cfg.seed, 99, 99]), heldout)
         finally:
             self.step_no, self.rank = saved_step, saved_rank
-        critic_ok, judge_ok = self.score_prompts(prompts)
+        critic_ok, judge_ok, _ = self.score_prompts(prompts)
         return {"gold_critic_pass": float(np.mean(critic_ok)), "gold_judge_success": float(np.mean(judge_ok))}
 
-    def score_prompts(self, prompts: list[Prompt], seed: int = 1000) -> tuple[list[float], list[float]]:
+    def score_prompts(self, prompts: list[Prompt], seed: int = 1000
+                      ) -> tuple[list[float], list[float], list[Segment]]:
         """ODE segments of the live weights for ``prompts`` (request seeds ``seed``, ``seed`` + 1, ...), each
         passed or not by the critic and by the benchmark's independent judge (its postconditions hold)."""
         from spiral.bench.judge import RecognizerJudge
@@ -623,7 +624,7 @@ class GRPOTrainer:
                                                                  domain.Action(p.sub_action.verb,
                                                                                tuple(p.sub_action.objects)))
             judge_ok.append(float(all(end.holds(q) for q in post)))
-        return critic_ok, judge_ok
+        return critic_ok, judge_ok, segs
 
     # --- checkpoints --------------------------------------------------------------------------
     def save(self) -> Path:
