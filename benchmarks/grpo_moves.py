@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 TRAINED = "trained"
+MIN_STEPS, MAX_STEPS = 1, 8  # plan lengths of the sampled tasks (drift_reference redraws them)
 
 
 def move_class(verb: str, objects: Any) -> str:
@@ -62,7 +63,7 @@ def suite_weights(suite: str = "tabletop-v1") -> dict[str, float]:
 def prompt_sets(trainer: Any, per_move: int, trained: int, seed: int) -> dict[str, list]:
     from spiral.train.grpo import Stage
 
-    stage = Stage(name="single", kind="single", min_steps=1, max_steps=8)
+    stage = Stage(name="single", kind="single", min_steps=MIN_STEPS, max_steps=MAX_STEPS)
     sets: dict[str, list] = collections.defaultdict(list)
     rng = np.random.default_rng(seed)
     for _ in range(20):  # held-out prompts: each draw is one of the four moves
@@ -83,7 +84,7 @@ def drift_reference(trainer: Any, prompt: Any) -> tuple[Any, Any]:
     from spiral.world import domain
     from spiral.world.goals import sample_task
 
-    task = sample_task(prompt.task_seed, 1, 8)  # as prompt_sets' stage drew it
+    task = sample_task(prompt.task_seed, MIN_STEPS, MAX_STEPS)  # as prompt_sets drew it
     state = task.state
     for sub in trainer.planner.plan(task.goal.text, task.state).steps[:prompt.index]:
         state = domain.apply(state, domain.Action(sub.verb, tuple(sub.objects)))

@@ -638,11 +638,10 @@ class GRPOTrainer:
         with atomic_path(ck / "trainable.safetensors") as tmp:
             save_file({n: p.detach().cpu().contiguous() for n, p in self.params.items()}, str(tmp), metadata=meta)
         if self.ema is not None:
-            with atomic_path(ck / "ema.safetensors") as tmp:
-                save_file({n: t.cpu().contiguous() for n, t in self.ema.items()}, str(tmp), metadata=meta)
-            if self.cfg.keep_ema:
-                with atomic_path(ck / f"ema_{self.step_no:05d}.safetensors") as tmp:
-                    save_file({n: t.cpu().contiguous() for n, t in self.ema.items()}, str(tmp), metadata=meta)
+            ema = {n: t.cpu().contiguous() for n, t in self.ema.items()}
+            for name in ("ema.safetensors", *([f"ema_{self.step_no:05d}.safetensors"] if self.cfg.keep_ema else [])):
+                with atomic_path(ck / name) as tmp:
+                    save_file(ema, str(tmp), metadata=meta)
         state = {"step": self.step_no, "stage_idx": self.stage_idx, "stage_start": self.stage_start,
                  "stage_rewards": list(self.stage_rewards), "optimizer": self.opt.state_dict(),
                  "torch_rng": torch.get_rng_state()}
@@ -671,18 +670,16 @@ class GRPOTrainer:
         """Make a kept EMA file (``keep_ema``) the live and the EMA weights, to score or export that checkpoint;
         returns its step."""
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
-        weights = load_file(str(path))
-        missing = sorted(set(self.params) - set(weights))
-        if missing:
-            raise ValueError(f"{path} lacks trainable weights {missing[:3]}: it comes from a run of another config")
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(weights[n].to(p.device))
-                if self.ema is not None:
-                    self.ema[n].copy_(p)
         with safe_open(str(path), framework="pt") as f:
+            missing = sorted(set(self.params) - set(f.keys()))
+            if missing:
+                raise ValueError(f"{path} lacks trainable weights {missing[:3]}: it comes from a run of another config")
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(f.get_tensor(n).to(p.device))
+                    if self.ema is not None:
+                        self.ema[n].copy_(p)
             self.step_no = int((f.metadata() or {}).get("step", 0))
         return self.step_no
 
