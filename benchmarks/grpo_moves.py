@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cfg-scale", type=float, default=None, help="score under this guidance (default: each "
                     "run's, or the weights' own sampler)")
     ap.add_argument("--cfg-max-sigma", type=float, default=None, help="with --cfg-scale: guide only at σ ≤ this")
+    ap.add_argument("--cfg-tau", type=float, default=None, help="guide only near pixels where the text changes "
+                    "x̂_0 by ≥ this (TinyGenerator cfg_tau)")
     ap.add_argument("--sample-steps", type=int, default=None, help="ODE steps (default: each run's, or 10)")
     ap.add_argument("--per-move", type=int, default=16, help="prompts per held-out move")
     ap.add_argument("--trained", type=int, default=48, help="prompts of trained sub-actions")
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--export-best", type=int, default=0, help="export the K best checkpoints as tiny weights")
     ap.add_argument("--export-dir", default="runs/grpo-moves-best")
+    ap.add_argument("--max-drift", type=float, default=None, help="export only checkpoints whose estimated drift "
+                    "is at most this")
     ap.add_argument("--out", default="benchmarks/results/grpo_moves.json")
     args = ap.parse_args(argv)
     if not args.runs and not args.weights:
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     weights = suite_weights(args.suite)
     override = {k: v for k, v in (("cfg_scale", args.cfg_scale), ("cfg_max_sigma", args.cfg_max_sigma),
-                                  ("sample_steps", args.sample_steps), ("device", args.device)) if v is not None}
+                                  ("cfg_tau", args.cfg_tau), ("sample_steps", args.sample_steps),
+                                  ("device", args.device)) if v is not None}
     rows: list[dict[str, Any]] = []
     base: dict[str, dict] = {}
     sets: dict[str, list] = {}
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not sets:  # the same prompts, seeds and drift references for every row
             sets.update(prompt_sets(tr, args.per_move, args.trained, args.seed))
             refs.update({k: [drift_reference(tr, p) for p in ps] for k, ps in sets.items()})
-        return tr, {"cfg_scale": cfg.cfg_scale, "cfg_max_sigma": cfg.cfg_max_sigma, "steps": cfg.sample_steps}
+        return tr, {"cfg_scale": cfg.cfg_scale, "cfg_max_sigma": cfg.cfg_max_sigma, "cfg_tau": cfg.cfg_tau,
+                    "steps": cfg.sample_steps}
 
     try:
         for i, path in enumerate(map(Path, args.weights)):
@@ -176,13 +182,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trainers[str(run)] = tr
             key = json.dumps({**sampler, "weights": cfg.weights})
             if key not in base:  # the base weights under this run's sampler
-                base[key] = {"run": "base", "sampler": sampler, "step": 0, **score(tr, sets, weights, refs)}
+                base[key] = {"run": "base", "weights": cfg.weights, "sampler": sampler, "step": 0,
+                             **score(tr, sets, weights, refs)}
                 rows.append(base[key])
             for ck in checkpoints(run):
                 step = tr.load_ema(ck)
                 rows.append({"run": str(run), "file": str(ck), "step": step, "sampler": sampler,
                              **score(tr, sets, weights, refs)})
-        ranked = sorted((r for r in rows if r["run"] in trainers),
+        ranked = sorted((r for r in rows if r["run"] in trainers
+                         and (args.max_drift is None or r["est_drift"] <= args.max_drift)),
                         key=lambda r: (r["est_step_success_judge"], r["est_step_success_critic"]), reverse=True)
         for i, r in enumerate(ranked[:args.export_best]):
             tr = trainers[r["run"]]
@@ -197,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for col in ("run", "step", "cfg", *classes, "est. judge", "est. critic", "est. drift ↓"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(Path(r["run"]).name, str(r["step"]), f"{r['sampler']['cfg_scale']:g}",
+        tau = r["sampler"].get("cfg_tau")
+        cfg = f"{r['sampler']['cfg_scale']:g}" + (f" τ{tau:g}" if tau else "")
+        table.add_row(Path(r["run"]).name, str(r["step"]), cfg,
                       *(f"{r[k]['judge']}/{r[k]['critic']} /{r[k]['n']}" for k in classes),
                       f"{r['est_step_success_judge']:.3f}", f"{r['est_step_success_critic']:.3f}",
                       f"{r['est_drift']:.4f}")

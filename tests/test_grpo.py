@@ -20,7 +20,7 @@ import torch
 from spiral import flow, registry
 from spiral.models.text import get_text_encoder
 from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT
-from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, combine_reward, group_advantages
+from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, background_noise, combine_reward, group_advantages
 from spiral.train.policy import TinyPolicy
 
 # 64x64 (the critic's frame size), 16x16 patches, one tubelet of 4 new frames: 16 tokens per forward
@@ -206,6 +206,32 @@ def test_rollout_advantages_come_from_its_rewards(tmp_path, critic, decades):
     torch.testing.assert_close(r, torch.tensor(want, dtype=torch.float32))
 
 
+def test_background_noise_counts_the_untouched_pixels_not_the_moved_object():
+    """The median pixel's change from frame 0: an object moving across 10 % of the frame adds nothing, noise of
+    3 grey levels everywhere counts 3, a noisy frame counts in proportion to its share of the frames."""
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(40, 200, (1, 64, 64, 3), dtype=np.uint8), 5, axis=0)
+    moved = still.copy()
+    for t in range(1, 5):
+        moved[t, 20:40, 10 * t:10 * t + 20] = 255
+    assert background_noise(still) == 0.0 and background_noise(moved) == 0.0
+    noisy = moved.astype(np.int16)
+    noisy[1:, ..., 0] += 3
+    assert background_noise(noisy.clip(0, 255).astype(np.uint8)) == 3.0
+    one = still.astype(np.int16)
+    one[4] += 2
+    assert background_noise(one.astype(np.uint8)) == 0.5
+
+
+def test_noise_penalty_lowers_each_rollouts_reward_by_its_background_noise(tmp_path, critic):
+    plain = rollout(trainer(tmp_path / "a", critic))
+    penal = rollout(trainer(tmp_path / "b", critic, noise_penalty=0.25))
+    noise = torch.tensor([background_noise(s.frames) for s in penal["segments"]])
+    assert float(noise.min()) > 0  # random weights: the background is noise
+    torch.testing.assert_close(penal["rewards"], plain["rewards"] - 0.25 * noise)
+    assert penal["noise"] == pytest.approx(float(noise.mean()))
+
+
 def test_log_action_reward_ranks_rollouts_that_all_fail():
     """Two failed rollouts (action probabilities 1e-5 and 1e-2) hardly differ on the linear score; counted in
     orders of magnitude they are half the reward range apart, and the scale's ends stay 0 and 1."""
@@ -243,6 +269,32 @@ def test_kl_is_zero_at_start_and_positive_after_an_update(tmp_path, critic, lora
     tr.cfg = tr.cfg.model_copy(update={"beta": 0.0})
     terms = tr.loss_terms(ro, 0, slice(None), 1)
     assert float(terms["kl"]) == 0.0 and torch.equal(terms["loss"], terms["policy"])
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_ode_step_anchor_is_zero_at_start_and_pulls_the_late_steps_back(tmp_path, critic, lora_rank):
+    """beta_ode adds the KL to the reference at the deterministic steps, which the policy loss never reaches: it
+    is 0 before any update, positive once the weights moved, and a gradient step on it alone moves them back."""
+    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, weight_decay=0.0, sde_window=(0, 2),
+                 beta_ode=1.0)
+    ro = rollout(tr)
+    assert [bool(m) for m in ro["mask"]] == [True, True, False, False]
+    assert all(float(tr.anchor_kl(ro, 0, slice(None), i).detach()) == 0.0 for i in (2, 3))
+    stats = tr.update(ro, np.random.default_rng(0))
+    assert stats["first_ratio_max_dev"] == 0.0 and np.isfinite(stats["kl_ode"])  # the SDE steps stay on-policy
+    before = float(tr.anchor_kl(ro, 0, slice(None), 3).detach())
+    assert before > 0
+    params = list(tr.params.values())
+    grads = torch.autograd.grad(tr.anchor_kl(ro, 0, slice(None), 3), params, allow_unused=True)
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    eta = 0.5 * before / sum(float((g**2).sum()) for _, g in pairs)  # about half of a quadratic's way down
+    with torch.no_grad():
+        for p, g in pairs:
+            p -= eta * g
+    assert float(tr.anchor_kl(ro, 0, slice(None), 3).detach()) < before
+    # off (the default): no ODE-step term at all
+    tr.cfg = tr.cfg.model_copy(update={"beta_ode": 0.0})
+    assert "kl_ode" not in tr.update(ro, np.random.default_rng(0))
 
 
 def test_lora_gradients_reach_only_the_adapters(tmp_path, critic):
@@ -384,12 +436,12 @@ def test_export_records_the_guidance_it_was_evolved_under(tmp_path, critic):
     """A run with late guidance exports weights whose generator samples with that guidance by default."""
     from spiral.generators.tiny import TinyGenerator
 
-    tr = trainer(tmp_path / "run", critic, steps=1, ema=0.0, cfg_scale=3.0, cfg_max_sigma=0.5,
-                 policy=tiny_policy(cfg_scale=3.0, cfg_max_sigma=0.5))
+    tr = trainer(tmp_path / "run", critic, steps=1, ema=0.0, cfg_scale=3.0, cfg_max_sigma=0.5, cfg_tau=0.05,
+                 policy=tiny_policy(cfg_scale=3.0, cfg_max_sigma=0.5, cfg_tau=0.05))
     tr.run()
     path = tr.export(tmp_path / "evolved.safetensors")
     gen = TinyGenerator(weights=path, steps=4, text_encoder=get_text_encoder("hash"))
-    assert (gen.cfg_scale, gen.cfg_max_sigma) == (3.0, 0.5)
+    assert (gen.cfg_scale, gen.cfg_max_sigma, gen.cfg_tau) == (3.0, 0.5, 0.05)
     plain = TinyGenerator(weights=path, steps=4, text_encoder=get_text_encoder("hash"), cfg_scale=1.0)
     assert plain.cfg_scale == 1.0  # an explicit argument wins
 
@@ -420,6 +472,13 @@ def test_bad_config_values_are_named():
         GRPOConfig(cfg_max_sigma=0.0)
     with pytest.raises(ValueError, match="tiny-generator option"):
         GRPOConfig(generator="diffusers", diffusers_model="x", cfg_max_sigma=0.5)
+    for bad in (dict(cfg_tau=0.0), dict(generator="diffusers", diffusers_model="x", cfg_tau=0.1)):
+        with pytest.raises(ValueError, match="cfg_tau"):
+            GRPOConfig(**bad)
+    with pytest.raises(ValueError, match="noise_penalty"):
+        GRPOConfig(noise_penalty=-1.0)
+    with pytest.raises(ValueError, match="beta_ode"):
+        GRPOConfig(beta_ode=-0.1)
     for d in (0.0, 7.0):
         with pytest.raises(ValueError, match="action_decades"):
             GRPOConfig(action_decades=d)
@@ -560,8 +619,22 @@ def test_shipped_grpo_configs_load():
 
     from spiral.train.grpo import load_config
 
-    paths = sorted(Path(__file__).resolve().parents[1].glob("configs/grpo-*.yaml"))
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted(root.glob("configs/grpo-*.yaml"))
     assert len(paths) >= 3
     for p in paths:
         cfg = load_config(p)
         assert cfg.group_size >= 2 and cfg.stages, p
+    # every run of the GPU sweeps (scripts/gpu_grpo_sweep.sh: "name key=value ..." over the evolved recipe)
+    import yaml
+
+    sweeps = sorted(root.glob("configs/sweeps/*.txt"))
+    assert len(sweeps) >= 2
+    for sweep in sweeps:
+        for line in sweep.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, *over = line.split()
+                kv = dict(item.split("=", 1) for item in over)
+                cfg = load_config(root / "configs/grpo-tiny-evolved.yaml", **{k: yaml.safe_load(v) for k, v in kv.items()})
+                for path in (cfg.weights, cfg.reference_weights):
+                    assert path is None or (root / path).is_file(), (sweep.name, name, path)

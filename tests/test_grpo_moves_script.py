@@ -73,5 +73,10 @@ def test_scores_each_kept_checkpoint_and_exports_the_best(tmp_path):
     plain = _script().main(["--weights", path, "--cfg-scale", "1", "--per-move", "1", "--trained", "2",
                             "--threads", "1", "--out", str(out)])
     assert plain["rows"][0]["sampler"]["cfg_scale"] == 1.0
+    local = _script().main(["--runs", str(run), "--cfg-tau", "0.05", "--per-move", "1", "--trained", "2",
+                            "--threads", "1", "--export-best", "1", "--max-drift", "0", "--export-dir", str(best),
+                            "--out", str(out)])
+    assert all(r["sampler"]["cfg_tau"] == 0.05 for r in local["rows"])
+    assert local["exported"] == []  # every checkpoint drifts more than 0: none may be picked
     with pytest.raises(SystemExit, match="nothing to score"):
         _script().main(["--out", str(out)])

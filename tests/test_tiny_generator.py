@@ -4,6 +4,7 @@ Everything runs on tiny random-init models built in code and a synthetic dataset
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -91,6 +92,45 @@ def test_guidance_on_the_late_steps_only(gen):
         TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, cfg_max_sigma=0.0)
 
 
+def tau_of(change: torch.Tensor) -> float:
+    """A threshold that only a few pixels (and so some of the frame, not all of it) reach."""
+    return float(change.flatten().kthvalue(change.numel() - 3).values)
+
+
+def test_per_pixel_guidance_amplifies_only_where_the_text_changes_the_frame(gen):
+    """cfg_tau guides only the pixels within 2 of one where the text changes x̂_0 by ≥ cfg_tau; elsewhere the
+    conditional velocity is kept. The limits are plain guidance (tiny τ) and no guidance (huge τ)."""
+    cond = gen.prepare([request(5)])
+    x = gen.initial_noise([request(5)])
+    sigma = torch.full((1,), 0.4)
+    with torch.no_grad():
+        v_c = gen.model(x, sigma, cond.text, cond.cond, cond.anchor)
+        v_u = gen.model(x, sigma, gen.model.embed_text(None, 1), cond.cond, cond.anchor)
+        change = (0.4 * (v_c - v_u)).abs().amax(dim=2)
+        tau = tau_of(change)
+        hit = torch.nn.functional.pad(change >= tau, (2, 2, 2, 2))  # frames do not wrap around
+        H, W = change.shape[-2:]
+        near = torch.zeros_like(change, dtype=torch.bool)
+        for dy in range(5):
+            for dx in range(5):
+                near |= hit[..., dy:dy + H, dx:dx + W]
+        v = gen.denoiser(x, sigma, replace(cond, cfg_scale=3.0, cfg_tau=tau))
+    gain = ((v - v_u) / (v_c - v_u)).median(dim=2).values  # the guidance weight each pixel got (1: none, 3: full)
+    assert near.any() and not near.all()
+    torch.testing.assert_close(gain, torch.where(near, 3.0, 1.0), atol=1e-3, rtol=1e-3)
+    # the limits, on whole samples
+    def frames(**kw):
+        return TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, **kw).generate(request(5)).frames
+
+    plain, guided = frames(), frames(cfg_scale=3.0)
+    assert np.array_equal(frames(cfg_scale=3.0, cfg_tau=1e-12), guided)
+    assert np.abs(frames(cfg_scale=3.0, cfg_tau=1e9).astype(int) - plain).max() <= 1
+    local = frames(cfg_scale=3.0, cfg_tau=tau)
+    assert not np.array_equal(local, plain) and not np.array_equal(local, guided)
+    with pytest.raises(ValueError, match="cfg_tau must be > 0"):
+        TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, cfg_tau=0.0)
+
+
 def test_unsupported_size_or_length_gets_a_clear_error(gen):
     with pytest.raises(ValueError, match=r"makes 16x16 segments of 5 frames \(1 conditioning \+ 4 new\).*32x32"):
         gen.generate(request(0, size=32))
@@ -166,16 +206,18 @@ def test_registry_and_splits():
 
 
 def test_shipped_evolved_weights_sample_with_the_guidance_they_were_evolved_under():
-    """tiny-evolved (spiral/models/weights/tiny_evolved.md) differs from tiny and defaults to late guidance."""
+    """tiny-evolved (spiral/models/weights/tiny_evolved.md) differs from tiny and defaults to late guidance near
+    what the text changes."""
     from spiral.generators.tiny import EVOLVED_WEIGHTS, TinyEvolvedGenerator
 
     evolved, meta = load_weights(EVOLVED_WEIGHTS)
     base, _ = load_weights(EVOLVED_WEIGHTS.with_name("tiny.safetensors"))
-    assert int(meta["grpo_steps"]) > 0 and json.loads(meta["sampler"]) == {"cfg_scale": 12.0, "cfg_max_sigma": 0.5}
+    assert int(meta["grpo_steps"]) > 0
+    assert json.loads(meta["sampler"]) == {"cfg_scale": 12.0, "cfg_max_sigma": 0.5, "cfg_tau": 0.05}
     a, b = evolved.state_dict(), base.state_dict()
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     gen = TinyEvolvedGenerator(text_encoder=HashEncoder())
-    assert (gen.cfg_scale, gen.cfg_max_sigma) == (12.0, 0.5)
+    assert (gen.cfg_scale, gen.cfg_max_sigma, gen.cfg_tau) == (12.0, 0.5, 0.05)
 
 
 def test_hash_encoder_caches_and_is_deterministic():

@@ -38,6 +38,7 @@ class TinyCond:
     anchor: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     cfg_scale: float = 1.0
     cfg_max_sigma: float | None = None  # guidance only at noise levels σ ≤ this (None: at every step)
+    cfg_tau: float | None = None  # guidance only near pixels where the text moves x̂_0 by ≥ this (None: everywhere)
 
 
 def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -60,11 +61,15 @@ class TinyGenerator:
     def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float | None = None,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
                  text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None,
-                 refinements: bool = False, cfg_max_sigma: float | None = None):
+                 refinements: bool = False, cfg_max_sigma: float | None = None, cfg_tau: float | None = None):
         """``cfg_max_sigma``: apply ``cfg_scale`` only on the late steps (σ ≤ cfg_max_sigma), where the model
         paints what a moved object looks like at its destination; guidance on the early steps moves the
-        whole scene (drift). docs/self_evolution.md item 6 measures both. Left unset, both come from the
-        weights' ``sampler`` metadata (what ``spiral train grpo`` trained the weights under), else 1 / None."""
+        whole scene (drift). docs/self_evolution.md item 6 measures both. ``cfg_tau``: guide only the pixels
+        within 2 of one where the text changes the predicted clean frame by ≥ cfg_tau ([-1, 1] units), so
+        the moved object is painted while the background, where the conditional and unconditional
+        predictions differ only by noise, is not amplified into drift (docs/self_evolution.md item 9). Left
+        unset, all three come from the weights' ``sampler`` metadata (what ``spiral train grpo`` trained the
+        weights under, or chose afterwards), else 1 / None / None."""
         if threads:
             torch.set_num_threads(threads)
         meta: dict[str, str] = {}
@@ -73,8 +78,12 @@ class TinyGenerator:
         sampler = json.loads(meta.get("sampler", "{}"))
         cfg_scale = float(sampler.get("cfg_scale", 1.0)) if cfg_scale is None else cfg_scale
         cfg_max_sigma = sampler.get("cfg_max_sigma") if cfg_max_sigma is None else cfg_max_sigma
+        cfg_tau = sampler.get("cfg_tau") if cfg_tau is None else cfg_tau
         if cfg_max_sigma is not None and not 0 < cfg_max_sigma <= 1:
             raise ValueError(f"cfg_max_sigma must be in (0, 1] (a noise level; 1 guides every step), got {cfg_max_sigma}")
+        if cfg_tau is not None and not cfg_tau > 0:
+            raise ValueError(f"cfg_tau must be > 0 (a change of the predicted frame, in [-1, 1] units), got {cfg_tau}; "
+                             "leave it unset to guide every pixel")
         self.model = model.to(device).eval()
         self.config = self.model.config
         self.steps, self.cfg_scale, self.fps, self.device = steps, cfg_scale, fps, torch.device(device)
@@ -83,7 +92,7 @@ class TinyGenerator:
             text_encoder = get_text_encoder(text_encoder or self.config.text_encoder)
         self.text_encoder = text_encoder
         self.refinements = refinements
-        self.cfg_max_sigma = cfg_max_sigma
+        self.cfg_max_sigma, self.cfg_tau = cfg_max_sigma, cfg_tau
 
     # --- pieces GRPO reuses ---------------------------------------------------------------------
     def check_request(self, request: GenerationRequest) -> None:
@@ -118,7 +127,8 @@ class TinyGenerator:
         cond = frames_to_tensor(np.stack([r.cond_frame for r in requests])).to(self.device)
         anchor = frames_to_tensor(np.stack([r.anchor_frame if r.anchor_frame is not None else r.cond_frame
                                             for r in requests])).to(self.device)
-        return TinyCond(text, cond, anchor, self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_max_sigma)
+        return TinyCond(text, cond, anchor, self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_max_sigma,
+                        self.cfg_tau)
 
     def initial_noise(self, requests: list[GenerationRequest]) -> torch.Tensor:
         """x_T (B, F, 3, H, W): each request's noise from its own seed, so batching never changes a result."""
@@ -133,7 +143,7 @@ class TinyGenerator:
 
     def denoiser(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: TinyCond) -> torch.Tensor:
         """Velocity (B, F, 3, H, W); with cfg_scale ≠ 1, guided against the learned null text (at σ ≤
-        cfg_max_sigma only, if set)."""
+        cfg_max_sigma only, if set; only near where the text changes x̂_0 by ≥ cfg_tau, if set)."""
         late = cond.cfg_max_sigma is None or float(sigma.max()) <= cond.cfg_max_sigma
         if cond.cfg_scale == 1.0 or not late:
             return self.model(x_t, sigma, cond.text, cond.cond, cond.anchor)
@@ -141,7 +151,13 @@ class TinyGenerator:
         v = self.model(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), torch.cat([cond.text, null]),
                        torch.cat([cond.cond, cond.cond]), torch.cat([cond.anchor, cond.anchor]))
         v_c, v_u = v.chunk(2)
-        return v_u + cond.cfg_scale * (v_c - v_u)
+        if cond.cfg_tau is None:
+            return v_u + cond.cfg_scale * (v_c - v_u)
+        s = sigma.to(x_t.dtype).clamp(min=self.config.sigma_min).view(-1, 1, 1, 1, 1)
+        change = (s * (v_c - v_u)).abs().amax(dim=2)  # |x̂0_c − x̂0_u| per pixel (v = (x_t − x̂0)/σ)
+        near = torch.nn.functional.max_pool2d(change, 5, 1, 2).unsqueeze(2)  # with the object's edges
+        weight = torch.where(near >= cond.cfg_tau, cond.cfg_scale, 1.0).to(v.dtype)
+        return v_u + weight * (v_c - v_u)
 
     # --- VideoGenerator -------------------------------------------------------------------------
     @torch.no_grad()
@@ -160,7 +176,8 @@ class TinyGenerator:
             out.append(Segment(frames=video, fps=self.fps, seed=r.seed, backend=self.name,
                                timings={"generate": seconds},
                                meta={"steps": self.steps, "cfg_scale": self.cfg_scale,
-                                     "cfg_max_sigma": self.cfg_max_sigma, "shift": self.shift}))
+                                     "cfg_max_sigma": self.cfg_max_sigma, "cfg_tau": self.cfg_tau,
+                                     "shift": self.shift}))
         return out
 
     def generate(self, request: GenerationRequest) -> Segment:

@@ -84,6 +84,9 @@ class GRPOConfig(BaseModel):
     # policy
     generator: Literal["tiny", "diffusers"] = "tiny"
     weights: str | None = None  # tiny: base weights (default: the shipped tiny.safetensors)
+    # tiny, full fine-tuning: the frozen KL reference, when it is not the start weights (continuing an evolved
+    # model with the KL to the model it was evolved from, as the original run had it)
+    reference_weights: str | None = None
     diffusers_backend: str = "wan21-i2v"  # diffusers: registry name
     diffusers_model: str | None = None  # diffusers: model id or local folder
     lora_rank: int = 0  # 0: full fine-tuning (tiny only)
@@ -104,6 +107,8 @@ class GRPOConfig(BaseModel):
     cfg_scale: float = 1.0
     # tiny only: guidance on the steps with σ ≤ cfg_max_sigma (the late ones; docs/self_evolution.md item 6)
     cfg_max_sigma: float | None = None
+    # tiny only: guidance only near pixels where the text changes the predicted frame by ≥ cfg_tau (item 9)
+    cfg_tau: float | None = None
     prompts_per_step: int = 8
     group_size: int = 8
     # reward and advantages
@@ -118,11 +123,17 @@ class GRPOConfig(BaseModel):
     # None: the action score as the critic gives it (a probability). d: 1 + log10(max(p, 10^-d)) / d, partial
     # credit in orders of magnitude for a move the model cannot do yet (docs/self_evolution.md, item 5)
     action_decades: float | None = None
+    # reward −= noise_penalty × the median pixel's change from frame 0 in grey levels (background_noise): the
+    # critic's drift check reads band colours and misses the fine noise that guidance adds (item 9)
+    noise_penalty: float = Field(0.0, ge=0)
     global_std: bool = True
     adv_clip: float = 5.0
     # objective
     clip_range: float = 1e-4
     beta: float = 0.04
+    # KL weight on the deterministic (ODE) steps of each rollout, which exploration never reaches: keeps the late
+    # steps that paint the background at the reference (docs/self_evolution.md item 9); 0 = Flow-GRPO's objective
+    beta_ode: float = Field(0.0, ge=0)
     timestep_fraction: float = 1.0
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -186,6 +197,12 @@ class GRPOConfig(BaseModel):
         if self.cfg_max_sigma is not None and (self.generator != "tiny" or not 0 < self.cfg_max_sigma <= 1):
             raise ValueError(f"cfg_max_sigma (guidance on the late steps only) must be in (0, 1] and is a tiny-generator "
                              f"option; got {self.cfg_max_sigma} with generator {self.generator}")
+        if self.cfg_tau is not None and (self.generator != "tiny" or self.cfg_tau <= 0):
+            raise ValueError(f"cfg_tau (per-pixel guidance) must be > 0 and is a tiny-generator option; got "
+                             f"{self.cfg_tau} with generator {self.generator}")
+        if self.reference_weights is not None and (self.generator != "tiny" or self.lora_rank > 0):
+            raise ValueError("reference_weights (a separate KL reference) is for the tiny generator with full "
+                             "fine-tuning; with LoRA the reference is the model with the adapter disabled")
         if self.generator == "diffusers" and not self.diffusers_model:
             raise ValueError("generator: diffusers needs diffusers_model (a model id or a local folder)")
         return self
@@ -217,6 +234,16 @@ def combine_reward(scores: dict[str, float], weights: dict[str, float], action_d
     if action_decades is not None:
         s["action"] = 1.0 + math.log10(max(s["action"], 10.0 ** -action_decades)) / action_decades
     return sum(weights.get(k, 0.0) * s[k] for k in SCORES) / sum(weights.values())
+
+
+def background_noise(frames: np.ndarray) -> float:
+    """Median over pixels of the largest channel change from frame 0, averaged over the later frames, in grey
+    levels. A step moves a few objects, so the median pixel is background: this is the fine noise the bench's
+    drift counts, and a rollout that adds none scores ~0. Constant offsets (a lamp that relights the scene)
+    are the same for a whole group and cancel in its advantages."""
+    f = np.asarray(frames, dtype=np.int16)
+    change = np.abs(f[1:] - f[:1]).max(axis=-1).reshape(len(f) - 1, -1)
+    return float(np.median(change, axis=1).mean())
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, global_std: bool = False, clip: float = 5.0
@@ -260,7 +287,8 @@ def build_policy(cfg: GRPOConfig) -> Any:
             from spiral.models.text import TableEncoder
 
             encoder = TableEncoder(cfg.text_table)
-        return TinyPolicy(weights=cfg.weights, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, cfg_max_sigma=cfg.cfg_max_sigma,
+        return TinyPolicy(weights=cfg.weights, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+                          cfg_max_sigma=cfg.cfg_max_sigma, cfg_tau=cfg.cfg_tau, reference=cfg.reference_weights,
                           lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
                           device=cfg.device, text_encoder=encoder)
     from spiral import registry
@@ -456,17 +484,20 @@ class GRPOTrainer:
             logps.append(torch.stack(lps, 1))
             segments += self.policy.decode(x, batch)
             batches.append(batch)
-        rewards, passed, scores = [], [], []
+        rewards, passed, scores, noise = [], [], [], []
         for p in (p for p in prompts for _ in range(G)):
             seg = segments[len(rewards)]
             verdict = self.critic.judge(seg, p.sub_action, {"anchor_frame": p.anchor_frame, "state": p.state})
-            rewards.append(combine_reward(verdict.scores, cfg.reward_weights, cfg.action_decades))
+            noise.append(background_noise(seg.frames))
+            rewards.append(combine_reward(verdict.scores, cfg.reward_weights, cfg.action_decades)
+                           - cfg.noise_penalty * noise[-1])
             passed.append(float(verdict.passed))
             scores.append(verdict.scores)
         r = torch.tensor(rewards, dtype=torch.float32)
         return {"requests": requests, "batches": batches, "traj": traj, "logp": logps, "sigmas": sigmas,
                 "mask": mask, "segments": segments, "rewards": r, "passed": torch.tensor(passed),
-                "adv": group_advantages(r, G, cfg.global_std, cfg.adv_clip), "scores": scores}
+                "adv": group_advantages(r, G, cfg.global_std, cfg.adv_clip), "scores": scores,
+                "noise": float(np.mean(noise))}
 
     # --- update -------------------------------------------------------------------------------
     def loss_terms(self, ro: dict[str, Any], chunk: int, sl: slice, i: int) -> dict[str, torch.Tensor]:
@@ -492,6 +523,20 @@ class GRPOTrainer:
         out["loss"] = policy_loss + cfg.beta * out["kl"]
         return out
 
+    def anchor_kl(self, ro: dict[str, Any], chunk: int, sl: slice, i: int) -> torch.Tensor:
+        """KL to the reference at deterministic step ``i``, measured as if it were an SDE step (differentiable).
+        No exploration happens there, so the policy loss never reaches it; the late steps paint the background,
+        and shared weights let an update move them (the drift creep of docs/self_evolution.md item 9). Compared
+        unguided: guidance would multiply the differences at the moved object, which GRPO is meant to change."""
+        x_t = ro["traj"][chunk][sl, i]
+        s, sn = ro["sigmas"][i], ro["sigmas"][i + 1]
+        batch = self.policy.unguided(self.policy.subset(ro["batches"][chunk], sl))
+        v = self.policy.velocity(x_t, s.expand(x_t.shape[0]), batch)
+        v_ref = self.policy.reference_velocity(x_t, s.expand(x_t.shape[0]), batch)
+        mean, std = flow.sde_mean_std(x_t, v, s, sn, self.cfg.noise_level)
+        mean_ref, _ = flow.sde_mean_std(x_t, v_ref, s, sn, self.cfg.noise_level)
+        return self.noise.kl(mean, mean_ref, std).mean()
+
     def update(self, ro: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
         sde_steps = [i for i in range(len(ro["mask"])) if ro["mask"][i]]
@@ -508,24 +553,31 @@ class GRPOTrainer:
             bounds = np.linspace(0, n, parts + 1).round().astype(int)
             slices += [(c, slice(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         per_update = max(1, math.ceil(len(slices) / max(1, len(slices) // cfg.grad_accum)))
-        micro = [(c, sl, i) for c, sl in slices for i in chosen]
+        ode_steps = [i for i in range(len(ro["mask"])) if not ro["mask"][i]] if cfg.beta_ode > 0 else []
+        steps = chosen + ode_steps
+        micro = [(c, sl, i) for c, sl in slices for i in steps]
         grad_norms, skipped = [], 0
         self.opt.zero_grad(set_to_none=True)
         for j, (c, sl, i) in enumerate(micro):
-            terms = self.loss_terms(ro, c, sl, i)
-            (terms["loss"] / (per_update * len(chosen))).backward()
-            r = terms["ratio"]
-            if j < per_update * len(chosen):  # the first optimizer step's micro-batches are on-policy
-                self._first_dev = max(getattr(self, "_first_dev", 0.0) if j else 0.0, float((r - 1).abs().max()))
-            stats["loss"].append(float(terms["loss"].detach()))
-            stats["kl"].append(float(terms["kl"].detach()))
-            stats["clipfrac"].append(float(((r - 1).abs() > cfg.clip_range).float().mean()))
-            lr_ = torch.log(r)
-            stats["approx_kl"].append(float(0.5 * (lr_**2).mean()))
-            stats["ratio_mean"].append(float(r.mean()))
-            stats["ratio_min"].append(float(r.min()))
-            stats["ratio_max"].append(float(r.max()))
-            if (j + 1) % (per_update * len(chosen)) == 0 or j == len(micro) - 1:
+            if i in ode_steps:
+                kl_ode = self.anchor_kl(ro, c, sl, i)
+                (cfg.beta_ode * kl_ode / (per_update * len(ode_steps))).backward()
+                stats.setdefault("kl_ode", []).append(float(kl_ode.detach()))
+            else:
+                terms = self.loss_terms(ro, c, sl, i)
+                (terms["loss"] / (per_update * len(chosen))).backward()
+                r = terms["ratio"]
+                if j < per_update * len(steps):  # the first optimizer step's micro-batches are on-policy
+                    self._first_dev = max(getattr(self, "_first_dev", 0.0) if j else 0.0, float((r - 1).abs().max()))
+                stats["loss"].append(float(terms["loss"].detach()))
+                stats["kl"].append(float(terms["kl"].detach()))
+                stats["clipfrac"].append(float(((r - 1).abs() > cfg.clip_range).float().mean()))
+                lr_ = torch.log(r)
+                stats["approx_kl"].append(float(0.5 * (lr_**2).mean()))
+                stats["ratio_mean"].append(float(r.mean()))
+                stats["ratio_min"].append(float(r.min()))
+                stats["ratio_max"].append(float(r.max()))
+            if (j + 1) % (per_update * len(steps)) == 0 or j == len(micro) - 1:
                 gn, ok = self._apply_grads()
                 grad_norms.append(gn)
                 skipped += int(not ok)
@@ -573,7 +625,8 @@ class GRPOTrainer:
         record = {"step": self.step_no, "stage": stage.name, "reward_mean": mean_r,
                   "reward_std": float(rewards.std()), "critic_pass": pass_r,
                   "group_reward_std": float(rewards.view(-1, cfg.group_size).std(dim=1).mean()),
-                  **{f"score_{k}": float(np.mean([s[k] for s in ro["scores"]])) for k in SCORES}, **upd,
+                  **{f"score_{k}": float(np.mean([s[k] for s in ro["scores"]])) for k in SCORES},
+                  "background_noise": ro["noise"], **upd,
                   "seconds_prompts": t1 - t0, "seconds_rollout": t2 - t1, "seconds_update": t3 - t2,
                   "seconds_step": t3 - t0, "prompt_seeds": [p.task_seed for p in prompts][:4]}
         self._advance_stage(mean_r)
@@ -714,7 +767,8 @@ class GRPOTrainer:
             model = self.policy.export_model()
             meta = {"grpo_steps": str(self.step_no), "grpo_config": self.cfg.identity()}
             if self.cfg.cfg_scale != 1.0:  # the weights were evolved under this sampler: make it their default
-                meta["sampler"] = json.dumps({"cfg_scale": self.cfg.cfg_scale, "cfg_max_sigma": self.cfg.cfg_max_sigma})
+                sampler = {"cfg_scale": self.cfg.cfg_scale, "cfg_max_sigma": self.cfg.cfg_max_sigma}
+                meta["sampler"] = json.dumps({**sampler, **({"cfg_tau": self.cfg.cfg_tau} if self.cfg.cfg_tau else {})})
             return save_weights(model, path, meta)
 
     # --- the loop -----------------------------------------------------------------------------
