@@ -297,6 +297,28 @@ def test_ode_step_anchor_is_zero_at_start_and_pulls_the_late_steps_back(tmp_path
     assert "kl_ode" not in tr.update(ro, np.random.default_rng(0))
 
 
+def test_a_separate_reference_is_what_the_kl_measures_against(tmp_path, critic):
+    """reference_weights: continuing an evolved model with the KL to the model it came from. The reference holds
+    those weights, so the KL is positive from the first step; a different architecture or LoRA is refused."""
+    from spiral.models.tiny_video import save_weights
+
+    start = save_weights(tiny_model(0), tmp_path / "a.safetensors")
+    ref = save_weights(tiny_model(1), tmp_path / "b.safetensors")
+    policy = TinyPolicy(weights=str(start), reference=str(ref), steps=4, text_encoder=get_text_encoder("hash"))
+    want = tiny_model(1).state_dict()
+    assert all(torch.equal(t, want[n]) for n, t in policy.ref_model.state_dict().items())
+    tr = trainer(tmp_path / "run", critic, policy=policy)
+    ro = rollout(tr)
+    assert float(tr.loss_terms(ro, 0, slice(None), 0)["kl"].detach()) > 0
+    other = save_weights(TinyVideoDiT(TinyVideoConfig(**{**TINY, "dim": 64})), tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="different TinyVideoDiT"):
+        TinyPolicy(weights=str(start), reference=str(other), steps=4, text_encoder=get_text_encoder("hash"))
+    with pytest.raises(ValueError, match="adapter disabled"):
+        TinyPolicy(weights=str(start), reference=str(ref), lora_rank=4, steps=4, text_encoder=get_text_encoder("hash"))
+    with pytest.raises(ValueError, match="reference_weights"):
+        GRPOConfig(reference_weights=str(ref), lora_rank=4)
+
+
 def test_lora_gradients_reach_only_the_adapters(tmp_path, critic):
     tr = trainer(tmp_path / "run", critic, lora_rank=4, weight_decay=0.0)
     model = tr.policy.model
@@ -635,6 +657,7 @@ def test_shipped_grpo_configs_load():
             if line.strip() and not line.startswith("#"):
                 name, *over = line.split()
                 kv = dict(item.split("=", 1) for item in over)
-                cfg = load_config(root / "configs/grpo-tiny-evolved.yaml", **{k: yaml.safe_load(v) for k, v in kv.items()})
+                over = {k: yaml.safe_load(v) for k, v in kv.items()}
+                cfg = load_config(root / "configs/grpo-tiny-evolved.yaml", **over)
                 for path in (cfg.weights, cfg.reference_weights):
                     assert path is None or (root / path).is_file(), (sweep.name, name, path)
