@@ -657,7 +657,7 @@ def test_shipped_grpo_configs_load():
             if line.strip() and not line.startswith("#"):
                 name, *over = line.split()
                 kv = dict(item.split("=", 1) for item in over)
-                over = {k: yaml.safe_load(v) for k, v in kv.items()}
-                cfg = load_config(root / "configs/grpo-tiny-evolved.yaml", **over)
+                values = {k: yaml.safe_load(v) for k, v in kv.items()}
+                cfg = load_config(root / "configs/grpo-tiny-evolved.yaml", **values)
                 for path in (cfg.weights, cfg.reference_weights):
                     assert path is None or (root / path).is_file(), (sweep.name, name, path)
