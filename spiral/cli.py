@@ -37,9 +37,20 @@ def friendly(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            _fail(_one_line(e))
 
     return wrapper
+
+
+def _one_line(e: Exception) -> str:
+    """The message of an error on one line; a pydantic error names each bad field and why (its first line only
+    says how many there are)."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return f"{e.title}: " + "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _scene_state(scene: int):
@@ -361,8 +372,12 @@ def train_grpo_cmd(
         if not sep:
             raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set group_size=4")
         extra[key.strip()] = yaml.safe_load(value)
-    cfg = load_config(config, out=str(resume or out) if (resume or out) else None, steps=steps, device=device,
-                      **extra)
+    options = {"out": str(resume or out) if (resume or out) else None, "steps": steps, "device": device}
+    for key, value in options.items():
+        if key in extra and value is not None:
+            raise typer.BadParameter(f"--set {key}=… and --{key if key != 'out' else 'out/--resume'} both set "
+                                     f"{key}; give it once")
+    cfg = load_config(config, **{**extra, **{k: v for k, v in options.items() if v is not None}})
     res = train_grpo(cfg, resume=resume is not None, minutes=minutes, export=str(export) if export else None)
     last = res.get("last") or {}
     console.print(f"GRPO: {res['steps']} steps; last reward {last.get('reward_mean', float('nan')):.4f}, "

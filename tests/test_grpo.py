@@ -523,6 +523,24 @@ def test_resume_and_fresh_start_guard_the_run_folder(tmp_path, critic):
     assert ok.step_no == 1
 
 
+def test_cli_names_a_key_given_twice_and_a_set_without_a_value(tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from spiral.cli import app
+
+    base = ["train", "grpo", "--config", str(Path(__file__).resolve().parents[1] / "configs/grpo-tiny-evolved.yaml")]
+    for args, want in (([*base, "--out", str(tmp_path / "a"), "--set", f"out={tmp_path / 'b'}"], "give it once"),
+                       ([*base, "--steps", "3", "--set", "steps=4"], "give it once"),
+                       ([*base, "--set", "steps"], "KEY=VALUE"),
+                       # out by --set alone reaches the config (it used to crash on a duplicate keyword)
+                       ([*base, "--set", f"out={tmp_path / 'c'}", "--set", "group_size=1"], "group_size")):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code != 0 and want in " ".join(res.output.split()), res.output
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused before anything ran
+
+
 def test_policy_without_trainable_weights_is_refused(tmp_path, critic):
     pol = tiny_policy()
     pol.model.requires_grad_(False)
