@@ -297,6 +297,48 @@ def test_ode_step_anchor_is_zero_at_start_and_pulls_the_late_steps_back(tmp_path
     assert "kl_ode" not in tr.update(ro, np.random.default_rng(0))
 
 
+def test_background_anchor_ignores_the_action_region_and_holds_the_rest(tmp_path, critic):
+    """anchor_region background: the ODE-step KL counts only pixels where the text does not change the predicted
+    frame. A velocity change inside the action region leaves it at 0 (the object is free to learn); the same
+    change outside it is seen, and so is either by the whole-frame anchor."""
+    tr = trainer(tmp_path / "run", critic, sde_window=(0, 2), beta_ode=1.0, anchor_region="background")
+    ro = rollout(tr)
+    i = 3
+    x_t, s = ro["traj"][0][:, i], ro["sigmas"][i]
+    batch = tr.policy.unguided(ro["batches"][0])
+    sig = s.expand(x_t.shape[0])
+    # a tau that makes the action region part of the frame (a random model changes every pixel a little)
+    with torch.no_grad():
+        null = tr.policy.model.embed_text(None, x_t.shape[0])
+        c = batch.cond
+        v_c = tr.policy.model(x_t, sig, c.text, c.cond, c.anchor)
+        v_u = tr.policy.model(x_t, sig, null, c.cond, c.anchor)
+    change = (s.clamp(min=tr.policy.gen.config.sigma_min) * (v_c - v_u)).abs().amax(dim=2)
+    tau = float(change.flatten().quantile(0.995))
+    tr.cfg = tr.cfg.model_copy(update={"anchor_tau": tau})
+    region = tr.policy.action_region(x_t, sig, batch, tau)
+    assert region.shape == (*x_t.shape[:2], 1, *x_t.shape[-2:]) and 0.05 < float(region.float().mean()) < 0.95
+    assert float(tr.anchor_kl(ro, 0, slice(None), i).detach()) == 0.0  # the policy is its reference
+
+    live = tr.policy.velocity
+
+    def seen(where: torch.Tensor, region_kind: str) -> float:
+        tr.policy.velocity = lambda x, sg, b: live(x, sg, b) + 0.5 * where.to(x.dtype)
+        tr.cfg = tr.cfg.model_copy(update={"anchor_region": region_kind})
+        try:
+            return float(tr.anchor_kl(ro, 0, slice(None), i).detach())
+        finally:
+            tr.policy.velocity = live
+
+    assert seen(region, "background") == 0.0
+    assert seen(region, "frame") > 0
+    assert seen(~region, "background") > seen(~region, "frame") > 0  # averaged over fewer pixels
+    for bad in (dict(anchor_region="background"),
+                dict(generator="diffusers", diffusers_model="x", beta_ode=1.0, anchor_region="background")):
+        with pytest.raises(ValueError, match="anchor_region"):
+            GRPOConfig(**bad)
+
+
 def test_a_separate_reference_is_what_the_kl_measures_against(tmp_path, critic):
     """reference_weights: continuing an evolved model with the KL to the model it came from. The reference holds
     those weights, so the KL is positive from the first step; a different architecture or LoRA is refused."""
@@ -652,6 +694,25 @@ def test_heldout_moves_exclude_include_only(tmp_path, critic):
     assert len(set(only)) >= 3  # every held-out move gets drawn, not one
     half = moves(trainer(tmp_path / "d", critic, heldout_moves="half"))
     assert [is_heldout(v, o) for v, o in half] == [True, False] * 20  # alternating: learn without forgetting
+
+
+def test_a_config_extends_another_and_overrides_win(tmp_path):
+    """extends: a second training stage names only what changes; its own keys and the overrides win, and a
+    missing parent or a cycle is named."""
+    from spiral.train.grpo import load_config
+
+    (tmp_path / "base.yaml").write_text("group_size: 4\nlr: 1.0e-5\nbeta_ode: 0.0\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/stage2.yaml").write_text("extends: ../base.yaml\nbeta_ode: 0.01\nanchor_region: background\n")
+    cfg = load_config(tmp_path / "sub/stage2.yaml", lr=2e-5)
+    assert (cfg.group_size, cfg.lr, cfg.beta_ode, cfg.anchor_region) == (4, 2e-5, 0.01, "background")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match="gone.yaml.*extended by"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
 
 
 def test_shipped_grpo_configs_load():

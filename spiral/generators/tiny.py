@@ -153,11 +153,18 @@ class TinyGenerator:
         v_c, v_u = v.chunk(2)
         if cond.cfg_tau is None:
             return v_u + cond.cfg_scale * (v_c - v_u)
-        s = sigma.to(x_t.dtype).clamp(min=self.config.sigma_min).view(-1, 1, 1, 1, 1)
-        change = (s * (v_c - v_u)).abs().amax(dim=2)  # |x̂0_c − x̂0_u| per pixel (v = (x_t − x̂0)/σ)
-        near = torch.nn.functional.max_pool2d(change, 5, 1, 2).unsqueeze(2)  # with the object's edges
-        weight = torch.where(near >= cond.cfg_tau, cond.cfg_scale, 1.0).to(v.dtype)
+        near = self.text_region(v_c, v_u, sigma, cond.cfg_tau)
+        weight = torch.where(near, cond.cfg_scale, 1.0).to(v.dtype)
         return v_u + weight * (v_c - v_u)
+
+    def text_region(self, v_c: torch.Tensor, v_u: torch.Tensor, sigma: torch.Tensor, tau: float) -> torch.Tensor:
+        """(B, F, 1, H, W) bool: pixels within 2 of one (same frame) where the text (conditional velocity ``v_c``
+        against the null text's ``v_u``) changes the predicted clean frame by ≥ ``tau``: where the action
+        happens. The rest is background the text leaves alone; it is what ``cfg_tau`` leaves unguided and what
+        the trainer's background anchor holds."""
+        s = sigma.to(v_c.dtype).clamp(min=self.config.sigma_min).view(-1, 1, 1, 1, 1)
+        change = (s * (v_c - v_u)).abs().amax(dim=2)  # |x̂0_c − x̂0_u| per pixel (v = (x_t − x̂0)/σ)
+        return (torch.nn.functional.max_pool2d(change, 5, 1, 2) >= tau).unsqueeze(2)  # with the object's edges
 
     # --- VideoGenerator -------------------------------------------------------------------------
     @torch.no_grad()

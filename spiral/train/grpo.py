@@ -134,6 +134,11 @@ class GRPOConfig(BaseModel):
     # KL weight on the deterministic (ODE) steps of each rollout, which exploration never reaches: keeps the late
     # steps that paint the background at the reference (docs/self_evolution.md item 9); 0 = Flow-GRPO's objective
     beta_ode: float = Field(0.0, ge=0)
+    # tiny only: "background" holds the ODE steps at the reference only outside the pixels where the text changes
+    # the predicted frame by ≥ anchor_tau (policy's or reference's), so the moved object stays free to learn
+    # (item 10); "frame" anchors every pixel
+    anchor_region: Literal["frame", "background"] = "frame"
+    anchor_tau: float = Field(0.05, gt=0)
     timestep_fraction: float = 1.0
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -200,6 +205,9 @@ class GRPOConfig(BaseModel):
         if self.cfg_tau is not None and (self.generator != "tiny" or self.cfg_tau <= 0):
             raise ValueError(f"cfg_tau (per-pixel guidance) must be > 0 and is a tiny-generator option; got "
                              f"{self.cfg_tau} with generator {self.generator}")
+        if self.anchor_region == "background" and (self.generator != "tiny" or self.beta_ode <= 0):
+            raise ValueError(f"anchor_region: background needs beta_ode > 0 (the anchor it restricts) and the tiny "
+                             f"generator; got beta_ode {self.beta_ode} with generator {self.generator}")
         if self.reference_weights is not None and (self.generator != "tiny" or self.lora_rank > 0):
             raise ValueError("reference_weights (a separate KL reference) is for the tiny generator with full "
                              "fine-tuning; with LoRA the reference is the model with the adapter disabled")
@@ -214,12 +222,27 @@ class GRPOConfig(BaseModel):
 
 
 def load_config(path: str | Path, **overrides: Any) -> GRPOConfig:
-    """A GRPO config from YAML (or JSON), with overrides; unknown keys are errors that name the key."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A GRPO config from YAML (or JSON), with overrides; unknown keys are errors that name the key.
+    ``extends: FILE`` (relative to the config) starts from another config, so a second stage of training names
+    only what changes."""
+    data = _config_data(Path(path), ())
     data.update({k: v for k, v in overrides.items() if v is not None})
     return GRPOConfig(**data)
+
+
+def _config_data(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"GRPO config {path} not found" + (f" (extended by {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise ValueError(f"GRPO config {path} extends itself through {' -> '.join(map(str, seen))}; "
+                         "remove the cycle")
+    data = yaml.safe_load(path.read_text()) or {}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return {**_config_data(path.parent / parent, (*seen, path.resolve())), **data}
 
 
 # ------------------------------------------------------------------------------------------- math
@@ -535,7 +558,14 @@ class GRPOTrainer:
         v_ref = self.policy.reference_velocity(x_t, s.expand(x_t.shape[0]), batch)
         mean, std = flow.sde_mean_std(x_t, v, s, sn, self.cfg.noise_level)
         mean_ref, _ = flow.sde_mean_std(x_t, v_ref, s, sn, self.cfg.noise_level)
-        return self.noise.kl(mean, mean_ref, std).mean()
+        if self.cfg.anchor_region == "frame":
+            return self.noise.kl(mean, mean_ref, std).mean()
+        # per pixel, as white noise would measure it, averaged over the background pixels of each rollout
+        keep = (~self.policy.action_region(x_t, s.expand(x_t.shape[0]), batch, self.cfg.anchor_tau)).float()
+        d = (mean.float() - mean_ref.float()) ** 2 / (2 * std.float() ** 2)
+        keep = keep.expand_as(d)
+        dims = tuple(range(1, d.ndim))
+        return ((d * keep).sum(dims) / keep.sum(dims).clamp(min=1)).mean()
 
     def update(self, ro: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
