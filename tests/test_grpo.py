@@ -709,6 +709,9 @@ def test_a_config_extends_another_and_overrides_win(tmp_path):
     (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
     with pytest.raises(FileNotFoundError, match="gone.yaml.*extended by"):
         load_config(tmp_path / "orphan.yaml")
+    with pytest.raises(FileNotFoundError, match="weights: .*nowhere.safetensors not found.*--set weights=FILE"):
+        GRPOTrainer(cfg.model_copy(update={"out": str(tmp_path / "run"), "weights": "nowhere.safetensors"}))
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
