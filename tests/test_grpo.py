@@ -694,6 +694,18 @@ def test_heldout_moves_exclude_include_only(tmp_path, critic):
     assert len(set(only)) >= 3  # every held-out move gets drawn, not one
     half = moves(trainer(tmp_path / "d", critic, heldout_moves="half"))
     assert [is_heldout(v, o) for v, o in half] == [True, False] * 20  # alternating: learn without forgetting
+    # focus_moves: the held-out side draws only the named move; gold evaluation still draws every held-out move
+    focus = trainer(tmp_path / "e", critic, heldout_moves="half", focus_moves=[("green_block", "red_block")])
+    drawn = moves(focus)
+    assert drawn[0::2] == [("move", ("green_block", "red_block"))] * 20
+    assert not any(is_heldout(v, o) for v, o in drawn[1::2])
+    gold = focus.sample_prompts(40, stage, np.random.default_rng(3), "only")
+    assert len({tuple(p.sub_action.objects) for p in gold}) >= 3
+    for bad in (dict(focus_moves=[("green_block", "red_block")]),  # heldout_moves exclude draws none
+                dict(heldout_moves="half", focus_moves=[("red_block", "left")]),  # not a held-out move
+                dict(heldout_moves="only", focus_moves=[])):
+        with pytest.raises(ValueError, match="focus_moves"):
+            GRPOConfig(**bad)
 
 
 def test_a_config_extends_another_and_overrides_win(tmp_path):

@@ -117,6 +117,9 @@ class GRPOConfig(BaseModel):
     # (self-evolution learning them from critic reward alone, with no ground-truth clip); "half" alternates
     # held-out and other prompts, so learning the first does not make the model forget the rest
     heldout_moves: Literal["exclude", "include", "only", "half"] = "exclude"
+    # the held-out side ("only", half of "half") draws only these (block, destination) moves: a run spent on the
+    # move the model still fails (docs/self_evolution.md item 11); gold evaluation keeps every held-out move
+    focus_moves: list[tuple[str, str]] | None = None
     critic: str = "tabletop"
     planner: str = "symbolic"
     reward_weights: dict[str, float] = Field(default_factory=lambda: {k: 1.0 for k in SCORES})
@@ -211,6 +214,13 @@ class GRPOConfig(BaseModel):
         if self.reference_weights is not None and (self.generator != "tiny" or self.lora_rank > 0):
             raise ValueError("reference_weights (a separate KL reference) is for the tiny generator with full "
                              "fine-tuning; with LoRA the reference is the model with the adapter disabled")
+        if self.focus_moves is not None:
+            from spiral.world.splits import HELDOUT_MOVES
+
+            bad = [m for m in self.focus_moves if tuple(m) not in HELDOUT_MOVES]
+            if bad or not self.focus_moves or self.heldout_moves not in ("only", "half"):
+                raise ValueError(f"focus_moves must be a non-empty list of held-out moves {list(HELDOUT_MOVES)} with "
+                                 f"heldout_moves only or half; got {self.focus_moves} with {self.heldout_moves}")
         if self.generator == "diffusers" and not self.diffusers_model:
             raise ValueError("generator: diffusers needs diffusers_model (a model id or a local folder)")
         return self
@@ -394,7 +404,8 @@ class GRPOTrainer:
     def sample_prompts(self, n: int, stage: Stage, rng: np.random.Generator, heldout: str | None = None
                        ) -> list[Prompt]:
         """``n`` prompts of the stage's kind; chained frames come from the current policy (ODE).
-        ``heldout`` overrides the config's ``heldout_moves`` filter."""
+        ``heldout`` overrides the config's ``heldout_moves`` filter (and its ``focus_moves``)."""
+        focus = self.cfg.focus_moves if heldout is None else None
         heldout = heldout or self.cfg.heldout_moves
         from spiral.world.goals import sample_task
         from spiral.world.render import Appearance, render_state
@@ -407,7 +418,7 @@ class GRPOTrainer:
             plan = self.planner.plan(task.goal.text, task.state)
             lo = 0 if stage.kind == "single" else min(1, len(plan.steps) - 1)
             want = heldout if heldout != "half" else ("only", "exclude")[len(tasks) % 2]
-            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k], want)]
+            choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k], want, focus)]
             if not choices:
                 continue
             k = choices[int(rng.integers(len(choices)))]
@@ -433,10 +444,12 @@ class GRPOTrainer:
         return prompts
 
     @staticmethod
-    def _allowed(sub: SubAction, heldout: str) -> bool:
+    def _allowed(sub: SubAction, heldout: str, focus: list[tuple[str, str]] | None = None) -> bool:
         from spiral.world.splits import is_heldout
 
         held = is_heldout(sub.verb, sub.objects)
+        if held and heldout == "only" and focus is not None:
+            return tuple(sub.objects) in {tuple(m) for m in focus}
         return {"exclude": not held, "include": True, "only": held}[heldout]
 
     @torch.no_grad()
