@@ -309,10 +309,7 @@ def test_background_anchor_ignores_the_action_region_and_holds_the_rest(tmp_path
     sig = s.expand(x_t.shape[0])
     # a tau that makes the action region part of the frame (a random model changes every pixel a little)
     with torch.no_grad():
-        null = tr.policy.model.embed_text(None, x_t.shape[0])
-        c = batch.cond
-        v_c = tr.policy.model(x_t, sig, c.text, c.cond, c.anchor)
-        v_u = tr.policy.model(x_t, sig, null, c.cond, c.anchor)
+        v_c, v_u = tr.policy.gen.text_and_null_velocity(x_t, sig, batch.cond, tr.policy.model)
     change = (s.clamp(min=tr.policy.gen.config.sigma_min) * (v_c - v_u)).abs().amax(dim=2)
     tau = float(change.flatten().quantile(0.995))
     tr.cfg = tr.cfg.model_copy(update={"anchor_tau": tau})

@@ -147,15 +147,22 @@ class TinyGenerator:
         late = cond.cfg_max_sigma is None or float(sigma.max()) <= cond.cfg_max_sigma
         if cond.cfg_scale == 1.0 or not late:
             return self.model(x_t, sigma, cond.text, cond.cond, cond.anchor)
-        null = self.model.embed_text(None, x_t.shape[0])
-        v = self.model(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), torch.cat([cond.text, null]),
-                       torch.cat([cond.cond, cond.cond]), torch.cat([cond.anchor, cond.anchor]))
-        v_c, v_u = v.chunk(2)
+        v_c, v_u = self.text_and_null_velocity(x_t, sigma, cond)
         if cond.cfg_tau is None:
             return v_u + cond.cfg_scale * (v_c - v_u)
         near = self.text_region(v_c, v_u, sigma, cond.cfg_tau)
-        weight = torch.where(near, cond.cfg_scale, 1.0).to(v.dtype)
+        weight = torch.where(near, cond.cfg_scale, 1.0).to(v_c.dtype)
         return v_u + weight * (v_c - v_u)
+
+    def text_and_null_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: TinyCond,
+                               model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The velocity with the text and with the learned null text, in one batched forward of ``model``
+        (default: this generator's; the trainer passes its reference too)."""
+        model = model or self.model
+        null = model.embed_text(None, x_t.shape[0])
+        v = model(torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), torch.cat([cond.text, null]),
+                  torch.cat([cond.cond, cond.cond]), torch.cat([cond.anchor, cond.anchor]))
+        return v.chunk(2)
 
     def text_region(self, v_c: torch.Tensor, v_u: torch.Tensor, sigma: torch.Tensor, tau: float) -> torch.Tensor:
         """(B, F, 1, H, W) bool: pixels within 2 of one (same frame) where the text (conditional velocity ``v_c``

@@ -341,8 +341,8 @@ class GRPOTrainer:
         for key in ("weights", "reference_weights"):  # before the run folder is made
             path = getattr(cfg, key)
             if cfg.generator == "tiny" and path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{key}: {path} not found; produce it first (a stage-2 config's comments "
-                                        f"say how) or --set {key}=FILE with a TinyVideoDiT .safetensors file")
+                raise FileNotFoundError(f"{key}: {path} not found; produce it first (the config's comments say "
+                                        f"how) or --set {key}=FILE with a TinyVideoDiT .safetensors file")
         self.rank, self.world = _dist_setup(cfg.device)
         saved = self.out / "config.json"
         if resume:

@@ -138,13 +138,8 @@ class TinyPolicy:
         """(B, F, 1, H, W) bool: where the text changes the predicted frame by ≥ ``tau`` for the policy or the
         reference (``TinyGenerator.text_region``). The union, so neither what the policy has learned to move
         nor what the reference moves counts as background."""
-        c = batch.cond
-
         def region(model: Any) -> torch.Tensor:
-            n = x.shape[0]
-            v = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c.text, model.embed_text(None, n)]),
-                      torch.cat([c.cond, c.cond]), torch.cat([c.anchor, c.anchor]))
-            return self.gen.text_region(*v.chunk(2), sigma, tau)
+            return self.gen.text_region(*self.gen.text_and_null_velocity(x, sigma, batch.cond, model), sigma, tau)
 
         live = region(self.model)
         if self.lora:
