@@ -132,6 +132,10 @@ def test_shipped_suites_are_balanced_and_held_out():
     from spiral.bench.make_suite import dumps, make_suite
 
     assert dumps(make_suite("tabletop-smoke")) == smoke.path.read_text()  # the committed file is what the script makes
+    dev = load_suite("tabletop-dev")  # for tuning: its own scenes, none of tabletop-v1's
+    assert len(dev.cases) == 36 and not dev.errors and all(c.scene in seeds.SUITE_DEV for c in dev.cases)
+    assert not {c.scene for c in dev.cases} & {c.scene for c in v1.cases}
+    assert dumps(make_suite("tabletop-dev")) == dev.path.read_text()
 
 
 def test_suite_validation_reports_each_bad_case(tmp_path):

@@ -14,7 +14,7 @@ from spiral import flow
 from spiral.data.format import Episode, StepRecord, write_manifest
 from spiral.generators.tiny import TinyGenerator, frames_to_tensor, tensor_to_frames
 from spiral.models.text import HashEncoder
-from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT, load_weights, save_weights
+from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT, load_weights, save_weights, set_sampler
 from spiral.types import GenerationRequest
 from spiral.video import write_video
 from spiral.world.splits import HELDOUT_MOVES, is_heldout, paraphrases
@@ -131,6 +131,27 @@ def test_per_pixel_guidance_amplifies_only_where_the_text_changes_the_frame(gen)
         TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, cfg_tau=0.0)
 
 
+def test_keep_tau_restores_exactly_the_pixels_the_sample_left_near_the_conditioning_frame(gen):
+    """keep_tau sets a new frame's pixel back to the conditioning frame's bytes when the sample is within
+    keep_tau of it in every channel, and leaves every other pixel as sampled."""
+    r = request(6)
+    plain = gen.generate(r).frames.astype(int)
+    cond = np.asarray(r.cond_frame, dtype=int)[None]
+    dist = (np.abs(plain[1:] - cond).max(axis=-1) / 127.5)  # the sampler's distance to the cond frame, per pixel
+    tau = float(np.quantile(dist, 0.5))  # about half the pixels are within it
+    kept = TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder,
+                         keep_tau=tau).generate(r)
+    assert kept.meta["keep_tau"] == tau and np.array_equal(kept.frames[0], r.cond_frame)
+    k = kept.frames[1:].astype(int)
+    near, far = dist < tau - 1 / 127.5, dist > tau + 1 / 127.5  # away from the threshold (uint8 rounding)
+    assert near.any() and far.any()
+    assert np.array_equal(k[near], np.broadcast_to(cond, k.shape)[near])
+    assert np.abs(k[far] - plain[1:][far]).max() <= 1
+    for bad in (0.0, -0.1, 2.0):
+        with pytest.raises(ValueError, match="keep_tau must be in"):
+            TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, keep_tau=bad)
+
+
 def test_unsupported_size_or_length_gets_a_clear_error(gen):
     with pytest.raises(ValueError, match=r"makes 16x16 segments of 5 frames \(1 conditioning \+ 4 new\).*32x32"):
         gen.generate(request(0, size=32))
@@ -166,6 +187,25 @@ def test_weights_round_trip_through_safetensors_only(tmp_path, monkeypatch):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="cannot read"):
         load_weights(tmp_path / "junk.safetensors")
+
+
+def test_set_sampler_changes_the_default_sampler_and_nothing_else(tmp_path):
+    model = random_model(seed=5)
+    path = save_weights(model, tmp_path / "w.safetensors", {"sampler": json.dumps({"cfg_scale": 3.0}), "note": "n"})
+    out = set_sampler(path, tmp_path / "kept.safetensors", keep_tau=0.3)
+    loaded, meta = load_weights(out)
+    assert json.loads(meta["sampler"]) == {"cfg_scale": 3.0, "keep_tau": 0.3} and meta["note"] == "n"
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    enc = HashEncoder()
+    gen = TinyGenerator(weights=out, steps=3, text_encoder=enc)
+    assert (gen.cfg_scale, gen.keep_tau) == (3.0, 0.3)
+    explicit = TinyGenerator(model=model, steps=3, text_encoder=enc, cfg_scale=3.0, keep_tau=0.3)
+    assert np.array_equal(gen.generate(request(2)).frames, explicit.generate(request(2)).frames)
+    set_sampler(out, keep_tau=None)  # in place; None removes the key
+    assert json.loads(load_weights(out)[1]["sampler"]) == {"cfg_scale": 3.0}
+    with pytest.raises(ValueError, match=r"unknown sampler option\(s\) \['keep'\].*keep_tau"):
+        set_sampler(out, keep=0.1)
 
 
 def test_grpo_access_rolls_out_with_sde_logprobs(gen):

@@ -1,4 +1,4 @@
-"""Generate the shipped tabletop suites (``tabletop-v1``, ``tabletop-smoke``) deterministically.
+"""Generate the shipped tabletop suites (``tabletop-v1``, ``tabletop-smoke``, ``tabletop-dev``) deterministically.
 
 ``python -m spiral.bench.make_suite`` rewrites ``spiral/bench/suites/*.json``;
 ``--check`` regenerates them in memory and fails if the committed files differ.
@@ -28,6 +28,7 @@ from spiral.world.goals import Goal, goal_to_text, parse_goal, sample_state
 FOCUS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp")
 _FILLERS = (("move", 3.0), ("stack", 3.0), ("box", 3.0), ("lid", 1.0), ("lamp", 1.0), ("out", 1.0))
 VERSION = "1.0"
+SHIPPED = ("tabletop-smoke", "tabletop-v1", "tabletop-dev")
 
 
 def action_tag(state: State, action: Action) -> str:
@@ -159,8 +160,12 @@ def make_suite(name: str) -> dict:
     elif name == "tabletop-smoke":
         rng, per = seeds.SUITE_SMOKE, 2
         desc = "6-case CI smoke subset: 2 per length class"
+    elif name == "tabletop-dev":
+        rng, per = seeds.SUITE_DEV, 12
+        desc = ("36 tabletop cases (12 per length class) from their own scene seeds, for choosing options "
+                "such as a sampler's without looking at tabletop-v1")
     else:
-        raise ValueError(f"no recipe for suite {name!r}; known: tabletop-v1, tabletop-smoke")
+        raise ValueError(f"no recipe for suite {name!r}; known: {', '.join(SHIPPED)}")
     return {"name": name, "version": VERSION, "world": "tabletop",
             "created_by": "python -m spiral.bench.make_suite (spiral/bench/make_suite.py)",
             "description": desc, "scene_seeds": [rng.start, rng.stop - 1],
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="fail if the committed suites differ from a fresh build")
     ap.add_argument("--only", default=None, help="build one suite by name")
     args = ap.parse_args(argv)
-    names = [args.only] if args.only else ["tabletop-smoke", "tabletop-v1"]
+    names = [args.only] if args.only else list(SHIPPED)
     bad = 0
     for name in names:
         text = dumps(make_suite(name))

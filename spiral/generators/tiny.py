@@ -52,6 +52,15 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
+def keep_unchanged(x0: torch.Tensor, cond: torch.Tensor, tau: float) -> torch.Tensor:
+    """Set each pixel of the new frames x0 (B, F, 3, H, W) that, as shown (clamped to [-1, 1]), lies within
+    ``tau`` of the conditioning frame ``cond`` (B, 3, H, W) in every channel back to it. What moves (an object, the gripper, the lamp's light)
+    differs by far more than a few grey levels; the sampler's noise on a still background does not."""
+    c = cond.unsqueeze(1).expand_as(x0)
+    same = ((x0.clamp(-1, 1) - c).abs().amax(dim=2, keepdim=True) < tau).expand_as(x0)
+    return torch.where(same, c, x0)
+
+
 class TinyGenerator:
     """Text+image-to-video flow-matching generator trained on the tabletop world (registered as ``tiny``)."""
 
@@ -61,15 +70,19 @@ class TinyGenerator:
     def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float | None = None,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,
                  text_encoder: str | TextEncoder | None = None, model: TinyVideoDiT | None = None,
-                 refinements: bool = False, cfg_max_sigma: float | None = None, cfg_tau: float | None = None):
+                 refinements: bool = False, cfg_max_sigma: float | None = None, cfg_tau: float | None = None,
+                 keep_tau: float | None = None):
         """``cfg_max_sigma``: apply ``cfg_scale`` only on the late steps (σ ≤ cfg_max_sigma), where the model
         paints what a moved object looks like at its destination; guidance on the early steps moves the
         whole scene (drift). docs/self_evolution.md item 6 measures both. ``cfg_tau``: guide only the pixels
         within 2 of one where the text changes the predicted clean frame by ≥ cfg_tau ([-1, 1] units), so
         the moved object is painted while the background, where the conditional and unconditional
-        predictions differ only by noise, is not amplified into drift (docs/self_evolution.md item 9). Left
-        unset, all three come from the weights' ``sampler`` metadata (what ``spiral train grpo`` trained the
-        weights under, or chose afterwards), else 1 / None / None."""
+        predictions differ only by noise, is not amplified into drift (docs/self_evolution.md item 9).
+        ``keep_tau``: in every new frame, a pixel within keep_tau ([-1, 1] units, all channels) of the
+        conditioning frame is set back to it, so what the segment leaves in place stays byte for byte and
+        small sampling errors in the background do not add up over a long plan (drift; item 12). Left unset,
+        all four come from the weights' ``sampler`` metadata (what ``spiral train grpo`` trained the weights
+        under, or chose afterwards), else 1 / None / None / None."""
         if threads:
             torch.set_num_threads(threads)
         meta: dict[str, str] = {}
@@ -79,11 +92,15 @@ class TinyGenerator:
         cfg_scale = float(sampler.get("cfg_scale", 1.0)) if cfg_scale is None else cfg_scale
         cfg_max_sigma = sampler.get("cfg_max_sigma") if cfg_max_sigma is None else cfg_max_sigma
         cfg_tau = sampler.get("cfg_tau") if cfg_tau is None else cfg_tau
+        keep_tau = sampler.get("keep_tau") if keep_tau is None else keep_tau
         if cfg_max_sigma is not None and not 0 < cfg_max_sigma <= 1:
             raise ValueError(f"cfg_max_sigma must be in (0, 1] (a noise level; 1 guides every step), got {cfg_max_sigma}")
         if cfg_tau is not None and not cfg_tau > 0:
             raise ValueError(f"cfg_tau must be > 0 (a change of the predicted frame, in [-1, 1] units), got {cfg_tau}; "
                              "leave it unset to guide every pixel")
+        if keep_tau is not None and not 0 < keep_tau < 2:
+            raise ValueError(f"keep_tau must be in (0, 2) (a pixel difference in [-1, 1] units; 0.05 is ~6 grey "
+                             f"levels), got {keep_tau}; leave it unset to keep every sampled pixel")
         self.model = model.to(device).eval()
         self.config = self.model.config
         self.steps, self.cfg_scale, self.fps, self.device = steps, cfg_scale, fps, torch.device(device)
@@ -92,7 +109,7 @@ class TinyGenerator:
             text_encoder = get_text_encoder(text_encoder or self.config.text_encoder)
         self.text_encoder = text_encoder
         self.refinements = refinements
-        self.cfg_max_sigma, self.cfg_tau = cfg_max_sigma, cfg_tau
+        self.cfg_max_sigma, self.cfg_tau, self.keep_tau = cfg_max_sigma, cfg_tau, keep_tau
 
     # --- pieces GRPO reuses ---------------------------------------------------------------------
     def check_request(self, request: GenerationRequest) -> None:
@@ -182,6 +199,8 @@ class TinyGenerator:
         t0 = time.perf_counter()
         cond = self.prepare(requests)
         x0, _, _ = flow.sample(lambda x, s: self.denoiser(x, s, cond), self.initial_noise(requests), self.sigmas())
+        if self.keep_tau is not None:
+            x0 = keep_unchanged(x0, cond.cond, self.keep_tau)
         new = tensor_to_frames(x0)
         seconds = (time.perf_counter() - t0) / len(requests)
         out = []
@@ -191,6 +210,7 @@ class TinyGenerator:
                                timings={"generate": seconds},
                                meta={"steps": self.steps, "cfg_scale": self.cfg_scale,
                                      "cfg_max_sigma": self.cfg_max_sigma, "cfg_tau": self.cfg_tau,
+                                     "keep_tau": self.keep_tau,
                                      "shift": self.shift}))
         return out
 

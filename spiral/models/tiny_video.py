@@ -284,3 +284,21 @@ def load_weights(path: str | Path, map_location: str = "cpu") -> tuple[TinyVideo
     model = TinyVideoDiT(TinyVideoConfig.from_json(meta["config"]))
     model.load_state_dict(load_file(str(path), device=map_location))
     return model.eval(), meta
+
+
+SAMPLER_KEYS = ("cfg_scale", "cfg_max_sigma", "cfg_tau", "keep_tau")
+
+
+def set_sampler(path: str | Path, out: str | Path | None = None, **changes: float | None) -> Path:
+    """Rewrite a weights file's default sampler (metadata ``sampler``, read by ``spiral.generators.tiny``)
+    with the tensors untouched, e.g. a ``keep_tau`` chosen on the benchmark after training; None removes a
+    key. Writes ``out`` (default: in place)."""
+    import json
+
+    unknown = sorted(set(changes) - set(SAMPLER_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sampler option(s) {unknown}; the tiny generator's sampler takes {list(SAMPLER_KEYS)}")
+    model, meta = load_weights(path)
+    sampler = {**json.loads(meta.get("sampler", "{}")), **changes}
+    meta["sampler"] = json.dumps({k: v for k, v in sampler.items() if v is not None})
+    return save_weights(model, out or path, {k: v for k, v in meta.items() if k not in ("format", "model", "config")})

@@ -1,0 +1,27 @@
+"""benchmarks/keep_tau_sweep.py runs the benchmark per keep_tau value and picks one without tabletop-v1."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "keep_tau_sweep.py"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def test_sweep_on_the_smoke_suite_keeps_the_background_and_picks_a_value(tmp_path):
+    spec = importlib.util.spec_from_file_location("keep_tau_sweep", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    out = mod.main(["--suite", "tabletop-smoke", "--generators", "tiny-evolved", "--values", "0.1",
+                    "--workers", "1", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "sweep.json")])
+    plain, kept = out["rows"]
+    assert (plain["keep_tau"], kept["keep_tau"], plain["n"]) == (None, 0.1, 6)
+    assert kept["drift_mean"] < plain["drift_mean"]  # what the value is for
+    assert out["chosen"]["tiny-evolved"] == (0.1 if kept["step_success"] >= plain["step_success"] - 0.01 else None)
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == out["rows"]
+    seg = json.loads((tmp_path / "runs" / "tiny-evolved_0.1" / "bench.json").read_text())
+    assert seg["config"]["overrides"] == ["generator.options.keep_tau=0.1"]
