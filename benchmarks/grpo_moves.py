@@ -5,6 +5,9 @@ leave it flat. To pick a checkpoint to ship, this script samples (ODE, the run's
 single-step prompts from sampled tabletop scenes, grouped by class: each held-out move
 (``spiral.world.splits.HELDOUT_MOVES``) and the trained sub-actions. It scores them with the critic and
 with the benchmark's independent judge, and estimates the plan-only step success on ``tabletop-v1``.
+Each judge success is also checked for render faithfulness (``GRPOTrainer.faithful``: the last frame must
+look like a render of what the judge read, artifact area ≤ 1 %): a patch of colour noise the judge reads as a
+block counts under "judge" but not under "faithful", and checkpoints are ranked by faithful success first.
 It also measures the benchmark's drift (``spiral.bench.metrics.DriftReference``: untouched pixels of the
 last frame against the conditioning frame, relit), so a sampler can be chosen off the benchmark. The
 estimate weights each class by its share of the suite's optimal-plan steps. The same prompts and seeds are
@@ -96,10 +99,11 @@ def score(trainer: Any, sets: dict[str, list], weights: dict[str, float], refs: 
     row: dict[str, Any] = {}
     for k, prompts in sets.items():
         critic_ok, judge_ok, segs = trainer.score_prompts(prompts, seed=2000)
+        faithful = trainer.faithful(prompts, segs, judge_ok)
         drift = [ref.drift(seg.frames[-1], after) for (ref, after), seg in zip(refs[k], segs)]
         row[k] = {"n": len(prompts), "critic": int(sum(critic_ok)), "judge": int(sum(judge_ok)),
-                  "drift": round(float(np.mean([d for d in drift if d is not None])), 5)}
-    for by in ("critic", "judge"):
+                  "faithful": int(sum(faithful)), "drift": round(float(np.mean([d for d in drift if d is not None])), 5)}
+    for by in ("critic", "judge", "faithful"):
         row[f"est_step_success_{by}"] = round(sum(w * row[k][by] / row[k]["n"] for k, w in weights.items()), 4)
     row["est_drift"] = round(sum(w * row[k]["drift"] for k, w in weights.items()), 5)
     return row
@@ -191,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              **score(tr, sets, weights, refs)})
         ranked = sorted((r for r in rows if r["run"] in trainers
                          and (args.max_drift is None or r["est_drift"] <= args.max_drift)),
-                        key=lambda r: (r["est_step_success_judge"], r["est_step_success_critic"]), reverse=True)
+                        key=lambda r: (r["est_step_success_faithful"], r["est_step_success_judge"],
+                                       r["est_step_success_critic"]), reverse=True)
         for i, r in enumerate(ranked[:args.export_best]):
             tr = trainers[r["run"]]
             tr.load_ema(r["file"])
@@ -201,15 +206,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     classes = list(sets)
-    table = Table(title=f"per-move success (judge / critic), ODE, same prompts; est. = {args.suite} step mix")
-    for col in ("run", "step", "cfg", *classes, "est. judge", "est. critic", "est. drift ↓"):
+    table = Table(title=f"per-move success (judge / faithful / critic), ODE, same prompts; est. = {args.suite} step mix")
+    for col in ("run", "step", "cfg", *classes, "est. judge", "est. faithful", "est. critic", "est. drift ↓"):
         table.add_column(col, justify="right")
     for r in rows:
         tau = r["sampler"].get("cfg_tau")
         cfg = f"{r['sampler']['cfg_scale']:g}" + (f" τ{tau:g}" if tau else "")
         table.add_row(Path(r["run"]).name, str(r["step"]), cfg,
-                      *(f"{r[k]['judge']}/{r[k]['critic']} /{r[k]['n']}" for k in classes),
-                      f"{r['est_step_success_judge']:.3f}", f"{r['est_step_success_critic']:.3f}",
+                      *(f"{r[k]['judge']}/{r[k]['faithful']}/{r[k]['critic']} /{r[k]['n']}" for k in classes),
+                      f"{r['est_step_success_judge']:.3f}", f"{r['est_step_success_faithful']:.3f}",
+                      f"{r['est_step_success_critic']:.3f}",
                       f"{r['est_drift']:.4f}")
     Console(width=200).print(table)
     res = {"rows": rows, "suite_weights": weights, "exported": exported, "args": vars(args),

@@ -217,6 +217,35 @@ def test_metrics_on_runs_with_known_outcomes(tmp_path):
     assert drift["metrics"]["background_consistency"] < m["background_consistency"]
 
 
+def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as_the_block(tmp_path):
+    """A block-sized patch of colour noise that the judge still reads as the intended state keeps step success
+    but is no faithful picture of it: artifact area > 1 % fails that step's faithful success."""
+    from spiral.bench.judge import make_features, make_judge
+    from spiral.rundir import load_frames, save_frames
+
+    out = tmp_path / "ok"
+    from spiral.api import run
+
+    run("put the red block in the box, then switch on the lamp", scene=seeds.TESTS.start + 14, out=out,
+        mode="plan_only", config=ORACLE, overrides=LIGHT + ["generator.options.failure_rate=0.0"])
+    judge = make_judge("truth", out)
+    feats = make_features(None, judge), make_features(None, judge, "background")
+    clean = M.score_run(out, judge, *feats)["metrics"]
+    assert clean["step_success"] == 1.0 and clean["artifact_area"] < 0.002
+    assert clean["faithful_step_success"] == 1.0
+    seg_path = sorted((out / "segments").glob("*.npz"))[0]
+    frames = load_frames(seg_path)
+    patched = frames.copy()
+    patched[-1, 40:48, 20:28] = np.random.default_rng(0).integers(0, 256, (8, 8, 3))
+    judge._known[patched[-1].tobytes()] = judge._known[frames[-1].tobytes()]  # fooled: reads what was meant
+    save_frames(seg_path, patched)
+    fooled = M.score_run(out, judge, *feats)
+    n = fooled["executed_steps"]
+    fooled = fooled["metrics"]
+    assert n >= 2 and fooled["step_success"] == 1.0 and fooled["faithful_step_success"] == 1 - 1 / n
+    assert fooled["artifact_area"] > clean["artifact_area"] + 0.01 / n  # the patch is > 1 % of one frame
+
+
 # ---- runner ---------------------------------------------------------------------------------------
 def _cfg(out: Path, **kw) -> BenchConfig:
     base = dict(suite="tabletop-smoke", out=str(out), modes=["plan_only"], config=str(ORACLE), judge="recognizer",

@@ -232,6 +232,54 @@ def test_noise_penalty_lowers_each_rollouts_reward_by_its_background_noise(tmp_p
     assert penal["noise"] == pytest.approx(float(noise.mean()))
 
 
+def test_artifact_penalty_lowers_each_rollouts_reward_by_its_artifact_area(tmp_path, critic):
+    """The area is measured against a render of what the critic reads, in the prompt's own scene look."""
+    from spiral.bench.metrics import artifact_area
+    from spiral.world.domain import State
+    from spiral.world.render import Appearance, render_state
+
+    plain = rollout(trainer(tmp_path / "a", critic))
+    tr = trainer(tmp_path / "b", critic, artifact_penalty=2.0)
+    rng = tr._rng()
+    prompts = tr.sample_prompts(tr.cfg.prompts_per_step, tr.stage, rng)
+    penal = tr.rollout(prompts, rng)
+    G = tr.cfg.group_size
+    area = torch.tensor([artifact_area(s.frames[-1], render_state(critic.observe(s.frames[-1]), size=64,
+                                                                  appearance=Appearance.sample(p.scene_seed)))
+                         for s, p in zip(penal["segments"], (p for p in prompts for _ in range(G)))])
+    assert float(area.min()) > 0.05  # random weights paint noise, no picture of any state
+    torch.testing.assert_close(penal["rewards"], plain["rewards"] - 2.0 * area)
+    assert penal["artifact"] == pytest.approx(float(area.mean()))
+    p = prompts[0]
+    state = State.from_dict(p.state)
+    clean = render_state(state, appearance=Appearance.sample(p.scene_seed), size=64)
+    assert tr.artifact(clean, p, state) == 0.0
+    other_look = render_state(state, appearance=Appearance.sample(p.scene_seed + 1), size=64)
+    assert tr.artifact(other_look, p, state) > 0  # the scene's own look, not any look
+    with pytest.raises(ValueError, match="scene_seed"):
+        tr.artifact(clean, p.model_copy(update={"scene_seed": None}), state)
+
+
+def test_faithful_gold_success_excludes_a_noise_patch_the_judge_reads_as_the_block(tmp_path, critic):
+    from spiral.bench.judge import RecognizerJudge
+    from spiral.types import Segment
+    from spiral.world import domain
+    from spiral.world.render import Appearance, render_state
+
+    tr = trainer(tmp_path / "g", critic)
+    tr._judge = RecognizerJudge()
+    p = tr.sample_prompts(1, tr.stage, tr._rng())[0]
+    after = domain.apply(domain.State.from_dict(p.state), domain.Action(p.sub_action.verb, tuple(p.sub_action.objects)))
+    done = render_state(after, appearance=Appearance.sample(p.scene_seed), size=64)
+    patched = done.copy()
+    patched[40:50, 20:30] = np.random.default_rng(0).integers(0, 256, (10, 10, 3))
+    segs = [Segment(frames=np.stack([p.cond_frame, f]), fps=8.0) for f in (done, patched)]
+    assert tr.faithful([p, p], segs, [1.0, 1.0]) == [1.0, 0.0]
+    assert tr.faithful([p], segs[:1], [0.0]) == [0.0]  # a judged failure stays one
+    gold = tr.gold_eval(2)
+    assert 0 <= gold["gold_judge_faithful"] <= gold["gold_judge_success"]
+
+
 def test_log_action_reward_ranks_rollouts_that_all_fail():
     """Two failed rollouts (action probabilities 1e-5 and 1e-2) hardly differ on the linear score; counted in
     orders of magnitude they are half the reward range apart, and the scale's ends stay 0 and 1."""

@@ -54,6 +54,8 @@ def test_scores_each_kept_checkpoint_and_exports_the_best(tmp_path):
     for r in res["rows"]:
         assert r["trained"]["n"] == 2 and all(r[k]["n"] == 1 for k in ("yellow->box", "green->red"))
         assert 0 <= r["est_step_success_judge"] <= 1 and 0 < r["est_drift"] < 1  # random weights: noise, not 0
+        assert 0 <= r["est_step_success_faithful"] <= r["est_step_success_judge"]
+        assert all(r[k]["faithful"] <= r[k]["judge"] for k in ("trained", "yellow->box", "green->red"))
         assert r["sampler"]["cfg_scale"] == 2.0
     (path,) = res["exported"]
     exported, meta = load_weights(path)

@@ -38,6 +38,16 @@ Temporal coherence (VBench formulas where VBench has one)
   lights the whole scene, a legitimate change). We chose render masks over object boxes because
   they also cover the lid and what is seen through the glass box.
 
+Render faithfulness (tabletop scenes; a judge that reads states can be fooled by what is not a clean
+picture of any state — a block-sized patch of colour noise is read as the block it replaced)
+
+- artifact area :math:`A_k = \mathrm{mean}_x [\max_c |B_k(x) - R(\hat s_k)(x)| > 64]`: the fraction of step
+  *k*'s last frame that differs by more than 64 grey levels, in some channel, from a render of the state
+  :math:`\hat s_k` the judge reads there (the scene's own look); blur, small offsets and drift stay below
+  64, a missing block or a noise patch does not.
+- faithful step success: step success counted only where :math:`A_k \le 1\,\%` (41 of 64×64 pixels,
+  about one block).
+
 Cost (from ``record.json``): generator calls, critic calls, planner calls, seconds per video,
 generations per accepted step, and calls (generator + critic) per accepted step.
 """
@@ -195,6 +205,37 @@ class DriftReference:
         mask = ~dilate(changed, 1)
         ref = np.clip(self.anchor.astype(np.float64) + (r0_lit - r0), 0, 255)
         return masked_mean_abs(frame, ref, mask)
+
+
+    def artifact_area(self, frame: np.ndarray, state: State | None) -> float | None:
+        """Fraction of ``frame`` farther than ARTIFACT_LEVEL (some channel) from a render of ``state`` (None if
+        the state is unreadable or the scene's look is unknown)."""
+        if state is None or self.scene is None:
+            return None
+        return artifact_area(frame, self._render(state))
+
+
+ARTIFACT_LEVEL = 64.0  # grey levels: above blur, one-pixel offsets and drift; below a block against the table
+FAITHFUL_AREA = 0.01  # of the frame: 41 of 64×64 pixels, about one block
+
+
+def artifact_area(frame: np.ndarray, expected: np.ndarray) -> float:
+    """Fraction of ``frame``'s pixels farther than ARTIFACT_LEVEL, in some channel, from ``expected`` (a render
+    of the state the frame is read as)."""
+    return float((np.abs(frame.astype(np.float64) - expected.astype(np.float64)).max(axis=-1) > ARTIFACT_LEVEL).mean())
+
+
+def faithfulness(view: RunView, states: Sequence[State | None], ok: Sequence[float]) -> dict[str, float | None]:
+    """Artifact area per step and step success counted only where the frame is a faithful picture of what
+    the judge read (see the module docstring)."""
+    if not view.segments or not states or states[0] is None or view.scene is None:
+        return {"artifact_area": None, "faithful_step_success": None}
+    ref = DriftReference(view.anchor, states[0], view.scene)
+    area = [ref.artifact_area(seg[-1], s) for seg, s in zip(view.segments, states[1:])]
+    known = [a for a in area if a is not None]
+    faithful = [float(bool(o) and a is not None and a <= FAITHFUL_AREA) for o, a in zip(ok, area)]
+    return {"artifact_area": float(np.mean(known)) if known else None,
+            "faithful_step_success": float(np.mean(faithful)) if faithful else None}
 
 
 # ---- a run, read back from its directory -----------------------------------------------------
@@ -363,8 +404,9 @@ def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
     aq = action_quality(view, judge)
     states = aq.pop("_states")
     tc = temporal_coherence(view, states, subject, background, interpolate)
+    fa = faithfulness(view, states, aq["step_success_by_index"])
     return {
-        "metrics": {**{k: v for k, v in aq.items() if k != "step_success_by_index"}, **tc},
+        "metrics": {**{k: v for k, v in aq.items() if k != "step_success_by_index"}, **fa, **tc},
         "step_success_by_index": aq["step_success_by_index"],
         "cost": cost(view.record),
         "failures": failure_counts(view),

@@ -16,13 +16,15 @@ from spiral import atomic
 from spiral.bench.stats import Interval, bootstrap_ci, paired_delta
 from spiral.bench.suite import LENGTH_CLASSES
 
-ACTION = ("task_completion", "step_success", "order_correctness", "hallucinated_motion")
+ACTION = ("task_completion", "step_success", "faithful_step_success", "order_correctness", "hallucinated_motion",
+          "artifact_area")
 TEMPORAL = ("temporal_flickering", "subject_consistency", "background_consistency", "motion_smoothness",
             "drift_mean")
 COST = ("generator_calls", "critic_calls", "calls_per_accepted_step", "generations_per_accepted_step",
         "seconds_per_video")
 LABELS = {
-    "task_completion": "task completion", "step_success": "step success", "order_correctness": "order",
+    "task_completion": "task completion", "step_success": "step success",
+    "faithful_step_success": "faithful step success", "artifact_area": "artifact area ↓", "order_correctness": "order",
     "hallucinated_motion": "halluc. motion ↓", "temporal_flickering": "flicker", "subject_consistency": "subject",
     "background_consistency": "background", "motion_smoothness": "smoothness", "drift_mean": "drift ↓",
     "generator_calls": "gen. calls / video", "critic_calls": "critic calls / video",

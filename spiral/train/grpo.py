@@ -129,6 +129,10 @@ class GRPOConfig(BaseModel):
     # reward −= noise_penalty × the median pixel's change from frame 0 in grey levels (background_noise): the
     # critic's drift check reads band colours and misses the fine noise that guidance adds (item 9)
     noise_penalty: float = Field(0.0, ge=0)
+    # reward −= artifact_penalty × the fraction of the last frame farther than 64 grey levels from a render of
+    # the state the critic reads there (spiral.bench.metrics.artifact_area, the prompt's scene look): a patch
+    # of colour noise the critic reads as a block is no picture of it (item 12; 0 keeps the reward as it was)
+    artifact_penalty: float = Field(0.0, ge=0)
     global_std: bool = True
     adv_clip: float = 5.0
     # objective
@@ -309,6 +313,7 @@ class Prompt(BaseModel):
     state: dict  # the critic's reading of the conditioning frame (the memory's state)
     task_seed: int
     index: int  # step index in its plan
+    scene_seed: int | None = None  # the scene's look (spiral.world.render.Appearance.sample)
 
 
 def build_policy(cfg: GRPOConfig) -> Any:
@@ -436,9 +441,10 @@ class GRPOTrainer:
                     state = domain.apply(state, domain.Action(sub.verb, tuple(sub.objects)))
                 frame = render_state(state, appearance=look, size=size)
                 prompts.append(Prompt(sub_action=plan.steps[k], cond_frame=frame, anchor_frame=first,
-                                      state=self.critic.observe(frame).to_dict(), task_seed=ts, index=k))
+                                      state=self.critic.observe(frame).to_dict(), task_seed=ts, index=k,
+                                      scene_seed=task.scene_seed))
             else:
-                chains.append((ts, plan, k, first))
+                chains.append((ts, plan, k, first, task.scene_seed))
         if chains:
             prompts += self._chain(chains)
         return prompts
@@ -465,8 +471,8 @@ class GRPOTrainer:
             for i, seg in zip(active, self._generate(reqs, mode="ode")):
                 frames[i] = seg.frames[-1]
         return [Prompt(sub_action=plan.steps[k], cond_frame=frames[i], anchor_frame=first,
-                       state=self.critic.observe(frames[i]).to_dict(), task_seed=ts, index=k)
-                for i, (ts, plan, k, first) in enumerate(chains)]
+                       state=self.critic.observe(frames[i]).to_dict(), task_seed=ts, index=k, scene_seed=scene)
+                for i, (ts, plan, k, first, scene) in enumerate(chains)]
 
     def _size(self) -> int:
         cfg = getattr(getattr(self.policy, "gen", None), "config", None)
@@ -525,20 +531,32 @@ class GRPOTrainer:
             logps.append(torch.stack(lps, 1))
             segments += self.policy.decode(x, batch)
             batches.append(batch)
-        rewards, passed, scores, noise = [], [], [], []
+        rewards, passed, scores, noise, artifact = [], [], [], [], []
         for p in (p for p in prompts for _ in range(G)):
             seg = segments[len(rewards)]
             verdict = self.critic.judge(seg, p.sub_action, {"anchor_frame": p.anchor_frame, "state": p.state})
             noise.append(background_noise(seg.frames))
+            artifact.append(self.artifact(seg.frames[-1], p, self.critic.observe(seg.frames[-1]))
+                            if cfg.artifact_penalty else 0.0)
             rewards.append(combine_reward(verdict.scores, cfg.reward_weights, cfg.action_decades)
-                           - cfg.noise_penalty * noise[-1])
+                           - cfg.noise_penalty * noise[-1] - cfg.artifact_penalty * artifact[-1])
             passed.append(float(verdict.passed))
             scores.append(verdict.scores)
         r = torch.tensor(rewards, dtype=torch.float32)
         return {"requests": requests, "batches": batches, "traj": traj, "logp": logps, "sigmas": sigmas,
                 "mask": mask, "segments": segments, "rewards": r, "passed": torch.tensor(passed),
                 "adv": group_advantages(r, G, cfg.global_std, cfg.adv_clip), "scores": scores,
-                "noise": float(np.mean(noise))}
+                "noise": float(np.mean(noise)), "artifact": float(np.mean(artifact))}
+
+    def artifact(self, frame: np.ndarray, prompt: Prompt, state: Any) -> float:
+        """Artifact area of ``frame`` against a render of ``state`` (what it is read as) in the prompt's look."""
+        from spiral.bench.metrics import artifact_area
+        from spiral.world.render import Appearance, render_state
+
+        if prompt.scene_seed is None:
+            raise ValueError("artifact_penalty needs each prompt's scene_seed (the look to render the state in)")
+        return artifact_area(frame, render_state(state, appearance=Appearance.sample(prompt.scene_seed),
+                                                 size=frame.shape[0]))
 
     # --- update -------------------------------------------------------------------------------
     def loss_terms(self, ro: dict[str, Any], chunk: int, sl: slice, i: int) -> dict[str, torch.Tensor]:
@@ -674,7 +692,7 @@ class GRPOTrainer:
                   "reward_std": float(rewards.std()), "critic_pass": pass_r,
                   "group_reward_std": float(rewards.view(-1, cfg.group_size).std(dim=1).mean()),
                   **{f"score_{k}": float(np.mean([s[k] for s in ro["scores"]])) for k in SCORES},
-                  "background_noise": ro["noise"], **upd,
+                  "background_noise": ro["noise"], "artifact_area": ro["artifact"], **upd,
                   "seconds_prompts": t1 - t0, "seconds_rollout": t2 - t1, "seconds_update": t3 - t2,
                   "seconds_step": t3 - t0, "prompt_seeds": [p.task_seed for p in prompts][:4]}
         self._advance_stage(mean_r)
@@ -702,8 +720,19 @@ class GRPOTrainer:
                                           np.random.default_rng([self.cfg.seed, 99, 99]), heldout)
         finally:
             self.step_no, self.rank = saved_step, saved_rank
-        critic_ok, judge_ok, _ = self.score_prompts(prompts)
-        return {"gold_critic_pass": float(np.mean(critic_ok)), "gold_judge_success": float(np.mean(judge_ok))}
+        critic_ok, judge_ok, segs = self.score_prompts(prompts)
+        faithful = self.faithful(prompts, segs, judge_ok)
+        return {"gold_critic_pass": float(np.mean(critic_ok)), "gold_judge_success": float(np.mean(judge_ok)),
+                "gold_judge_faithful": float(np.mean(faithful))}
+
+    def faithful(self, prompts: list[Prompt], segs: list[Segment], judge_ok: list[float]) -> list[float]:
+        """Judge successes whose last frame is a faithful picture of what the judge read there (artifact area
+        ≤ 1 %, spiral.bench.metrics.FAITHFUL_AREA): where this falls below the judge's success, the judge is
+        being fooled, by noise it reads as a block."""
+        from spiral.bench.metrics import FAITHFUL_AREA
+
+        return [float(ok and self.artifact(seg.frames[-1], p, self._judge.read_state(seg.frames[-1])) <= FAITHFUL_AREA)
+                for p, seg, ok in zip(prompts, segs, judge_ok)]
 
     def score_prompts(self, prompts: list[Prompt], seed: int = 1000
                       ) -> tuple[list[float], list[float], list[Segment]]:
@@ -855,8 +884,9 @@ class GRPOTrainer:
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         if self.progress:
-            keys = ("step", "stage", "reward_mean", "critic_pass", "kl", "clipfrac", "gold_judge_success",
-                    "gold_heldout_judge_success", "seconds_rollout", "seconds_update")
+            keys = ("step", "stage", "reward_mean", "critic_pass", "artifact_area", "kl", "clipfrac",
+                    "gold_judge_success", "gold_judge_faithful", "gold_heldout_judge_success",
+                    "gold_heldout_judge_faithful", "seconds_rollout", "seconds_update")
             print("  ".join(f"{k}={rec[k]:.4g}" if isinstance(rec.get(k), float) else f"{k}={rec[k]}"
                             for k in keys if k in rec), flush=True)
         if writer is not None:
