@@ -6,7 +6,7 @@ single-step prompts from sampled tabletop scenes, grouped by class: each held-ou
 (``spiral.world.splits.HELDOUT_MOVES``) and the trained sub-actions. It scores them with the critic and
 with the benchmark's independent judge, and estimates the plan-only step success on ``tabletop-v1``.
 Each judge success is also checked for render faithfulness (``GRPOTrainer.faithful``: the last frame must
-look like a render of what the judge read, artifact area ≤ 1 %): a patch of colour noise the judge reads as a
+look like a render of what the judge read, artifact area ≤ 0.4 %): a patch of colour noise the judge reads as a
 block counts under "judge" but not under "faithful", and checkpoints are ranked by faithful success first.
 It also measures the benchmark's drift (``spiral.bench.metrics.DriftReference``: untouched pixels of the
 last frame against the conditioning frame, relit), so a sampler can be chosen off the benchmark. The

@@ -219,7 +219,7 @@ def test_metrics_on_runs_with_known_outcomes(tmp_path):
 
 def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as_the_block(tmp_path):
     """A block-sized patch of colour noise that the judge still reads as the intended state keeps step success
-    but is no faithful picture of it: artifact area > 1 % fails that step's faithful success."""
+    but is no faithful picture of it: artifact area > 0.4 % fails that step's faithful success."""
     from spiral.bench.judge import make_features, make_judge
     from spiral.rundir import load_frames, save_frames
 
@@ -236,14 +236,14 @@ def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as
     seg_path = sorted((out / "segments").glob("*.npz"))[0]
     frames = load_frames(seg_path)
     patched = frames.copy()
-    patched[-1, 40:48, 20:28] = np.random.default_rng(0).integers(0, 256, (8, 8, 3))
+    patched[-1, 40:46, 20:26] = np.random.default_rng(0).integers(0, 256, (6, 6, 3))  # a block-sized patch
     judge._known[patched[-1].tobytes()] = judge._known[frames[-1].tobytes()]  # fooled: reads what was meant
     save_frames(seg_path, patched)
     fooled = M.score_run(out, judge, *feats)
     n = fooled["executed_steps"]
     fooled = fooled["metrics"]
     assert n >= 2 and fooled["step_success"] == 1.0 and fooled["faithful_step_success"] == 1 - 1 / n
-    assert fooled["artifact_area"] > clean["artifact_area"] + 0.01 / n  # the patch is > 1 % of one frame
+    assert fooled["artifact_area"] > clean["artifact_area"] + 0.004 / n  # > 0.4 % of one frame
 
 
 # ---- runner ---------------------------------------------------------------------------------------
@@ -289,6 +289,26 @@ def test_resume_skips_finished_cases_and_continues_a_killed_run(tmp_path):
     assert record["counts"]["replayed_calls"] >= 2  # plan + the journaled attempt were replayed, not regenerated
     with pytest.raises(ValueError, match="seed"):
         Bench(_cfg(tmp_path / "b", modes=["closed_loop"], resume=True, seed=5)).run(progress=False)
+
+
+def test_rescore_scores_finished_runs_again_without_generating(tmp_path):
+    out = tmp_path / "r"
+    ref = run_bench(_cfg(out, limit=2), progress=False)
+    first = ref["cases"][0]
+    path = out / "results" / "plan_only" / f"{first['case_id']}.json"
+    stale = json.loads(path.read_text())
+    del stale["metrics"]["faithful_step_success"]  # as written before the metric existed
+    stale["metrics"]["step_success"] = 0.123
+    path.write_text(json.dumps(stale))
+    attempts = {p: p.read_text() for p in out.glob("plan_only/*/attempts.jsonl")}
+    from spiral.bench.runner import rescore_bench
+
+    again = rescore_bench(out, progress=False)
+    assert [comparable(c) for c in again["cases"]] == [comparable(c) for c in ref["cases"]]
+    assert json.loads(path.read_text())["metrics"]["faithful_step_success"] is not None
+    assert {p: p.read_text() for p in attempts} == attempts  # nothing generated again
+    r = CliRunner().invoke(app, ["bench", "rescore", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "no bench.json" in r.output
 
 
 def test_bad_cases_are_recorded_and_the_rest_still_run(tmp_path, monkeypatch):

@@ -72,6 +72,19 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         if errors or results["invalid_cases"]:
             raise typer.Exit(1)
 
+    @app.command("rescore")
+    @friendly
+    def rescore_cmd(
+        out: Path = typer.Argument(..., help="benchmark folder (made by `spiral bench --out`)"),
+        workers: int | None = typer.Option(None, help="local worker processes (default: the folder's own)"),
+    ) -> None:
+        """Score a finished benchmark again with the current metrics and judge; nothing is generated again."""
+        from spiral.bench.runner import rescore_bench
+
+        results = rescore_bench(out, workers)
+        console.print(summary_table(results))
+        typer.echo(f"results: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
+
     @app.command("compare")
     @friendly
     def compare_cmd(

@@ -197,8 +197,11 @@ class Bench:
         atomic.write_json(self.result_path(res["mode"], res["case_id"]), res)
 
     # -- running
-    def run(self, progress: bool = True, on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
-        """Run every pending case and write results.json (+ the report); returns the results object."""
+    def run(self, progress: bool = True, on_result: Callable[[dict], None] | None = None,
+            rescore: bool = False) -> dict[str, Any]:
+        """Run every pending case and write results.json (+ the report); returns the results object.
+        ``rescore``: score every finished run directory again with the current metrics and judge (no case
+        is generated again; an unfinished one is finished), e.g. after a metric was added."""
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             self.suite = load_suite(self.cfg.suite).limit(self.cfg.limit)
@@ -206,7 +209,7 @@ class Bench:
             self.suite_error = str(e)
             return self.write_results()
         self._check_out()
-        if self.cfg.resume:
+        if self.cfg.resume and not rescore:
             self.load_done()
         tasks = self.tasks()
         with _Progress(len(tasks), progress) as bar:
@@ -367,3 +370,15 @@ def comparable(res: dict[str, Any]) -> dict[str, Any]:
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Run a benchmark (see :class:`BenchConfig`) and return the results object."""
     return Bench(cfg).run(progress=progress)
+
+
+def rescore_bench(out: str | Path, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Score a finished benchmark folder again with the current metrics (its run directories are kept as
+    they are); the settings come from its ``bench.json``."""
+    marker = Path(out) / "bench.json"
+    if not marker.is_file():
+        raise FileNotFoundError(f"{out} holds no benchmark (no bench.json); run `spiral bench --out {out}` first")
+    saved = json.loads(marker.read_text())["config"]
+    cfg = BenchConfig(**{**saved, "out": str(out), "resume": True,
+                         **({"workers": workers} if workers is not None else {})})
+    return Bench(cfg).run(progress=progress, rescore=True)

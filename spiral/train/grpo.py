@@ -727,7 +727,7 @@ class GRPOTrainer:
 
     def faithful(self, prompts: list[Prompt], segs: list[Segment], judge_ok: list[float]) -> list[float]:
         """Judge successes whose last frame is a faithful picture of what the judge read there (artifact area
-        ≤ 1 %, spiral.bench.metrics.FAITHFUL_AREA): where this falls below the judge's success, the judge is
+        ≤ 0.4 %, spiral.bench.metrics.FAITHFUL_AREA): where this falls below the judge's success, the judge is
         being fooled, by noise it reads as a block."""
         from spiral.bench.metrics import FAITHFUL_AREA
 
