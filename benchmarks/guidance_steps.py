@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "sigma_range": [sigmas[end - 1], sigmas[first]]}
         for name, prompts in sets.items():
             segs = generate(trainer, prompts, float(scale), range(first, end))
-            verdicts = [trainer.critic.judge(s, p.sub_action, {"anchor_frame": p.anchor_frame, "state": p.state})
+            verdicts = [trainer.critic.judge(s, p.sub_action, trainer.context(p))
                         for p, s in zip(prompts, segs)]
             row[name] = {"n": len(verdicts), "passed": sum(v.passed for v in verdicts),
                          "scene_drift": sum(v.failure == "scene_drift" for v in verdicts),

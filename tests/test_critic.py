@@ -72,6 +72,27 @@ def test_failure_kind_and_decision(critic, state, action, failure, seed, kind, d
     State.from_dict(v.observed_state)
 
 
+def test_noise_the_recogniser_reads_past_is_an_artifact_when_the_scene_look_is_known(critic):
+    """The recogniser reads the state through a block-sized patch of colour noise; with the scene's look (the
+    memory's hints.scene_seed) the critic renders what it read, sees the frame is no picture of it, and asks
+    for a regeneration. Without the look (an image case) it cannot tell."""
+    res = render_action(S0, MOVE, appearance=APP, seed=2)
+    frames = res.frames.copy()
+    frames[-1, 6:12, 40:46] = np.random.default_rng(0).integers(0, 256, (6, 6, 3))  # on the wall
+    sub = _sub(S0, MOVE)
+    look = Memory.start(res.frames[0], S0.to_dict(), hints={"scene_seed": 11})
+    clean = critic.judge(Segment(frames=res.frames), sub, look)
+    assert clean.passed and clean.scores["consistency"] > 0.9
+    bad = critic.judge(Segment(frames=frames), sub, look)
+    assert bad.observed_state == clean.observed_state  # read right through the noise
+    assert (bad.passed, bad.failure, bad.decision) == (False, "physical_violation", "regenerate")
+    assert bad.scores["consistency"] < 0.5 and "no picture of the scene" in bad.feedback
+    blind = critic.judge(Segment(frames=frames), sub, Memory.start(res.frames[0], S0.to_dict()))
+    assert blind.passed
+    off = TabletopCritic(artifact_area=0.0, recognizer=critic.recognizer)
+    assert off.judge(Segment(frames=frames), sub, look).passed
+
+
 def test_postconditions_default_to_the_domain_effects(critic):
     res = render_action(S0, MOVE, appearance=APP, seed=2)
     bare = SubAction(text=MOVE.text(), verb=MOVE.verb, objects=list(MOVE.args))

@@ -234,9 +234,8 @@ def test_noise_penalty_lowers_each_rollouts_reward_by_its_background_noise(tmp_p
 
 def test_artifact_penalty_lowers_each_rollouts_reward_by_its_artifact_area(tmp_path, critic):
     """The area is measured against a render of what the critic reads, in the prompt's own scene look."""
-    from spiral.bench.metrics import artifact_area
     from spiral.world.domain import State
-    from spiral.world.render import Appearance, render_state
+    from spiral.world.render import Appearance, artifact_area, render_state
 
     plain = rollout(trainer(tmp_path / "a", critic))
     tr = trainer(tmp_path / "b", critic, artifact_penalty=2.0)

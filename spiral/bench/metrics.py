@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from spiral.world.domain import DomainError, State, changed_objects
+from spiral.world.render import artifact_area
 
 Interpolator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -216,14 +217,7 @@ class DriftReference:
         return artifact_area(frame, self._render(state))
 
 
-ARTIFACT_LEVEL = 64.0  # grey levels: above blur, one-pixel offsets and drift; below a block against the table
 FAITHFUL_AREA = 0.004  # of the frame: 16 of 64×64 pixels, under half a block (docstring)
-
-
-def artifact_area(frame: np.ndarray, expected: np.ndarray) -> float:
-    """Fraction of ``frame``'s pixels farther than ARTIFACT_LEVEL, in some channel, from ``expected`` (a render
-    of the state the frame is read as)."""
-    return float((np.abs(frame.astype(np.float64) - expected.astype(np.float64)).max(axis=-1) > ARTIFACT_LEVEL).mean())
 
 
 def faithfulness(view: RunView, states: Sequence[State | None], ok: Sequence[float]) -> dict[str, float | None]:

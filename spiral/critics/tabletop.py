@@ -60,6 +60,7 @@ CAUSE_KIND: dict[str, FailureKind | None] = {
     "wrong_result": "incomplete_action",
     "wrong_object": "missing_action",
     "no_change": "missing_action",
+    "artifact": "physical_violation",
 }
 
 
@@ -77,13 +78,17 @@ class CriticConfig(BaseModel):
     decisions: dict[str, Decision] = Field(default_factory=lambda: {
         "drift": "regenerate", "jump": "regenerate", "moved_by_itself": "regenerate", "extra_change": "regenerate",
         "not_at_rest": "refine", "lamp_not_switched": "refine", "no_change": "refine",
-        "wrong_result": "replan", "wrong_object": "replan"})
+        "wrong_result": "replan", "wrong_object": "replan", "artifact": "regenerate"})
     start_from: str = Field("frame", pattern="^(frame|memory)$",
                             description="start state: read from frame 0, or the memory's state when it has one")
     violation_nats: float = Field(4.0, gt=0, description="log-likelihood gap at which continuity scores 0.5")
     drift_units: float = Field(20.0, gt=0, description="background change (RGB distance, 0..255) within a segment "
                                                        "at which consistency scores 0.5")
     anchor_drift_units: float = Field(28.0, gt=0, description="same, against the memory's anchor frame")
+    artifact_area: float = Field(0.004, ge=0, le=1, description=(
+        "when the scene's look is known (the memory's hints.scene_seed): the fraction of the last frame that may "
+        "differ by more than 64 grey levels from a render of the state read there (a noise patch read as a block, "
+        "a block that vanished) before consistency scores 0.5; 0 turns the check off"))
     gripper_jump: float = Field(0.85, gt=0, description="gripper displacement between consecutive frames (scene widths, "
                                                         "at 9 frames per segment; scaled by 8/(T-1)) that is a jump; "
                                                         "rendered paths move up to 0.67")
@@ -353,8 +358,11 @@ class TabletopCritic:
         preservation = min(keep.values())
         cont, events, paths = self._continuity(r)
         drift_within, drift_anchor = self._drift(frames, r, anchor)
-        consistency = min(_sigmoid_score(drift_within / cfg.drift_units, 1.0, 6.0),
-                          _sigmoid_score(drift_anchor / cfg.anchor_drift_units, 1.0, 6.0))
+        steady = min(_sigmoid_score(drift_within / cfg.drift_units, 1.0, 6.0),
+                     _sigmoid_score(drift_anchor / cfg.anchor_drift_units, 1.0, 6.0))
+        area = self._artifact_area(frames[-1], s_end, context)
+        faithful = _sigmoid_score(area / cfg.artifact_area, 1.0, 6.0) if area is not None else 1.0
+        consistency = min(steady, faithful)
         scores = {"action": float(np.clip(action_score, 0, 1)), "preservation": float(np.clip(preservation, 0, 1)),
                   "continuity": cont, "consistency": consistency}
         th = cfg.thresholds
@@ -363,11 +371,15 @@ class TabletopCritic:
         # when the last frame alone leans towards the nearby slot)
         not_rest = [(b, paths[b][-1]) for b in BLOCKS if paths[b][-1] in (HELD, ELSEWHERE)]
         lid_partial = r["lid"][-1, 1] > 0.5
-        if consistency < th["consistency"]:
+        if steady < th["consistency"]:
             cause = "drift"
             units = max(drift_within, drift_anchor)
             feedback = (f"the scene's colours drifted (the background changed by about {units:.0f}/255); keep the "
                         "wall, table and lighting exactly as in the first frame")
+        elif faithful < th["consistency"]:
+            cause = "artifact"
+            feedback = (f"{100 * area:.1f} % of the last frame is no picture of the scene as it reads (a patch of "
+                        "noise, or a block that vanished); draw every block whole, in its own colour")
         elif cont < th["continuity"]:
             cause, feedback = self._continuity_feedback(events, action)
         elif not_rest or lid_partial:
@@ -403,6 +415,19 @@ class TabletopCritic:
         decision: Decision = cfg.decisions[cause] if cause else "accept"
         return Verdict(scores={k: round(v, 6) for k, v in scores.items()}, passed=cause is None, decision=decision,
                        failure=failure, feedback=feedback, observed_state=s_end.to_dict())
+
+    def _artifact_area(self, frame: np.ndarray, state: State, context: Any) -> float | None:
+        """spiral.world.render.artifact_area of the last frame against a render of the state read there, in the
+        scene's own look; None when the look is unknown (no hints.scene_seed: an image case) or the check is off."""
+        if context is None or not self.config.artifact_area:
+            return None
+        get = context.get if isinstance(context, dict) else lambda k, d=None: getattr(context, k, d)
+        seed = (get("hints", None) or {}).get("scene_seed")
+        if seed is None:
+            return None
+        from spiral.world.render import Appearance, artifact_area, render_state
+
+        return artifact_area(frame, render_state(state, appearance=Appearance.sample(int(seed)), size=frame.shape[0]))
 
     # -- input checks
     @staticmethod

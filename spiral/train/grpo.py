@@ -130,7 +130,7 @@ class GRPOConfig(BaseModel):
     # critic's drift check reads band colours and misses the fine noise that guidance adds (item 9)
     noise_penalty: float = Field(0.0, ge=0)
     # reward −= artifact_penalty × the fraction of the last frame farther than 64 grey levels from a render of
-    # the state the critic reads there (spiral.bench.metrics.artifact_area, the prompt's scene look): a patch
+    # the state the critic reads there (spiral.world.render.artifact_area, the prompt's scene look): a patch
     # of colour noise the critic reads as a block is no picture of it (item 12; 0 keeps the reward as it was)
     artifact_penalty: float = Field(0.0, ge=0)
     global_std: bool = True
@@ -534,7 +534,7 @@ class GRPOTrainer:
         rewards, passed, scores, noise, artifact = [], [], [], [], []
         for p in (p for p in prompts for _ in range(G)):
             seg = segments[len(rewards)]
-            verdict = self.critic.judge(seg, p.sub_action, {"anchor_frame": p.anchor_frame, "state": p.state})
+            verdict = self.critic.judge(seg, p.sub_action, self.context(p))
             noise.append(background_noise(seg.frames))
             artifact.append(self.artifact(seg.frames[-1], p, self.critic.observe(seg.frames[-1]))
                             if cfg.artifact_penalty else 0.0)
@@ -548,10 +548,15 @@ class GRPOTrainer:
                 "adv": group_advantages(r, G, cfg.global_std, cfg.adv_clip), "scores": scores,
                 "noise": float(np.mean(noise)), "artifact": float(np.mean(artifact))}
 
+    @staticmethod
+    def context(p: Prompt) -> dict[str, Any]:
+        """What the critic knows of a prompt, as the loop's memory gives it: anchor frame, state, the scene's look."""
+        return {"anchor_frame": p.anchor_frame, "state": p.state,
+                "hints": {"scene_seed": p.scene_seed} if p.scene_seed is not None else {}}
+
     def artifact(self, frame: np.ndarray, prompt: Prompt, state: Any) -> float:
         """Artifact area of ``frame`` against a render of ``state`` (what it is read as) in the prompt's look."""
-        from spiral.bench.metrics import artifact_area
-        from spiral.world.render import Appearance, render_state
+        from spiral.world.render import Appearance, artifact_area, render_state
 
         if prompt.scene_seed is None:
             raise ValueError("artifact_penalty needs each prompt's scene_seed (the look to render the state in)")
@@ -747,7 +752,7 @@ class GRPOTrainer:
         segs = self._generate(reqs, mode="ode")
         critic_ok, judge_ok = [], []
         for p, seg in zip(prompts, segs):
-            v = self.critic.judge(seg, p.sub_action, {"anchor_frame": p.anchor_frame, "state": p.state})
+            v = self.critic.judge(seg, p.sub_action, self.context(p))
             critic_ok.append(float(v.passed))
             end = judge.read_state(seg.frames[-1])
             post = p.sub_action.postconditions or domain.effects(domain.State.from_dict(p.state),

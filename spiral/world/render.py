@@ -974,3 +974,15 @@ def render_plan(
         return still, [], []
     video, bounds = compose([r.frames for r in results])
     return video, bounds, results
+
+
+ARTIFACT_LEVEL = 64.0  # grey levels: above blur, one-pixel offsets, relighting errors and drift; below a block
+
+
+def artifact_area(frame: np.ndarray, expected: np.ndarray) -> float:
+    """Fraction of ``frame``'s pixels farther than ARTIFACT_LEVEL, in some channel, from ``expected`` (a render of
+    the state the frame is read as): what a state reader reads but the frame does not show, such as a patch of
+    colour noise read as a block or a block that vanished (the benchmark's faithful step success, the critic's
+    consistency, GRPO's artifact_penalty)."""
+    return float((np.abs(frame.astype(np.float64) - expected.astype(np.float64)).max(axis=-1) > ARTIFACT_LEVEL).mean())
+
