@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import time
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ray", default=None, help="Ray address or 'local' instead of local processes")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "tabletop-v1")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"),
+    ap.add_argument("--config", default=os.path.relpath(ROOT / "configs" / "tabletop-oracle.yaml"),
                     help="YAML config (default: configs/tabletop-oracle.yaml)")
     ap.add_argument("--judge", default="recognizer")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
