@@ -208,7 +208,6 @@ class DriftReference:
         ref = np.clip(self.anchor.astype(np.float64) + (r0_lit - r0), 0, 255)
         return masked_mean_abs(frame, ref, mask)
 
-
     def artifact_area(self, frame: np.ndarray, state: State | None) -> float | None:
         """Fraction of ``frame`` farther than ARTIFACT_LEVEL (some channel) from a render of ``state`` (None if
         the state is unreadable or the scene's look is unknown)."""

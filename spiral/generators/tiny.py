@@ -54,8 +54,9 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
 
 def keep_unchanged(x0: torch.Tensor, cond: torch.Tensor, tau: float) -> torch.Tensor:
     """Set each pixel of the new frames x0 (B, F, 3, H, W) that, as shown (clamped to [-1, 1]), lies within
-    ``tau`` of the conditioning frame ``cond`` (B, 3, H, W) in every channel back to it. What moves (an object, the gripper, the lamp's light)
-    differs by far more than a few grey levels; the sampler's noise on a still background does not."""
+    ``tau`` of the conditioning frame ``cond`` (B, 3, H, W) in every channel back to it. What moves (an object,
+    the gripper, the lamp's light) differs by far more than a few grey levels; the sampler's noise on a still
+    background does not."""
     c = cond.unsqueeze(1).expand_as(x0)
     same = ((x0.clamp(-1, 1) - c).abs().amax(dim=2, keepdim=True) < tau).expand_as(x0)
     return torch.where(same, c, x0)

@@ -559,7 +559,8 @@ class GRPOTrainer:
         from spiral.world.render import Appearance, artifact_area, render_state
 
         if prompt.scene_seed is None:
-            raise ValueError("artifact_penalty needs each prompt's scene_seed (the look to render the state in)")
+            raise ValueError("the artifact check (artifact_penalty, gold faithfulness) needs each prompt's scene_seed "
+                             "(the look to render the state in)")
         return artifact_area(frame, render_state(state, appearance=Appearance.sample(prompt.scene_seed),
                                                  size=frame.shape[0]))
 
