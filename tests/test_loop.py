@@ -87,8 +87,27 @@ def _spiral(*args, **kw):
                             stderr=subprocess.PIPE, **kw)
 
 
+def _same_run(out: Path, ref: Path) -> None:
+    """What the loop writes losslessly is byte-identical; final.mp4 shows the same video. Its H.264 bytes are
+    not compared: on the 2-core CI machine libx264 encoded the same frames to different bytes in different
+    processes (2 of 6 runs of this test failed on that alone, session 10), so the decoded frames are compared
+    with the encoder's own tolerance instead, against the lossless composition of the kept segments."""
+    from spiral.compose import compose
+    from spiral.video import read_video
+
+    rec, rec_ref = (json.loads((d / "record.json").read_text()) for d in (out, ref))
+    assert rec["accepted"] == rec_ref["accepted"] and rec["status"] == rec_ref["status"]
+    for rel in rec_ref["accepted"]:
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes()
+    frames = compose([load_frames(ref / rel) for rel in rec_ref["accepted"]], 0)[0]
+    got, want = read_video(out / "final.mp4").astype(int), read_video(ref / "final.mp4").astype(int)
+    assert got.shape == want.shape == frames.shape
+    assert np.abs(got - frames).mean() < 3 and np.abs(want - frames).mean() < 3  # both encode these frames
+
+
 def test_resume_after_sigkill_is_byte_identical(tmp_path):
-    """Kill `spiral run` with SIGKILL at ≥ 10 points over several runs; resumed runs end identical."""
+    """Kill `spiral run` with SIGKILL at ≥ 10 points over several runs; resumed runs end identical (the
+    journal, the kept segments and the record byte for byte; the final video frame for frame)."""
     rng = np.random.default_rng(0)
     args = ["--config", str(ORACLE), "--set", "generator.options.failure_rate=0.4"]
     cases = [(GOAL, 4), ("tidy up: put every block in the box", 7),
@@ -114,7 +133,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
                 kills += 1
                 p = _spiral("run", "--resume", str(out))
         assert p.wait(timeout=300) in (0, 1), p.stderr.read().decode()
-        assert (out / "final.mp4").read_bytes() == (ref / "final.mp4").read_bytes()
+        _same_run(out, ref)
         keys = [(x["plan_version"], x["step"], x["attempt"]) for x in map(json.loads, _read(out))]
         assert len(keys) == len(set(keys)) == n_ref  # nothing generated twice once journaled
     assert kills >= 10
