@@ -1,21 +1,14 @@
 """benchmarks/keep_tau_sweep.py runs the benchmark per keep_tau value and picks one without tabletop-v1."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "keep_tau_sweep.py"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def test_sweep_on_the_smoke_suite_keeps_the_background_and_picks_a_value(tmp_path):
-    spec = importlib.util.spec_from_file_location("keep_tau_sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+def test_sweep_on_the_smoke_suite_keeps_the_background_and_picks_a_value(tmp_path, bench_script):
+    mod = bench_script("keep_tau_sweep")
     out = mod.main(["--suite", "tabletop-smoke", "--generators", "tiny-evolved", "--values", "0.1",
                     "--workers", "1", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "sweep.json")])
     plain, kept = out["rows"]

@@ -1,28 +1,15 @@
 """benchmarks/noise_patch_readers.py paints a block over with noise and checks what the readers make of it."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from spiral.world.domain import State
 from spiral.world.render import Appearance, render_state
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "noise_patch_readers.py"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("noise_patch_readers", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_the_patch_covers_exactly_the_block_and_every_patch_is_flagged(tmp_path):
-    mod = _script()
+def test_the_patch_covers_exactly_the_block_and_every_patch_is_flagged(tmp_path, bench_script):
+    mod = bench_script("noise_patch_readers")
     s = State.make({"red_block": "left", "green_block": "red_block", "blue_block": "center", "yellow_block": "box"},
                    box_open=True)
     look = Appearance.sample(3)

@@ -1,26 +1,18 @@
 """benchmarks/tiny_generator_quality.py runs end to end (random tiny weights, a few pairs, one long task)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 
 from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT, save_weights
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "tiny_generator_quality.py"
 
-
-def test_quality_script_runs_end_to_end(tmp_path):
+def test_quality_script_runs_end_to_end(tmp_path, bench_script):
     torch.manual_seed(0)
     model = TinyVideoDiT(TinyVideoConfig(resolution=64, num_frames=4, patch=16, tubelet=2, dim=32, depth=1, heads=2,
                                          text_tokens=2, text_encoder="hash"))
     weights = save_weights(model, tmp_path / "tiny.safetensors")
-    spec = importlib.util.spec_from_file_location("tiny_generator_quality", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
+    mod = bench_script("tiny_generator_quality")
     out, grid, chain = tmp_path / "q.json", tmp_path / "grid.png", tmp_path / "chain.png"
     res = mod.main(["--weights", str(weights), "--n", "4", "--long", "1", "--n-heldout", "4", "--steps", "2",
                     "--out", str(out), "--docs-grid", str(grid), "--docs-chain", str(chain)])
