@@ -36,7 +36,7 @@ def generate(trainer: Any, prompts: list, scale: float, steps: range) -> list:
     from spiral import flow
 
     policy = trainer.policy
-    reqs = [trainer._request(p.sub_action.text, p.cond_frame, p.anchor_frame, 1000 + i) for i, p in enumerate(prompts)]
+    reqs = [trainer.request(p.sub_action.text, p.cond_frame, p.anchor_frame, 1000 + i) for i, p in enumerate(prompts)]
     batch = policy.prepare(reqs)
     guided, plain = dataclasses.replace(batch.cond, cfg_scale=scale), dataclasses.replace(batch.cond, cfg_scale=1.0)
     sigmas = policy.sigmas()

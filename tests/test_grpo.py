@@ -206,6 +206,32 @@ def test_rollout_advantages_come_from_its_rewards(tmp_path, critic, decades):
     torch.testing.assert_close(r, torch.tensor(want, dtype=torch.float32))
 
 
+def test_quiet_groups_get_no_advantage_and_an_all_quiet_step_makes_no_update(tmp_path, critic):
+    """min_group_std filters groups whose rewards hardly differ (normalisation would blow their noise up)."""
+    tr = trainer(tmp_path / "a", critic, global_std=False, lr=1e-2)
+    ro = rollout(tr)
+    stds = ro["rewards"].view(2, 3).std(dim=1)
+    assert ro["quiet_groups"] == 0.0 and bool(ro["adv"].ne(0).any())
+    # a threshold between the two groups' stds silences exactly the quieter group
+    mid = float(stds.mean())
+    tr.cfg = tr.cfg.model_copy(update={"min_group_std": mid})
+    half = rollout(tr)
+    assert torch.equal(half["rewards"], ro["rewards"])
+    quiet = half["rewards"].view(2, 3).std(dim=1) < mid
+    assert half["quiet_groups"] == 0.5
+    assert bool((half["adv"].view(2, 3)[quiet] == 0).all()) and bool(half["adv"].view(2, 3)[~quiet].ne(0).any())
+    # above every group's std: no advantage anywhere, and update leaves the weights alone
+    tr.cfg = tr.cfg.model_copy(update={"min_group_std": float(stds.max()) + 1.0})
+    silent = rollout(tr)
+    assert silent["quiet_groups"] == 1.0 and not bool(silent["adv"].ne(0).any())
+    before = snapshot(tr.policy.model)
+    assert tr.update(silent, np.random.default_rng(0)) == {"optimizer_steps": 0, "skipped_no_signal": 1}
+    assert all(torch.equal(p, before[n]) for n, p in tr.policy.model.named_parameters())
+    out = tr.update(half, np.random.default_rng(0))
+    assert out["optimizer_steps"] > 0
+    assert any(not torch.equal(p, before[n]) for n, p in tr.policy.model.named_parameters())
+
+
 def test_background_noise_counts_the_untouched_pixels_not_the_moved_object():
     """The median pixel's change from frame 0: an object moving across 10 % of the frame adds nothing, noise of
     3 grey levels everywhere counts 3, a noisy frame counts in proportion to its share of the frames."""

@@ -135,6 +135,11 @@ class GRPOConfig(BaseModel):
     artifact_penalty: float = Field(0.0, ge=0)
     global_std: bool = True
     adv_clip: float = 5.0
+    # groups whose reward std is below this get zero advantage, and a step where every group is that quiet makes no
+    # update (DAPO's dynamic sampling, as a filter): otherwise normalisation turns reward differences of 1e-4 between
+    # rollouts that all pass into full-size advantages, and Adam into full-size steps in a random direction, which
+    # here showed up as drift (docs/self_evolution.md item 13). 0 keeps every group
+    min_group_std: float = Field(0.0, ge=0)
     # objective
     clip_range: float = 1e-4
     beta: float = 0.04
@@ -466,9 +471,9 @@ class GRPOTrainer:
         frames = {i: c[3] for i, c in enumerate(chains)}
         for step in range(max(c[2] for c in chains)):
             active = [i for i, c in enumerate(chains) if step < c[2]]
-            reqs = [self._request(chains[i][1].steps[step].text, frames[i], chains[i][3],
+            reqs = [self.request(chains[i][1].steps[step].text, frames[i], chains[i][3],
                                   derive_seed(chains[i][0], 0, step, 0)) for i in active]
-            for i, seg in zip(active, self._generate(reqs, mode="ode")):
+            for i, seg in zip(active, self.generate(reqs, mode="ode")):
                 frames[i] = seg.frames[-1]
         return [Prompt(sub_action=plan.steps[k], cond_frame=frames[i], anchor_frame=first,
                        state=self.critic.observe(frames[i]).to_dict(), task_seed=ts, index=k, scene_seed=scene)
@@ -478,7 +483,8 @@ class GRPOTrainer:
         cfg = getattr(getattr(self.policy, "gen", None), "config", None)
         return cfg.resolution if cfg is not None else 64
 
-    def _request(self, text: str, cond: np.ndarray, anchor: np.ndarray, seed: int) -> GenerationRequest:
+    def request(self, text: str, cond: np.ndarray, anchor: np.ndarray, seed: int) -> GenerationRequest:
+        """One generation request at the policy's clip length and the conditioning frame's size."""
         cfg = getattr(getattr(self.policy, "gen", None), "config", None)
         frames = cfg.num_frames + 1 if cfg is not None else 9
         return GenerationRequest(prompt=text, cond_frame=cond, anchor_frame=anchor, seed=seed, num_frames=frames,
@@ -490,7 +496,8 @@ class GRPOTrainer:
         return [requests[i:i + per_group] for i in range(0, len(requests), per_group)]
 
     @torch.no_grad()
-    def _generate(self, requests: list[GenerationRequest], mode: str = "ode") -> list[Segment]:
+    def generate(self, requests: list[GenerationRequest], mode: str = "ode") -> list[Segment]:
+        """Segments from the current policy, without log-probs (gold evaluation, chained prompts, reversal)."""
         segs: list[Segment] = []
         per = 1 if not self.policy.batches_groups else len(requests)
         for chunk in self._chunks(requests, per):
@@ -506,7 +513,7 @@ class GRPOTrainer:
         """G SDE rollouts per prompt: trajectories, log-probs, segments, rewards, advantages."""
         cfg, G = self.cfg, self.cfg.group_size
         seeds = rng.integers(2**62, size=len(prompts) * G)
-        requests = [self._request(p.sub_action.text, p.cond_frame, p.anchor_frame, int(seeds[i * G + g]))
+        requests = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, int(seeds[i * G + g]))
                     for i, p in enumerate(prompts) for g in range(G)]
         traj, logps, segments, batches = [], [], [], []
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
@@ -543,9 +550,12 @@ class GRPOTrainer:
             passed.append(float(verdict.passed))
             scores.append(verdict.scores)
         r = torch.tensor(rewards, dtype=torch.float32)
+        adv = group_advantages(r, G, cfg.global_std, cfg.adv_clip)
+        quiet = r.view(-1, G).std(dim=1) < cfg.min_group_std
+        adv = adv.view(-1, G).masked_fill(quiet[:, None], 0.0).view(-1)
         return {"requests": requests, "batches": batches, "traj": traj, "logp": logps, "sigmas": sigmas,
                 "mask": mask, "segments": segments, "rewards": r, "passed": torch.tensor(passed),
-                "adv": group_advantages(r, G, cfg.global_std, cfg.adv_clip), "scores": scores,
+                "adv": adv, "quiet_groups": float(quiet.float().mean()), "scores": scores,
                 "noise": float(np.mean(noise)), "artifact": float(np.mean(artifact))}
 
     @staticmethod
@@ -611,6 +621,9 @@ class GRPOTrainer:
 
     def update(self, ro: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
+        if cfg.min_group_std and cfg.beta_ode == 0:  # every group quiet on every rank: nothing to learn here
+            if _all_mean(float(ro["adv"].ne(0).any()), self.world) == 0:
+                return {"optimizer_steps": 0, "skipped_no_signal": 1}
         sde_steps = [i for i in range(len(ro["mask"])) if ro["mask"][i]]
         n_train = max(1, round(cfg.timestep_fraction * len(sde_steps)))
         chosen = sorted(rng.choice(sde_steps, size=n_train, replace=False).tolist())
@@ -698,7 +711,8 @@ class GRPOTrainer:
                   "reward_std": float(rewards.std()), "critic_pass": pass_r,
                   "group_reward_std": float(rewards.view(-1, cfg.group_size).std(dim=1).mean()),
                   **{f"score_{k}": float(np.mean([s[k] for s in ro["scores"]])) for k in SCORES},
-                  "background_noise": ro["noise"], "artifact_area": ro["artifact"], **upd,
+                  "background_noise": ro["noise"], "artifact_area": ro["artifact"],
+                  "quiet_groups": ro["quiet_groups"], **upd,
                   "seconds_prompts": t1 - t0, "seconds_rollout": t2 - t1, "seconds_update": t3 - t2,
                   "seconds_step": t3 - t0, "prompt_seeds": [p.task_seed for p in prompts][:4]}
         self._advance_stage(mean_r)
@@ -749,8 +763,8 @@ class GRPOTrainer:
 
         judge = getattr(self, "_judge", None) or RecognizerJudge()
         self._judge = judge
-        reqs = [self._request(p.sub_action.text, p.cond_frame, p.anchor_frame, seed + i) for i, p in enumerate(prompts)]
-        segs = self._generate(reqs, mode="ode")
+        reqs = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, seed + i) for i, p in enumerate(prompts)]
+        segs = self.generate(reqs, mode="ode")
         critic_ok, judge_ok = [], []
         for p, seg in zip(prompts, segs):
             v = self.critic.judge(seg, p.sub_action, self.context(p))
