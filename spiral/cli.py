@@ -386,6 +386,33 @@ def train_grpo_cmd(
         console.print(f"evolved weights: {res['weights']}")
 
 
+@train_app.command("reverse")
+@friendly
+def train_reverse_cmd(
+    config: Path = typer.Option(..., help="reversal config YAML (see configs/reverse-tiny.yaml; keys of ReverseConfig)"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set steps=200 (YAML value)"),
+) -> None:
+    """Hindsight by time reversal: fine-tune the tiny generator on its own trained moves played backwards, which the
+    critic accepts as the PlanAgent's held-out moves (the start for GRPO on moves it could not draw)."""
+    import torch
+    import yaml
+
+    from spiral.train.reverse import load_config, run_reverse
+
+    if threads:
+        torch.set_num_threads(threads)
+    extra = {}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=200")
+        extra[key.strip()] = yaml.safe_load(value)
+    res = run_reverse(load_config(config, **extra))
+    console.print(f"reversal: {res['accepted']} of {res['reversible']} reversed clips accepted; "
+                  f"{res['steps']} fine-tuning steps\nweights: {res['weights']}")
+
+
 @train_app.command("aligner")
 @friendly
 def train_aligner_cmd(
