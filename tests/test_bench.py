@@ -381,7 +381,8 @@ def test_ray_run_matches_local_run(tmp_path, local_closed_loop):
 def _fake_results(path: Path, tc: list[float]) -> None:
     cases = [{"case_id": f"c{i}", "mode": "closed_loop", "length_class": "long", "status": "ok",
               "metrics": {"task_completion": v, "step_success": v}, "cost": {"generator_calls": 8.0},
-              "step_success_by_index": [v] * 6} for i, v in enumerate(tc)]
+              "step_success_by_index": [v] * 6, "faithful_step_success_by_index": [v] * 3 + [0.0] * 3}
+             for i, v in enumerate(tc)]
     from spiral.bench.report import summarize
 
     path.mkdir(parents=True)
@@ -398,6 +399,8 @@ def test_report_and_compare(tmp_path):
     _fake_results(tmp_path / "b", [1, 1, 1, 1])
     md = write_report(tmp_path / "a").read_text()
     assert "| closed_loop | long | 4 | 0.50 [" in md and "## Step success by step index" in md
+    faithful = md.split("## Faithful step success by step index (long cases)")[1].split("\n## ")[0]
+    assert "| closed_loop | 0.50 [" in faithful and "0.00 [0.00, 0.00] (n=4)" in faithful
     assert (tmp_path / "a" / "success_by_length.png").stat().st_size > 1000
     assert (tmp_path / "a" / "cost_by_mode.png").is_file()
     rows = {r["metric"]: r for r in compare(tmp_path / "a", tmp_path / "b")}
@@ -506,5 +509,8 @@ def test_recognizer_judge_plumbing_with_random_weights(tmp_path):
     res = M.score_run(out, judge, feats, make_features(None, judge, "background"))
     assert res["metrics"]["unreadable_frames"] == 0 and 0.0 <= res["metrics"]["subject_consistency"] <= 1.0
     assert len(res["step_success_by_index"]) == res["executed_steps"]
+    # faithful only where the judge reads success
+    assert len(res["faithful_step_success_by_index"]) == res["executed_steps"]
+    assert all(f <= s for f, s in zip(res["faithful_step_success_by_index"], res["step_success_by_index"]))
     with pytest.raises(ValueError, match="must not be the critic"):
         make_judge(f"recognizer:{weights_path('critic')}")

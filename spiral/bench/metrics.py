@@ -223,13 +223,13 @@ def faithfulness(view: RunView, states: Sequence[State | None], ok: Sequence[flo
     """Artifact area per step and step success counted only where the frame is a faithful picture of what
     the judge read (see the module docstring)."""
     if not view.segments or not states or states[0] is None or view.scene is None:
-        return {"artifact_area": None, "faithful_step_success": None}
+        return {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": []}
     ref = DriftReference(view.anchor, states[0], view.scene)
     area = [ref.artifact_area(seg[-1], s) for seg, s in zip(view.segments, states[1:])]
     known = [a for a in area if a is not None]
     faithful = [float(bool(o) and a is not None and a <= FAITHFUL_AREA) for o, a in zip(ok, area)]
     return {"artifact_area": float(np.mean(known)) if known else None,
-            "faithful_step_success": float(np.mean(faithful)) if faithful else None}
+            "faithful_step_success": float(np.mean(faithful)) if faithful else None, "faithful_by_index": faithful}
 
 
 # ---- a run, read back from its directory -----------------------------------------------------
@@ -399,9 +399,11 @@ def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
     states = aq.pop("_states")
     tc = temporal_coherence(view, states, subject, background, interpolate)
     fa = faithfulness(view, states, aq["step_success_by_index"])
+    faithful_by_index = fa.pop("faithful_by_index")
     return {
         "metrics": {**{k: v for k, v in aq.items() if k != "step_success_by_index"}, **fa, **tc},
         "step_success_by_index": aq["step_success_by_index"],
+        "faithful_step_success_by_index": faithful_by_index,
         "cost": cost(view.record),
         "failures": failure_counts(view),
         "run_status": view.record.get("status"),

@@ -52,9 +52,9 @@ def summarize(cases: Sequence[dict[str, Any]], modes: Sequence[str]) -> dict[str
             group = ok if cls == "all" else [r for r in ok if r["length_class"] == cls]
             per[cls] = {m: bootstrap_ci([value(r, m) for r in group]).to_dict() for m in ACTION + TEMPORAL + COST}
         long_ok = [r for r in ok if r["length_class"] == "long"]
-        per["long_step_success_by_index"] = [
-            bootstrap_ci([r["step_success_by_index"][i] for r in long_ok if len(r["step_success_by_index"]) > i]
-                         ).to_dict() for i in range(MAX_STEPS)]
+        for key in ("step_success_by_index", "faithful_step_success_by_index"):  # a vanished block stays vanished
+            per[f"long_{key}"] = [bootstrap_ci([r[key][i] for r in long_ok if len(r.get(key) or []) > i]).to_dict()
+                                  for i in range(MAX_STEPS)]
         out[mode] = per
     return out
 
@@ -97,14 +97,16 @@ def summary_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "## Action quality", "", *_table(s, modes, ACTION), "",
         "## Temporal coherence", "", *_table(s, modes, TEMPORAL, 3), "",
         "## Cost", "", *_table(s, modes, COST), "",
-        "## Step success by step index (long cases)", "",
-        "| mode | " + " | ".join(str(i + 1) for i in range(MAX_STEPS)) + " |",
-        "|---|" + "---|" * MAX_STEPS,
     ]
-    for mode in modes:
-        row = [_iv(d) for d in s[mode].get("long_step_success_by_index", [])]
-        lines.append(f"| {mode} | " + " | ".join(f"{iv.fmt()} (n={iv.n})" if iv.n else "–" for iv in row) + " |")
-    lines += ["", *_verdict_lines(s, modes)]
+    for title, key in (("Step success", "long_step_success_by_index"),
+                       ("Faithful step success", "long_faithful_step_success_by_index")):
+        lines += [f"## {title} by step index (long cases)", "",
+                  "| mode | " + " | ".join(str(i + 1) for i in range(MAX_STEPS)) + " |", "|---|" + "---|" * MAX_STEPS]
+        for mode in modes:
+            row = [_iv(d) for d in s[mode].get(key, [])]
+            lines.append(f"| {mode} | " + " | ".join(f"{iv.fmt()} (n={iv.n})" if iv.n else "–" for iv in row) + " |")
+        lines.append("")
+    lines += _verdict_lines(s, modes)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     errs = results.get("errors", [])
