@@ -83,11 +83,18 @@ def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, 
     return mean, std
 
 
-def gaussian_logprob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """log N(x_next; mean, std²) in float32, averaged over every dimension but the batch one."""
+def gaussian_logprob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(x_next; mean, std²) in float32, averaged over every dimension but the batch one; with ``mask``
+    (broadcastable bool), over the masked elements only: the exact log-density of that part of the transition,
+    since a diagonal Gaussian factorises."""
     x_next, mean, std = x_next.float(), mean.float(), std.float()
     lp = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    return lp.mean(dim=tuple(range(1, lp.ndim)))
+    dims = tuple(range(1, lp.ndim))
+    if mask is None:
+        return lp.mean(dim=dims)
+    m = mask.expand_as(lp).float()
+    return (lp * m).sum(dim=dims) / m.sum(dim=dims).clamp(min=1)
 
 
 def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float,
@@ -197,10 +204,14 @@ class ExplorationNoise:
         logdet = torch.log(s2) + ((D - k) * math.log(w2) + k * math.log(big)) / D
         return quad, logdet
 
-    def logprob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """log N(x_next; mean, std²Σ), float32 (B,), averaged over dimensions like :func:`gaussian_logprob`."""
+    def logprob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log N(x_next; mean, std²Σ), float32 (B,), averaged over dimensions like :func:`gaussian_logprob`;
+        ``mask`` (plain noise only: coarse noise couples the pixels of a cell) keeps some elements."""
         if self.plain:
-            return gaussian_logprob(x_next, mean, std)
+            return gaussian_logprob(x_next, mean, std, mask)
+        if mask is not None:
+            raise ValueError("a masked log-probability needs plain white noise (coarse_noise 0, white_noise 1)")
         quad, logdet = self._quad_logdet(x_next.float() - mean.float(), std)
         return -0.5 * quad - 0.5 * logdet - _LOG_SQRT_2PI
 

@@ -154,3 +154,21 @@ def test_exploration_noise_samples_have_its_covariance_and_plain_is_flow_grpo():
         flow.ExplorationNoise(coarse=1.0, patch=3).sample((1, 2, 3, 4, 4))
     with pytest.raises(ValueError, match="white > 0"):
         flow.ExplorationNoise(white=0.0)
+
+
+def test_masked_logprob_is_the_mean_over_the_kept_elements_and_needs_plain_noise():
+    from spiral.flow import ExplorationNoise, gaussian_logprob
+
+    g = torch.Generator().manual_seed(0)
+    x, mean = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    std = torch.tensor(0.5)
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, :, :2], mask[1, :, 3] = True, True
+    per = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    want = torch.stack([per[0][:, :2].mean(), per[1][:, 3].mean()])
+    torch.testing.assert_close(gaussian_logprob(x, mean, std, mask), want)
+    moved = torch.where(mask.expand_as(x), x, x + 3.0)  # outside the mask: not seen
+    torch.testing.assert_close(gaussian_logprob(moved, mean, std, mask), want)
+    torch.testing.assert_close(ExplorationNoise().logprob(x, mean, std, mask), want)
+    with pytest.raises(ValueError, match="plain white noise"):
+        ExplorationNoise(white=0.5, coarse=1.0).logprob(x, mean, std, mask)

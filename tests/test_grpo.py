@@ -103,9 +103,13 @@ def _request(seed: int):
 # --------------------------------------------------------------------------------------------- on-policy
 
 
-@pytest.mark.parametrize("lora_rank,coarse", [(0, 0.0), (4, 0.0), (0, 1.0)])
-def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, critic, lora_rank, coarse):
-    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, coarse_noise=coarse, white_noise=0.5 if coarse else 1.0)
+@pytest.mark.parametrize("lora_rank,coarse,pg_region", [(0, 0.0, "frame"), (4, 0.0, "frame"), (0, 1.0, "frame"),
+                                                       (0, 0.0, "action")])
+def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, critic, lora_rank, coarse, pg_region):
+    tr = trainer(tmp_path / "run", critic, lora_rank=lora_rank, lr=1e-2, coarse_noise=coarse,
+                 white_noise=0.5 if coarse else 1.0, pg_region=pg_region)
+    if pg_region == "action":
+        tr.cfg = tr.cfg.model_copy(update={"anchor_tau": text_change_tau(tr)})
     ro = rollout(tr)
     n = ro["traj"][0].shape[0]
     assert n == 6 and ro["traj"][0].shape[1] == 5  # 2 prompts x G=3 in one chunk, 4 steps + x_T
@@ -121,6 +125,37 @@ def test_first_update_is_on_policy_ratio_exactly_one(tmp_path, critic, lora_rank
     # the replay is sensitive: after the update the same transitions no longer have ratio 1
     after = torch.cat([tr.loss_terms(ro, 0, slice(None), i)["ratio"] for i in range(4)])
     assert not torch.equal(after, torch.ones_like(after))
+
+
+def text_change_tau(tr: GRPOTrainer, i: int = 1) -> float:
+    """A tau that makes the action region part of the frame at SDE step ``i`` (a random model's text changes
+    every pixel a little)."""
+    ro = rollout(tr)
+    x_t, s = ro["traj"][0][:, i], ro["sigmas"][i]
+    with torch.no_grad():
+        v_c, v_u = tr.policy.gen.text_and_null_velocity(x_t, s.expand(x_t.shape[0]), ro["batches"][0].cond,
+                                                        tr.policy.model)
+    return float((s * (v_c - v_u)).abs().amax(dim=2).flatten().quantile(0.995))  # dilated by 2 px: ~a tenth
+
+
+def test_action_region_log_probs_ignore_the_background_and_need_white_noise(tmp_path, critic):
+    """pg_region action: the old and new log-probs cover the pixels the text changes, found at rollout time."""
+    tr = trainer(tmp_path / "run", critic, pg_region="action")
+    tr.cfg = tr.cfg.model_copy(update={"anchor_tau": text_change_tau(tr)})
+    ro = rollout(tr)
+    region = ro["regions"][0][1]
+    assert region.dtype == torch.bool and region.shape == (6, 4, 1, 64, 64)
+    assert 0.05 < float(region.float().mean()) < 0.95
+    assert set(ro["regions"][0]) == {0, 1, 2, 3}  # every SDE step
+    x_next = ro["traj"][0][:, 2]
+    moved = torch.where(region.expand_as(x_next), x_next, x_next + 5.0)  # change only the background
+    ro2 = {**ro, "traj": [torch.cat([ro["traj"][0][:, :2], moved[:, None], ro["traj"][0][:, 3:]], 1)]}
+    torch.testing.assert_close(tr.loss_terms(ro2, 0, slice(None), 1)["logp"], tr.loss_terms(ro, 0, slice(None), 1)["logp"])
+    frame = trainer(tmp_path / "frame", critic)
+    assert not torch.allclose(frame.loss_terms(ro2, 0, slice(None), 1)["logp"],
+                              frame.loss_terms(ro, 0, slice(None), 1)["logp"])
+    with pytest.raises(ValueError, match="pg_region"):
+        config(tmp_path / "bad", pg_region="action", coarse_noise=1.0)
 
 
 class CastPolicy(TinyPolicy):

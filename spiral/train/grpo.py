@@ -151,6 +151,11 @@ class GRPOConfig(BaseModel):
     # (item 10); "frame" anchors every pixel
     anchor_region: Literal["frame", "background"] = "frame"
     anchor_tau: float = Field(0.05, gt=0)
+    # tiny only, white noise only: "action" takes the policy-gradient log-probabilities over the action region
+    # alone (the pixels where the text changes the predicted frame by ≥ anchor_tau, found at rollout time), so the
+    # background noise that comes with a better rollout is not reinforced; the KL (beta) still covers every pixel
+    # (docs/self_evolution.md item 13). "frame": every pixel, Flow-GRPO's objective
+    pg_region: Literal["frame", "action"] = "frame"
     timestep_fraction: float = 1.0
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -217,6 +222,9 @@ class GRPOConfig(BaseModel):
         if self.cfg_tau is not None and (self.generator != "tiny" or self.cfg_tau <= 0):
             raise ValueError(f"cfg_tau (per-pixel guidance) must be > 0 and is a tiny-generator option; got "
                              f"{self.cfg_tau} with generator {self.generator}")
+        if self.pg_region == "action" and (self.generator != "tiny" or self.coarse_noise != 0 or self.white_noise != 1):
+            raise ValueError(f"pg_region: action needs the tiny generator and plain white SDE noise (coarse_noise 0, "
+                             f"white_noise 1); got {self.generator}, coarse {self.coarse_noise}, white {self.white_noise}")
         if self.anchor_region == "background" and (self.generator != "tiny" or self.beta_ode <= 0):
             raise ValueError(f"anchor_region: background needs beta_ode > 0 (the anchor it restricts) and the tiny "
                              f"generator; got beta_ode {self.beta_ode} with generator {self.generator}")
@@ -515,27 +523,30 @@ class GRPOTrainer:
         seeds = rng.integers(2**62, size=len(prompts) * G)
         requests = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, int(seeds[i * G + g]))
                     for i, p in enumerate(prompts) for g in range(G)]
-        traj, logps, segments, batches = [], [], [], []
+        traj, logps, segments, batches, regions = [], [], [], [], []
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         for chunk in self._chunks(requests, G):
             batch = self.policy.prepare(chunk)
             sigmas = self.policy.sigmas()
             x = self.policy.initial_noise(batch)
-            states, lps = [x], []
+            states, lps, region = [x], [], {}
             mask = flow.sde_mask(len(sigmas) - 1, "sde", cfg.sde_window)
             for i in range(len(sigmas) - 1):
                 s, sn = sigmas[i], sigmas[i + 1]
                 v = self.policy.velocity(x, s.expand(x.shape[0]), batch)
                 if mask[i]:
+                    if cfg.pg_region == "action":
+                        region[i] = self.policy.action_region(x, s.expand(x.shape[0]), batch, cfg.anchor_tau)
                     mean, std = flow.sde_mean_std(x, v, s, sn, cfg.noise_level)
                     x = mean + std * self.noise.sample(x.shape, gen).to(x.device, x.dtype)
-                    lp = self.noise.logprob(x, mean, std)
+                    lp = self.noise.logprob(x, mean, std, region.get(i))
                 else:
                     x, lp = flow.euler_step(x, v, s, sn), torch.zeros(x.shape[0], device=x.device)
                 states.append(x)
                 lps.append(lp)
             traj.append(torch.stack(states, 1))
             logps.append(torch.stack(lps, 1))
+            regions.append(region)
             segments += self.policy.decode(x, batch)
             batches.append(batch)
         rewards, passed, scores, noise, artifact = [], [], [], [], []
@@ -553,9 +564,11 @@ class GRPOTrainer:
         adv = group_advantages(r, G, cfg.global_std, cfg.adv_clip)
         quiet = r.view(-1, G).std(dim=1) < cfg.min_group_std
         adv = adv.view(-1, G).masked_fill(quiet[:, None], 0.0).view(-1)
-        return {"requests": requests, "batches": batches, "traj": traj, "logp": logps, "sigmas": sigmas,
+        return {"requests": requests, "batches": batches, "traj": traj, "logp": logps, "regions": regions,
+                "sigmas": sigmas,
                 "mask": mask, "segments": segments, "rewards": r, "passed": torch.tensor(passed),
                 "adv": adv, "quiet_groups": float(quiet.float().mean()), "scores": scores,
+                "region_frac": float(np.mean([float(m.float().mean()) for r in regions for m in r.values()] or [1.0])),
                 "noise": float(np.mean(noise)), "artifact": float(np.mean(artifact))}
 
     @staticmethod
@@ -586,7 +599,8 @@ class GRPOTrainer:
         batch = self.policy.subset(ro["batches"][chunk], sl)
         v = self.policy.velocity(x_t, s.expand(per), batch)
         mean, std = flow.sde_mean_std(x_t, v, s, sn, cfg.noise_level)
-        logp = self.noise.logprob(x_next, mean, std)
+        region = ro["regions"][chunk].get(i) if cfg.pg_region == "action" else None
+        logp = self.noise.logprob(x_next, mean, std, region[sl] if region is not None else None)
         policy_loss, ratio = clipped_objective(logp, ro["logp"][chunk][sl, i].to(logp.device), adv, cfg.clip_range)
         out = {"policy": policy_loss, "ratio": ratio.detach(), "logp": logp.detach()}
         if cfg.beta > 0:
@@ -621,7 +635,7 @@ class GRPOTrainer:
 
     def update(self, ro: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
         cfg = self.cfg
-        if cfg.min_group_std and cfg.beta_ode == 0:  # every group quiet on every rank: nothing to learn here
+        if cfg.min_group_std:  # every group quiet on every rank: nothing to learn here
             if _all_mean(float(ro["adv"].ne(0).any()), self.world) == 0:
                 return {"optimizer_steps": 0, "skipped_no_signal": 1}
         sde_steps = [i for i in range(len(ro["mask"])) if ro["mask"][i]]
@@ -712,7 +726,7 @@ class GRPOTrainer:
                   "group_reward_std": float(rewards.view(-1, cfg.group_size).std(dim=1).mean()),
                   **{f"score_{k}": float(np.mean([s[k] for s in ro["scores"]])) for k in SCORES},
                   "background_noise": ro["noise"], "artifact_area": ro["artifact"],
-                  "quiet_groups": ro["quiet_groups"], **upd,
+                  "quiet_groups": ro["quiet_groups"], "pg_region_frac": ro["region_frac"], **upd,
                   "seconds_prompts": t1 - t0, "seconds_rollout": t2 - t1, "seconds_update": t3 - t2,
                   "seconds_step": t3 - t0, "prompt_seeds": [p.task_seed for p in prompts][:4]}
         self._advance_stage(mean_r)
