@@ -564,12 +564,11 @@ class GRPOTrainer:
         adv = group_advantages(r, G, cfg.global_std, cfg.adv_clip)
         quiet = r.view(-1, G).std(dim=1) < cfg.min_group_std
         adv = adv.view(-1, G).masked_fill(quiet[:, None], 0.0).view(-1)
+        region_frac = [float(m.float().mean()) for reg in regions for m in reg.values()] or [1.0]
         return {"requests": requests, "batches": batches, "traj": traj, "logp": logps, "regions": regions,
-                "sigmas": sigmas,
-                "mask": mask, "segments": segments, "rewards": r, "passed": torch.tensor(passed),
-                "adv": adv, "quiet_groups": float(quiet.float().mean()), "scores": scores,
-                "region_frac": float(np.mean([float(m.float().mean()) for r in regions for m in r.values()] or [1.0])),
-                "noise": float(np.mean(noise)), "artifact": float(np.mean(artifact))}
+                "sigmas": sigmas, "mask": mask, "segments": segments, "rewards": r, "passed": torch.tensor(passed),
+                "adv": adv, "quiet_groups": float(quiet.float().mean()), "region_frac": float(np.mean(region_frac)),
+                "scores": scores, "noise": float(np.mean(noise)), "artifact": float(np.mean(artifact))}
 
     @staticmethod
     def context(p: Prompt) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class ReverseConfig(BaseModel):
 
 
 def load_config(path: str | Path, **overrides: Any) -> ReverseConfig:
+    """A reversal config from YAML, with overrides; unknown keys are errors that name the key."""
     import yaml
 
     data = yaml.safe_load(Path(path).read_text()) or {}
