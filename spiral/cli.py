@@ -341,6 +341,19 @@ def _train_recognizer(role: str, out: Path | None, steps: int | None, minutes: f
     console.print(f"weights: {cfg.out}\ncard:    {Path(cfg.out).with_suffix('.md')}")
 
 
+def _config_overrides(items: list[str], example: str) -> dict:
+    """``--set KEY=VALUE`` options of a training config as {key: YAML-parsed value}."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set {example}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 @train_app.command("grpo")
 @friendly
 def train_grpo_cmd(
@@ -364,14 +377,7 @@ def train_grpo_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    import yaml
-
-    extra = {}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set group_size=4")
-        extra[key.strip()] = yaml.safe_load(value)
+    extra = _config_overrides(set_, "group_size=4")
     options = {"out": str(resume or out) if (resume or out) else None, "steps": steps, "device": device}
     for key, value in options.items():
         if key in extra and value is not None:
@@ -396,19 +402,12 @@ def train_reverse_cmd(
     """Hindsight by time reversal: fine-tune the tiny generator on its own trained moves played backwards, which the
     critic accepts as the PlanAgent's held-out moves (the start for GRPO on moves it could not draw)."""
     import torch
-    import yaml
 
     from spiral.train.reverse import load_config, run_reverse
 
     if threads:
         torch.set_num_threads(threads)
-    extra = {}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=200")
-        extra[key.strip()] = yaml.safe_load(value)
-    res = run_reverse(load_config(config, **extra))
+    res = run_reverse(load_config(config, **_config_overrides(set_, "steps=200")))
     console.print(f"reversal: {res['accepted']} of {res['reversible']} reversed clips accepted; "
                   f"{res['steps']} fine-tuning steps\nweights: {res['weights']}")
 
