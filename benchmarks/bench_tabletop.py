@@ -1,7 +1,7 @@
 """ActVideoGen-Bench on the full ``tabletop-v1`` suite: closed loop vs plan-only vs single-shot, timed.
 
-Runs the three modes with a config (default ``configs/tabletop-oracle.yaml``, the oracle generator
-that ``docs/bench_tabletop_v1.md`` reports; ``--config configs/tabletop.yaml`` for the tiny model), scored by the
+Runs the three modes with a config (default ``configs/run/tabletop-oracle.yaml``, the oracle generator
+that ``docs/bench_tabletop_v1.md`` reports; ``--config configs/run/tabletop.yaml`` for the tiny model), scored by the
 independent judge recogniser, on local worker processes; resumable. Writes the benchmark folder
 (``results.json``, ``summary.md``, plots), a JSON of timings + headline numbers, and — for a full
 run — the summary into ``docs/bench_tabletop_v1.md``. Acceptance: ≤ 60 minutes on 2 CPU cores.
@@ -12,14 +12,13 @@ run — the summary into ``docs/bench_tabletop_v1.md``. Acceptance: ≤ 60 minut
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +31,7 @@ BUDGET_S = 3600
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "bench_tabletop.json", run_folder=True)
     ap.add_argument("--suite", default="tabletop-v1")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--limit", type=int, default=None, help="first N cases only (a check; docs are not written)")
@@ -40,13 +39,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ray", default=None, help="Ray address or 'local' instead of local processes")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "tabletop-v1")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--config", default=os.path.relpath(ROOT / "configs" / "tabletop-oracle.yaml"),
-                    help="YAML config (default: configs/tabletop-oracle.yaml)")
+    ap.add_argument("--config", default=os.path.relpath(ROOT / "configs" / "run" / "tabletop-oracle.yaml"),
+                    help="YAML config (default: configs/run/tabletop-oracle.yaml)")
     ap.add_argument("--judge", default="recognizer")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
     ap.add_argument("--docs", type=Path, default=None,
                     help="where to copy summary.md (default: docs/bench_tabletop_v1.md for a full run)")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_tabletop.json")
     args = ap.parse_args(argv)
 
     cfg = BenchConfig(suite=args.suite, out=str(args.out), modes=args.modes.split(","), config=args.config,
@@ -67,10 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
     out = {"benchmark": "bench_tabletop", "suite": args.suite, "limit": args.limit, "workers": args.workers,
            "wall_seconds": round(wall, 2), "within_budget": wall <= BUDGET_S, "budget_seconds": BUDGET_S,
-           "resumed": args.resume, "errors": len(results["errors"]), "modes": per_mode,
-           "machine": {"platform": platform.platform(), "cpu_count": __import__("os").cpu_count()}}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(args.json, out)
+           "resumed": args.resume, "errors": len(results["errors"]), "modes": per_mode}
+    write_result(args.json, out)
 
     docs = args.docs or (ROOT / "docs" / "bench_tabletop_v1.md" if args.limit is None else None)
     if docs is not None:

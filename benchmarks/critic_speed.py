@@ -9,15 +9,12 @@ load average it ran under and the fastest call (closest to an idle machine).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -47,12 +44,11 @@ def _segments(n: int, seed: int, frames: int) -> list[tuple[Segment, SubAction, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "critic_speed.json", threads="1,2",
+                threads_help="torch thread counts to measure (1 is fastest on a shared CPU)")
     ap.add_argument("--segments", type=int, default=70)
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", default="1,2", help="torch thread counts to measure (1 is fastest on a shared CPU)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/critic_speed.json"))
     args = ap.parse_args(argv)
     critic = TabletopCritic()
     segs = _segments(args.segments, 0, args.frames)
@@ -80,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         })
     result = {"benchmark": "critic_speed", "frames_per_segment": args.frames, "resolution": 64, "budget_ms": 50.0,
               "runs": runs, "note": "each segment brings a new anchor frame (one extra recogniser call); in a run the "
-                                    "anchor is fixed and cached",
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
+                                    "anchor is fixed and cached"}
     table = Table(title=f"critic judge time per {args.frames}-frame 64×64 segment (CPU, ms)")
     for c in ("torch threads", "segment kind", "n", "mean", "p95"):
         table.add_column(c)
@@ -94,8 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     for run in runs:
         print(f"{run['torch_threads']} thread(s): load average {run['load_average'][0]:.1f} → {run['load_average'][1]:.1f} "
               f"on {os.cpu_count()} cores; fastest call {run['min_ms']:.1f} ms")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return result
 
 

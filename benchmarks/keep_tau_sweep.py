@@ -15,26 +15,24 @@ Writes ``benchmarks/results/keep_tau_sweep.json`` and the run folders under ``ru
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
-from spiral import atomic
 from spiral.bench.runner import BenchConfig, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {"tiny": ROOT / "configs" / "tabletop.yaml", "tiny-evolved": ROOT / "configs" / "tabletop-evolved.yaml"}
+CONFIGS = {"tiny": ROOT / "configs" / "run" / "tabletop.yaml",
+           "tiny-evolved": ROOT / "configs" / "run" / "tabletop-evolved.yaml"}
 METRICS = ("step_success", "task_completion", "drift_mean", "temporal_flickering", "motion_smoothness",
            "subject_consistency", "background_consistency")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "keep_tau_sweep.json", run_folder=True)
     ap.add_argument("--suite", default="tabletop-dev")
     ap.add_argument("--generators", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--values", nargs="+", type=float, default=[0.03, 0.06, 0.1, 0.15],
@@ -43,7 +41,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "keep-tau")
     ap.add_argument("--resume", action="store_true", help="reuse the finished cases of runs already in --out")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "keep_tau_sweep.json")
     args = ap.parse_args(argv)
 
     rows, t0 = [], time.perf_counter()
@@ -72,9 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
         table.add_row(r["generator"], str(r["keep_tau"]), *(f"{r[m]:.4f}" for m in METRICS))
     Console().print(table)
     out = {"suite": args.suite, "tolerance": args.tolerance, "chosen": chosen, "rows": rows,
-           "seconds": round(time.perf_counter() - t0, 1), "workers": args.workers, "machine": platform.machine(),
+           "seconds": round(time.perf_counter() - t0, 1), "workers": args.workers,
            "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic.write_text(args.json, json.dumps(out, indent=1) + "\n")
+    write_result(args.json, out, indent=1)
     return out
 
 

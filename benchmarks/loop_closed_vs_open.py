@@ -11,14 +11,13 @@ share of wall time spent outside generator and critic calls.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -28,18 +27,17 @@ from spiral.rundir import load_frames
 from spiral.world.goals import parse_goal, sample_task
 
 # the loop is measured on the oracle generator with injected failures (known ground truth)
-ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 
 BENCH_SEED_BASE = 20_000_000  # disjoint from dataset/training seeds
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "loop_closed_vs_open.json")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--failure-rate", type=float, default=0.3)
     ap.add_argument("--min-steps", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/loop_closed_vs_open.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     judge = load_recognizer()
@@ -85,8 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(table)
     result = {"benchmark": "loop_closed_vs_open", "args": {k: str(v) for k, v in vars(args).items()},
               "summary": summary, "runs": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return result
 
 

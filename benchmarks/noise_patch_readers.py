@@ -15,22 +15,17 @@ Writes ``benchmarks/results/noise_patch_readers.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
-from spiral import atomic
 from spiral.bench.metrics import FAITHFUL_AREA, dilate
 from spiral.world.domain import BLOCKS, BOX, SLOTS, State
 from spiral.world.goals import sample_state
 from spiral.world.render import Appearance, artifact_area, render_state
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def patched_frame(state: State, block: str, look: Appearance, rng: np.random.Generator,
@@ -54,10 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     from spiral.bench.judge import make_judge
     from spiral.critics.recognizer import load_recognizer
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "noise_patch_readers.json")
     ap.add_argument("--scenes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "noise_patch_readers.json")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     readers = {"judge": make_judge("recognizer"), "critic": load_recognizer()}
@@ -92,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(table)
     out = {"scenes": args.scenes, "seed": args.seed, "faithful_area": FAITHFUL_AREA, "counts": counts,
            "seconds": round(time.perf_counter() - t0, 1), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic.write_text(args.json, json.dumps(out, indent=1) + "\n")
+    write_result(args.json, out, indent=1)
     return out
 
 

@@ -11,14 +11,10 @@ machines are shared; the worst case is judged on both.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from benchlib import parser, write_result
 
 from spiral.planners import symbolic
 from spiral.planners.symbolic import SymbolicPlanner
@@ -34,12 +30,11 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "planner_latency.json")
     ap.add_argument("--n", type=int, default=500, help="number of sampled tasks (seeds 0..n-1)")
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="time each task this many times; keep the fastest")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/planner_latency.json"))
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -90,15 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
         "per_length": rows,
         "worst_task": worst[1],
         "sampling_s": sample_s,
-        "python": sys.version.split()[0],
-        "machine": platform.platform(),
     }
     _print(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(args.json, result)}")
     return result
 
 

@@ -8,14 +8,10 @@ this is the budget every CPU-side pipeline starts from.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -36,11 +32,10 @@ def _clips(n: int, seed: int) -> list[tuple]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "render_throughput.json")
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--sizes", default="32,64,128")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/render_throughput.json"))
     args = ap.parse_args(argv)
     clips = _clips(args.clips, 0)
     rows = []
@@ -52,16 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
             dt = time.perf_counter() - t
             rows.append({"size": size, "failure": failure or "success",
                          "frames_per_s": round(args.clips * args.frames / dt, 1)})
-    result = {"benchmark": "render_throughput", "clips": args.clips, "frames_per_clip": args.frames, "rows": rows,
-              "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform()}}
+    result = {"benchmark": "render_throughput", "clips": args.clips, "frames_per_clip": args.frames, "rows": rows}
     table = Table(title=f"rendering throughput ({args.clips} clips × {args.frames} frames, wall clock)")
     for c in ("size", "clip kind", "frames/s"):
         table.add_column(c)
     for r in rows:
         table.add_row(str(r["size"]), r["failure"], f"{r['frames_per_s']:.0f}")
     Console().print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return result
 
 

@@ -19,16 +19,14 @@ import os
 # Before torch loads: spinning OpenMP waits make 2 threads 10× slower than 1 on a busy machine (see the docstring).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import json
-import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -94,14 +92,12 @@ def _measure(model: TinyVideoDiT, encoder, steps: int, repeats: int, train_batch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "tiny_generator.json", threads="1,2")
     ap.add_argument("--weights", default=None, help="trained weights (default: the shipped ones if present)")
     ap.add_argument("--steps", type=int, default=10, help="sampling steps (the backend's default is 10)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--train-batch", type=int, default=32)
-    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to measure")
     ap.add_argument("--text", default="hash", help="text encoder for the timing: hash (no load time) or minilm")
-    ap.add_argument("--out", default="benchmarks/results/tiny_generator.json")
     args = ap.parse_args(argv)
 
     weights = args.weights or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None)
@@ -122,8 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
         "train_batch": args.train_batch,
         "by_threads": runs,
         "peak_rss_mb": _peak_rss_mb(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__},
     }
     t = Table(title=f"tiny generator ({model.num_params() / 1e6:.2f} M params, {args.steps} steps); "
                     f"wall median / best / CPU s")
@@ -145,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['train_samples_per_s']['per_cpu_second']:.1f}" for r in runs.values()))
     t.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", *[""] * (len(runs) - 1))
     Console().print(t)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return result
 
 

@@ -48,10 +48,8 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see benchmarks/tiny_generator.py)
 
-import argparse
 import json
 import math
-import platform
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -427,7 +426,7 @@ def print_tables(res: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "tiny_generator_quality.json", threads=1)
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="TinyVideoDiT safetensors (default: shipped)")
     ap.add_argument("--n", type=int, default=200, help="held-out (scene, sub-action) pairs")
     ap.add_argument("--long", type=int, default=50, help="long tasks (6-8 steps), plan-only")
@@ -435,8 +434,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=10, help="sampling steps (the backend default)")
     ap.add_argument("--cfg-scale", type=float, default=None, help="default: the weights' sampler metadata, else 1")
     ap.add_argument("--batch", type=int, default=16, help="segments per generate_batch call")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/tiny_generator_quality.json")
     ap.add_argument("--docs-grid", default="docs/tiny_samples.png")
     ap.add_argument("--docs-chain", default="docs/tiny_long_chain.png")
     args = ap.parse_args(argv)
@@ -489,14 +486,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "generate_s_per_segment": round(runner.seconds["generate"] / segs, 4),
                    "judge_s_per_segment": round(runner.seconds["judge"] / segs, 4),
                    "load_average": round(os.getloadavg()[0], 2)},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__},
         "figures": {"grid": args.docs_grid, "chain": args.docs_chain},
     }
     print_tables(res)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(args.json, res)
     return res
 
 

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Self-evolution sweep on one GPU in about 8 minutes. Several GRPO runs of the tiny generator run side by side
-# (the BASE config with one override set each, one per line of the SWEEP file). Each keeps every checkpoint's
-# EMA and is then scored move by move (benchmarks/grpo_moves.py; with MAX_DRIFT only checkpoints whose estimated
-# drift is at most that can be picked). The best checkpoints of the KEEP best runs come back as tiny weights with
-# their sampler, beside sweep.json (every row) and sweep_logs.tgz (logs, configs, per-run tables).
+# (the BASE config with one override set each, one per line of the SWEEP file: "name key=value ..."). Each keeps
+# every checkpoint's EMA and is then scored move by move (benchmarks/grpo_moves.py; with MAX_DRIFT only checkpoints
+# whose estimated drift is at most that can be picked). The best checkpoints of the KEEP best runs come back as tiny
+# weights with their sampler, beside sweep.json (every row) and sweep_logs.tgz (logs, configs, per-run tables).
 # With WAN=1 the full-size Wan 2.1 I2V GRPO step (benchmarks/diffusers_overhead.py --full-wan21 --grpo-step)
 # runs beside them. Same environment as scripts/gpu_session.sh (wheels in .whl/, MiniLM table in .device/).
-#   MINUTES=5.5 bash scripts/gpu_grpo_sweep.sh                        # configs/sweeps/grpo-tiny-evolved.txt
-#   SWEEP=configs/sweeps/grpo-tiny-drift.txt MAX_DRIFT=0.005 WAN=0 bash scripts/gpu_grpo_sweep.sh
+#   SWEEP=my-sweep.txt MINUTES=5.5 bash scripts/gpu_grpo_sweep.sh          # BASE: configs/train/grpo-tiny-reverse-anchor.yaml
+# The sweeps that picked the withdrawn first tiny-evolved are in git history (git show 15e7b3b:configs/sweeps/).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 MINUTES=${MINUTES:-5.5} DEVICE=${DEVICE:-cuda} ROOT=${ROOT:-runs/sweep} WAN=${WAN:-1} KEEP=${KEEP:-3}
 THREADS=${THREADS:-2} PER_MOVE=${PER_MOVE:-16} TRAINED=${TRAINED:-48} EXTRA=${EXTRA:-}  # ONLY="late-1e5 ...": a subset
-SWEEP=${SWEEP:-configs/sweeps/grpo-tiny-evolved.txt} BASE=${BASE:-configs/grpo-tiny-evolved.yaml}
+SWEEP=${SWEEP:?set SWEEP to a sweep file: one run per line, "name key=value ..."} BASE=${BASE:-configs/train/grpo-tiny-reverse-anchor.yaml}
 SCORE_S=${SCORE_S:-120} MAX_DRIFT=${MAX_DRIFT:-}
 . "$(dirname "$0")/gpu_env.sh"
 SETS=(--set keep_ema=true)

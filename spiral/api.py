@@ -24,11 +24,11 @@ def last_run_dir() -> Path:
     return _LAST_RUN[-1]
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tabletop.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "run" / "tabletop.yaml"
 
 
 def resolve_config(config: str | Path | Config | None, overrides: list[str] | None = None) -> Config:
-    """A Config from an object, a YAML path, or the embedded default (``configs/tabletop.yaml``)."""
+    """A Config from an object, a YAML path, or the embedded default (``configs/run/tabletop.yaml``)."""
     if isinstance(config, Config):
         return config_with_overrides(config, overrides or [])
     if config is None and DEFAULT_CONFIG.is_file():

@@ -201,7 +201,7 @@ def run(
     goal: str | None = typer.Argument(None, help="natural-language goal (omit with --resume)"),
     scene: int | None = typer.Option(None, help="tabletop scene seed for the first frame"),
     image: Path | None = typer.Option(None, help="first frame image (RGB PNG/JPEG)"),
-    config: Path | None = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
+    config: Path | None = typer.Option(None, help="YAML config (default: configs/run/tabletop.yaml)"),
     out: Path | None = typer.Option(None, help="run directory (default: runs/<time>-<goal>)"),
     seed: int | None = typer.Option(None, help="run seed"),
     mode: str | None = typer.Option(None, help="closed_loop | plan_only | single_shot"),
@@ -268,30 +268,53 @@ train_app = typer.Typer(no_args_is_help=True, help="Train the embedded models.")
 app.add_typer(train_app, name="train")
 
 
+def _sets(items: list[str], example: str) -> list[str]:
+    """``--set KEY=VALUE`` options of a training config, checked for their form (spiral.config parses them)."""
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set {example}")
+    return items
+
+
+def _given_once(sets: list[str], options: dict[str, object], flags: dict[str, str] | None = None) -> dict:
+    """The options given on the command line (not None); a key set both by an option and by --set is refused."""
+    keys = {item.partition("=")[0].strip() for item in sets}
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key in keys:
+            flag = (flags or {}).get(key, f"--{key.replace('_', '-')}")
+            raise typer.BadParameter(f"--set {key}=… and {flag} both set {key}; give it once")
+    return given
+
+
 @train_app.command("generator")
 @friendly
 def train_generator_cmd(
-    data: str = typer.Option(..., help="dataset folder from `spiral data build` (success clips are used), or "
-                             "world:EPISODES[:SEED] to render that many episodes in memory on all cores"),
-    out: Path = typer.Option(..., help="run folder: checkpoint/, samples/, log.jsonl, tiny.safetensors, tiny.md"),
-    steps: int = typer.Option(20000, help="total optimizer steps (the cosine schedule spans them)"),
-    batch: int = typer.Option(32, help="clips per step"),
+    config: Path | None = typer.Option(None, help="trainer config YAML (keys of spiral.train.generator.TrainConfig; "
+                                       "the shipped weights' recipe: configs/train/generator-tiny.yaml)"),
+    data: str | None = typer.Option(None, help="dataset folder from `spiral data build` (success clips are used), or "
+                                    "world:EPISODES[:SEED] to render that many episodes in memory on all cores"),
+    out: Path | None = typer.Option(None, help="run folder: checkpoint/, samples/, log.jsonl, tiny.safetensors, tiny.md"),
+    steps: int | None = typer.Option(None, help="total optimizer steps (the cosine schedule spans them)"),
+    batch: int | None = typer.Option(None, help="clips per step"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     minutes: float | None = typer.Option(None, help="wall-time budget of the whole run; the LR cosine ends with it"),
-    seed: int = typer.Option(0, help="seed of the model init and of every data/noise draw"),
-    lr: float = typer.Option(3e-4, help="peak AdamW learning rate"),
-    ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
-    sample_every: int = typer.Option(500, help="val loss + sample strip PNG every N steps"),
-    dim: int = typer.Option(192, help="transformer width (heads = dim // 64)"),
-    depth: int = typer.Option(6, help="transformer blocks"),
-    tubelet: int = typer.Option(4, help="new frames per token (4: two time slices of 64 patches; 8: one)"),
+    seed: int | None = typer.Option(None, help="seed of the model init and of every data/noise draw"),
+    lr: float | None = typer.Option(None, help="peak AdamW learning rate"),
+    ckpt_every: int | None = typer.Option(None, help="checkpoint every N steps"),
+    sample_every: int | None = typer.Option(None, help="val loss + sample strip PNG every N steps"),
+    dim: int | None = typer.Option(None, help="transformer width (heads = dim // 64)"),
+    depth: int | None = typer.Option(None, help="transformer blocks"),
+    tubelet: int | None = typer.Option(None, help="new frames per token (4: two time slices of 64 patches; 8: one)"),
     threads: int = typer.Option(2, help="torch CPU threads (0: torch's default); on a busy machine 1 is faster"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+    device: str | None = typer.Option(None, help="cpu or cuda"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the training forward (~2 min to compile)"),
     text_table: Path | None = typer.Option(None, help="precomputed text embeddings (spiral.models.text.write_text_table) "
                                            "for a machine without the text encoder's weights"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set model.depth=4 (YAML value)"),
 ) -> None:
-    """Train the tiny flow-matching video generator; exports EMA weights as OUT/tiny.safetensors + model card."""
+    """Train the tiny flow-matching video generator; exports EMA weights as OUT/tiny.safetensors + model card.
+    Defaults: spiral.train.generator.TrainConfig (each field says what it does)."""
     import os
 
     # OpenMP threads that spin while they wait steal the CPU on a shared machine (10× slower at load 3 on 2 cores);
@@ -299,14 +322,23 @@ def train_generator_cmd(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from spiral.models.tiny_video import TinyVideoConfig
+    from spiral.config import load_yaml_model
     from spiral.train.generator import TrainConfig, train_generator
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = TrainConfig(data=str(data), out=str(out), steps=steps, batch=batch, lr=lr, ckpt_every=ckpt_every,
-                      sample_every=sample_every, minutes=minutes, seed=seed, device=device, compile=compile_,
-                      model=TinyVideoConfig(dim=dim, depth=depth, heads=max(1, dim // 64), tubelet=tubelet))
+    sets = _sets(set_, "batch=64")
+    if config is None and (data is None or out is None):
+        raise ValueError("train generator needs --data (a dataset folder or world:EPISODES[:SEED]) and --out, or "
+                         "--config FILE (e.g. configs/train/generator-tiny.yaml) that names them")
+    given = _given_once(sets, {"data": data, "out": str(out) if out else None, "steps": steps, "batch": batch,
+                               "lr": lr, "ckpt_every": ckpt_every, "sample_every": sample_every, "minutes": minutes,
+                               "seed": seed, "device": device, "compile": compile_ or None})
+    model = {k: v for k, v in (("dim", dim), ("depth", depth), ("tubelet", tubelet)) if v is not None}
+    if dim is not None:
+        model["heads"] = max(1, dim // 64)
+    sets += [f"model.{k}={v}" for k, v in model.items()]  # after the file's and --set's own model keys
+    cfg = load_yaml_model(TrainConfig, config, sets, what="generator config", **given)
     encoder = None
     if text_table is not None:
         from spiral.models.text import TableEncoder
@@ -319,11 +351,12 @@ def train_generator_cmd(
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) and k.endswith("loss") else
                   f"{v:.0f}" if isinstance(v, float) else str(v))
     console.print(t)
-    console.print(f"ship it: cp {res['weights']} spiral/models/weights/ && cp {out / 'tiny.md'} spiral/models/weights/")
+    console.print(f"ship it: cp {res['weights']} spiral/models/weights/ && cp {Path(cfg.out) / 'tiny.md'} "
+                  f"spiral/models/weights/")
 
 
 # ---- the critic's recogniser, the benchmark judge, and critic evaluation (spiral/train, spiral/bench/critic_eval.py)
-def _train_recognizer(role: str, out: Path | None, steps: int | None, minutes: float, seed: int | None,
+def _train_recognizer(role: str, out: Path | None, steps: int | None, minutes: float | None, seed: int | None,
                       arch: str | None, resume: bool, checkpoints: Path | None) -> None:
     from spiral.train.recognizer import TrainConfig, judge_config, train
 
@@ -341,23 +374,10 @@ def _train_recognizer(role: str, out: Path | None, steps: int | None, minutes: f
     console.print(f"weights: {cfg.out}\ncard:    {Path(cfg.out).with_suffix('.md')}")
 
 
-def _config_overrides(items: list[str], example: str) -> dict:
-    """``--set KEY=VALUE`` options of a training config as {key: YAML-parsed value}."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: write KEY=VALUE, e.g. --set {example}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 @train_app.command("grpo")
 @friendly
 def train_grpo_cmd(
-    config: Path = typer.Option(..., help="GRPO config YAML (see configs/grpo-tiny.yaml; keys of GRPOConfig)"),
+    config: Path = typer.Option(..., help="GRPO config YAML (see configs/train/grpo-tiny.yaml; keys of GRPOConfig)"),
     resume: Path | None = typer.Option(None, help="continue the run in this folder (its config must match)"),
     out: Path | None = typer.Option(None, help="run folder (overrides the config's out)"),
     steps: int | None = typer.Option(None, help="total GRPO steps (overrides the config)"),
@@ -365,7 +385,8 @@ def train_grpo_cmd(
     device: str | None = typer.Option(None, help="cpu or cuda (overrides the config)"),
     export: Path | None = typer.Option(None, help="where the evolved weights go (default OUT/evolved.safetensors)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
-    set_: list[str] = typer.Option([], "--set", help="override a config key: --set prompts_per_step=16 (YAML value)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set prompts_per_step=16 or "
+                                   "--set reward_weights.action=2 (YAML value)"),
 ) -> None:
     """Self-evolution: Flow-GRPO on PlanAgent sub-actions with CriticAgent rewards (torchrun for several ranks)."""
     import os
@@ -377,13 +398,10 @@ def train_grpo_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    extra = _config_overrides(set_, "group_size=4")
-    options = {"out": str(resume or out) if (resume or out) else None, "steps": steps, "device": device}
-    for key, value in options.items():
-        if key in extra and value is not None:
-            raise typer.BadParameter(f"--set {key}=… and --{key if key != 'out' else 'out/--resume'} both set "
-                                     f"{key}; give it once")
-    cfg = load_config(config, **{**extra, **{k: v for k, v in options.items() if v is not None}})
+    sets = _sets(set_, "group_size=4")
+    given = _given_once(sets, {"out": str(resume or out) if (resume or out) else None, "steps": steps,
+                               "device": device}, {"out": "--out/--resume"})
+    cfg = load_config(config, sets, **given)
     res = train_grpo(cfg, resume=resume is not None, minutes=minutes, export=str(export) if export else None)
     last = res.get("last") or {}
     console.print(f"GRPO: {res['steps']} steps; last reward {last.get('reward_mean', float('nan')):.4f}, "
@@ -395,7 +413,8 @@ def train_grpo_cmd(
 @train_app.command("reverse")
 @friendly
 def train_reverse_cmd(
-    config: Path = typer.Option(..., help="reversal config YAML (see configs/reverse-tiny.yaml; keys of ReverseConfig)"),
+    config: Path = typer.Option(..., help="reversal config YAML (see configs/train/reverse-tiny.yaml; keys of "
+                                "ReverseConfig)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set steps=200 (YAML value)"),
 ) -> None:
@@ -407,7 +426,7 @@ def train_reverse_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    res = run_reverse(load_config(config, **_config_overrides(set_, "steps=200")))
+    res = run_reverse(load_config(config, _sets(set_, "steps=200")))
     console.print(f"reversal: {res['accepted']} of {res['reversible']} reversed clips accepted; "
                   f"{res['steps']} fine-tuning steps\nweights: {res['weights']}")
 
@@ -416,15 +435,21 @@ def train_reverse_cmd(
 @friendly
 def train_aligner_cmd(
     out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/text_aligner.safetensors)"),
-    steps: int = typer.Option(1000, help="full-batch optimiser steps (~7 min on a shared 2-core CPU)"),
-    seed: int = typer.Option(0, help="seed of the validation split, variants and init"),
+    steps: int | None = typer.Option(None, help="full-batch optimiser steps (default 1000: ~7 min on a shared 2-core "
+                                     "CPU)"),
+    seed: int | None = typer.Option(None, help="seed of the validation split, variants and init (default 0)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key of AlignerConfig: --set hidden=256"),
 ) -> None:
     """Train the text aligner that maps re-worded sub-actions onto their canonical MiniLM vector; then
     regenerate the shipped text table with `python -m spiral.models.text`."""
+    from spiral.config import load_yaml_model
     from spiral.models.aligner import ALIGNER_WEIGHTS
-    from spiral.train.aligner import train_aligner
+    from spiral.train.aligner import AlignerConfig, train_aligner
 
-    rep = train_aligner(out or ALIGNER_WEIGHTS, steps=steps, seed=seed)
+    sets = _sets(set_, "hidden=256")
+    cfg = load_yaml_model(AlignerConfig, None, sets, what="aligner config",
+                          **_given_once(sets, {"steps": steps, "seed": seed}))
+    rep = train_aligner(out or ALIGNER_WEIGHTS, cfg)
     for k, v in rep["eval_nn_accuracy"].items():
         typer.echo(f"unseen paraphrases, {k} (n={v['n']}): nearest-canonical accuracy "
                    f"{v['mean_pooling']:.3f} (mean pooling) -> {v['aligned']:.3f} (aligned)")
@@ -436,7 +461,8 @@ def train_aligner_cmd(
 def train_recognizer(
     out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/recognizer.safetensors)"),
     steps: int | None = typer.Option(None, help="optimiser steps (default 2000: ~13 min on a shared 2-core CPU)"),
-    minutes: float = typer.Option(20.0, help="wall-time budget for the optimisation; stops early and checkpoints"),
+    minutes: float | None = typer.Option(None, help="wall-time budget for the optimisation (default 20); stops "
+                                         "early and checkpoints"),
     seed: int | None = typer.Option(None, help="seed of data, init and augmentation (default 0)"),
     arch: str | None = typer.Option(None, help="network: cnn (default) or cnn-wide"),
     resume: bool = typer.Option(False, help="continue from checkpoints/recognizer/ckpt.pt"),
@@ -451,7 +477,7 @@ def train_recognizer(
 def train_judge(
     out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/judge.safetensors)"),
     steps: int | None = typer.Option(None, help="optimiser steps"),
-    minutes: float = typer.Option(20.0, help="wall-time budget for the optimisation"),
+    minutes: float | None = typer.Option(None, help="wall-time budget for the optimisation (default 20)"),
     seed: int | None = typer.Option(None, help="seed (default 1, unlike the critic's 0)"),
     arch: str | None = typer.Option(None, help="network (default cnn-wide, unlike the critic's cnn)"),
     resume: bool = typer.Option(False, help="continue from checkpoints/judge/ckpt.pt"),

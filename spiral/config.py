@@ -1,18 +1,21 @@
-"""Run configuration: YAML files validated by pydantic; ``--set a.b=c`` overrides.
+"""Configuration: YAML files validated by pydantic; ``--set a.b=c`` overrides.
 
-A typo'd key is an error that names the key and the closest valid one, never a silent default.
+One parser for every config: the run config (:class:`Config`, :func:`load_config`) and each trainer's config
+(:func:`load_yaml_model`: ``GRPOConfig``, ``ReverseConfig``, the generator's ``TrainConfig``). A typo'd key is an
+error that names the key (and, for run configs, the closest valid one), never a silent default.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Mode = Literal["closed_loop", "plan_only", "single_shot"]
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -54,7 +57,7 @@ class OutputConfig(_Strict):
 
 
 class Config(_Strict):
-    """Everything a run needs; ``configs/tabletop.yaml`` is the embedded default."""
+    """Everything a run needs; ``configs/run/tabletop.yaml`` is the embedded default."""
 
     planner: BackendConfig = BackendConfig(name="symbolic")
     generator: BackendConfig = BackendConfig(name="world")
@@ -154,3 +157,35 @@ def config_with_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def read_yaml(path: str | Path, what: str = "config", _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) file. ``extends: FILE`` (relative to it) starts from another file's mapping,
+    whose keys the file's own keys replace: a second stage of training names only what changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found" + (f" (extended by {_seen[-1]})" if _seen else ""))
+    if path.resolve() in _seen:
+        raise ValueError(f"{what} {path} extends itself through {' -> '.join(map(str, _seen))}; remove the cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return {**read_yaml(path.parent / parent, what, (*_seen, path.resolve())), **data}
+
+
+def load_yaml_model(cls: type[M], path: str | Path | None, overrides: list[str] | None = None, what: str = "config",
+                    **fields: Any) -> M:
+    """``cls`` validated from a YAML file (:func:`read_yaml`; None: the class defaults), then ``a.b=c`` overrides
+    (:func:`apply_override`), then keyword ``fields`` (None leaves a key alone). Bad keys and values raise pydantic's
+    ValidationError, which names each."""
+    data = read_yaml(path, what) if path is not None else {}
+    for o in overrides or []:
+        apply_override(data, o)
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return cls.model_validate(data)

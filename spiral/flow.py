@@ -9,10 +9,10 @@ velocity ``v = ε − x_0``, and sampling integrates σ from 1 (noise) down to 0
   method can score its own samples.
 * :func:`step_logprob` — the same density for a recorded transition under *new* velocities
   (the numerator of the PPO ratio).
-* :func:`sample` — the loop, ODE or SDE (optionally SDE only inside a window of steps).
-* :class:`ExplorationNoise` — the SDE's noise made of white noise plus *coarse* noise that is constant
-  over time and over p×p pixel cells, with its exact density and KL: exploration at the scale of
-  objects for a model that denoises white noise away (docs/self_evolution.md).
+* :func:`gaussian_kl` — the KL between two such transitions that differ in their mean (GRPO's KL to the
+  reference).
+* :func:`sample` — the loop, ODE or SDE (optionally SDE only inside a window of steps), with the exploration
+  noise and a per-step hook in the caller's hands: the one sampler of the generators and of GRPO's rollouts.
 
 Every function is batched over the first dimension; σ may be a float or a tensor of shape (B,).
 Randomness only comes from an explicit ``torch.Generator``.
@@ -83,18 +83,24 @@ def sde_mean_std(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, 
     return mean, std
 
 
-def gaussian_logprob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
-    """log N(x_next; mean, std²) in float32, averaged over every dimension but the batch one; with ``mask``
-    (broadcastable bool), over the masked elements only: the exact log-density of that part of the transition,
-    since a diagonal Gaussian factorises."""
+def gaussian_logprob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x_next; mean, std²) in float32, averaged over every dimension but the batch one."""
     x_next, mean, std = x_next.float(), mean.float(), std.float()
     lp = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    dims = tuple(range(1, lp.ndim))
+    return lp.mean(dim=tuple(range(1, lp.ndim)))
+
+
+def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(N(mean, std²) ‖ N(mean_ref, std²)) = ‖mean − mean_ref‖² / 2std², float32 of shape (B,), averaged over
+    every dimension but the batch one; with ``mask`` (broadcastable bool), over the masked elements only (a
+    diagonal Gaussian factorises, so this is the KL of that part of the transition)."""
+    d = (mean.float() - mean_ref.float()) ** 2 / (2 * std.float() ** 2)
+    dims = tuple(range(1, d.ndim))
     if mask is None:
-        return lp.mean(dim=dims)
-    m = mask.expand_as(lp).float()
-    return (lp * m).sum(dim=dims) / m.sum(dim=dims).clamp(min=1)
+        return d.mean(dim=dims)
+    m = mask.float().expand_as(d)
+    return (d * m).sum(dims) / m.sum(dims).clamp(min=1)
 
 
 def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float,
@@ -135,104 +141,26 @@ def sde_mask(steps: int, mode: Literal["ode", "sde"], sde_window: tuple[int, int
     return mask
 
 
-class ExplorationNoise:
-    """SDE noise ``white·ε + coarse·up(z)``: white noise plus noise constant over time and p×p cells.
-
-    Flow-GRPO explores with white noise; a model whose outcome is a near-point function of its
-    conditioning denoises it away or keeps it as grain, so its G rollouts never differ in *what*
-    happens. Coarse noise (one Gaussian per channel and cell, shared by all frames) can tint a whole
-    object-sized region. The transition stays Gaussian with covariance
-    ``std²·(white²·I + coarse²·n·P)`` (P: projection onto cell-constant tensors, n: elements per cell),
-    so :meth:`logprob` and :meth:`kl` are exact; ``coarse = 0, white = 1`` is the plain SDE.
-    Every dimension but the batch one and ``channel_dim`` is time or space; the last two are pooled
-    in ``patch``×``patch`` cells, the others whole.
-    """
-
-    def __init__(self, white: float = 1.0, coarse: float = 0.0, patch: int = 8, channel_dim: int = 2):
-        if white <= 0 or coarse < 0 or patch < 1:
-            raise ValueError(f"exploration noise needs white > 0, coarse ≥ 0, patch ≥ 1; got white={white}, "
-                             f"coarse={coarse}, patch={patch}")
-        self.white, self.coarse, self.patch, self.channel_dim = white, coarse, patch, channel_dim
-
-    @property
-    def plain(self) -> bool:
-        return self.coarse == 0 and self.white == 1
-
-    def _cells(self, shape: torch.Size) -> tuple[list[int], int]:
-        """Dims averaged whole, and elements per cell; checks that the patch tiles the last two dims."""
-        h, w = shape[-2], shape[-1]
-        if h % self.patch or w % self.patch:
-            raise ValueError(f"coarse noise patch {self.patch} must divide the spatial size {h}×{w}; "
-                             f"pick a divisor (the tiny generator: 8 at 64×64)")
-        whole = [d for d in range(1, len(shape) - 2) if d != self.channel_dim]
-        return whole, math.prod(shape[d] for d in whole) * self.patch**2
-
-    def _pool(self, r: torch.Tensor) -> torch.Tensor:
-        """Cell means of ``r``, kept with size-1 (whole) or H/p × W/p (spatial) dims."""
-        whole, _ = self._cells(r.shape)
-        m = r.mean(dim=whole, keepdim=True) if whole else r
-        *lead, h, w = m.shape
-        p = self.patch
-        return m.reshape(*lead, h // p, p, w // p, p).mean(dim=(-3, -1))
-
-    def sample(self, shape: torch.Size, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw of the noise (unit std, float32, CPU) for states of ``shape``."""
-        eps = torch.randn(shape, generator=generator)
-        if self.plain:
-            return eps
-        whole, _ = self._cells(shape)
-        cell_shape = [1 if d in whole else n for d, n in enumerate(shape)]
-        cell_shape[-2] //= self.patch
-        cell_shape[-1] //= self.patch
-        z = torch.randn(cell_shape, generator=generator)
-        z = z.repeat_interleave(self.patch, -2).repeat_interleave(self.patch, -1).expand(shape)
-        return self.white * eps + self.coarse * z
-
-    def _quad_logdet(self, r: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-dim mean of rᵀΣ⁻¹r and of log det Σ (Σ for unit std is white²I + coarse²·n·P)."""
-        r, std = r.float(), std.float()
-        dims = tuple(range(1, r.ndim))
-        D = math.prod(r.shape[1:])
-        s2 = (std.reshape(r.shape[0], -1)[:, 0]) ** 2  # std is per sample
-        total = (r**2).sum(dims)
-        cell = self._pool(r)
-        k = math.prod(cell.shape[1:])
-        n = D // k  # elements per cell
-        on_cells = n * (cell**2).sum(dim=tuple(range(1, cell.ndim)))  # |P r|²
-        w2, big = self.white**2, self.white**2 + self.coarse**2 * n
-        quad = ((total - on_cells) / w2 + on_cells / big) / s2 / D
-        logdet = torch.log(s2) + ((D - k) * math.log(w2) + k * math.log(big)) / D
-        return quad, logdet
-
-    def logprob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """log N(x_next; mean, std²Σ), float32 (B,), averaged over dimensions like :func:`gaussian_logprob`;
-        ``mask`` (plain noise only: coarse noise couples the pixels of a cell) keeps some elements."""
-        if self.plain:
-            return gaussian_logprob(x_next, mean, std, mask)
-        if mask is not None:
-            raise ValueError("a masked log-probability needs plain white noise (coarse_noise 0, white_noise 1)")
-        quad, logdet = self._quad_logdet(x_next.float() - mean.float(), std)
-        return -0.5 * quad - 0.5 * logdet - _LOG_SQRT_2PI
-
-    def kl(self, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """KL of two transitions with this covariance and different means, per sample, averaged over dims."""
-        if self.plain:
-            d = (mean.float() - mean_ref.float()) ** 2 / (2 * std.float() ** 2)
-            return d.mean(dim=tuple(range(1, d.ndim)))
-        quad, _ = self._quad_logdet(mean.float() - mean_ref.float(), std)
-        return 0.5 * quad
+NoiseFn = Callable[[torch.Size], torch.Tensor]
+StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @torch.no_grad()
 def sample(denoiser_fn: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, mode: Literal["ode", "sde"] = "ode",
            noise_level: float = 0.7, sde_window: tuple[int, int] | None = None,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+           generator: torch.Generator | None = None, noise: NoiseFn | None = None, on_step: StepHook | None = None
+           ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
     """Integrate from ``x_T`` (σ = sigmas[0]) to σ = sigmas[-1] with ``denoiser_fn(x, σ_batch) -> v``.
 
     Returns ``(x_0, trajectory, log_probs)``: the trajectory holds every state (``len(sigmas)``
     tensors, x_T first); log_probs is ``None`` for ODE, else float32 (B, steps) with the SDE
     steps' log-probabilities and 0 at the deterministic steps (see :func:`sde_mask`).
+
+    ``noise(shape)`` draws the exploration noise of one SDE step (unit Gaussian; it is moved to the state's device
+    and dtype), e.g. from a CPU generator so that rollouts do not depend on the device; by default each step
+    draws ``torch.randn`` from ``generator`` on the state's device. ``on_step(i, x, v, x_next)`` is called after
+    every step with the state before it, the velocity and the state after it: what a caller records per step
+    beyond the trajectory (like diffusers' ``callback_on_step_end``, but it observes; the chain is the sampler's).
     """
     steps = len(sigmas) - 1
     stochastic = sde_mask(steps, mode, sde_window)
@@ -241,11 +169,15 @@ def sample(denoiser_fn: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, mode:
     log_probs = torch.zeros(x.shape[0], steps, dtype=torch.float32, device=x.device) if mode == "sde" else None
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        v = denoiser_fn(x, sigma.to(x.dtype).expand(x.shape[0]))
+        v = denoiser_fn(x, sigma.expand(x.shape[0]))
         if stochastic[i]:
-            x, lp = sde_step(x, v, sigma, sigma_next, noise_level, generator=generator)
+            eps = noise(x.shape).to(x.device, x.dtype) if noise is not None else None
+            x_next, lp = sde_step(x, v, sigma, sigma_next, noise_level, generator=generator, noise=eps)
             log_probs[:, i] = lp
         else:
-            x = euler_step(x, v, sigma, sigma_next)
+            x_next = euler_step(x, v, sigma, sigma_next)
+        if on_step is not None:
+            on_step(i, x, v, x_next)
+        x = x_next
         trajectory.append(x)
     return x, trajectory, log_probs

@@ -25,7 +25,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def bench_script() -> Callable[[str], ModuleType]:
-    """Import a script of benchmarks/ by file name (the folder is not a package), once per session."""
+    """Import a script of benchmarks/ by file name (the folder is not a package), once per session; the folder
+    goes on sys.path as when a script runs, for the helper they share (benchmarks/benchlib.py)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+
     def load(name: str) -> ModuleType:
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")

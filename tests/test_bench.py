@@ -1,9 +1,9 @@
 """ActVideoGen-Bench: metric formulas on hand-made inputs, suites, runner (resume, processes, Ray), report, planner eval.
 
-Runner tests (resume, processes, Ray, CLI) run the oracle config ``configs/tabletop-oracle.yaml`` (world
+Runner tests (resume, processes, Ray, CLI) run the oracle config ``configs/run/tabletop-oracle.yaml`` (world
 generator reading states with the critic recogniser, tabletop critic) scored by the shipped judge recogniser,
 on few cases with the report and per-segment videos off; the smoke suite also runs on the embedded default
-(``configs/tabletop.yaml``, the tiny video model). The metric test on runs with known outcomes uses
+(``configs/run/tabletop.yaml``, the tiny video model). The metric test on runs with known outcomes uses
 the ``truth`` judge (the states the world generator reported) because it checks exact values.
 """
 
@@ -28,7 +28,7 @@ from spiral.world.domain import State
 
 LIGHT = ["output.report=false", "output.segment_videos=false"]  # keep test runs light
 # the embedded default runs the tiny video model; the runner and metric tests need the oracle world generator
-ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 
 
 def _video(*values: float, h: int = 4, w: int = 4) -> np.ndarray:
@@ -472,7 +472,7 @@ def test_planner_eval_scores_planners_and_egoplan_files(tmp_path):
 @pytest.mark.parametrize("config", [None, ORACLE], ids=["default-tiny", "oracle"])
 def test_smoke_suite_end_to_end(tmp_path, config):
     """6 cases, closed loop, scored by the independent judge recogniser: the embedded default config
-    (``configs/tabletop.yaml``: the tiny video model) and the oracle config (the world generator with injected
+    (``configs/run/tabletop.yaml``: the tiny video model) and the oracle config (the world generator with injected
     failures, reading states with the critic recogniser).
 
     Uses the embedded critic (``spiral/critics/tabletop.py``) and the shipped judge weights

@@ -82,11 +82,11 @@ def test_third_party_backend_through_entry_point(tmp_path, monkeypatch):
 
 
 def test_embedded_default_is_the_tiny_generator_and_the_oracle_config_differs_only_there():
-    """configs/tabletop.yaml (the default of `spiral run`/`demo`/`bench`) runs the tiny video model;
-    configs/tabletop-oracle.yaml is the same config with the world renderer as the generator."""
+    """configs/run/tabletop.yaml (the default of `spiral run`/`demo`/`bench`) runs the tiny video model;
+    configs/run/tabletop-oracle.yaml is the same config with the world renderer as the generator."""
     from spiral.api import DEFAULT_CONFIG, resolve_config
 
-    oracle = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+    oracle = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
     assert DEFAULT_CONFIG == oracle.with_name("tabletop.yaml")
     default = resolve_config(None)
     assert default.generator.name == "tiny" and default == resolve_config(DEFAULT_CONFIG)

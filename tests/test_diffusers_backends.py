@@ -226,7 +226,7 @@ def test_example_gpu_configs(config):
 
     from spiral.config import load_config
 
-    cfg = load_config(Path(__file__).parent.parent / "configs" / f"{config}.yaml")
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "run" / f"{config}.yaml")
     cls = registry.resolve("generator", cfg.generator.name)
     assert set(cfg.generator.options) <= set(inspect.signature(cls.__init__).parameters)
     step, multiple = {"wan21-i2v": (4, 16), "wan22-ti2v": (4, 32), "cogvideox-i2v": (8, 16), "ltx-i2v": (8, 32)}[

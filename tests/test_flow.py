@@ -103,72 +103,49 @@ def test_sample_ode_sde_window_and_determinism_by_seed():
         flow.sample(_toy_denoiser, x_T, sigmas, mode="euler")  # type: ignore[arg-type]
 
 
-def _dense_cov(shape: tuple[int, ...], white: float, coarse: float, patch: int, channel_dim: int) -> torch.Tensor:
-    """The covariance of ExplorationNoise written out (``shape`` without the batch dim): white²·I plus
-    coarse² between every two elements of one (channel, p×p cell), whatever their frame."""
-    ch = [1] * len(shape)
-    ch[channel_dim - 1] = shape[channel_dim - 1]
-    c = torch.arange(shape[channel_dim - 1]).view(ch)
-    h = (torch.arange(shape[-2]) // patch).view(-1, 1)
-    w = (torch.arange(shape[-1]) // patch).view(1, -1)
-    cell = (c * 10_000 + h * 100 + w).expand(shape).reshape(-1)
-    same = (cell[:, None] == cell[None, :]).double()
-    return white**2 * torch.eye(cell.numel(), dtype=torch.float64) + coarse**2 * same
+def test_sample_draws_its_noise_from_the_caller_and_shows_every_step_to_the_hook():
+    """``noise`` replaces the sampler's own draws (GRPO draws on a CPU generator whatever the device);
+    ``on_step`` sees each step's state, velocity and next state, exactly as the trajectory records them."""
+    x_T, _ = _state(7)
+    sigmas = flow.sigma_schedule(4)
+    g = torch.Generator().manual_seed(3)
+    drawn: list[torch.Tensor] = []
+
+    def noise(shape: torch.Size) -> torch.Tensor:
+        drawn.append(torch.randn(shape, generator=g, dtype=torch.float64))
+        return drawn[-1]
+
+    seen: list[tuple] = []
+    x0, traj, lps = flow.sample(_toy_denoiser, x_T, sigmas, mode="sde", noise_level=0.7, sde_window=(1, 3),
+                                noise=noise, on_step=lambda i, x, v, nxt: seen.append((i, x, v, nxt)))
+    assert len(drawn) == 2 and all(d.shape == x_T.shape for d in drawn)  # one draw per SDE step, none elsewhere
+    for k, i in enumerate((1, 2)):  # the SDE steps moved by exactly those draws (cast to the state's dtype)
+        v = _toy_denoiser(traj[i], sigmas[i].expand(3))
+        want, lp = flow.sde_step(traj[i], v, sigmas[i], sigmas[i + 1], 0.7, noise=drawn[k].float())
+        assert torch.equal(traj[i + 1], want) and torch.equal(lps[:, i], lp)
+    assert [i for i, *_ in seen] == [0, 1, 2, 3]
+    for i, x, v, nxt in seen:
+        assert x is traj[i] and nxt is traj[i + 1] and torch.equal(v, _toy_denoiser(traj[i], sigmas[i].expand(3)))
+    assert nxt is x0
+    # without a noise function the sampler draws from its generator, as before
+    own = flow.sample(_toy_denoiser, x_T, sigmas, mode="sde", noise_level=0.7, sde_window=(1, 3),
+                      generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(own[0], x0) and torch.equal(own[1][1], traj[1])
 
 
-@pytest.mark.parametrize("channel_dim", [1, 2])
-def test_exploration_noise_density_and_kl_match_the_dense_gaussian(channel_dim):
-    shape = (3, 2, 4, 4) if channel_dim == 2 else (2, 3, 4, 4)  # (F, C, H, W) or (C, F, H, W)
-    noise = flow.ExplorationNoise(white=0.4, coarse=0.9, patch=2, channel_dim=channel_dim)
+def test_transition_kl_is_the_gaussian_kl_and_a_mask_keeps_only_its_elements():
     g = torch.Generator().manual_seed(0)
-    mean, mean_ref = torch.randn(3, *shape, generator=g), torch.randn(3, *shape, generator=g)
-    std = torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1, 1)
-    x_next = mean + std * noise.sample((3, *shape), g)
-    cov = _dense_cov(shape, 0.4, 0.9, 2, channel_dim)
-    D = cov.shape[0]
-    for b in range(3):
-        mvn = torch.distributions.MultivariateNormal(mean[b].flatten().double(), cov * float(std[b]) ** 2)
-        ref = torch.distributions.MultivariateNormal(mean_ref[b].flatten().double(), cov * float(std[b]) ** 2)
-        torch.testing.assert_close(noise.logprob(x_next, mean, std)[b].double(),
-                                   mvn.log_prob(x_next[b].flatten().double()) / D, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(noise.kl(mean, mean_ref, std)[b].double(),
-                                   torch.distributions.kl_divergence(mvn, ref) / D, rtol=1e-5, atol=1e-5)
-
-
-def test_exploration_noise_samples_have_its_covariance_and_plain_is_flow_grpo():
-    shape = (1, 3, 1, 4, 4)  # one sample of (F, C, H, W)
-    noise = flow.ExplorationNoise(white=0.5, coarse=1.0, patch=2, channel_dim=2)
-    g = torch.Generator().manual_seed(1)
-    draws = torch.stack([noise.sample(shape, g).flatten() for _ in range(20000)]).double()
-    emp = draws.T @ draws / len(draws)
-    torch.testing.assert_close(emp, _dense_cov(shape[1:], 0.5, 1.0, 2, 2), atol=0.06, rtol=0.0)
-    # the same frames and cell share one coarse draw: neighbours in a cell correlate, across cells they do not
-    assert emp[0, 1] > 0.9 and abs(float(emp[0, 2])) < 0.06
-    # white 1, coarse 0 is exactly the plain Flow-GRPO transition
-    plain = flow.ExplorationNoise()
-    x, v = torch.randn(2, 3, 1, 4, 4, generator=g), torch.randn(2, 3, 1, 4, 4, generator=g)
-    mean, std = flow.sde_mean_std(x, v, 0.6, 0.4, 0.7)
-    x_next = mean + std * plain.sample(x.shape, g)
-    assert torch.equal(plain.logprob(x_next, mean, std), flow.gaussian_logprob(x_next, mean, std))
-    with pytest.raises(ValueError, match="patch 3 must divide"):
-        flow.ExplorationNoise(coarse=1.0, patch=3).sample((1, 2, 3, 4, 4))
-    with pytest.raises(ValueError, match="white > 0"):
-        flow.ExplorationNoise(white=0.0)
-
-
-def test_masked_logprob_is_the_mean_over_the_kept_elements_and_needs_plain_noise():
-    from spiral.flow import ExplorationNoise, gaussian_logprob
-
-    g = torch.Generator().manual_seed(0)
-    x, mean = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
-    std = torch.tensor(0.5)
+    mean, mean_ref = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    std = torch.tensor([0.5, 2.0]).view(2, 1, 1, 1)
+    per = torch.distributions.kl_divergence(torch.distributions.Normal(mean.double(), std.double()),
+                                            torch.distributions.Normal(mean_ref.double(), std.double()))
+    kl = flow.gaussian_kl(mean, mean_ref, std)
+    assert kl.dtype == torch.float32 and kl.shape == (2,)
+    torch.testing.assert_close(kl.double(), per.mean(dim=(1, 2, 3)))
+    assert torch.equal(flow.gaussian_kl(mean, mean, std), torch.zeros(2))
     mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     mask[0, :, :2], mask[1, :, 3] = True, True
-    per = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     want = torch.stack([per[0][:, :2].mean(), per[1][:, 3].mean()])
-    torch.testing.assert_close(gaussian_logprob(x, mean, std, mask), want)
-    moved = torch.where(mask.expand_as(x), x, x + 3.0)  # outside the mask: not seen
-    torch.testing.assert_close(gaussian_logprob(moved, mean, std, mask), want)
-    torch.testing.assert_close(ExplorationNoise().logprob(x, mean, std, mask), want)
-    with pytest.raises(ValueError, match="plain white noise"):
-        ExplorationNoise(white=0.5, coarse=1.0).logprob(x, mean, std, mask)
+    torch.testing.assert_close(flow.gaussian_kl(mean, mean_ref, std, mask).double(), want)
+    moved = torch.where(mask.expand_as(mean), mean, mean + 3.0)  # outside the mask: not seen
+    torch.testing.assert_close(flow.gaussian_kl(moved, mean_ref, std, mask), flow.gaussian_kl(mean, mean_ref, std, mask))

@@ -31,7 +31,7 @@ FAKE_KEY = "sk-spiral-test-5f0c2e9a7b1d4c3e"
 KEY_ENV = "SPIRAL_TEST_LLM_KEY"
 GOAL = "put the red block in the box"
 # the end-to-end runs use the oracle world generator (the embedded default runs the tiny video model)
-ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 
 
 def _scene(seed: int = 0) -> tuple[np.ndarray, dict]:

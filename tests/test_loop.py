@@ -1,5 +1,5 @@
-"""The closed loop end to end on the oracle world generator (configs/tabletop-oracle.yaml): decisions, modes,
-resume after SIGKILL; and `spiral demo` on the embedded default (configs/tabletop.yaml, the tiny video model)."""
+"""The closed loop end to end on the oracle world generator (configs/run/tabletop-oracle.yaml): decisions, modes,
+resume after SIGKILL; and `spiral demo` on the embedded default (configs/run/tabletop.yaml, the tiny video model)."""
 
 import json
 import os
@@ -20,7 +20,7 @@ from spiral.world.goals import parse_goal, sample_task
 
 GOAL = "put the red block in the box and close it, then turn on the lamp"
 # the embedded default runs the tiny video model; these tests need the oracle world generator (injected failures)
-ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 
 
 def _final_state_reached(out: Path, goal: str) -> bool:
@@ -149,7 +149,7 @@ def _lines(out: Path) -> int:
 
 
 def test_demo_runs_the_embedded_default_tiny_generator(tmp_path):
-    """`spiral demo` (no config: configs/tabletop.yaml, the tiny video model) reaches its goal; the demo's goal is GOAL."""
+    """`spiral demo` (no config: configs/run/tabletop.yaml, the tiny video model) reaches its goal; the demo's goal is GOAL."""
     import yaml
     from typer.testing import CliRunner
 

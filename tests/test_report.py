@@ -21,7 +21,7 @@ from spiral.video import write_video
 
 EVIL = "<script>alert('x')</script> & try again"
 GOAL = 'put the red block in the box & close it <b>now</b>'
-ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"  # the world generator
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"  # the world generator
 CONFIG = "loop:\n  mode: closed_loop\nvideo:\n  fps: 8.0\n  height: 64\n  width: 64\n"
 
 

@@ -119,11 +119,11 @@ def test_shipped_reverse_config_loads_and_bad_values_are_named(tmp_path):
 
     from spiral.train.reverse import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/reverse-tiny.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/train/reverse-tiny.yaml")
     assert cfg.moves == "heldout" and cfg.replay.startswith("world:") and cfg.steps > 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("prompt: 10\n")
     with pytest.raises(ValidationError, match="prompt"):
         load_config(bad)
     with pytest.raises(ValidationError, match="reverse_share"):
-        load_config(Path(__file__).resolve().parents[1] / "configs/reverse-tiny.yaml", reverse_share=0)
+        load_config(Path(__file__).resolve().parents[1] / "configs/train/reverse-tiny.yaml", reverse_share=0)

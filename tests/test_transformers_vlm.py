@@ -262,7 +262,7 @@ def test_example_config_builds_with_a_local_checkpoint(qwen):
     from spiral.api import build_agents
     from spiral.config import load_config
 
-    path = Path(__file__).resolve().parent.parent / "configs" / "tabletop-qwen25vl-local.yaml"
+    path = Path(__file__).resolve().parent.parent / "configs" / "run" / "tabletop-qwen25vl-local.yaml"
     cfg = load_config(path, [f"planner.options.model={qwen}", f"critic.options.model={qwen}",
                              "planner.options.device=cpu", "critic.options.device=cpu"])
     agents = build_agents(cfg)

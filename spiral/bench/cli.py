@@ -28,7 +28,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
     def bench(
         ctx: typer.Context,
         suite: str | None = typer.Option(None, help="suite name (tabletop-v1, tabletop-smoke, tabletop-dev) or a suite .json"),
-        config: Path | None = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
+        config: Path | None = typer.Option(None, help="YAML config (default: configs/run/tabletop.yaml)"),
         mode: str = typer.Option("closed_loop", help="closed_loop | plan_only | single_shot"),
         modes: str | None = typer.Option(None, help="several modes, comma-separated (overrides --mode)"),
         limit: int | None = typer.Option(None, help="only the first N cases"),

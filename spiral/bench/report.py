@@ -86,7 +86,7 @@ def summary_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     lines = [
         f"# ActVideoGen-Bench: {b.get('suite_name') or b['suite']} v{b.get('suite_version') or '?'}",
         "",
-        f"- config: `{b.get('config') or 'configs/tabletop.yaml (embedded default)'}`"
+        f"- config: `{b.get('config') or 'configs/run/tabletop.yaml (embedded default)'}`"
         + (f" with `{' '.join(b['overrides'])}`" if b.get("overrides") else ""),
         f"- judge: `{judge}`; features: subject `{feats.get('subject', '?')}`, background "
         f"`{feats.get('background', '?')}`; bench seed {b.get('seed')}",

@@ -11,7 +11,10 @@ The whole training set is decoded into RAM once (a few thousand 9×64×64 clips 
 hundred MB) so a step is pure compute. Every random choice comes from one ``torch.Generator``
 whose state is checkpointed with the model, EMA and optimizer, so ``--resume`` continues to the
 identical next-step loss. Weights are safetensors; the optimizer/RNG state is a dict of tensors
-and numbers read back with ``torch.load(weights_only=True)``.
+and numbers read back with ``torch.load(weights_only=True)`` (``spiral.train.common``).
+
+Configured like every trainer: :class:`TrainConfig` from YAML (``configs/train/generator-tiny.yaml``) and
+``--set key=value`` overrides, or from the command's options.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from spiral.models.text import TextEncoder, get_text_encoder
 from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT, load_weights, save_weights
+from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, set_rng_state
 from spiral.train.world_clips import WORLD_PREFIX, WorldClips, parse_world_spec, render_world_clips
 from spiral.world.splits import all_train_texts, is_heldout, paraphrases
 
@@ -38,43 +42,49 @@ CKPT_DIR = "checkpoint"
 EXPORT_NAME = "tiny.safetensors"
 
 
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run; saved as ``train_config.json`` in the output folder."""
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run; saved as ``train_config.json`` in the output folder. Defaults are
+    ours, sized for the 64×64 tabletop world (the shipped weights' recipe: ``configs/train/generator-tiny.yaml``)
+    unless a field names another source."""
 
-    data: str
-    out: str
-    steps: int = 20000
-    batch: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup: int = 300
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    text_drop: float = 0.1
-    canonical_prob: float = 0.5  # the rest of the time a training paraphrase is used
-    ckpt_every: int = 500
-    sample_every: int = 500
-    log_every: int = 10
-    sample_steps: int = 10
-    val_clips: int = 64
-    minutes: float | None = None  # total wall-time budget of the run (resumes included)
-    seed: int = 0
-    device: str = "cpu"
-    compile: bool = False  # torch.compile the training forward (~1.4× CPU throughput after ~2 min of compiling)
-    model: TinyVideoConfig = field(default_factory=TinyVideoConfig)
+    model_config = ConfigDict(extra="forbid")
+    data: str = Field(description="dataset folder from `spiral data build` (its success clips), or "
+                                  "world:EPISODES[:SEED] to render that many episodes in memory on all cores")
+    out: str = Field(description="run folder: checkpoint/, samples/, log.jsonl, tiny.safetensors, tiny.md")
+    steps: int = Field(20000, description="total optimizer steps (the cosine schedule spans them)")
+    batch: int = Field(32, description="clips per step")
+    lr: float = Field(3e-4, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.01, description="AdamW weight decay of the matrices (not of norms, biases, "
+                                                  "position and null-text embeddings)")
+    warmup: int = Field(300, description="linear warm-up steps (at most a tenth of the run)")
+    min_lr_ratio: float = Field(0.1, description="the cosine ends at this fraction of lr")
+    grad_clip: float = Field(1.0, description="gradient norm clip (0: none)")
+    ema: float = Field(0.999, description="EMA decay, ramped up as min(ema, (1 + k)/(10 + k)) over the first updates")
+    text_drop: float = Field(0.1, description="share of clips trained with the null text (for classifier-free "
+                                              "guidance)")
+    canonical_prob: float = Field(0.5, description="share of clips worded canonically; the rest draw a training "
+                                                   "paraphrase (spiral.world.splits)")
+    ckpt_every: int = Field(500, description="checkpoint every N steps")
+    sample_every: int = Field(500, description="val loss and a sample strip PNG every N steps")
+    log_every: int = Field(10, description="samples/s in log.jsonl every N steps")
+    sample_steps: int = Field(10, description="Euler steps of the sample strips")
+    val_clips: int = Field(64, description="fixed validation clips (held-out combinations when the data has them)")
+    minutes: float | None = Field(None, description="total wall-time budget of the run (resumes included); the "
+                                                    "cosine then follows whichever ends first")
+    seed: int = Field(0, description="seed of the model init and of every data/noise draw")
+    device: str = Field("cpu", description="cpu or cuda")
+    compile: bool = Field(False, description="torch.compile the training forward (~1.4× CPU throughput after ~2 min "
+                                             "of compiling)")
+    model: TinyVideoConfig = Field(default_factory=TinyVideoConfig, description="the network (TinyVideoConfig)")
 
     def to_json(self) -> str:
-        d = asdict(self)
-        return json.dumps(d, indent=2, sort_keys=True)
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
+        """A saved ``train_config.json`` (keys this version does not know are dropped)."""
         d = json.loads(text)
-        d["model"] = TinyVideoConfig(**d["model"])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls.model_validate({k: v for k, v in d.items() if k in cls.model_fields})
 
 
 class ClipBank:
@@ -189,12 +199,6 @@ def _lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-@torch.no_grad()
-def _ema_update(ema: TinyVideoDiT, model: TinyVideoDiT, step: int, decay: float) -> None:
-    d = min(decay, (1 + step) / (10 + step))
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
-
-
 class Trainer:
     """One training run: data, model, EMA, optimizer, RNG; ``run()`` trains until steps or minutes run out."""
 
@@ -243,6 +247,8 @@ class Trainer:
         self.ema = TinyVideoDiT(mc).to(self.device)
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False).eval()
+        self._ema = EMA(dict(self.model.named_parameters()), cfg.ema, warmup=True,
+                        shadow=dict(self.ema.named_parameters()))
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or n.startswith("pos_") or n == "null_text" else decay).append(p)
@@ -321,7 +327,7 @@ class Trainer:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        _ema_update(self.ema, self.model, self.step, self.cfg.ema)
+        self._ema.update(dict(self.model.named_parameters()), self.step)
         self.step += 1
         self.samples += self.cfg.batch
         return loss.item()
@@ -337,24 +343,23 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Model + EMA (safetensors) and optimizer/RNG/counters (tensors and numbers only)."""
-        from spiral.atomic import atomic_path
-
         ck = self.out / CKPT_DIR
         ck.mkdir(parents=True, exist_ok=True)
         meta = {"step": str(self.step)}
         save_weights(self.model, ck / "model.safetensors", meta)
         save_weights(self.ema, ck / "ema.safetensors", meta)
         state = {"step": self.step, "samples": self.samples, "elapsed": self.total_seconds(),
-                 "optimizer": self.opt.state_dict(), "rng": self.gen.get_state()}
-        if self.noise_gen is not self.gen:
-            state["noise_rng"] = self.noise_gen.get_state()
-        with atomic_path(ck / "state.pt") as tmp:
-            torch.save(state, tmp)
+                 "optimizer": self.opt.state_dict(), **rng_state(self._generators())}
+        save_state(ck / "state.pt", state)
         return ck
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        """The generators a checkpoint keeps: the data stream, and the noise stream when it is a device's own."""
+        return {"rng": self.gen, **({"noise_rng": self.noise_gen} if self.noise_gen is not self.gen else {})}
 
     def _load_checkpoint(self) -> None:
         ck = self.out / CKPT_DIR
-        state = torch.load(ck / "state.pt", weights_only=True, map_location="cpu")
+        state = load_state(ck / "state.pt")
         model, meta_m = load_weights(ck / "model.safetensors", map_location=str(self.device))
         ema, meta_e = load_weights(ck / "ema.safetensors", map_location=str(self.device))
         if not meta_m.get("step") == meta_e.get("step") == str(state["step"]):
@@ -363,9 +368,7 @@ class Trainer:
         self.model.load_state_dict(model.state_dict())
         self.ema.load_state_dict(ema.state_dict())
         self.opt.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["rng"])
-        if "noise_rng" in state and self.noise_gen is not self.gen:
-            self.noise_gen.set_state(state["noise_rng"])
+        set_rng_state(state, self._generators())
         self.step, self.samples, self.elapsed = int(state["step"]), int(state["samples"]), float(state["elapsed"])
 
     def export(self, wall_seconds: float) -> Path:
@@ -415,8 +418,7 @@ class Trainer:
         cfg = self.cfg
         end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         budget = cfg.minutes * 60 if cfg.minutes else math.inf  # total over resumes, like the schedule
-        writer = _tensorboard(self.out)
-        log_path = self.out / "log.jsonl"
+        log = RunLog(self.out)
         self._t_start = time.perf_counter()
         self._last_val: float | None = None
         smooth, window_t, window_n = None, time.perf_counter(), 0
@@ -427,7 +429,7 @@ class Trainer:
         with progress:
             task = progress.add_task("train", total=end, completed=self.step, loss="-", speed="-")
             if self.step == 0:  # the untrained model's val loss, the baseline every later one is read against
-                _append_jsonl(log_path, {"step": 0, "val_loss": self.val_loss(), "val_heldout": self.val_is_heldout})
+                log.write({"step": 0, "val_loss": self.val_loss(), "val_heldout": self.val_is_heldout})
             while self.step < end and self.total_seconds() < budget:
                 loss = self.train_step()
                 smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
@@ -443,11 +445,9 @@ class Trainer:
                     record["val_heldout"] = self.val_is_heldout
                     self.sample_strip(self.out / "samples" / f"step_{self.step:06d}.png")
                 record["elapsed"] = self.total_seconds()
-                _append_jsonl(log_path, record)
-                if writer is not None:
-                    for k in ("loss", "lr", "samples_per_s", "val_loss"):
-                        if k in record:
-                            writer.add_scalar(f"train/{k}", record[k], self.step)
+                log.write(record)
+                log.scalars({f"train/{k}": record[k] for k in ("loss", "lr", "samples_per_s", "val_loss")
+                             if k in record}, self.step)
                 if on_log:
                     on_log(record)
                 last = record
@@ -458,27 +458,13 @@ class Trainer:
         if "val_loss" not in last:  # stopped by the time budget between samples: finish with one
             self._last_val = self.val_loss()
             self.sample_strip(self.out / "samples" / f"step_{self.step:06d}.png")
-            _append_jsonl(log_path, {"step": self.step, "val_loss": self._last_val, "val_heldout": self.val_is_heldout,
-                                     "elapsed": self.total_seconds()})
+            log.write({"step": self.step, "val_loss": self._last_val, "val_heldout": self.val_is_heldout,
+                       "elapsed": self.total_seconds()})
         self.save_checkpoint()
         exported = self.export(self.total_seconds())
-        if writer is not None:
-            writer.close()
+        log.close()
         return {"step": self.step, "samples": self.samples, "seconds": wall, "total_seconds": self.total_seconds(),
                 "loss": last.get("loss"), "val_loss": self._last_val, "weights": str(exported)}
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
 
 
 def _hardware(device: torch.device) -> str:

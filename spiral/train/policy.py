@@ -68,35 +68,25 @@ class TinyPolicy:
     """The tiny generator as a policy (see module docstring)."""
 
     batches_groups = True
-    channel_dim = 2  # states are (B, F, C, H, W) pixels
 
     def __init__(self, weights: str | None = None, steps: int = 10, cfg_scale: float = 1.0,
-                 cfg_max_sigma: float | None = None, cfg_tau: float | None = None, reference: str | None = None,
-                 lora_rank: int = 0, lora_alpha: float | None = None, lora_targets: list[str] | None = None,
-                 device: str = "cpu", text_encoder: Any = None, model: Any = None):
-        """``reference``: weights of the frozen KL reference (full fine-tuning; default: the start weights)."""
+                 cfg_max_sigma: float | None = None, cfg_tau: float | None = None, lora_rank: int = 0,
+                 lora_alpha: float | None = None, lora_targets: list[str] | None = None, device: str = "cpu",
+                 text_encoder: Any = None, model: Any = None):
+        """The frozen KL reference is a copy of the start weights (full fine-tuning) or the model with the LoRA
+        adapter disabled."""
         from spiral.generators.tiny import TinyGenerator
 
         self.gen = TinyGenerator(weights=weights, steps=steps, cfg_scale=cfg_scale, cfg_max_sigma=cfg_max_sigma,
                                  cfg_tau=cfg_tau, device=device, text_encoder=text_encoder, model=model)
         self.model = self.gen.model
         self.lora = lora_rank > 0
-        if self.lora and reference is not None:
-            raise ValueError("with LoRA the KL reference is the model with the adapter disabled; drop reference")
         if self.lora:
             add_lora(self.model, lora_rank, lora_alpha or lora_rank, lora_targets or ["qkv", "proj"])
             self.ref_model = None
         else:
             self.model.requires_grad_(True)
             self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval()
-            if reference is not None:
-                from spiral.models.tiny_video import load_weights
-
-                ref, _ = load_weights(reference, map_location=str(self.gen.device))
-                if ref.config != self.model.config:
-                    raise ValueError(f"reference weights {reference} are a different TinyVideoDiT ({ref.config}) "
-                                     f"from the policy's ({self.model.config})")
-                self.ref_model.load_state_dict(ref.state_dict())
         self.device = self.gen.device
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
@@ -187,7 +177,6 @@ class DiffusersPolicy:
     """A diffusers adapter with flow access (``prepare``/``velocity``/``decode``) as a LoRA policy."""
 
     batches_groups = False
-    channel_dim = 1  # diffusers video latents are (B, C, F, H, W)
 
     def __init__(self, adapter: Any, steps: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_targets: list[str] | None = None):

@@ -1,7 +1,7 @@
 """Hindsight by time reversal: clips of the moves the generator cannot do, made by playing a move it can do backwards.
 
 GRPO can only prefer rollouts that succeed, and for the held-out (block, destination) moves the base tiny generator
-draws none (docs/self_evolution.md items 12-13). But a pick-and-place played backwards is a pick-and-place: the
+draws none (docs/self_evolution.md, Findings). But a pick-and-place played backwards is a pick-and-place: the
 gripper comes down, grips, lifts, carries, lowers and lets go. So for a PlanAgent sub-action move(b, d) on a sampled
 scene where b stands at x, the generator renders the move it was trained on, move(b, x), from a picture of the scene
 after the sub-action (b at d); played backwards, that clip shows move(b, d) and ends on the picture. The CriticAgent
@@ -11,7 +11,10 @@ beside its supervised clips replayed so that the rest is not forgotten. The moti
 from the renderer: it is the generator's own, reversed. GRPO (``spiral.train.grpo``) then starts from the result,
 and its groups for these moves can hold successes to prefer.
 
-    spiral train reverse --config configs/reverse-tiny.yaml
+    spiral train reverse --config configs/train/reverse-tiny.yaml
+
+Configured like every trainer (:class:`ReverseConfig` from YAML, ``--set key=value``); EMA and the run log come
+from ``spiral.train.common``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from spiral.train.common import EMA, RunLog
 from spiral.types import Segment, SubAction
 from spiral.world import domain
 
@@ -32,37 +36,43 @@ EXPORT_NAME = "tiny_reverse.safetensors"
 
 
 class ReverseConfig(BaseModel):
-    """One reversal run; saved as ``config.json`` in the run folder."""
+    """One reversal run; saved as ``config.json`` in the run folder. Defaults are ours (the shipped tiny-evolved's
+    recipe, ``configs/train/reverse-tiny.yaml``) unless a field names another source."""
 
     model_config = ConfigDict(extra="forbid")
-    out: str = "runs/reverse"
-    seed: int = 0
-    weights: str | None = None  # tiny weights to start from (default: the shipped tiny.safetensors)
-    # PlanAgent sub-actions to reverse, drawn like GRPO's single-step prompts: "heldout" only the held-out moves
-    # (spiral.world.splits.HELDOUT_MOVES), "all" every move
-    prompts: int = Field(384, ge=1)
-    moves: Literal["heldout", "all"] = "heldout"
-    # the base model's supervised clips, replayed (world:10000:1 trained the shipped tiny; a prefix of it here)
-    replay: str = "world:1500:1"
-    reverse_share: float = Field(0.25, gt=0, le=1)  # of each batch, the rest replay
-    steps: int = Field(400, ge=1)
-    batch: int = Field(32, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    text_drop: float = Field(0.1, ge=0, lt=1)  # as in pretraining: guidance needs the null text to stay trained
-    ema: float = Field(0.99, ge=0, lt=1)
-    gen_batch: int = Field(32, ge=1)  # clips generated per forward
-    log_every: int = 20
-    device: str = "cpu"
+    out: str = Field("runs/reverse", description="run folder: config.json, log.jsonl, summary.json, "
+                                                 "tiny_reverse.safetensors")
+    seed: int = Field(0, description="seed of the prompts, the generation seeds and the fine-tune")
+    weights: str | None = Field(None, description="tiny weights to start from (default: the shipped "
+                                                  "tiny.safetensors)")
+    prompts: int = Field(384, ge=1, description="PlanAgent sub-actions to reverse, drawn like GRPO's single-step "
+                                                "prompts")
+    moves: Literal["heldout", "all"] = Field("heldout", description="heldout: only the held-out moves "
+                                                                    "(spiral.world.splits.HELDOUT_MOVES); all: every "
+                                                                    "move")
+    replay: str = Field("world:1500:1", description="the base model's supervised clips, replayed beside the reversed "
+                                                    "ones (world:10000:1 trained the shipped tiny; a prefix of it)")
+    reverse_share: float = Field(0.25, gt=0, le=1, description="share of each batch that is reversed clips; the "
+                                                               "rest is replay")
+    steps: int = Field(400, ge=1, description="fine-tuning steps")
+    batch: int = Field(32, ge=1, description="clips per step")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.01, description="AdamW weight decay, as in pretraining")
+    grad_clip: float = Field(1.0, description="gradient norm clip (0: none)")
+    text_drop: float = Field(0.1, ge=0, lt=1, description="share of clips with the null text, as in pretraining: "
+                                                          "guidance needs it to stay trained")
+    ema: float = Field(0.99, ge=0, lt=1, description="EMA decay per step; the EMA is what is exported")
+    gen_batch: int = Field(32, ge=1, description="clips generated per forward while collecting")
+    log_every: int = Field(20, description="a log.jsonl record every N steps")
+    device: str = Field("cpu", description="cpu or cuda")
 
 
-def load_config(path: str | Path, **overrides: Any) -> ReverseConfig:
-    """A reversal config from YAML, with overrides; unknown keys are errors that name the key."""
-    import yaml
+def load_config(path: str | Path, overrides: list[str] | None = None, **fields: Any) -> ReverseConfig:
+    """A reversal config from YAML, then ``key=value`` overrides, then keyword ``fields``; unknown keys are errors
+    that name the key."""
+    from spiral.config import load_yaml_model
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return ReverseConfig(**{**data, **overrides})
+    return load_yaml_model(ReverseConfig, path, overrides, what="reversal config", **fields)
 
 
 def inverse_move(sub: SubAction, state: domain.State) -> domain.Action | None:
@@ -148,7 +158,7 @@ class Finetune:
         self.table = text_encoder.encode(texts).to(self.device)
         self.rev_words = [[index[t] for t in w] for w in rev_words]
         self.replay_words = [[index[t] for t in w] for w in replay.wordings]
-        self.ema = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.ema = EMA(dict(model.named_parameters()), cfg.ema)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -189,14 +199,12 @@ class Finetune:
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip or float("inf")))
         self.opt.step()
-        with torch.no_grad():
-            for n, p in m.named_parameters():
-                self.ema[n].lerp_(p.detach(), 1 - cfg.ema)
+        self.ema.update(dict(m.named_parameters()))
         return {"loss": loss.item(), "loss_reversed": loss_rev.item(), "loss_replay": loss_rep.item(),
                 "grad_norm": gn}
 
     def ema_state(self) -> dict[str, torch.Tensor]:
-        return {n: t.clone() for n, t in self.ema.items()}
+        return self.ema.state_dict()
 
 
 def run_reverse(cfg: ReverseConfig, progress: bool = True) -> dict[str, Any]:
@@ -231,17 +239,18 @@ def run_reverse(cfg: ReverseConfig, progress: bool = True) -> dict[str, Any]:
     train, _ = render_world_clips(episodes, data_seed, mc.num_frames + 1, mc.resolution, progress=False)
     replay = ClipBank.from_world(train, mc.num_frames, mc.resolution)
     ft = Finetune(cfg, model, trainer.policy.gen.text_encoder, kept, replay)
-    log = out / "log.jsonl"
-    log.unlink(missing_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    log = RunLog(out)
     for step in range(1, cfg.steps + 1):
         rec = ft.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
             rec = {"step": step, **rec, "seconds": round(time.perf_counter() - t1, 1)}
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            log.write(rec)
+            log.scalars({f"reverse/{k}": v for k, v in rec.items() if k != "step"}, step)
             if progress:
                 print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
                       flush=True)
+    log.close()
     model.load_state_dict(ft.ema_state())
     start = Path(cfg.weights) if cfg.weights else DEFAULT_WEIGHTS
     _, meta = load_weights(start)
