@@ -75,13 +75,13 @@ class TinyGenerator:
                  keep_tau: float | None = None):
         """``cfg_max_sigma``: apply ``cfg_scale`` only on the late steps (σ ≤ cfg_max_sigma), where the model
         paints what a moved object looks like at its destination; guidance on the early steps moves the
-        whole scene (drift). docs/self_evolution.md item 6 measures both. ``cfg_tau``: guide only the pixels
+        whole scene (drift); docs/self_evolution.md (Findings) measures both. ``cfg_tau``: guide only the pixels
         within 2 of one where the text changes the predicted clean frame by ≥ cfg_tau ([-1, 1] units), so
         the moved object is painted while the background, where the conditional and unconditional
-        predictions differ only by noise, is not amplified into drift (docs/self_evolution.md item 9).
+        predictions differ only by noise, is not amplified into drift (docs/self_evolution.md, Findings).
         ``keep_tau``: in every new frame, a pixel within keep_tau ([-1, 1] units, all channels) of the
         conditioning frame is set back to it, so what the segment leaves in place stays byte for byte and
-        small sampling errors in the background do not add up over a long plan (drift; item 12). Left unset,
+        small sampling errors in the background do not add up over a long plan (drift). Left unset,
         all four come from the weights' ``sampler`` metadata (what ``spiral train grpo`` trained the weights
         under, or chose afterwards), else 1 / None / None / None."""
         if threads:
