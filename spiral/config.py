@@ -121,20 +121,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults) and apply ``--set`` overrides; validate strictly."""
-    data: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        source = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    """Read a YAML config (or the defaults; :func:`read_yaml`) and apply ``--set`` overrides; validate strictly."""
+    data = read_yaml(path, "config file") if path is not None else {}
+    source = "defaults" if path is None else str(path)
     data = _merge(Config().model_dump(mode="json"), data)
     for o in overrides or []:
         apply_override(data, o)
