@@ -22,6 +22,11 @@ control characters inside strings, strict JSON does not). A realistic reply per 
 replayed token by token (the tokenizer's own split): a rejected replay means the engine writes
 some value differently (e.g. the score 1.0 only as ``1``), not that it is wrong.
 
+The results file also holds rows of ``spiral-automaton``, the hand-written automaton that
+llguidance replaced; they were measured by this script at commit 0025e2b, the last one that had it.
+xgrammar and outlines-core are not dependencies of SPIRAL: ``pip install xgrammar outlines-core``
+to rerun the comparison (an engine that is not installed is skipped).
+
     OMP_NUM_THREADS=1 python benchmarks/constrained_decoding.py --out benchmarks/results/constrained_decoding.json
 """
 
@@ -274,61 +279,6 @@ def outlines_core_engine() -> Engine:
                   matcher=lambda vocab, index: M(index, vocab.get_eos_token_id()))
 
 
-def automaton_rows(tok: Any, tok_name: str, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """The hand-written automaton this replaces (``spiral.llm.json_constraint``), as its processor ran it.
-
-    It computes no full mask: it masks by first character, then checks candidates in score order
-    until one keeps a valid prefix, so its per-token cost is one processor call.
-    """
-    from spiral.llm.json_constraint import JsonSchemaConstraint
-    from spiral.llm.transformers_chat import JsonLogitsProcessor, TokenTable, token_texts
-
-    vocab = len(tok)
-    eos = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    t = time.perf_counter()
-    table = TokenTable(token_texts(tok, vocab))
-    prep_ms = (time.perf_counter() - t) * 1e3
-    for sname, (schema, validate) in schemas().items():
-        if args.schemas and sname not in args.schemas or _skipped(args, "spiral-automaton", tok_name, sname):
-            continue
-        t = time.perf_counter()
-        JsonSchemaConstraint(schema)
-        compile_ms = (time.perf_counter() - t) * 1e3
-        calls, firsts, valid, strict, ended, lengths = [], [], 0, 0, 0, []
-        for r in range(args.replies):
-            proc = JsonLogitsProcessor(JsonSchemaConstraint(schema), table, eos)
-            gen = torch.Generator().manual_seed(1000 * r + 7)
-            out: list[int] = []
-            for step in range(args.max_tokens):
-                scores = torch.randn(1, vocab, generator=gen)
-                t0 = time.perf_counter_ns()
-                choice = int(proc(None, scores).argmax())
-                (firsts if step == 0 else calls).append(time.perf_counter_ns() - t0)
-                if choice in eos:
-                    ended += 1
-                    break
-                out.append(choice)
-            lengths.append(len(out))
-            text = tok.decode(out, skip_special_tokens=True)
-            ok = _check(validate, text)[0]
-            valid += ok
-            strict += ok and _strict_json(text)
-        forced = tok(json.dumps(REPLIES[sname], separators=(",", ":")), add_special_tokens=False)["input_ids"]
-        c = JsonSchemaConstraint(schema)
-        r = {"engine": "spiral-automaton", "tokenizer": tok_name, "vocab": vocab, "schema": sname,
-                     "prepare_tokenizer_ms": round(prep_ms, 2), "compile_ms": round(compile_ms, 2),
-                     "first_mask_ms": round(statistics.median(firsts) / 1e6, 3), "mask_ms_mean": _ms(calls),
-                     "mask_ms_p95": _p95(calls), "accept_ms_mean": 0.0, "apply_ms_mean": 0.0,
-                     "replies": args.replies, "ended": ended, "schema_valid": valid, "strict_json": strict,
-                     "reply_tokens_mean": round(statistics.fmean(lengths), 1), "first_invalid": None,
-                     "replay_tokens": len(forced),
-                     "replay_accepted": c.accepts(tok.decode(forced)), "replay_rejected_at": None,
-                     "note": "mask_ms is the whole processor call (first-character mask, top-k, full checks)"}
-        yield r
-        print(f"  {'automaton':13s} {tok_name:9s} {sname:16s} mask {r['mask_ms_mean']:.4f} ms  "
-              f"valid {valid}/{args.replies}", flush=True)
-
-
 ENGINES: dict[str, Callable[[argparse.Namespace], Engine]] = {
     "xgrammar": lambda a: xgrammar_engine(a.threads),
     "llguidance": lambda a: llguidance_engine(),
@@ -492,11 +442,8 @@ def main(argv: list[str] | None = None) -> dict:
     load0 = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     versions: dict[str, str] = {}
-    engines: list[Engine | None] = []  # None: the automaton
+    engines: list[Engine] = []
     for ename in args.engines.split(","):
-        if ename == "spiral-automaton":
-            engines.append(None)
-            continue
         if ename not in ENGINES:
             raise SystemExit(f"unknown engine {ename!r}; choose from {', '.join(ENGINES)}")
         try:
@@ -508,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
         engines.append(engine)
     for tname, (tok, _) in toks.items():
         # engines take turns schema by schema, so a change in the shared machine's load hits them alike
-        gens = [automaton_rows(tok, tname, args) if e is None else measure(e, tok, tname, args) for e in engines]
+        gens = [measure(e, tok, tname, args) for e in engines]
         while gens:
             for g in list(gens):
                 row = next(g, None)
