@@ -2,13 +2,12 @@
 
 The checkpoint (``tests/qwen_tools.py``) is saved to a temp folder and loaded by path, through the
 real transformers code paths: chat template, hand-made vision patches (no torchvision), generate
-with the JSON-schema constraint. Random weights write nonsense, but schema-valid nonsense.
+with the JSON-schema constraint (llguidance). Random weights write nonsense, but schema-valid nonsense.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qwen_tools  # noqa: E402
 
-from spiral.llm.json_constraint import STRING_CHARS, JsonSchemaConstraint  # noqa: E402
 from spiral.llm.qwen_vision import VisionSpec, patchify_image, patchify_video, smart_resize  # noqa: E402
 from spiral.llm.structured import LLMError, OutputError  # noqa: E402
 from spiral.types import Observation, Plan, Segment, SubAction, Verdict  # noqa: E402
@@ -85,42 +83,6 @@ def test_patchify_video_matches_the_layout_formula():
                                         assert abs(rows[row, col] - norm[f, y, x, c]) < 1e-5
 
 
-def _random_document(c: JsonSchemaConstraint, rng: random.Random) -> str:
-    """A random walk over allowed characters (biased to close strings early) until the document is complete."""
-    states, out = c.start(), ""
-    alphabet = sorted(STRING_CHARS | {'"'})
-    while True:
-        opts = c.allowed_chars(states, alphabet)
-        if c.complete(states) and (not opts or rng.random() < 0.5):
-            return out
-        closing = [o for o in opts if o in '"]},']
-        ch = rng.choice(closing) if closing and rng.random() < 0.3 else rng.choice(opts)
-        states, out = c.advance(states, ch), out + ch
-
-
-def test_json_constraint_writes_only_schema_valid_documents():
-    from spiral.critics.vlm import _to_verdict, verdict_schema
-    from spiral.planners.llm import _tabletop_issues, _to_plan, plan_schema
-
-    plan_s, verdict_s = plan_schema("tabletop", 2, 2), verdict_schema(21)
-    for seed in range(2):
-        plan = _to_plan(json.loads(_random_document(JsonSchemaConstraint(plan_s), random.Random(seed))), GOAL, 0)
-        assert 1 <= len(plan.steps) <= 2 and not _tabletop_issues(plan, None, GOAL, simulate=False)
-        _to_verdict(json.loads(_random_document(JsonSchemaConstraint(verdict_s), random.Random(seed))))
-        free = JsonSchemaConstraint(verdict_schema(0))
-        _to_verdict(json.loads(_random_document(free, random.Random(seed))))
-    c = JsonSchemaConstraint({"type": "object", "required": ["n", "k"],
-                              "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 12},
-                                             "k": {"anyOf": [{"type": "null"}, {"enum": ["a", "ab"]}]}}})
-    assert c.accepts('{"n":12,"k":"ab"}') and c.accepts('{"n":3,"k":null}')
-    for bad in ('{"n":13,"k":null}', '{"n":2,"k":null}', '{"n":05,"k":null}', '{"n":5,"k":"b"}', '{"n":5}',
-                '{"n": 5,"k":null}', '{"n":5,"k":null}x'):
-        assert not c.accepts(bad), bad
-    # every prefix it accepts can still be finished: "1" may become 10..12, "2" may not grow into range
-    assert c.advance(c.start(), '{"n":1') and not c.advance(c.start(), '{"n":2')
-    assert c.allowed_chars(c.advance(c.start(), '{"n":1')) == list("012")
-
-
 # -- with the tiny checkpoint ---------------------------------------------------------------------
 
 
@@ -162,6 +124,7 @@ def test_planner_call_writes_a_schema_valid_plan(qwen):
     for s in plan.steps:  # random weights, but the constraint only lets executable shapes through
         Action(s.verb, tuple(s.objects))
     assert p.client.stats["requests"] == 1 and p.client.stats["repairs"] == 0
+    assert p.client.stats["constraint_errors"] == 0
     inputs = p.client.encode(p._messages(Observation(frame=frame, state=state), "x"))
     assert inputs["image_grid_thw"].tolist() == [[1, 4, 4]] and "pixel_values_videos" not in inputs
     assert int((inputs["input_ids"] == p.client.vlm.model.config.image_token_id).sum()) == 4
@@ -201,6 +164,78 @@ def test_unconstrained_output_is_parsed_and_repaired(qwen):
     with pytest.raises(OutputError, match="gave no valid plan after 1 repair"):
         p.plan(GOAL, Observation(state=_scene()[1]))
     assert p.client.stats["requests"] == 2 and p.client.stats["repairs"] == 1
+
+
+def _schemas() -> dict:
+    """Each schema the local agents constrain to, with the check the agent runs on the parsed reply."""
+    from spiral.critics.vlm import _to_verdict, verdict_schema
+    from spiral.planners.llm import REFINE_SCHEMA, _tabletop_issues, _to_plan, plan_schema
+
+    def tabletop(data):
+        plan = _to_plan(data, GOAL, 0)
+        assert 1 <= len(plan.steps) <= 3 and not _tabletop_issues(plan, None, GOAL, simulate=False)
+
+    def refine(data):
+        assert set(data) == {"text"} and 1 <= len(data["text"]) <= 240
+
+    return {"plan_tabletop": (plan_schema("tabletop", 3, 2), tabletop),
+            "plan_free": (plan_schema(None, 2, 2), lambda d: _to_plan(d, GOAL, 0)),
+            "verdict": (verdict_schema(21), _to_verdict), "verdict_free_scores": (verdict_schema(0), _to_verdict),
+            "refine": (REFINE_SCHEMA, refine)}
+
+
+def test_constraint_keeps_any_scores_inside_our_schemas(qwen):
+    # the processor as generate drives it (prompt, then one appended token per call), fed random scores
+    import torch
+    from transformers import AutoTokenizer
+
+    from spiral.llm.constrained import SchemaLogitsProcessor, grammar_tokenizer, schema_grammar
+
+    tok = AutoTokenizer.from_pretrained(qwen)
+    eos = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    vocab = len(tok) + 13  # an output layer padded past the tokenizer: padding ids must never be picked
+    gtok = grammar_tokenizer(tok, vocab, eos)
+    gen = torch.Generator().manual_seed(0)
+    for name, (schema, check) in _schemas().items():
+        grammar = schema_grammar(schema, name)
+        for _ in range(6):
+            proc = SchemaLogitsProcessor(gtok, grammar, vocab, eos, name)
+            ids = torch.tensor([tok("<|im_start|>assistant\n")["input_ids"]])
+            start = ids.shape[1]
+            while ids.shape[1] < 1500:
+                pick = int(proc(ids, torch.randn(1, vocab, generator=gen)).argmax())
+                if pick in eos:
+                    break
+                assert pick < len(tok)
+                ids = torch.cat([ids, torch.tensor([[pick]])], dim=1)
+            assert pick in eos and proc.error is None, name
+            check(json.loads(tok.decode(ids[0, start:], skip_special_tokens=True)))
+
+
+def test_schema_the_engine_cannot_enforce_is_one_clear_line(qwen):
+    from transformers import AutoTokenizer
+
+    from spiral.llm.constrained import SchemaLogitsProcessor, grammar_tokenizer, schema_grammar
+
+    tok = AutoTokenizer.from_pretrained(qwen)
+    gtok = grammar_tokenizer(tok, len(tok), [tok.eos_token_id])
+    for schema in ({"type": "object", "required": ["a"], "properties": {"a": {"type": "string", "pattern": "(?<=x)a"}}},
+                   {"type": "object", "required": ["a"], "properties": {"a": {"type": "string", "format": "zip"}}}):
+        with pytest.raises(LLMError) as e:
+            SchemaLogitsProcessor(gtok, schema_grammar(schema, "plan"), len(tok), [tok.eos_token_id], "plan")
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith("the plan schema cannot be") and "constrained: false" in msg
+
+
+def test_sampling_under_the_constraint_is_seeded(qwen):
+    seg, sub = _clip()
+    verdicts = []
+    for seed in (0, 0, 1, 2, 3):
+        c = _critic(qwen, temperature=1.0, seed=seed)
+        verdicts.append(c.judge(seg, sub).model_dump())
+        assert c.client.stats["repairs"] == 0 and c.client.stats["constraint_errors"] == 0
+    assert verdicts[0] == verdicts[1]  # the same seed and request count: the same reply
+    assert len({json.dumps(v, sort_keys=True) for v in verdicts[1:]}) >= 2  # it does sample
 
 
 def test_spiral_run_end_to_end(qwen, tmp_path):
@@ -253,6 +288,11 @@ def test_options_are_checked(qwen):
 def test_missing_extra_names_the_pip_extra(monkeypatch):
     from spiral.critics.transformers_vlm import TransformersVLMCritic
 
+    monkeypatch.setitem(sys.modules, "llguidance", None)
+    with pytest.raises(ImportError, match=r"needs llguidance: pip install 'spiral-video\[vlm\]'"):
+        TransformersVLMCritic(model="/models/qwen")  # before any model is loaded
+    with pytest.raises(LLMError, match="no such folder"):  # llguidance is needed only to constrain
+        TransformersVLMCritic(model="/models/qwen", constrained=False)
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install 'spiral-video\[vlm\]'"):
         TransformersVLMCritic(model="/models/qwen")

@@ -5,7 +5,8 @@ messages and ask a chat backend for validated JSON (``spiral.llm.structured``: p
 bounded repair). Backends: :class:`ChatClient` talks to any OpenAI-compatible server (vLLM,
 llama.cpp, Ollama, hosted APIs) with retries and structured output;
 ``spiral.llm.transformers_chat.TransformersChat`` runs a local Qwen2-VL / Qwen2.5-VL with
-JSON-schema-constrained decoding (planner and critic ``transformers-vlm``).
+JSON-schema-constrained decoding through llguidance (``spiral.llm.constrained``; planner and critic
+``transformers-vlm``).
 """
 
 from spiral.llm.client import (

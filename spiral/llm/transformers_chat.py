@@ -12,9 +12,10 @@ and only the transport changes:
   otherwise); each image or video placeholder is expanded to as many pad tokens as the vision tower
   yields, and the pixels are patchified by hand (``spiral.llm.qwen_vision``: no torchvision);
 - with ``constrained: true`` (default) decoding is limited to valid prefixes of the task's JSON
-  schema (``spiral.llm.json_constraint``), so even random weights write schema-valid JSON; the agent's
-  validators and repair loop still run on top (e.g. the planner's domain simulation). With
-  ``constrained: false`` the schema is spelled out in the prompt and replies are parsed and repaired.
+  schema (llguidance, see ``spiral.llm.constrained``), so even random weights write schema-valid
+  JSON; the agent's validators and repair loop still run on top (e.g. the planner's domain
+  simulation). With ``constrained: false`` the schema is spelled out in the prompt and replies are
+  parsed and repaired.
 
 Decoding settings come from the options (``temperature`` 0 → greedy), never from the checkpoint's
 ``generation_config.json``, so a run is reproducible from its config.
@@ -26,7 +27,6 @@ import base64
 import inspect
 import io
 import json
-import logging
 import re
 import threading
 from collections import Counter
@@ -36,11 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from spiral.llm.json_constraint import JsonSchemaConstraint
+from spiral.llm.constrained import SchemaLogitsProcessor, grammar_tokenizer, require_llguidance, schema_grammar
 from spiral.llm.qwen_vision import VisionSpec, patchify_image, patchify_video, specs_for
 from spiral.llm.structured import JsonTask, LLMError, with_format
-
-log = logging.getLogger("spiral.llm")
 
 INSTALL = "pip install 'spiral-video[vlm]'"
 SUPPORTED = ("qwen2_5_vl", "qwen2_vl")
@@ -84,14 +82,18 @@ class LoadedVLM:
     chat_template: str
     eos_ids: list[int]
     accepts: frozenset[str]
-    _table: TokenTable | None = field(default=None, repr=False)
+    _grammar_tokenizer: Any = field(default=None, repr=False)
 
-    def token_table(self) -> TokenTable:
-        """Each token id's text (None for special tokens and partial UTF-8), built once per tokenizer."""
-        if self._table is None:
-            vocab = int(self.model.get_output_embeddings().weight.shape[0])
-            self._table = TokenTable(token_texts(self.tokenizer, vocab))
-        return self._table
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer (can exceed the tokenizer's size: padding ids are never allowed)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def grammar_tokenizer(self) -> Any:
+        """The tokenizer as llguidance sees it, built once per checkpoint (seconds for a 150k vocabulary)."""
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = grammar_tokenizer(self.tokenizer, self.vocab_size, self.eos_ids)
+        return self._grammar_tokenizer
 
 
 _CACHE: dict[tuple, LoadedVLM] = {}
@@ -220,126 +222,6 @@ def _check_vision_tokens(loaded: LoadedVLM, src: str) -> None:
                            "fix: use the tokenizer that ships with the checkpoint")
 
 
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of byte-level BPE's byte → printable character map (GPT-2 scheme, used by Qwen)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-def token_texts(tokenizer: Any, vocab_size: int) -> list[str | None]:
-    """Each id's decoded text; None for added/special tokens, ids past the tokenizer, and partial UTF-8."""
-    dec = _byte_decoder()
-    added = set(tokenizer.added_tokens_decoder)
-    n = min(len(tokenizer), vocab_size)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-    out: list[str | None] = [None] * vocab_size
-    for i, piece in enumerate(pieces):
-        if piece is None or i in added:
-            continue
-        if all(c in dec for c in piece):
-            try:
-                out[i] = bytes(dec[c] for c in piece).decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-        else:
-            text = tokenizer.decode([i])
-            out[i] = None if "\ufffd" in text else text
-    return out
-
-
-# -- constrained decoding ---------------------------------------------------------------------------
-
-
-class TokenTable:
-    """Token texts plus, per token, the index of its first character in ``ASCII`` (-1: can never be JSON here).
-
-    Constrained output is printable ASCII only, so a token can be valid only if its first character is;
-    masking by first character first leaves a few candidates to check in full, even with a 150k vocabulary.
-    """
-
-    ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
-
-    def __init__(self, texts: list[str | None]):
-        import torch
-
-        self.texts = texts
-        pos = {c: i for i, c in enumerate(self.ASCII)}
-        self.first = torch.tensor([pos.get(t[0], -1) if t else -1 for t in texts], dtype=torch.long)
-
-
-class JsonLogitsProcessor:
-    """Chooses each next token itself: the best-scoring token whose text keeps the output a valid prefix.
-
-    Greedy when ``temperature`` is 0; otherwise Gumbel-max on ``logits / temperature`` over the valid
-    tokens, which is exactly sampling from the model's distribution restricted to them. Tokens are
-    first masked by whether their first character may come next, then checked in full in descending
-    score order (the model's favourite is usually valid, so few are). The choice is returned as a
-    one-hot score row, so ``generate`` (greedy) takes it. When the document is complete only an end
-    token is allowed.
-    """
-
-    def __init__(self, constraint: JsonSchemaConstraint, table: TokenTable, eos_ids: list[int],
-                 temperature: float = 0.0, generator: Any = None):
-        self.constraint, self.table, self.eos = constraint, table, eos_ids
-        self.temperature, self.generator = float(temperature), generator
-        self.states = constraint.start()
-        self.done = self.dead_end = False
-        self.checked = 0  # tokens checked in full, over the whole reply (a cost probe)
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        if scores.shape[0] != 1:
-            raise ValueError("constrained decoding runs one sequence at a time")
-        pick = self._pick(scores[0])
-        out = torch.full_like(scores, float("-inf"))
-        out[0, pick] = 0.0
-        return out
-
-    def _pick(self, row: Any) -> int:
-        import torch
-
-        if self.done or self.dead_end:
-            return self.eos[0]
-        complete = self.constraint.complete(self.states)
-        if complete and all(not s for s in self.states):
-            self.done = True
-            return self.eos[0]
-        s = row.detach().float().cpu()[: len(self.table.texts)]
-        if self.temperature > 0:
-            u = torch.rand(s.shape, generator=self.generator).clamp_(1e-20, 1.0)
-            s = s / self.temperature - torch.log(-torch.log(u))
-        lut = torch.tensor([bool(self.constraint.advance(self.states, c)) for c in TokenTable.ASCII] + [False])
-        mask = lut[self.table.first]  # index -1 picks the trailing False
-        if complete:
-            mask[[e for e in self.eos if e < len(mask)]] = True
-        s = torch.where(mask & ~torch.isnan(s), s, torch.tensor(float("-inf")))
-        n_valid, done = int(mask.sum()), 0
-        for k in (16, 512, n_valid):
-            k = min(k, n_valid)
-            if k <= done:
-                continue
-            for tid in torch.topk(s, k).indices[done:].tolist():
-                self.checked += 1
-                if tid in self.eos:
-                    self.done = True
-                    return tid
-                nxt = self.constraint.advance(self.states, self.table.texts[tid])  # type: ignore[arg-type]
-                if nxt:
-                    self.states = nxt
-                    return tid
-            done = k
-        self.dead_end = True  # no supported schema gets here: every accepted prefix can be completed
-        return self.eos[0]
-
-
 # -- the backend ------------------------------------------------------------------------------------
 
 
@@ -359,15 +241,16 @@ class TransformersChat:
         max_tokens: int = 1024,
         seed: int = 0,
         repair_retries: int = 2,
-        max_string: int = 256,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         video_min_pixels: int | None = None,
         video_max_pixels: int | None = None,
     ):
-        if max_tokens < 1 or repair_retries < 0 or temperature < 0 or max_string < 1:
-            raise ValueError("max_tokens and max_string must be >= 1, repair_retries and temperature >= 0")
+        if max_tokens < 1 or repair_retries < 0 or temperature < 0:
+            raise ValueError("max_tokens must be >= 1, repair_retries and temperature >= 0")
         require_transformers()
+        if constrained:
+            require_llguidance()  # before the (slow) model load
         if not model:
             raise LLMError("the transformers VLM agents need the model option: a local Qwen2.5-VL or Qwen2-VL "
                            "checkpoint folder (e.g. --set planner.options.model=/models/Qwen2.5-VL-3B-Instruct)")
@@ -377,7 +260,7 @@ class TransformersChat:
         self.constrained = bool(constrained)
         self.schema_in_prompt = (not self.constrained) if schema_in_prompt is None else bool(schema_in_prompt)
         self.temperature, self.max_tokens, self.seed = float(temperature), int(max_tokens), int(seed)
-        self.repair_retries, self.max_string = int(repair_retries), int(max_string)
+        self.repair_retries = int(repair_retries)
         self.image_spec = _bounded(self.vlm.image_spec, min_pixels, max_pixels)
         self.video_spec = _bounded(self.vlm.video_spec, video_min_pixels, video_max_pixels)
         self.stats: Counter[str] = Counter()
@@ -470,15 +353,14 @@ class TransformersChat:
         call_seed = self.seed * 1_000_003 + self.stats["requests"]
         tok = self.vlm.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.vlm.eos_ids[0]
-        sample = self.temperature > 0 and not self.constrained
+        sample = self.temperature > 0
         gen = GenerationConfig(max_new_tokens=self.max_tokens, do_sample=sample, eos_token_id=self.vlm.eos_ids,
                                pad_token_id=pad, **({"temperature": self.temperature, "top_k": 0} if sample else {}))
         processors = LogitsProcessorList()
         proc = None
         if self.constrained:
-            proc = JsonLogitsProcessor(JsonSchemaConstraint(task.schema, max_string=self.max_string),
-                                       self.vlm.token_table(), self.vlm.eos_ids, self.temperature,
-                                       torch.Generator().manual_seed(call_seed))
+            proc = SchemaLogitsProcessor(self.vlm.grammar_tokenizer(), schema_grammar(task.schema, task.name),
+                                         self.vlm.vocab_size, self.vlm.eos_ids, task.name)
             processors.append(proc)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=devices):
@@ -487,10 +369,8 @@ class TransformersChat:
         new = out[0, inputs["input_ids"].shape[1]:].tolist()
         ended = bool(new) and new[-1] in self.vlm.eos_ids
         self.stats["tokens"] += len(new)
-        if proc is not None:
-            self.stats["checked_tokens"] += proc.checked
-        if proc is not None and proc.dead_end:
-            log.warning("%s: constrained decoding found no valid token; the reply goes to repair", self.where)
+        if proc is not None and proc.error is not None:
+            self.stats["constraint_errors"] += 1
         text = tok.decode(new, skip_special_tokens=True)
         return text, "stop" if ended else "length"
 
