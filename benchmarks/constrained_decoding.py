@@ -27,7 +27,7 @@ llguidance replaced; they were measured by this script at commit 0025e2b, the la
 xgrammar and outlines-core are not dependencies of SPIRAL: ``pip install xgrammar outlines-core``
 to rerun the comparison (an engine that is not installed is skipped).
 
-    OMP_NUM_THREADS=1 python benchmarks/constrained_decoding.py --out benchmarks/results/constrained_decoding.json
+    OMP_NUM_THREADS=1 python benchmarks/constrained_decoding.py --json benchmarks/results/constrained_decoding.json
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import fnmatch
 import glob
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import machine, parser, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -414,7 +414,8 @@ def measure(engine: Engine, tok: Any, tok_name: str, args: argparse.Namespace) -
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "constrained_decoding.json", threads=1,
+                threads_help="compile threads for engines that take them (masks run on one torch thread)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
     ap.add_argument("--tokenizers", default="tiny,large", help="tiny (the tests' 1.1k BPE), large (151k BPE)")
     ap.add_argument("--schemas", default="", help="comma-separated subset (default: all)")
@@ -424,9 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=1024, help="token cap per reply (the backend's default)")
     ap.add_argument("--large-vocab", type=int, default=151_643, help="size of the large BPE (Qwen2.5's is 151,643)")
     ap.add_argument("--corpus-mb", type=int, default=200, help="MB of Python source to train the large BPE on")
-    ap.add_argument("--threads", type=int, default=1, help="compile threads for engines that take them")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/spiral-bench-tokenizers"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/constrained_decoding.json"))
     args = ap.parse_args(argv)
     args.schemas = [s for s in args.schemas.split(",") if s]
     args.skip = [s for s in args.skip.split(",") if s]
@@ -469,13 +468,11 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"skipped": args.skip, "replies": args.replies, "max_tokens": args.max_tokens,
                      "compile_threads": args.threads, "torch_threads": 1, "whitespace": "none (compact JSON)"},
         "rows": rows,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "numpy": np.__version__,
+        "machine": {**machine(), "numpy": np.__version__,
                     "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]},
     }
     _table(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return result
 
 
