@@ -261,9 +261,13 @@ def _fixed_loc(block: str, fixed: Sequence[str]) -> str | None:
 
 def _stand(anchor: str, mover: str, state: State, fixed: Sequence[str], clause: str) -> tuple[str, tuple[str, ...]]:
     """The slot under ``anchor``'s stack and the literals that keep that stack as it is."""
-    pins, cur = [], anchor
+    pins, cur, seen = [], anchor, {anchor}
     while True:
         where = _fixed_loc(cur, fixed) or state.where(cur)
+        if where in seen:  # the goal puts X on Y while Y stands on X now: where X ends up is not said
+            raise GoalParseError(clause, f"where {_name(anchor)} will stand is not fixed by the goal: say where its "
+                                         "stack should go")
+        seen.add(where)
         if where == BOX:
             raise GoalParseError(clause, f"{_name(cur)} is in the box: 'next to' / 'left of' / 'right of' needs "
                                          "a block on the table")
