@@ -235,6 +235,18 @@ def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as
     assert clean["step_success"] == 1.0 and clean["artifact_area"] < 0.002
     assert clean["faithful_step_success"] == 1.0
     assert clean["task_completion"] == 1.0 and clean["faithful_task_completion"] == 1.0
+    # a step that faithfully shows something other than what was planned (a kept, repaired detour) fails step
+    # success but leaves the task faithfully completed: nothing in its picture fooled the judge
+    log = out / "attempts.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    detour = [dict(x) for x in lines]
+    done = detour[0]["sub_action"]["postconditions"][0]  # what step 1 did; planned: the opposite
+    detour[0]["sub_action"] = {**detour[0]["sub_action"], "postconditions": [f"not {done}"]}
+    log.write_text("".join(json.dumps(x) + "\n" for x in detour))
+    off = M.score_run(out, judge, *feats)["metrics"]
+    assert off["step_success"] < 1.0 and off["faithful_step_success"] < 1.0
+    assert off["task_completion"] == 1.0 and off["faithful_task_completion"] == 1.0
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     seg_path = sorted((out / "segments").glob("*.npz"))[0]
     frames = load_frames(seg_path)
     patched = frames.copy()
@@ -251,6 +263,7 @@ def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as
 
 
 def test_faithful_task_completion_by_hand():
+    # per executed step: is its last frame a faithful picture of what the judge read there?
     assert M.faithful_task_completion(1.0, [1.0, 1.0], 2, True) == 1.0
     assert M.faithful_task_completion(1.0, [1.0, 0.0], 2, True) == 0.0
     assert M.faithful_task_completion(0.0, [1.0, 1.0], 2, True) == 0.0

@@ -49,6 +49,13 @@ def test_swap_is_read_against_the_original_scene_in_every_replan():
     again = fresh.replan(goal, half, plan.steps[:1])
     assert {p for p in SWAPPED if _run(half, again.steps).holds(p)} == SWAPPED
     assert not SymbolicPlanner().achieved(goal, end)  # unknown reading: not reached, so the loop re-plans
+    # the scene was disturbed after the first step (blue knocked to the far left): the executed steps no longer
+    # explain the observed state, but the reading made at plan time still holds — blue goes where red stood
+    moved = plan.steps[0].objects[0]
+    disturbed = half.with_loc("blue_block", "far_left") if moved != "blue_block" else half.with_loc("red_block",
+                                                                                                     "far_left")
+    fixed = planner.replan(goal, disturbed, plan.steps[:1])
+    assert {p for p in SWAPPED if _run(disturbed, fixed.steps).holds(p)} == SWAPPED
     # a new plan() call is a new scene: it reads the goal again
     assert planner.plan(goal, end).steps and len(planner.plan(goal, end).steps) == 3
 

@@ -51,11 +51,12 @@ picture of any state — a block-sized patch of colour noise is read as the bloc
 - faithful step success: step success counted only where :math:`A_k \le 0.4\,\%` (16 of 64×64 pixels,
   under half a block; a block is about 6×6 pixels, and one that vanished behind the box's glass leaves
   about 25 pixels above 64).
-- faithful task completion :math:`\mathrm{TC}_f = \mathrm{TC} \cdot \prod_k \mathrm{FSS}_k`: the task counts only
-  when every executed step is a faithful success (its post-conditions read *and* its last frame a
-  faithful picture of what was read), so colour noise the judge reads as a block cannot complete a
-  task. A run with no executed step keeps TC (nothing was drawn); image cases: none (no render to
-  compare with).
+- faithful task completion :math:`\mathrm{TC}_f = \mathrm{TC} \cdot \prod_k [A_k \le 0.4\,\%]`: the task counts
+  only when every executed step is faithful — its last frame a faithful picture of the state the judge
+  read there (readable, artifact area at most 0.4 %) — so colour noise the judge reads as a block, or a
+  misread frame, cannot complete a task. A step that faithfully shows a wrong move which the loop then
+  repaired does not void the task (step success and order correctness count such detours). A run with
+  no executed step keeps TC (nothing was drawn); image cases: none (no render to compare with).
 
 Cost (from ``record.json``): generator calls, critic calls, planner calls, seconds per video,
 generations per accepted step, and calls (generator + critic) per accepted step.
@@ -227,29 +228,32 @@ class DriftReference:
 FAITHFUL_AREA = 0.004  # of the frame: 16 of 64×64 pixels, under half a block (docstring)
 
 
-def faithful_task_completion(task_completion: float | None, faithful_by_index: Sequence[float],
+def faithful_task_completion(task_completion: float | None, faithful_frames: Sequence[float],
                              executed: int, faithful_known: bool) -> float | None:
-    """TC counted only when every executed step is a faithful success (module docstring); None when unknown."""
+    """TC counted only when every executed step's last frame is a faithful picture of what the judge read there
+    (module docstring); None when unknown."""
     if task_completion is None:
         return None
     if executed == 0:
         return task_completion  # nothing was drawn: the first frame is the scene itself
     if not faithful_known:
         return None
-    return float(bool(task_completion) and len(faithful_by_index) == executed and all(faithful_by_index))
+    return float(bool(task_completion) and len(faithful_frames) == executed and all(faithful_frames))
 
 
 def faithfulness(view: RunView, states: Sequence[State | None], ok: Sequence[float]) -> dict[str, float | None]:
     """Artifact area per step and step success counted only where the frame is a faithful picture of what
     the judge read (see the module docstring)."""
     if not view.segments or not states or states[0] is None or view.scene is None:
-        return {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": []}
+        return {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": [], "faithful_frames": []}
     ref = DriftReference(view.anchor, states[0], view.scene)
     area = [ref.artifact_area(seg[-1], s) for seg, s in zip(view.segments, states[1:])]
     known = [a for a in area if a is not None]
-    faithful = [float(bool(o) and a is not None and a <= FAITHFUL_AREA) for o, a in zip(ok, area)]
+    frames = [float(a is not None and a <= FAITHFUL_AREA) for a in area]
+    faithful = [float(bool(o) and f) for o, f in zip(ok, frames)]
     return {"artifact_area": float(np.mean(known)) if known else None,
-            "faithful_step_success": float(np.mean(faithful)) if faithful else None, "faithful_by_index": faithful}
+            "faithful_step_success": float(np.mean(faithful)) if faithful else None, "faithful_by_index": faithful,
+            "faithful_frames": frames}
 
 
 # ---- a run, read back from its directory -----------------------------------------------------
@@ -441,7 +445,7 @@ def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
     tc = temporal_coherence(view, states, subject, background, interpolate)
     fa = faithfulness(view, states, aq["step_success_by_index"])
     faithful_by_index = fa.pop("faithful_by_index")
-    ftc = faithful_task_completion(aq["task_completion"], faithful_by_index, len(view.steps),
+    ftc = faithful_task_completion(aq["task_completion"], fa.pop("faithful_frames"), len(view.steps),
                                    fa["faithful_step_success"] is not None)
     return {
         "metrics": {**{k: v for k, v in aq.items() if k != "step_success_by_index"},
