@@ -250,6 +250,26 @@ def _name(obj: str) -> str:
     return "the " + obj.replace("_", " ") + (" slot" if obj in SLOTS else "")
 
 
+def describe_relative(clause: str) -> str:
+    """A scene-relative clause in words, for messages: ``next_to(red_block, blue_block)`` → "put the red block next
+    to the blue block"."""
+    kind, args = grammar.parse_rel(clause)
+    names = [_name(a) for a in args if a in BLOCKS or a in SLOTS]
+    if kind == "swap":
+        return f"swap {names[0]} and {names[1]}"
+    if kind in ("next_to", "left_of", "right_of"):
+        where = {"next_to": "next to", "left_of": "to the left of", "right_of": "to the right of"}[kind]
+        return f"put {names[0]} {where} {names[1]}"
+    if kind == "place_of":
+        return f"put {names[0]} where {names[1]} is"
+    if kind == "shift":
+        n = int(args[1])
+        return f"move {names[0]} {abs(n)} slot{'s' if abs(n) != 1 else ''} to the {'left' if n < 0 else 'right'}"
+    if kind == "toggle":
+        return f"toggle the {args[0]}"
+    return "build a tower of " + ", ".join(_name(a) for a in args if a in BLOCKS)
+
+
 def _fixed_loc(block: str, fixed: Sequence[str]) -> str | None:
     """Where the goal itself already puts ``block`` (a positive location literal), if it does."""
     for lit in fixed:
@@ -265,14 +285,14 @@ def _stand(anchor: str, mover: str, state: State, fixed: Sequence[str], clause: 
     while True:
         where = _fixed_loc(cur, fixed) or state.where(cur)
         if where in seen:  # the goal puts X on Y while Y stands on X now: where X ends up is not said
-            raise GoalParseError(clause, f"where {_name(anchor)} will stand is not fixed by the goal: say where its "
+            raise GoalParseError(describe_relative(clause), f"where {_name(anchor)} will stand is not fixed by the goal: say where its "
                                          "stack should go")
         seen.add(where)
         if where == BOX:
-            raise GoalParseError(clause, f"{_name(cur)} is in the box: 'next to' / 'left of' / 'right of' needs "
+            raise GoalParseError(describe_relative(clause), f"{_name(cur)} is in the box: 'next to' / 'left of' / 'right of' needs "
                                          "a block on the table")
         if where == mover:
-            raise GoalParseError(clause, f"{_name(anchor)} stands on {_name(mover)}: say where each should go")
+            raise GoalParseError(describe_relative(clause), f"{_name(anchor)} stands on {_name(mover)}: say where each should go")
         pins.append(_loc_lit(cur, where))
         if where in SLOTS:
             return where, tuple(pins)
@@ -298,22 +318,22 @@ def _alternatives(clause: str, state: State, fixed: Sequence[str]) -> list[tuple
         slots = [SLOTS[j] for j in sides if 0 <= j < len(SLOTS)]
         if not slots:
             side = "left" if kind == "left_of" else "right"
-            raise GoalParseError(clause, f"there is no slot to the {side} of {_name(base)}, where {_name(anchor)} "
+            raise GoalParseError(describe_relative(clause), f"there is no slot to the {side} of {_name(base)}, where {_name(anchor)} "
                                          "stands")
         return [(f"at({mover}, {s})", *pins) for s in slots]
     if kind == "place_of":  # "put red where the green block is": where green stands now (green makes way)
         mover, anchor = args
         where = state.where(anchor)
         if where == mover:
-            raise GoalParseError(clause, f"{_name(anchor)} stands on {_name(mover)}: say where each should go")
+            raise GoalParseError(describe_relative(clause), f"{_name(anchor)} stands on {_name(mover)}: say where each should go")
         return [(_loc_lit(mover, where),)]
     if kind == "shift":  # "two slots to the left": from the slot under the block's stack
         mover, n = args[0], int(args[1])
         if state.where(mover) == BOX:
-            raise GoalParseError(clause, f"{_name(mover)} is in the box: say which slot it should go to")
+            raise GoalParseError(describe_relative(clause), f"{_name(mover)} is in the box: say which slot it should go to")
         j = SLOTS.index(state.base_slot(mover)) + n
         if not 0 <= j < len(SLOTS):
-            raise GoalParseError(clause, f"{_name(mover)} stands on {_name(state.base_slot(mover))}: there is no slot "
+            raise GoalParseError(describe_relative(clause), f"{_name(mover)} stands on {_name(state.base_slot(mover))}: there is no slot "
                                          f"{abs(n)} to the {'left' if n < 0 else 'right'} of it")
         return [(f"at({mover}, {SLOTS[j]})",)]
     if kind == "tower_any":
