@@ -227,6 +227,11 @@ def parse_goal(text: str) -> Goal:
     the planner resolves against the state it observes (module doc)."""
     if not isinstance(text, str):
         raise GoalParseError(str(text), "a goal must be a string")
+    return _parse(text)
+
+
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> Goal:  # goals are immutable: the loop re-reads the same text at every (re)plan
     try:
         stages = grammar.read(text)
     except grammar.ParseFailure as e:

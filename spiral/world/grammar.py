@@ -31,8 +31,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from spiral.world.domain import BLOCKS, BOX, LAMP, Pred
+
+_pred = lru_cache(maxsize=4096)(Pred.parse)
 
 # ---------------------------------------------------------------------------------------------
 # vocabulary
@@ -73,12 +76,13 @@ VERBS = (MOVE_VERBS | PICK_VERBS | STACK_VERBS | BUILD_VERBS | PACK_VERBS | OPEN
 
 STAGE, BEFORE, AFTER = "THEN", "BEFORE", "AFTER"  # internal tokens (text is lower-cased, so no clash)
 NEXTTO, BOTTOM, TOP, BOTTOM_UP, TOP_DOWN = "NEXTTO", "BOTTOM", "TOP", "BOTTOMUP", "TOPDOWN"
+STACKED = "STACKED"  # "red, green and blue stacked (in that order)"
 PUNCT = {",", ";", ".", ":", "!", "?"}
 SEPARATORS = PUNCT | {"and", STAGE, BEFORE, AFTER}
 UNDER_WORDS = {"under", "beneath", "below", "underneath"}
 POS_PREPS = {"in", "into", "onto", "on", "atop", "upon", "over", "above", "to", "at", "toward", "towards"}
 NEG_PREPS = {"outof", "off", "awayfrom", "from"}
-STATE_WORDS = {"open", "closed", "shut", "on", "off", "lit"}
+STATE_WORDS = {"open", "closed", "shut", "on", "off"}
 
 # dropped wherever they stand (after the phrases below are rewritten)
 FILLERS = {
@@ -135,8 +139,7 @@ PHRASES: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 MAX_PHRASE = max(len(k) for k in PHRASES)
 _IRREGULAR_PAST = {"took", "taken", "made", "built", "kept", "brought", "held", "laid", "got", "gotten", "thrown"}
-_PARTICIPLE_STATES = {"opened": "open", "lit": "on", "stacked": "STACKED", "piled": "STACKED"}
-STACKED = "STACKED"
+_PARTICIPLE_STATES = {"opened": "open", "lit": "on", "stacked": STACKED, "piled": STACKED}
 
 VOCAB = (set(COLORS) | BLOCK_NOUNS | BLOCK_PLURALS | BOX_WORDS | LAMP_WORDS | TABLE_WORDS | set(SLOT_WORDS) | SLOT_NOUNS
          | TOWER_NOUNS | set(COUNTS) | ALL_WORDS | GROUP_PRONOUNS | VERBS | POS_PREPS | NEG_PREPS | STATE_WORDS
@@ -216,7 +219,7 @@ def tokenize(text: str) -> list[str]:
 
 def show(tokens: Sequence[str]) -> str:
     """Tokens back to readable words (for error messages)."""
-    names = {STAGE: "then", BEFORE: "before", AFTER: "after", NEXTTO: "next to", BOTTOM: "at the bottom",
+    names = {STAGE: "then", BEFORE: "before", AFTER: "after", NEXTTO: "next to", BOTTOM: "at the bottom", STACKED: "stacked",
              TOP: "on top", BOTTOM_UP: "from the bottom up", TOP_DOWN: "from the top down", "outof": "out of",
              "awayfrom": "away from"}
     return " ".join(names.get(w, w.replace("_", " ")) for w in tokens)
@@ -262,7 +265,7 @@ def fluents(literals: Iterable[str], relative: Iterable[str] = ()) -> dict[str, 
     """State variables each item sets: loc:<block>, box, lamp → the values asked for (for contradiction checks)."""
     out: dict[str, set[str]] = {}
     for lit in literals:
-        p = Pred.parse(lit)
+        p = _pred(lit)
         f = p.fluent()
         if f is not None:
             out.setdefault(f, set()).add(str(p))
@@ -291,7 +294,7 @@ def contradicts(have: dict[str, set[str]], new: dict[str, set[str]]) -> bool:
                     if not (a.startswith("not ") or b.startswith("not ")):
                         return True
                     continue
-                pa, pb = Pred.parse(a), Pred.parse(b)
+                pa, pb = _pred(a), _pred(b)
                 if (not pa.negated and not pb.negated) or pa.positive() == pb.positive():
                     return True
     return False
@@ -323,7 +326,6 @@ class Place:
     kind: str
     where: str = ""
     chain: tuple[str, ...] = ()  # "on green on blue": further blocks below ``where``
-    prep: str = ""
 
     def literals(self, blocks: Sequence[str], fail) -> Clause:
         out = Clause()
@@ -584,7 +586,7 @@ def place(c: Cursor, kinds: set[str], exclude: Iterable[str] = ()) -> tuple[str,
     return ("box", BOX) if o == BOX else ("block", o)
 
 
-def destination(c: Cursor, blocks: Sequence[str], verb: str) -> Place | None:
+def destination(c: Cursor, blocks: Sequence[str]) -> Place | None:
     """Where ``blocks`` should go, or be taken from; None when the clause names no place."""
     w = c.peek()
     if w is None or w in (",", "and"):
@@ -595,7 +597,7 @@ def destination(c: Cursor, blocks: Sequence[str], verb: str) -> Place | None:
         return Place("pos", "box", BOX)
     if w == "out":
         c.take()
-        return Place("neg", "box", BOX, prep="out")
+        return Place("neg", "box", BOX)
     if w == NEXTTO:
         c.take()
         return Place("rel", "next_to", _block_anchor(c, blocks))
@@ -621,13 +623,13 @@ def destination(c: Cursor, blocks: Sequence[str], verb: str) -> Place | None:
     if w in ("in", "into") and (c.peek(1) is None or c.peek(1) in (",", "and")):
         c.take()  # "drop the yellow block inside": the box is the only thing with an inside
         c.mention([BOX])
-        return Place("pos", "box", BOX, prep=w)
+        return Place("pos", "box", BOX)
     if w not in VOCAB:
         raise c.fail()
     if w not in POS_PREPS and w not in NEG_PREPS:
         if w in SLOT_WORDS or w in TABLE_WORDS:  # "red block the far left" after a dropped verb: read as "to"
             kind, where = place(c, {"block", "box"}, blocks) or ("", "")
-            return Place("pos", kind, where, prep="to")
+            return Place("pos", kind, where)
         return None
     if w in ("off", "from") and c.at_end(1):
         c.take()  # "take the green block off (and put it …)": off whatever it stands on; a later clause says where
@@ -641,7 +643,7 @@ def destination(c: Cursor, blocks: Sequence[str], verb: str) -> Place | None:
                 place(c, {"block", "box"}, blocks)
             except ParseFailure:
                 c.i = later  # "from the top of the tower to the far left": the source is implied anyway
-                return destination(c, blocks, verb)
+                return destination(c, blocks)
             c.i = mark
     c.take()
     if w in POS_PREPS and c.peek() in ("left", "right"):
@@ -677,10 +679,10 @@ def destination(c: Cursor, blocks: Sequence[str], verb: str) -> Place | None:
             nxt = _block_anchor(c, [where, *chain, *blocks])
             chain.append(nxt)
     if mode == "neg" and (c.peek() in POS_PREPS or c.peek() in (NEXTTO, "away") or c.peek() in UNDER_WORDS):
-        to = destination(c, blocks, verb)  # "from the left slot to the far right": the source is implied
+        to = destination(c, blocks)  # "from the left slot to the far right": the source is implied
         if to is not None:
             return to
-    return Place(mode, kind, where, tuple(chain), w)
+    return Place(mode, kind, where, tuple(chain))
 
 
 def _count(c: Cursor) -> int:
@@ -723,7 +725,7 @@ def _fixture_state(c: Cursor, obj: str, word: str, verb: str) -> str | None:
         if word == "lid" and verb in ("lift", "remove", "raise") and c.at_end():
             return "open(box)"
         return None
-    if obj == LAMP and st in ("on", "off", "lit"):
+    if obj == LAMP and st in ("on", "off"):
         c.take()
         return "not on(lamp)" if st == "off" else "on(lamp)"
     return None
@@ -747,7 +749,7 @@ def _state_or_place(c: Cursor, objs: list[str], verb: str, out: Clause) -> bool:
         c.take()  # "I want the red block put in the box"
     if c.peek() in STATE_WORDS - {"on", "off"}:
         raise c.fail(f"a block cannot be {c.peek()}")
-    where = destination(c, objs, verb)
+    where = destination(c, objs)
     if where is None:
         if verb in PACK_VERBS:
             c.mention([BOX])  # "put it away and close it": the box is implied
