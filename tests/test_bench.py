@@ -340,6 +340,9 @@ def test_resume_skips_finished_cases_and_continues_a_killed_run(tmp_path):
     assert {p.name: p.read_text() for p in (tmp_path / "b" / "results").glob("*/*.json")
             if p.name in done_before} == done_before
     assert [comparable(c) for c in res["cases"]] == [comparable(c) for c in ref["cases"]]
+    fewer = Bench(_cfg(tmp_path / "b", modes=["closed_loop"], resume=True, limit=2)).run(progress=False)
+    assert [c["case_id"] for c in fewer["cases"]] == [c["case_id"] for c in ref["cases"][:2]]  # what it selected
+    assert fewer["summary"]["closed_loop"]["n_ok"] == 2 and len(list((tmp_path / "b" / "results").glob("*/*"))) == 3
     record = json.loads((dst / "record.json").read_text())
     assert record["counts"]["replayed_calls"] >= 2  # plan + the journaled attempt were replayed, not regenerated
     with pytest.raises(ValueError, match="seed"):
