@@ -4,6 +4,7 @@ everyday phrasings that read back as the intended goal; its own reserved seed ra
 from __future__ import annotations
 
 import collections
+import io
 from functools import lru_cache
 
 import numpy as np
@@ -80,3 +81,30 @@ def _first_scene(seed: int, min_steps: int = 1, max_steps: int = 8) -> int:
     rng = np.random.default_rng(seed)  # the draws sample_task makes before its first scene
     rng.integers(min_steps, max_steps + 1)
     return int(rng.integers(0, 2**31 - 1))
+
+
+def test_v2_runs_end_to_end_in_the_bench_with_the_xlong_class(tmp_path):
+    """One case per class (round-robin --limit) through the runner: the xlong case plans 9+ steps, is scored,
+    and shows up in the summary tables, the by-step-index table and the end-of-run table."""
+    from pathlib import Path
+
+    from spiral.bench.cli import summary_table
+    from spiral.bench.runner import BenchConfig, run_bench
+
+    oracle = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+    res = run_bench(BenchConfig(suite="tabletop-v2", out=str(tmp_path / "b"), modes=["plan_only"], config=str(oracle),
+                                judge="truth", limit=4, overrides=["output.report=false", "output.segment_videos=false",
+                                                                   "generator.options.failure_rate=0.0"]),
+                    progress=False)
+    assert not res["errors"] and [c["length_class"] for c in res["cases"]] == ["short", "medium", "long", "xlong"]
+    xl = res["cases"][-1]
+    assert xl["executed_steps"] == xl["n_steps"] >= 9 and xl["metrics"]["task_completion"] == 1.0
+    assert xl["metrics"]["faithful_task_completion"] == 1.0
+    md = (tmp_path / "b" / "summary.md").read_text()
+    assert "| plan_only | xlong | 1 | 1.00 [" in md and "## Step success by step index (xlong cases)" in md
+    assert len(res["summary"]["plan_only"]["xlong_step_success_by_index"]) == 12
+    from rich.console import Console
+
+    con = Console(width=200, record=True, file=io.StringIO())
+    con.print(summary_table(res))
+    assert "│ xlong" in con.export_text()
