@@ -22,7 +22,7 @@ from spiral.bench import metrics as M
 from spiral.bench import seeds
 from spiral.bench.runner import Bench, BenchConfig, comparable, run_bench
 from spiral.bench.stats import bootstrap_ci, paired_delta
-from spiral.bench.suite import LENGTH_CLASSES, SuiteError, load_suite
+from spiral.bench.suite import SuiteError, load_suite
 from spiral.cli import app
 from spiral.world.domain import State
 
@@ -118,7 +118,8 @@ def test_bootstrap_sanity():
 def test_shipped_suites_are_balanced_and_held_out():
     v1 = load_suite("tabletop-v1", check_plans=False)
     assert len(v1.cases) == 150 and not v1.errors
-    for cls in LENGTH_CLASSES:
+    assert {c.length_class for c in v1.cases} == {"short", "medium", "long"}  # xlong is tabletop-v2's
+    for cls in ("short", "medium", "long"):
         cases = [c for c in v1.cases if c.length_class == cls]
         assert len(cases) == 50
         for tag in ("move", "stack", "box", "open", "close", "lamp"):
@@ -233,6 +234,19 @@ def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as
     clean = M.score_run(out, judge, *feats)["metrics"]
     assert clean["step_success"] == 1.0 and clean["artifact_area"] < 0.002
     assert clean["faithful_step_success"] == 1.0
+    assert clean["task_completion"] == 1.0 and clean["faithful_task_completion"] == 1.0
+    # a step that faithfully shows something other than what was planned (a kept, repaired detour) fails step
+    # success but leaves the task faithfully completed: nothing in its picture fooled the judge
+    log = out / "attempts.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    detour = [dict(x) for x in lines]
+    done = detour[0]["sub_action"]["postconditions"][0]  # what step 1 did; planned: the opposite
+    detour[0]["sub_action"] = {**detour[0]["sub_action"], "postconditions": [f"not {done}"]}
+    log.write_text("".join(json.dumps(x) + "\n" for x in detour))
+    off = M.score_run(out, judge, *feats)["metrics"]
+    assert off["step_success"] < 1.0 and off["faithful_step_success"] < 1.0
+    assert off["task_completion"] == 1.0 and off["faithful_task_completion"] == 1.0
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     seg_path = sorted((out / "segments").glob("*.npz"))[0]
     frames = load_frames(seg_path)
     patched = frames.copy()
@@ -244,6 +258,47 @@ def test_faithful_step_success_drops_where_a_fooled_judge_reads_a_noise_patch_as
     fooled = fooled["metrics"]
     assert n >= 2 and fooled["step_success"] == 1.0 and fooled["faithful_step_success"] == 1 - 1 / n
     assert fooled["artifact_area"] > clean["artifact_area"] + 0.004 / n  # > 0.4 % of one frame
+    # the judge still reads the task as done, but one step was no faithful picture: the task does not count
+    assert fooled["task_completion"] == 1.0 and fooled["faithful_task_completion"] == 0.0
+
+
+def test_faithful_task_completion_by_hand():
+    # per executed step: is its last frame a faithful picture of what the judge read there?
+    assert M.faithful_task_completion(1.0, [1.0, 1.0], 2, True) == 1.0
+    assert M.faithful_task_completion(1.0, [1.0, 0.0], 2, True) == 0.0
+    assert M.faithful_task_completion(0.0, [1.0, 1.0], 2, True) == 0.0
+    assert M.faithful_task_completion(1.0, [1.0], 2, True) == 0.0  # a step without a faithful reading
+    assert M.faithful_task_completion(1.0, [], 0, False) == 1.0  # nothing drawn: the first frame is the scene
+    assert M.faithful_task_completion(1.0, [], 2, False) is None  # image case: no render to compare with
+    assert M.faithful_task_completion(None, [1.0], 1, True) is None
+
+
+def test_scene_relative_goal_is_scored_against_the_starting_scene(tmp_path):
+    """"swap …" is read against the run's first state: done when the two blocks traded places, and an extra
+    swap back (what reading it against the final state would ask) is not needed."""
+    from spiral.api import run
+    from spiral.bench.judge import make_features, make_judge
+
+    out = tmp_path / "swap"
+    scene = next(k for k in range(seeds.TESTS.start, seeds.TESTS.stop) if _two_on_slots(k))
+    run("swap the red and the blue blocks", scene=scene, out=out, mode="plan_only", config=ORACLE,
+        overrides=LIGHT + ["generator.options.failure_rate=0.0"])
+    judge = make_judge("truth", out)
+    m = M.score_run(out, judge, make_features(None, judge), make_features(None, judge, "background"))["metrics"]
+    assert m["task_completion"] == 1.0 and m["order_correctness"] == 1.0
+    meta = json.loads((out / "meta.json").read_text())
+    meta["goal"] = "swap the red and the green blocks"  # the same video does not do this
+    (out / "meta.json").write_text(json.dumps(meta))
+    m = M.score_run(out, judge, make_features(None, judge), make_features(None, judge, "background"))["metrics"]
+    assert m["task_completion"] == 0.0
+
+
+def _two_on_slots(scene: int) -> bool:
+    from spiral.world.goals import sample_state
+
+    s = sample_state(np.random.default_rng(scene))
+    return s.where("red_block") in ("left", "center", "right") and s.where("blue_block") in (
+        "far_left", "left", "center", "right", "far_right") and s.clear("red_block") and s.clear("blue_block")
 
 
 # ---- runner ---------------------------------------------------------------------------------------
@@ -285,6 +340,9 @@ def test_resume_skips_finished_cases_and_continues_a_killed_run(tmp_path):
     assert {p.name: p.read_text() for p in (tmp_path / "b" / "results").glob("*/*.json")
             if p.name in done_before} == done_before
     assert [comparable(c) for c in res["cases"]] == [comparable(c) for c in ref["cases"]]
+    fewer = Bench(_cfg(tmp_path / "b", modes=["closed_loop"], resume=True, limit=2)).run(progress=False)
+    assert [c["case_id"] for c in fewer["cases"]] == [c["case_id"] for c in ref["cases"][:2]]  # what it selected
+    assert fewer["summary"]["closed_loop"]["n_ok"] == 2 and len(list((tmp_path / "b" / "results").glob("*/*"))) == 3
     record = json.loads((dst / "record.json").read_text())
     assert record["counts"]["replayed_calls"] >= 2  # plan + the journaled attempt were replayed, not regenerated
     with pytest.raises(ValueError, match="seed"):
@@ -298,6 +356,7 @@ def test_rescore_scores_finished_runs_again_without_generating(tmp_path):
     path = out / "results" / "plan_only" / f"{first['case_id']}.json"
     stale = json.loads(path.read_text())
     del stale["metrics"]["faithful_step_success"]  # as written before the metric existed
+    del stale["metrics"]["faithful_task_completion"]
     stale["metrics"]["step_success"] = 0.123
     path.write_text(json.dumps(stale))
     attempts = {p: p.read_text() for p in out.glob("plan_only/*/attempts.jsonl")}
@@ -306,6 +365,7 @@ def test_rescore_scores_finished_runs_again_without_generating(tmp_path):
     again = rescore_bench(out, progress=False)
     assert [comparable(c) for c in again["cases"]] == [comparable(c) for c in ref["cases"]]
     assert json.loads(path.read_text())["metrics"]["faithful_step_success"] is not None
+    assert json.loads(path.read_text())["metrics"]["faithful_task_completion"] is not None
     assert {p: p.read_text() for p in attempts} == attempts  # nothing generated again
     r = CliRunner().invoke(app, ["bench", "rescore", str(tmp_path / "none")])
     assert r.exit_code != 0 and "no bench.json" in r.output
@@ -378,11 +438,16 @@ def test_ray_run_matches_local_run(tmp_path, local_closed_loop):
 
 
 # ---- report and compare ------------------------------------------------------------------------------
-def _fake_results(path: Path, tc: list[float]) -> None:
+def _fake_results(path: Path, tc: list[float], xlong: list[float] = ()) -> None:
     cases = [{"case_id": f"c{i}", "mode": "closed_loop", "length_class": "long", "status": "ok",
-              "metrics": {"task_completion": v, "step_success": v}, "cost": {"generator_calls": 8.0},
+              "metrics": {"task_completion": v, "faithful_task_completion": 0.0, "step_success": v},
+              "cost": {"generator_calls": 8.0},
               "step_success_by_index": [v] * 6, "faithful_step_success_by_index": [v] * 3 + [0.0] * 3}
              for i, v in enumerate(tc)]
+    cases += [{"case_id": f"x{i}", "mode": "closed_loop", "length_class": "xlong", "status": "ok",
+               "metrics": {"task_completion": v, "faithful_task_completion": v, "step_success": v},
+               "cost": {"generator_calls": 12.0}, "step_success_by_index": [v] * 11,
+               "faithful_step_success_by_index": [v] * 11} for i, v in enumerate(xlong)]
     from spiral.bench.report import summarize
 
     path.mkdir(parents=True)
@@ -405,7 +470,19 @@ def test_report_and_compare(tmp_path):
     assert (tmp_path / "a" / "cost_by_mode.png").is_file()
     rows = {r["metric"]: r for r in compare(tmp_path / "a", tmp_path / "b")}
     assert rows["task_completion"]["delta"]["mean"] == 0.5 and rows["task_completion"]["n"] == 4
+    assert rows["faithful_task_completion"]["delta"]["mean"] == 0.0 and rows["faithful_task_completion"]["n"] == 4
     assert rows["generator_calls"]["delta"]["mean"] == 0.0
+    assert "| closed_loop | xlong |" not in md and "(xlong cases)" not in md  # a v1-like run shows no xlong rows
+    header = md.split("## Action quality")[1].split("\n")[2]
+    assert "| task completion | faithful task completion |" in header
+    _fake_results(tmp_path / "c", [1, 1, 1, 1], xlong=[1, 0, 1])
+    md = write_report(tmp_path / "c").read_text()
+    assert "| closed_loop | xlong | 3 | 0.67 [" in md
+    xl = md.split("## Step success by step index (xlong cases)")[1].split("\n## ")[0]
+    assert "| 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11 | 12 |" in xl and "(n=3)" in xl
+    assert "faithful task completion, xlong" not in md  # no open-loop mode to compare with
+    rows = {(r["metric"]): r for r in compare(tmp_path / "a", tmp_path / "c")}
+    assert rows["task_completion"]["n"] == 4  # paired by case id: the xlong cases are only in C
     r = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric",
                                  "task_completion"])
     assert r.exit_code == 0 and "+0.500" in r.output, r.output

@@ -49,10 +49,16 @@ def test_paraphrases_parse_to_expected_predicates(text, stages):
     assert parse_goal(text).stages == Goal("", tuple(tuple(s) for s in stages)).stages
 
 
-def test_only_then_words_start_new_stages():
-    assert len(parse_goal("open the box, put red in the box; close the box. turn on the lamp").stages) == 1
-    for sep in ["then", "and then", "after that", "finally", ", then", ". Afterwards,"]:
+def test_only_then_words_and_contradictions_start_new_stages():
+    assert len(parse_goal("open the box, put red in the box; switch on the lamp. move blue to the left").stages) == 1
+    for sep in ["then", "and then", "after that", "finally", ", then", ". Afterwards,", "before", "; second,"]:
         assert len(parse_goal(f"open the box {sep} close the box").stages) == 2, sep
+    # a clause that contradicts its stage is what happens next: open, put red in, then close
+    g = parse_goal("open the box, put red in the box; close the box. turn on the lamp")
+    assert g.stages == (("in(red_block, box)", "open(box)"), ("not open(box)", "on(lamp)"))
+    assert parse_goal("close the box after putting red in it").stages == (("in(red_block, box)",), ("not open(box)",))
+    assert parse_goal("before you close the box, put red in it").stages == \
+        (("in(red_block, box)",), ("not open(box)",))
 
 
 def test_unknown_words_raise_with_known_vocabulary():
@@ -63,7 +69,7 @@ def test_unknown_words_raise_with_known_vocabulary():
     for word in ["red/green/blue/yellow block", "box", "lamp", "far left", "put", "open", "close", "then"]:
         assert word in msg, word
     for bad in ["put the purple block in the box", "put the block in the box", "close the lamp", "move red",
-                "turn on the box", "", "put red on the box", "close it"]:
+                "turn on the box", "", "put red on the box", "pick up red", "swap red", "build a tower of red"]:
         with pytest.raises(GoalParseError):
             parse_goal(bad)
 

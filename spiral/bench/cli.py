@@ -27,7 +27,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
     @friendly
     def bench(
         ctx: typer.Context,
-        suite: str | None = typer.Option(None, help="suite name (tabletop-v1, tabletop-smoke, tabletop-dev) or a suite .json"),
+        suite: str | None = typer.Option(None, help="suite name (tabletop-v1, tabletop-v2, tabletop-smoke, tabletop-dev) or a suite .json"),
         config: Path | None = typer.Option(None, help="YAML config (default: configs/run/tabletop.yaml)"),
         mode: str = typer.Option("closed_loop", help="closed_loop | plan_only | single_shot"),
         modes: str | None = typer.Option(None, help="several modes, comma-separated (overrides --mode)"),
@@ -126,18 +126,19 @@ def _f(x: float | None) -> str:
 
 def summary_table(results: dict) -> Table:
     """The end-of-run table: per mode × length class, task completion, step success and cost."""
-    from spiral.bench.report import _iv
-    from spiral.bench.suite import LENGTH_CLASSES
+    from spiral.bench.report import _iv, present_classes
 
     t = Table(title=f"bench {results['bench'].get('suite_name')}: mean [95 % CI]")
-    for col in ("mode", "length", "n", "task completion", "step success", "gens / accepted step"):
+    for col in ("mode", "length", "n", "task completion", "faithful task compl.", "step success",
+                "gens / accepted step"):
         t.add_column(col)
+    classes = present_classes(results["summary"], list(results["summary"]))
     for mode, per in results["summary"].items():
-        for cls in (*LENGTH_CLASSES, "all"):
+        for cls in (*classes, "all"):
             c = per.get(cls, {})
             tc = _iv(c.get("task_completion"))
-            t.add_row(mode, cls, str(tc.n), tc.fmt(), _iv(c.get("step_success")).fmt(),
-                      _iv(c.get("generations_per_accepted_step")).fmt())
+            t.add_row(mode, cls, str(tc.n), tc.fmt(), _iv(c.get("faithful_task_completion")).fmt(),
+                      _iv(c.get("step_success")).fmt(), _iv(c.get("generations_per_accepted_step")).fmt())
     return t
 
 

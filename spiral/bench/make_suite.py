@@ -1,4 +1,5 @@
-"""Generate the shipped tabletop suites (``tabletop-v1``, ``tabletop-smoke``, ``tabletop-dev``) deterministically.
+"""Generate the shipped tabletop suites (``tabletop-v1``, ``tabletop-smoke``, ``tabletop-dev``, ``tabletop-v2``)
+deterministically.
 
 ``python -m spiral.bench.make_suite`` rewrites ``spiral/bench/suites/*.json``;
 ``--check`` regenerates them in memory and fails if the committed files differ.
@@ -28,7 +29,7 @@ from spiral.world.goals import Goal, goal_to_text, parse_goal, sample_state
 FOCUS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp")
 _FILLERS = (("move", 3.0), ("stack", 3.0), ("box", 3.0), ("lid", 1.0), ("lamp", 1.0), ("out", 1.0))
 VERSION = "1.0"
-SHIPPED = ("tabletop-smoke", "tabletop-v1", "tabletop-dev")
+SHIPPED = ("tabletop-smoke", "tabletop-v1", "tabletop-dev", "tabletop-v2")
 
 
 def action_tag(state: State, action: Action) -> str:
@@ -126,12 +127,16 @@ def _solve(planner: SymbolicPlanner, state: State, stages: list[list[str]]) -> l
         return None
 
 
+V1_CLASSES = ("short", "medium", "long")  # tabletop-v1, -smoke and -dev: plans of 1–8 steps
+
+
 def make_cases(seed_range: range, per_class: int, prefix: str = "") -> list[dict]:
     """Balanced cases over length classes and focus action types, from consecutive reserved scene seeds."""
     planner = SymbolicPlanner()
     cases: list[dict] = []
     scene = seed_range.start
-    for cls, (lo, hi) in LENGTH_CLASSES.items():
+    for cls in V1_CLASSES:
+        lo, hi = LENGTH_CLASSES[cls]
         for i in range(per_class):
             length = lo + i % (hi - lo + 1)
             focus = FOCUS[i % len(FOCUS)]
@@ -164,6 +169,17 @@ def make_suite(name: str) -> dict:
         rng, per = seeds.SUITE_DEV, 12
         desc = ("36 tabletop cases (12 per length class) from their own scene seeds, for choosing options "
                 "such as a sampler's without looking at tabletop-v1")
+    elif name == "tabletop-v2":
+        from spiral.bench import suite_v2
+
+        rng = seeds.SUITE_V2
+        desc = ("200 harder tabletop cases, 50 per length class (short 1-2, medium 3-5, long 6-8, xlong 9-12 steps): "
+                "towers of up to four blocks, scene-relative goals (swap, next to, toggle) and goals phrased the way "
+                "people type them; recipe: spiral/bench/suite_v2.py")
+        return {"name": name, "version": VERSION, "world": "tabletop",
+                "created_by": "python -m spiral.bench.make_suite (spiral/bench/suite_v2.py)",
+                "description": desc, "scene_seeds": [rng.start, rng.stop - 1],
+                "cases": suite_v2.make_cases(rng, 50)}
     else:
         raise ValueError(f"no recipe for suite {name!r}; known: {', '.join(SHIPPED)}")
     return {"name": name, "version": VERSION, "world": "tabletop",

@@ -10,7 +10,10 @@ Action quality (judge-based, tabletop predicates)
 - step success :math:`\mathrm{SS}_k = [\forall p \in \mathrm{post}_k: s_k \models p]`; per run the
   mean over executed steps, and by step index for long cases.
 - task completion :math:`\mathrm{TC} = [s_n \models \mathrm{final}(G)]` (goal predicates after
-  every stage is merged, read from the final frame).
+  every stage is merged, read from the final frame). A scene-relative goal ("swap the red and the
+  blue block", "next to") is read against the run's starting state (the scene's truth; the judge's
+  reading of :math:`B_0` for image cases) and counts when any of its readings holds (either side
+  for "next to"); order correctness takes the best reading too.
 - order correctness: walk the boundaries once, advancing a stage pointer :math:`j` while
   :math:`s_k \models \mathrm{target}_j` (stages 0..j merged); :math:`\mathrm{OC} = j/|G|`, the
   fraction of goal stages reached in the order the goal gives them.
@@ -48,6 +51,12 @@ picture of any state — a block-sized patch of colour noise is read as the bloc
 - faithful step success: step success counted only where :math:`A_k \le 0.4\,\%` (16 of 64×64 pixels,
   under half a block; a block is about 6×6 pixels, and one that vanished behind the box's glass leaves
   about 25 pixels above 64).
+- faithful task completion :math:`\mathrm{TC}_f = \mathrm{TC} \cdot \prod_k [A_k \le 0.4\,\%]`: the task counts
+  only when every executed step is faithful — its last frame a faithful picture of the state the judge
+  read there (readable, artifact area at most 0.4 %) — so colour noise the judge reads as a block, or a
+  misread frame, cannot complete a task. A step that faithfully shows a wrong move which the loop then
+  repaired does not void the task (step success and order correctness count such detours). A run with
+  no executed step keeps TC (nothing was drawn); image cases: none (no render to compare with).
 
 Cost (from ``record.json``): generator calls, critic calls, planner calls, seconds per video,
 generations per accepted step, and calls (generator + critic) per accepted step.
@@ -219,17 +228,32 @@ class DriftReference:
 FAITHFUL_AREA = 0.004  # of the frame: 16 of 64×64 pixels, under half a block (docstring)
 
 
+def faithful_task_completion(task_completion: float | None, faithful_frames: Sequence[float],
+                             executed: int, faithful_known: bool) -> float | None:
+    """TC counted only when every executed step's last frame is a faithful picture of what the judge read there
+    (module docstring); None when unknown."""
+    if task_completion is None:
+        return None
+    if executed == 0:
+        return task_completion  # nothing was drawn: the first frame is the scene itself
+    if not faithful_known:
+        return None
+    return float(bool(task_completion) and len(faithful_frames) == executed and all(faithful_frames))
+
+
 def faithfulness(view: RunView, states: Sequence[State | None], ok: Sequence[float]) -> dict[str, float | None]:
     """Artifact area per step and step success counted only where the frame is a faithful picture of what
     the judge read (see the module docstring)."""
     if not view.segments or not states or states[0] is None or view.scene is None:
-        return {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": []}
+        return {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": [], "faithful_frames": []}
     ref = DriftReference(view.anchor, states[0], view.scene)
     area = [ref.artifact_area(seg[-1], s) for seg, s in zip(view.segments, states[1:])]
     known = [a for a in area if a is not None]
-    faithful = [float(bool(o) and a is not None and a <= FAITHFUL_AREA) for o, a in zip(ok, area)]
+    frames = [float(a is not None and a <= FAITHFUL_AREA) for a in area]
+    faithful = [float(bool(o) and f) for o, f in zip(ok, frames)]
     return {"artifact_area": float(np.mean(known)) if known else None,
-            "faithful_step_success": float(np.mean(faithful)) if faithful else None, "faithful_by_index": faithful}
+            "faithful_step_success": float(np.mean(faithful)) if faithful else None, "faithful_by_index": faithful,
+            "faithful_frames": frames}
 
 
 # ---- a run, read back from its directory -----------------------------------------------------
@@ -246,6 +270,7 @@ class RunView:
     record: dict
     attempts: list[dict]
     crossfade: int = 0
+    initial_state: dict | None = None  # the scene's true starting state (scene runs), for scene-relative goals
 
     def video(self) -> np.ndarray:
         """The final video, composed losslessly from the kept segments (the first frame when none)."""
@@ -283,7 +308,7 @@ def load_run(run_dir: str | Path) -> RunView:
     anchor = np.ascontiguousarray(np.asarray(Image.open(root / "first_frame.png").convert("RGB")))
     return RunView(root=root, goal=meta["goal"], scene=meta.get("scene"), anchor=anchor, segments=segments,
                    steps=steps, record=record, attempts=attempts,
-                   crossfade=int((cfg.get("video") or {}).get("crossfade", 0)))
+                   crossfade=int((cfg.get("video") or {}).get("crossfade", 0)), initial_state=meta.get("initial_state"))
 
 
 # ---- scoring one run -------------------------------------------------------------------------
@@ -305,6 +330,22 @@ def read_states(judge: Any, frames: Sequence[np.ndarray]) -> list[State | None]:
     return [_read(judge, f) for f in frames]
 
 
+def goal_readings(goal: Any, start: State | None) -> list[Any] | None:
+    """The concrete goals a parsed goal can mean: itself, or a scene-relative goal's readings from ``start``
+    (None when there is no start to read it against or no reading is reachable)."""
+    if not goal.is_relative:
+        return [goal]
+    if start is None:
+        return None
+    from spiral.planners.symbolic import PlanningError, SymbolicPlanner
+    from spiral.world.goals import GoalParseError
+
+    try:
+        return [r.goal for r in SymbolicPlanner().readings(start, goal)]
+    except (GoalParseError, PlanningError):
+        return None
+
+
 def action_quality(view: RunView, judge: Any) -> dict[str, Any]:
     """Step success, task completion, order correctness and hallucinated motion of one run."""
     from spiral.world.goals import GoalParseError, parse_goal
@@ -314,16 +355,20 @@ def action_quality(view: RunView, judge: Any) -> dict[str, Any]:
     except GoalParseError:  # a goal outside the tabletop grammar: no goal predicates to check
         goal = None
     states = read_states(judge, [view.anchor] + [seg[-1] for seg in view.segments])
+    readings = None
+    if goal is not None:
+        start = State.from_dict(view.initial_state) if view.initial_state else states[0]
+        readings = goal_readings(goal, start)
     ok, halluc = [], []
     for k, step in enumerate(view.steps):
         ok.append(holds_all(states[k + 1], step.get("postconditions", [])))
         halluc.append(hallucinated_motion(step.get("verb", ""), step.get("objects", []), states[k], states[k + 1]))
     known = [h for h in halluc if h is not None]
     return {
-        "task_completion": float(holds_all(states[-1], goal.final())) if goal else None,
+        "task_completion": float(any(holds_all(states[-1], g.final()) for g in readings)) if readings else None,
         "step_success": float(np.mean(ok)) if ok else None,
         "step_success_by_index": [float(x) for x in ok],
-        "order_correctness": order_correctness(goal.targets(), states) if goal else None,
+        "order_correctness": max(order_correctness(g.targets(), states) for g in readings) if readings else None,
         "hallucinated_motion": float(np.mean(known)) if known else None,
         "unreadable_frames": sum(s is None for s in states),
         "_states": states,
@@ -400,8 +445,11 @@ def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
     tc = temporal_coherence(view, states, subject, background, interpolate)
     fa = faithfulness(view, states, aq["step_success_by_index"])
     faithful_by_index = fa.pop("faithful_by_index")
+    ftc = faithful_task_completion(aq["task_completion"], fa.pop("faithful_frames"), len(view.steps),
+                                   fa["faithful_step_success"] is not None)
     return {
-        "metrics": {**{k: v for k, v in aq.items() if k != "step_success_by_index"}, **fa, **tc},
+        "metrics": {**{k: v for k, v in aq.items() if k != "step_success_by_index"},
+                    "faithful_task_completion": ftc, **fa, **tc},
         "step_success_by_index": aq["step_success_by_index"],
         "faithful_step_success_by_index": faithful_by_index,
         "cost": cost(view.record),

@@ -16,14 +16,15 @@ from spiral import atomic
 from spiral.bench.stats import Interval, bootstrap_ci, paired_delta
 from spiral.bench.suite import LENGTH_CLASSES
 
-ACTION = ("task_completion", "step_success", "faithful_step_success", "order_correctness", "hallucinated_motion",
-          "artifact_area")
+ACTION = ("task_completion", "faithful_task_completion", "step_success", "faithful_step_success", "order_correctness",
+          "hallucinated_motion", "artifact_area")
 TEMPORAL = ("temporal_flickering", "subject_consistency", "background_consistency", "motion_smoothness",
             "drift_mean")
 COST = ("generator_calls", "critic_calls", "calls_per_accepted_step", "generations_per_accepted_step",
         "seconds_per_video")
 LABELS = {
-    "task_completion": "task completion", "step_success": "step success",
+    "task_completion": "task completion", "faithful_task_completion": "faithful task completion",
+    "step_success": "step success",
     "faithful_step_success": "faithful step success", "artifact_area": "artifact area ↓", "order_correctness": "order",
     "hallucinated_motion": "halluc. motion ↓", "temporal_flickering": "flicker", "subject_consistency": "subject",
     "background_consistency": "background", "motion_smoothness": "smoothness", "drift_mean": "drift ↓",
@@ -32,6 +33,7 @@ LABELS = {
     "seconds_per_video": "s / video",
 }
 MAX_STEPS = max(hi for _, hi in LENGTH_CLASSES.values())
+BY_INDEX_CLASSES = ("long", "xlong")  # classes whose per-step success is tabulated by step index
 
 
 def value(res: dict[str, Any], metric: str) -> float | None:
@@ -51,10 +53,11 @@ def summarize(cases: Sequence[dict[str, Any]], modes: Sequence[str]) -> dict[str
         for cls in (*LENGTH_CLASSES, "all"):
             group = ok if cls == "all" else [r for r in ok if r["length_class"] == cls]
             per[cls] = {m: bootstrap_ci([value(r, m) for r in group]).to_dict() for m in ACTION + TEMPORAL + COST}
-        long_ok = [r for r in ok if r["length_class"] == "long"]
-        for key in ("step_success_by_index", "faithful_step_success_by_index"):  # a vanished block stays vanished
-            per[f"long_{key}"] = [bootstrap_ci([r[key][i] for r in long_ok if len(r.get(key) or []) > i]).to_dict()
-                                  for i in range(MAX_STEPS)]
+        for cls in BY_INDEX_CLASSES:
+            cls_ok = [r for r in ok if r["length_class"] == cls]
+            for key in ("step_success_by_index", "faithful_step_success_by_index"):  # a vanished block stays vanished
+                per[f"{cls}_{key}"] = [bootstrap_ci([r[key][i] for r in cls_ok if len(r.get(key) or []) > i]).to_dict()
+                                       for i in range(LENGTH_CLASSES[cls][1])]
         out[mode] = per
     return out
 
@@ -64,11 +67,17 @@ def _iv(d: dict | None) -> Interval:
     return Interval(d.get("mean"), d.get("lo"), d.get("hi"), d.get("n", 0))
 
 
+def present_classes(summary: dict, modes: Sequence[str]) -> list[str]:
+    """The length classes that hold at least one scored case in some mode (a v1 run shows no ``xlong`` row)."""
+    return [cls for cls in LENGTH_CLASSES
+            if any(_iv(summary.get(m, {}).get(cls, {}).get(x)).n for m in modes for x in ACTION + TEMPORAL + COST)]
+
+
 def _table(summary: dict, modes: Sequence[str], metrics: Sequence[str], digits: int = 2) -> list[str]:
     head = "| mode | length | n | " + " | ".join(LABELS[m] for m in metrics) + " |"
     lines = [head, "|" + "---|" * (3 + len(metrics))]
     for mode in modes:
-        for cls in (*LENGTH_CLASSES, "all"):
+        for cls in (*present_classes(summary, modes), "all"):
             cell = summary.get(mode, {}).get(cls, {})
             n = max((_iv(cell.get(m)).n for m in metrics), default=0)
             vals = " | ".join(_iv(cell.get(m)).fmt(digits) for m in metrics)
@@ -98,14 +107,18 @@ def summary_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "## Temporal coherence", "", *_table(s, modes, TEMPORAL, 3), "",
         "## Cost", "", *_table(s, modes, COST), "",
     ]
-    for title, key in (("Step success", "long_step_success_by_index"),
-                       ("Faithful step success", "long_faithful_step_success_by_index")):
-        lines += [f"## {title} by step index (long cases)", "",
-                  "| mode | " + " | ".join(str(i + 1) for i in range(MAX_STEPS)) + " |", "|---|" + "---|" * MAX_STEPS]
-        for mode in modes:
-            row = [_iv(d) for d in s[mode].get(key, [])]
-            lines.append(f"| {mode} | " + " | ".join(f"{iv.fmt()} (n={iv.n})" if iv.n else "–" for iv in row) + " |")
-        lines.append("")
+    present = present_classes(s, modes)
+    for cls in (c for c in BY_INDEX_CLASSES if c in present or c == "long"):
+        n_idx = LENGTH_CLASSES[cls][1]
+        for title, key in (("Step success", f"{cls}_step_success_by_index"),
+                           ("Faithful step success", f"{cls}_faithful_step_success_by_index")):
+            lines += [f"## {title} by step index ({cls} cases)", "",
+                      "| mode | " + " | ".join(str(i + 1) for i in range(n_idx)) + " |", "|---|" + "---|" * n_idx]
+            for mode in modes:
+                row = [_iv(d) for d in s[mode].get(key, [])]
+                lines.append(f"| {mode} | " + " | ".join(f"{iv.fmt()} (n={iv.n})" if iv.n else "–" for iv in row)
+                             + " |")
+            lines.append("")
     lines += _verdict_lines(s, modes)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -119,20 +132,22 @@ def summary_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
 
 
 def _verdict_lines(s: dict, modes: Sequence[str]) -> list[str]:
-    """Does closed loop beat each open-loop mode on task completion with non-overlapping intervals?"""
+    """Does closed loop beat each open-loop mode on task completion (judge-read and faithful) with non-overlapping
+    intervals?"""
     if "closed_loop" not in modes:
         return []
-    out = ["## Closed loop vs open loop (task completion)", ""]
-    for cls in LENGTH_CLASSES:
-        cl = _iv(s["closed_loop"].get(cls, {}).get("task_completion"))
-        for other in (m for m in modes if m != "closed_loop"):
-            ol = _iv(s[other].get(cls, {}).get("task_completion"))
-            if cl.mean is None or ol.mean is None:
-                continue
-            sep = not cl.overlaps(ol)
-            word = "beats" if cl.mean > ol.mean else "does not beat"
-            out.append(f"- {cls}: closed_loop {cl.fmt()} {word} {other} {ol.fmt()}; intervals "
-                       f"{'do not overlap' if sep else 'overlap'}")
+    out = ["## Closed loop vs open loop (task completion, judge-read and faithful)", ""]
+    for metric in ("task_completion", "faithful_task_completion"):
+        for cls in present_classes(s, modes):
+            cl = _iv(s["closed_loop"].get(cls, {}).get(metric))
+            for other in (m for m in modes if m != "closed_loop"):
+                ol = _iv(s[other].get(cls, {}).get(metric))
+                if cl.mean is None or ol.mean is None:
+                    continue
+                sep = not cl.overlaps(ol)
+                word = "beats" if cl.mean > ol.mean else "does not beat"
+                out.append(f"- {LABELS[metric]}, {cls}: closed_loop {cl.fmt()} {word} {other} {ol.fmt()}; intervals "
+                           f"{'do not overlap' if sep else 'overlap'}")
     return out
 
 
@@ -149,21 +164,22 @@ def write_plots(out: Path, results: dict[str, Any]) -> list[str]:
     modes = [m for m in results["bench"]["modes"] if m in s]
     if not modes:
         return []
-    classes = list(LENGTH_CLASSES)
+    classes = present_classes(s, modes) or list(LENGTH_CLASSES)
     width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    for i, mode in enumerate(modes):
-        ivs = [_iv(s[mode][c]["task_completion"]) for c in classes]
-        xs = [k + (i - (len(modes) - 1) / 2) * width for k in range(len(classes))]
-        ys = [iv.mean or 0.0 for iv in ivs]
-        err = [[(iv.mean - iv.lo) if iv.mean is not None else 0 for iv in ivs],
-               [(iv.hi - iv.mean) if iv.mean is not None else 0 for iv in ivs]]
-        ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
-    ax.set_xticks(range(len(classes)), [f"{c} ({lo}–{hi})" for c, (lo, hi) in LENGTH_CLASSES.items()])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("task completion (95 % CI)")
-    ax.set_title("Task completion by length class")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 3.6), dpi=100, sharey=True)
+    for ax, metric in zip(axes, ("task_completion", "faithful_task_completion")):
+        for i, mode in enumerate(modes):
+            ivs = [_iv(s[mode].get(c, {}).get(metric)) for c in classes]
+            xs = [k + (i - (len(modes) - 1) / 2) * width for k in range(len(classes))]
+            ys = [iv.mean or 0.0 for iv in ivs]
+            err = [[(iv.mean - iv.lo) if iv.mean is not None else 0 for iv in ivs],
+                   [(iv.hi - iv.mean) if iv.mean is not None else 0 for iv in ivs]]
+            ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode)
+        ax.set_xticks(range(len(classes)), [f"{c} ({LENGTH_CLASSES[c][0]}–{LENGTH_CLASSES[c][1]})" for c in classes])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{LABELS[metric].capitalize()} by length class", fontsize=10)
+    axes[0].set_ylabel("mean over cases (95 % CI)")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     with atomic.atomic_path(out / "success_by_length.png") as tmp:
         fig.savefig(tmp, format="png")

@@ -240,9 +240,11 @@ class Bench:
 
         suite = self.suite
         order = {c.id: i for i, c in enumerate(suite.cases)} if suite else {}
-        cases = sorted(self.results.values(), key=lambda r: (self.cfg.modes.index(r["mode"])
-                                                             if r["mode"] in self.cfg.modes else 99,
-                                                             order.get(r["case_id"], 1 << 30)))
+        selected = [r for r in self.results.values() if not suite or (r["case_id"] in order and
+                                                                       r["mode"] in self.cfg.modes)]
+        # a resume with a smaller --limit or fewer modes reports what it selected; other results stay on disk
+        cases = sorted(selected, key=lambda r: (self.cfg.modes.index(r["mode"]) if r["mode"] in self.cfg.modes else 99,
+                                                order.get(r["case_id"], 1 << 30)))
         invalid = [{"case_id": e.case_id, "index": e.index, "field": e.field, "error": e.message, "fix": e.fix,
                     "status": "invalid", "stage": "validate"} for e in (suite.errors if suite else [])]
         errors = [{"case_id": r["case_id"], "mode": r["mode"], "stage": r.get("stage"), "error": r.get("error")}

@@ -1,7 +1,8 @@
 """Benchmark suites: versioned JSON files of cases, validated case by case (DESIGN §7).
 
 A suite file is ``{"name", "version", "created_by", "world", "cases": [...]}``; a case is
-``{"id", "goal", "scene" | "image", "length_class", "n_steps", "tags"}`` (docs/bench.md).
+``{"id", "goal", "scene" | "image", "length_class", "n_steps", "tags"}`` (+ optional ``phrasing``,
+``notes``; docs/bench.md).
 One bad case never sinks a suite: :func:`load_suite` keeps every valid case and records a
 :class:`CaseError` (case id, field, what is wrong, how to fix it) for each bad one, so the
 runner can report it in ``results.json`` and still run the rest.
@@ -17,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-LENGTH_CLASSES: dict[str, tuple[int, int]] = {"short": (1, 2), "medium": (3, 5), "long": (6, 8)}
-TAGS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp", "multi-stage")
-CASE_FIELDS = ("id", "goal", "scene", "image", "length_class", "n_steps", "tags", "notes")
+LENGTH_CLASSES: dict[str, tuple[int, int]] = {"short": (1, 2), "medium": (3, 5), "long": (6, 8), "xlong": (9, 12)}
+TAGS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp", "multi-stage", "tower", "scene-relative")
+# how a goal text is phrased (tabletop-v2 records the constructions of spiral.world.grammar it uses)
+PHRASINGS: tuple[str, ...] = ("plain", "filler", "group-pronoun", "pick-place", "tower", "possessive", "coordination",
+                              "swap", "next-to", "side-of", "inside", "declarative", "before-after", "numbered",
+                              "implicit-order", "ellipsis", "source", "toggle", "lid")
+CASE_FIELDS = ("id", "goal", "scene", "image", "length_class", "n_steps", "tags", "phrasing", "notes")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -52,10 +57,13 @@ class Case:
     tags: tuple[str, ...] = ()
     scene: int | None = None
     image: Path | None = None  # absolute (resolved against the suite's folder)
+    phrasing: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "goal": self.goal, "length_class": self.length_class,
                              "n_steps": self.n_steps, "tags": list(self.tags)}
+        if self.phrasing:
+            d["phrasing"] = list(self.phrasing)
         if self.scene is not None:
             d["scene"] = self.scene
         if self.image is not None:
@@ -197,20 +205,26 @@ def validate_case(raw: Any, index: int, root: Path, seen: set[str] | None = None
         bad("n_steps", f"must be a positive integer, got {n!r}", "count the steps of the goal's optimal plan")
     elif lc in LENGTH_CLASSES and not LENGTH_CLASSES[lc][0] <= n <= LENGTH_CLASSES[lc][1]:
         lo, hi = LENGTH_CLASSES[lc]
-        right = next(k for k, (a, b) in LENGTH_CLASSES.items() if a <= n <= b) if 1 <= n <= 8 else None
+        right = next((k for k, (a, b) in LENGTH_CLASSES.items() if a <= n <= b), None)
+        top = max(b for _, b in LENGTH_CLASSES.values())
         bad("n_steps", f"{n} steps is not {lc} ({lo}–{hi})", f"set length_class to '{right}'" if right else
-            "keep plans within 1–8 steps")
+            f"keep plans within 1–{top} steps")
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or any(t not in TAGS for t in tags):
         unknown = [t for t in tags if t not in TAGS] if isinstance(tags, list) else tags
         bad("tags", f"unknown tags {unknown!r}", f"use tags from {', '.join(TAGS)}")
+    phrasing = raw.get("phrasing", [])
+    if not isinstance(phrasing, list) or any(t not in PHRASINGS for t in phrasing):
+        unknown = [t for t in phrasing if t not in PHRASINGS] if isinstance(phrasing, list) else phrasing
+        bad("phrasing", f"unknown phrasing constructions {unknown!r}", f"use names from {', '.join(PHRASINGS)}")
     if errs:
         return None, errs
     if check_plans and world == "tabletop" and scene is not None and goal is not None:
         msg = _check_plan(goal, scene, n)
         if msg:
             return None, [CaseError(index, label, "n_steps", msg, "regenerate the suite or correct n_steps")]
-    return Case(id=cid, goal=goal, length_class=lc, n_steps=n, tags=tuple(tags), scene=scene, image=img_path), []
+    return Case(id=cid, goal=goal, length_class=lc, n_steps=n, tags=tuple(tags), scene=scene, image=img_path,
+                phrasing=tuple(phrasing)), []
 
 
 def _check_image(image: Any, root: Path) -> tuple[Path | None, str]:

@@ -35,6 +35,7 @@ class WorldGenerator:
         self.failure_rate, self.failures = failure_rate, tuple(failures or FAILURES)
         self.read_state, self.fps = read_state, fps
         self._recognizer = None
+        self._goals: dict = {}  # single_shot: goal text → its reading in the first state ("swap …" is read once)
 
     def _state(self, request: GenerationRequest) -> State:
         if self.read_state == "memory" and request.state is not None:
@@ -54,7 +55,10 @@ class WorldGenerator:
         from spiral.planners.symbolic import SymbolicPlanner
         from spiral.world.goals import parse_goal
 
-        steps = SymbolicPlanner().solve(state, parse_goal(request.prompt))
+        goal = self._goals.get(request.prompt)
+        if goal is None:  # a scene-relative goal is read against the first state it is planned from
+            goal = self._goals[request.prompt] = SymbolicPlanner().resolve(parse_goal(request.prompt), state)
+        steps = SymbolicPlanner().solve(state, goal)
         return steps[0] if steps else None
 
     def generate(self, request: GenerationRequest) -> Segment:

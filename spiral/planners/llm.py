@@ -349,13 +349,14 @@ def _tabletop_issues(plan: Plan, state: dict[str, Any] | None, goal: str, simula
             soft.append(f"step {i + 1} {a}: {e}")
             break
     if not soft:
-        try:
-            from spiral.world.goals import parse_goal
+        from spiral.world.goals import goal_reached, parse_goal
 
+        try:
             g = parse_goal(goal)
         except ValueError:
             g = None
-        if g is not None and not g.satisfied(cur):
-            missing = [p for p in g.final() if not cur.holds(p)]
+        start = d.State.from_dict(state)  # a scene-relative goal ("swap …") is read against the state planned from
+        if g is not None and not goal_reached(g, cur, start):
+            missing = [p for p in g.final() if not cur.holds(p)] if not g.is_relative else [str(g)]
             soft.append(f"after the last step the goal is not reached: {', '.join(missing)} false")
     return [_SOFT + s for s in soft]

@@ -11,6 +11,15 @@ loop) and cached, and the heuristic is a blocks-world "must move" count that is 
 without search: a goal target is reachable iff some physically valid state satisfies it,
 because every action is reversible and the state graph is connected; satisfiability is a
 few big-int AND operations over precomputed bitsets of the ~3k valid block layouts.
+
+Scene-relative goals ("swap the red and the blue block", "put red next to blue"; see
+:mod:`spiral.world.goals`) are resolved here, once, against the state the planner observes in
+:meth:`SymbolicPlanner.plan`: stage by stage, each stage's relative clauses read the state where
+the optimal plan of the stages before it ends, and among several readings the one with the fewest
+actions in total wins (ties: the first). The planner remembers that reading per goal text, so
+:meth:`replan` and :meth:`achieved` keep to the ORIGINAL scene ("swap" must not swap back from the
+swapped state). A planner that never planned the goal (a resumed run whose first plan came from the
+journal) rebuilds the starting state by undoing the executed steps' moves from the observed state.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 from spiral.types import Plan, SubAction
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
-from spiral.world.goals import Goal, parse_goal
+from spiral.world.goals import Goal, GoalParseError, parse_goal, resolve_relative
 
 # ---------------------------------------------------------------------------------------------
 # encoding: a state is (loc_0, .., loc_3, box_open, lamp_on); a location code is
@@ -215,8 +224,13 @@ def _compile(literals: Sequence[str]) -> _Target:
 
 
 def _satisfiable(t: _Target) -> bool:
+    return _mask(t)[0] != 0
+
+
+def _mask(t: _Target) -> tuple[int, int, int]:
+    """The valid layouts where ``t`` holds (a bitset) and its lid and lamp constraints (-1 = any)."""
     if t.box == 2 or t.lamp == 2:
-        return False
+        return 0, 0, 0
     lay = _layouts()
     m = lay.all
     for i in range(NB):
@@ -228,7 +242,13 @@ def _satisfiable(t: _Target) -> bool:
         m &= ~lay.occ[c]
     for c in t.filled:
         m &= lay.occ[c]
-    return m != 0
+    return (m, t.box, t.lamp) if m else (0, 0, 0)
+
+
+def equivalent(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two conjunctions of goal literals hold in exactly the same states ("at(red, left)" and
+    "at(red, left) & not in(red, box)" do): compares the sets of valid layouts and the lid and lamp constraints."""
+    return _mask(_compile(list(a))) == _mask(_compile(list(b)))
 
 
 def _explain(core: list[str]) -> str:
@@ -390,6 +410,50 @@ def _as_goal(goal: str | Goal) -> Goal:
     return goal if isinstance(goal, Goal) else parse_goal(goal)
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One concrete reading of a (possibly scene-relative) goal and its optimal actions per stage."""
+
+    goal: Goal
+    stages: tuple[tuple[Action, ...], ...]
+
+    @property
+    def length(self) -> int:
+        return sum(len(s) for s in self.stages)
+
+
+def undo_history(state: State, history: Sequence[Any]) -> State | None:
+    """The state before ``history`` ran, rebuilt from ``state`` by undoing each executed move, open, close and
+    switch (a move's post-conditions name where the block came from); None when a step cannot be undone (an
+    unplanned step, or a state that contradicts the history)."""
+    s = state
+    for item in reversed(list(history)):
+        verb = item.verb if isinstance(item, SubAction) else (item.get("verb") if isinstance(item, dict) else None)
+        objs = item.objects if isinstance(item, SubAction) else (item.get("objects") if isinstance(item, dict) else None)
+        posts = _postconditions(item)
+        try:
+            if verb == "move" and objs:
+                old = next((Pred.parse(p) for p in posts if p.startswith("not ") and Pred.parse(p).fluent() ==
+                            f"loc:{objs[0]}"), None)
+                if old is None:
+                    return None
+                src = BOX if old.name == "in" else old.args[1]
+                s = s.with_loc(objs[0], src)
+            elif verb in ("open", "close"):
+                s = State(s.loc, verb == "close", s.lamp_on)
+            elif verb in ("switch_on", "switch_off"):
+                s = State(s.loc, s.box_open, verb == "switch_off")
+            else:
+                return None
+        except DomainError:
+            return None
+    try:
+        s.validate()
+    except DomainError:
+        return None
+    return s
+
+
 def _postconditions(item: Any) -> list[str]:
     if isinstance(item, SubAction):
         return list(item.postconditions)
@@ -403,9 +467,11 @@ class SymbolicPlanner:
 
     name = "symbolic"
 
-    def __init__(self, max_expansions: int = 200_000):
+    def __init__(self, max_expansions: int = 200_000, max_readings: int = 256):
         self.max_expansions = max_expansions
+        self.max_readings = max_readings
         self.stats = SearchStats()
+        self._resolved: dict[str, Goal] = {}  # goal text → the reading chosen when it was first planned
 
     def _target(self, literals: list[str], k: int, n: int) -> _Target:
         t = _compile(literals)
@@ -430,8 +496,75 @@ class SymbolicPlanner:
         return out
 
     def solve(self, state: State, goal: Goal) -> list[Action]:
-        """Fewest actions achieving each stage in order (stage target = merged stages 0..k)."""
+        """Fewest actions achieving each stage in order (stage target = merged stages 0..k); a scene-relative
+        goal is resolved against ``state`` first (its cheapest reading)."""
+        if goal.is_relative:
+            return [a for stage in self.readings(state, goal, best_only=True)[0].stages for a in stage]
         return [a for stage in self.solve_stages(state, goal) for a in stage]
+
+    def readings(self, state: State, goal: Goal, best_only: bool = False) -> list[Reading]:
+        """Concrete readings of ``goal`` from ``state``, fewest actions first (ties: the clauses' own order).
+
+        Stage k's relative clauses are resolved against the state where stage k-1's optimal plan
+        ends (module doc). At most ``max_readings`` partial readings are kept per stage. Raises
+        :class:`GoalParseError` or :class:`PlanningError` when no reading can be reached.
+        """
+        self.stats = SearchStats()
+        if not goal.is_relative:
+            return [Reading(goal, tuple(tuple(st) for st in self.solve_stages(state, goal)))]
+        partial: list[tuple[tuple[tuple[str, ...], ...], Enc, tuple[tuple[Action, ...], ...]]] = [((), _encode(state),
+                                                                                                     ())]
+        n = len(goal.stages)
+        for k, (stage, rel) in enumerate(zip(goal.stages, goal.relative)):
+            nxt = []
+            first_error: Exception | None = None
+            for done, end, acts in partial:
+                fixed = Goal("", done + (stage,)).final()
+                try:
+                    alts = resolve_relative(rel, _decode(end), fixed)
+                except GoalParseError as e:
+                    first_error = first_error or GoalParseError(e.clause, e.reason, goal.text or None)
+                    continue
+                for alt in alts:
+                    stages = done + (tuple(stage) + alt,)
+                    try:
+                        t = self._target(Goal("", stages).targets()[-1], k, n)
+                        keys, s_end = _astar(end, t, self.stats, self.max_expansions)
+                    except PlanningError as e:
+                        first_error = first_error or e
+                        continue
+                    nxt.append((stages, s_end, acts + (tuple(_action(*key) for key in keys),)))
+            if not nxt:
+                assert first_error is not None
+                raise first_error
+            nxt.sort(key=lambda r: sum(len(a) for a in r[2]))  # stable: ties keep the clauses' order
+            partial = nxt[:1 if best_only and k == n - 1 else self.max_readings]
+        return [Reading(Goal(goal.text, stages), acts) for stages, _, acts in partial]
+
+    def resolve(self, goal: str | Goal, state: State | dict | Any) -> Goal:
+        """The concrete goal a scene-relative goal means in ``state`` (its cheapest reading); concrete goals
+        come back unchanged."""
+        g, s = _as_goal(goal), _as_state(state)
+        return self.readings(s, g, best_only=True)[0].goal if g.is_relative else g
+
+    def _reading(self, goal: Goal, state: State, history: Sequence[Any] = ()) -> tuple[Goal, str]:
+        """The concrete goal to plan for, resolved once per goal text against the ORIGINAL scene."""
+        if not goal.is_relative:
+            return goal, ""
+        key = goal.text or str(goal)
+        got = self._resolved.get(key)
+        if got is None:
+            start = state if not history else undo_history(state, history)
+            if start is None:
+                start = state
+                note = "read against the observed state (the executed steps could not be undone): "
+            else:
+                note = ""
+            got = self._resolved[key] = self.resolve(goal, start)
+        else:
+            note = ""
+        read = " ; then ".join(" & ".join(st) for st in got.stages)
+        return got, f"{note}read as {read}; "
 
     def _plan(self, goal: Goal, state: State, start_stage: int, first_id: int, note: str) -> Plan:
         stages = self.solve_stages(state, goal, start_stage)
@@ -448,12 +581,20 @@ class SymbolicPlanner:
         return Plan(goal=goal.text or str(goal), steps=steps, rationale=rationale)
 
     def achieved(self, goal: str | Goal, observation: State | dict | Any) -> bool:
-        """Whether the observed state meets the goal's final literals (the loop's last check)."""
-        return _as_goal(goal).satisfied(_as_state(observation))
+        """Whether the observed state meets the goal's final literals (the loop's last check); a scene-relative
+        goal this planner has not resolved yet counts as not reached (a re-plan resolves it)."""
+        g = _as_goal(goal)
+        if g.is_relative:
+            got = self._resolved.get(g.text or str(g))
+            return got is not None and got.satisfied(_as_state(observation))
+        return g.satisfied(_as_state(observation))
 
     def plan(self, goal: str | Goal, observation: State | dict | Any) -> Plan:
-        """Plan every stage of ``goal`` from the observed state."""
-        return self._plan(_as_goal(goal), _as_state(observation), 0, 0, "")
+        """Plan every stage of ``goal`` from the observed state (which a scene-relative goal is read against)."""
+        g, state = _as_goal(goal), _as_state(observation)
+        self._resolved.pop(g.text or str(g), None)  # a new plan call starts from a new scene
+        concrete, note = self._reading(g, state)
+        return self._plan(concrete, state, 0, 0, note)
 
     def replan(self, goal: str | Goal, observation: State | dict | Any, history: Iterable[Any] | None = None) -> Plan:
         """Plan again from an observed (possibly perturbed) state, resuming at the first unfinished stage.
@@ -464,8 +605,9 @@ class SymbolicPlanner:
         perturbation undid are restored anyway, since they stay in the merged targets. New
         step ids continue after the history.
         """
-        g, state = _as_goal(goal), _as_state(observation)
+        g0, state = _as_goal(goal), _as_state(observation)
         hist = list(history or [])
+        g, read_note = self._reading(g0, state, hist)
         posts = [set(_postconditions(h)) for h in hist]
         done, pos = 0, 0
         for stage in g.stages:
@@ -483,5 +625,5 @@ class SymbolicPlanner:
             break
         if done == len(g.stages) and not g.satisfied(state):
             done = len(g.stages) - 1  # everything was done once, but the final target was disturbed
-        note = f"replanned after {len(hist)} executed step(s), from stage {done + 1} of {len(g.stages)}: "
+        note = f"replanned after {len(hist)} executed step(s), from stage {done + 1} of {len(g.stages)}: {read_note}"
         return self._plan(g, state, done, len(hist), note)

@@ -1,104 +1,100 @@
-"""Natural-language goals ⇄ goal predicates, and a task sampler (DESIGN §4).
+"""Natural-language goals ⇄ goal predicates (DESIGN §4).
 
 A :class:`Goal` is a sequence of *stages*; each stage is a conjunction of predicate
 literals in :mod:`spiral.world.domain` syntax (``"in(red_block, box)"``, ``"not open(box)"``).
 Stages are achieved in order; a later stage may override what an earlier one asked of the
 same fluent ("put red in the box, then move it to the left").
 
-Grammar accepted by :func:`parse_goal` (everything is lower-cased; "please", "kindly",
-"the", "a", "an", "now", "first", "just", "also", "can/could/would you" are ignored):
+**Scene-relative goals.** Some sentences only mean something in a scene: "swap the red and the
+blue block", "put red next to blue", "toggle the lamp", "stack them all in one tower". Their
+stages keep *relative clauses* (``Goal.relative``: ``swap(a, b)``, ``next_to(a, x)``,
+``left_of(a, x)``, ``right_of(a, x)``, ``place_of(a, x)``, ``shift(a, ±n)``, ``toggle(lamp|box)``,
+``tower_any(b1, .., bn[, slot][, bottom=b][, top=b])``)
+next to the literals. They are resolved once, by the planner, against the state it observes when
+it first plans (``SymbolicPlanner.resolve`` / ``readings``): stage k's clauses read the state at the
+start of stage k (the end of the optimal plan for the stages before it); where a clause allows
+several readings (either side for "next to", any order for a tower of "them all"), the reading with
+the fewest actions in total wins, ties going to the first (left before right; the named order).
+Re-plans keep that reading — they never re-resolve against the current, already changed state.
+:func:`resolve_relative` gives one clause's readings; a relative goal's ``targets()``/``final()``/
+``satisfied()`` refuse until it is resolved.
 
-* Clauses are separated by ``,`` ``;`` ``.`` ``:`` ``!`` ``and``. **Only** ``then``,
-  ``and then``, ``after that``, ``afterwards``, ``next``, ``finally`` and ``lastly`` start a
-  new stage; every other separator keeps the clause in the current stage. A ``,``/``and``
-  that is not followed by a verb coordinates objects instead ("put red and blue in the box").
-* Objects: ``red|green|blue|yellow`` optionally followed by ``block|cube|one|brick`` (plurals
-  too); ``all/every/each block``, ``everything``, ``all of them`` (= the four blocks);
-  ``box|lid|container``; ``lamp|light``; ``it`` = the last mentioned object that fits the
-  role (a block for moving/stacking, the box for open/close, the lamp for switching).
-* Places: slots ``far left|leftmost``, ``left``, ``center|centre|middle``, ``right``,
-  ``far right|rightmost`` (optionally followed by ``slot|position|spot|side|place|end``),
-  "on the table at the left", a block ("on/onto/on top of the green one"), the box
-  ("in/into/inside the box", "put X away"), "on the table" (= out of the box, on no block).
-* Verbs: ``put place move set stack drop bring transfer slide push carry take lay position
-  relocate shift get leave keep return`` + place → at/on/in; ``pack stow store`` (+ away) →
-  in the box; ``take X out of the box`` / ``remove X from the box|Y`` / ``take X off Y`` /
-  ``move X away from <slot>`` → negated location; ``open`` / ``close|shut`` the box (a
-  closed box is fine for "put X in the box": the planner adds the open); ``turn|switch
-  on|off`` the lamp (either word order); ``tidy up`` / ``clean up`` / ``clear the table`` →
-  every block in the box; ``clear X`` → nothing on block/slot X; ``leave|keep the box
-  open|closed`` / ``the lamp on|off``. A trailing "and <objects> <place>" reuses the verb.
+Grammar accepted by :func:`parse_goal` (the reader is :mod:`spiral.world.grammar`; case,
+articles and punctuation do not matter):
 
-Anything else raises :class:`GoalParseError`, which names the clause it could not read and
-lists the known objects and verbs.
+* **Verbs.** ``put place move set drop bring transfer slide push carry lay position relocate
+  shift leave keep return remove stand rest`` + place; ``pick grab lift take get hold fetch
+  collect raise`` X + place, or "pick up X and put it on Y" (a picked block must be put somewhere
+  by a later clause); ``stack/pile`` X on Y; ``pack stow store`` / "put X away" → in the box; "take
+  (out) X out (of the box)", "remove X from Y", "take X off Y", "move X away from <slot>" → negated
+  location; a source before a destination is implied ("move red from the left to the far right");
+  ``open`` / ``close shut`` the box ("open it": the box is the only thing that opens); "put the
+  lid on" / "take the lid off" / "lift the lid"; ``turn switch flip power`` on|off the lamp (either
+  order); ``toggle`` / "flip the lamp" → the other state; ``swap exchange trade interchange`` /
+  "switch red and blue" → each takes the other's place; ``tidy up`` / ``clean up`` / ``clear the
+  table`` → every block in the box; ``clear (off) X`` → nothing on block/slot X; ``empty the box``
+  → every block out; ``empty <slot>``; ``unstack X`` → X on the table; "build/make a tower
+  (of|from|with|out of) red, green and blue" — **the first named block is at the bottom** unless
+  the sentence says "from the top (down)"; "X at the bottom" / "X on top" fix single positions;
+  "a three block tower on the far right: blue, then red, then green"; "stack red, green and blue
+  (into a tower)"; "stack them all (in one tower)" leaves the order to the planner; "put red on
+  green on blue" stacks a chain.
+* **States described instead of commanded.** "the box should be open", "I want the red block in
+  the box", "make sure the lamp is off", "have/make/get X <state|place>", "red block in the box
+  please", "lamp on", "the green block goes on the far left", "Red block -> box".
+* **Objects.** ``red|green|blue|yellow`` [``block|cube|one|brick``]; "X and Y", "X, Y and Z",
+  "both X and Y", "X as well as Y" as objects of one verb; ``all/every/each block``,
+  ``everything``, ``all of them``, ``them all``, "the (four) blocks" (= the four blocks);
+  ``them/those/these/both (of them)`` = the last group of blocks named (``them`` with none named:
+  the four blocks); ``it`` = the last mentioned object that fits the role; ``box|lid|container``;
+  ``lamp|light``.
+* **Places.** Slots ``far left|leftmost``, ``left``, ``center|centre|middle``, ``right``, ``far
+  right|rightmost`` [``slot|position|spot|side|place|end``], "the table's left slot", "the left
+  side of the table"; a block ("on/onto/on top of the green one", "under the green block");
+  the box ("in/into/inside the box", a bare trailing "in"/"inside"/"in there"); "on the table" (=
+  out of the box, on no block); "next to / beside / alongside X" = a slot beside the slot of X's
+  stack, either side (X's stack stays; X in the box, or standing on the block being moved, is an
+  error); "to the left of X" / "to the right of X" = that side only.
+* **Order.** Clauses are separated by ``,`` ``;`` ``.`` ``:`` ``!`` ``and``. ``then``, ``and then``,
+  ``after that``, ``afterwards``, ``next``, ``finally``, ``lastly``, ``second(ly)``, ``third``…,
+  numbered steps ("1. … 2. …", "Step 1: …") start a new stage; "A before B", "before B, A",
+  "after B, A", "A after B", "once/when B, A" order their parts (gerunds read as verbs: "after
+  opening the box"); a clause that contradicts its stage ("open the box, put red in and close
+  it") starts the next stage. Otherwise all clauses form one stage. A trailing ", X <place>" /
+  "and X <place>" reuses the verb; "…, then the green one" reuses the last destination.
+* **Ignored words.** please, kindly, could/can/would/will you, would you mind, I want/need/'d
+  like (you to), make sure, go ahead and, just, now, first, also, again, back, down, up, over (before
+  a place), quickly, carefully, thanks, for me, is/are/be/should be/needs to be/ends up, ….
+
+Anything else raises :class:`GoalParseError`, which names the clause it could not read and why
+(an unknown word is named) and lists the known objects and verbs.
 """
 
 from __future__ import annotations
 
-import re
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
-from spiral.bench.seeds import is_reserved
+from spiral.world import grammar
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, DomainError, Pred, State
+from spiral.world.grammar import table_literals as _table_literals
 
-# ---------------------------------------------------------------------------------------------
-# vocabulary
-
-_COLORS = {b.split("_")[0]: b for b in BLOCKS}
-_BLOCK_NOUNS = {"block", "blocks", "cube", "cubes", "one", "ones", "brick", "bricks"}
-_BOX_WORDS = {"box", "lid", "container"}
-_LAMP_WORDS = {"lamp", "light", "lights", "lamps"}
-_TABLE_WORDS = {"table", "desk", "tabletop"}
-_SLOT_WORDS = {"far_left": "far_left", "left": "left", "center": "center", "right": "right", "far_right": "far_right"}
-_SLOT_NOUNS = {"slot", "position", "spot", "side", "place", "end", "area"}
-_ALL_NOUNS = _BLOCK_NOUNS | {"objects", "things", "them", "object", "thing"}
-_NUMBERS = {"4", "four"}
-
-_MOVE_VERBS = {"put", "place", "move", "set", "stack", "drop", "bring", "transfer", "slide", "push", "carry",
-               "take", "lay", "position", "relocate", "shift", "get", "leave", "keep", "return", "remove"}
-_PACK_VERBS = {"pack", "stow", "store"}
-_OPEN_VERBS = {"open"}
-_CLOSE_VERBS = {"close", "shut"}
-_SWITCH_VERBS = {"turn", "switch", "flip"}
-_TIDY_VERBS = {"tidy"}
-_CLEAR_VERBS = {"clear"}
-_VERBS = _MOVE_VERBS | _PACK_VERBS | _OPEN_VERBS | _CLOSE_VERBS | _SWITCH_VERBS | _TIDY_VERBS | _CLEAR_VERBS
-
-_STAGE = "THEN"  # internal token for every stage separator
-_PUNCT = {",", ";", ".", ":", "!", "?"}
-_FILLERS = {"please", "kindly", "the", "a", "an", "now", "first", "just", "also", "you", "can", "could", "would",
-            "go", "ahead"}
-# Multi-word phrases rewritten to one token before parsing (longest match first).
-_PHRASES: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("and", "then"): (_STAGE,), ("after", "that"): (_STAGE,), ("after", "this"): (_STAGE,),
-    ("afterwards",): (_STAGE,), ("afterward",): (_STAGE,), ("then",): (_STAGE,), ("next",): (_STAGE,),
-    ("finally",): (_STAGE,), ("lastly",): (_STAGE,),
-    ("on", "top", "of"): ("onto",), ("on", "to"): ("onto",), ("in", "to"): ("into",), ("inside", "of"): ("into",),
-    ("inside",): ("into",), ("out", "of"): ("outof",), ("away", "from"): ("awayfrom",), ("off", "of"): ("off",),
-    ("far", "left"): ("far_left",), ("far", "right"): ("far_right",), ("leftmost",): ("far_left",),
-    ("rightmost",): ("far_right",), ("centre",): ("center",), ("middle",): ("center",),
-    ("tidy", "up"): ("tidy",), ("clean", "up"): ("tidy",), ("clean",): ("tidy",), ("put", "away"): ("pack",),
-    ("i", "want", "you", "to"): (), ("make", "sure", "to"): (), ("go", "ahead", "and"): (),
-}
-_MAX_PHRASE = max(len(k) for k in _PHRASES)
-_PREPS = {"in", "into", "onto", "on", "atop", "upon", "over", "above", "to", "at", "toward", "towards", "outof",
-          "off", "awayfrom", "from", "away", "of", "up", "and", "back"}
-_STATE_WORDS = {"open", "closed", "shut", "on", "off"}
-_VOCAB = (set(_COLORS) | _BLOCK_NOUNS | _BOX_WORDS | _LAMP_WORDS | _TABLE_WORDS | set(_SLOT_WORDS) | _SLOT_NOUNS
-          | _ALL_NOUNS | _NUMBERS | _VERBS | _PREPS | _STATE_WORDS | {"it", "all", "every", "each", "everything",
-                                                                     "pack", _STAGE})
-
-KNOWN_OBJECTS = ("red/green/blue/yellow block (cube, one)", "it", "all blocks / every block / everything",
-                 "box (lid, container)", "lamp (light)", "table",
-                 "slots: far left, left, center (centre, middle), right, far right")
-KNOWN_VERBS = ("put/place/move/set/stack/drop/slide/... X in|on|to|at <place>", "pack/stow/store X (away)",
-               "take X out of the box", "remove X from <place>", "take X off Y", "move X away from <slot>",
-               "open", "close/shut", "turn/switch on|off", "tidy up / clean up / clear the table", "clear X",
-               "leave/keep X open|closed|on|off", "separators: , ; . and — new stage: then, after that, finally")
+KNOWN_OBJECTS = ("red/green/blue/yellow block (cube, one)", "it", "them/both (the blocks just named)",
+                 "all blocks / every block / everything / them all", "box (lid, container)", "lamp (light)", "table",
+                 "slots: far left, left, center (centre, middle), right, far right",
+                 "next to / left of / right of / under a block")
+KNOWN_VERBS = ("put/place/move/set/drop/slide/... X in|on|to|at <place>", "pick up/grab/take X and put it <place>",
+               "pack/stow/store X (away)", "take X out of the box", "remove X from <place>", "take X off Y",
+               "move X away from <slot>", "open", "close/shut", "turn/switch on|off", "toggle",
+               "swap X and Y", "build a tower of X, Y and Z (first named at the bottom)",
+               "tidy up / clean up / clear the table", "empty the box", "clear X", "unstack X",
+               "leave/keep/make X open|closed|on|off", "'X should be <state|place>'",
+               "separators: , ; . and — new stage: then, after that, finally, 1. 2. 3., before/after")
 
 
 class GoalParseError(ValueError):
@@ -112,6 +108,7 @@ class GoalParseError(ValueError):
             f"could not read {clause!r}{where}: {reason}. Known objects: {'; '.join(KNOWN_OBJECTS)}. "
             f"Known verbs: {'; '.join(KNOWN_VERBS)}."
         )
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,23 +142,35 @@ def canonical_stage(preds: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(norm, key=_lit_key))
 
 
+class RelativeGoalError(ValueError):
+    """A scene-relative goal used where concrete literals are needed (resolve it against a state first)."""
+
+
 @dataclass(frozen=True)
 class Goal:
     """A goal: its text and ordered stages, each a conjunction of predicate literals.
 
     Stages are stored canonically (normalised, deduplicated, sorted; empty stages dropped) so
     that two goals meaning the same thing compare equal whatever order their clauses came in.
+    ``relative`` (empty for most goals) holds each stage's scene-relative clauses, aligned with
+    ``stages`` (module doc); a stage is kept when it has literals or relative clauses.
     """
 
     text: str
     stages: tuple[tuple[str, ...], ...] = field(default=())
+    relative: tuple[tuple[str, ...], ...] = field(default=())
 
     def __post_init__(self) -> None:
+        rel = tuple(tuple(r) for r in self.relative)
+        if rel and len(rel) != len(self.stages):
+            raise ValueError(f"Goal.relative needs one entry per stage: {len(rel)} for {len(self.stages)} stages")
         try:
-            stages = tuple(s for s in (canonical_stage(st) for st in self.stages) if s)
+            stages = [canonical_stage(st) for st in self.stages]
         except DomainError as e:
             raise GoalParseError(self.text, str(e)) from None
-        object.__setattr__(self, "stages", stages)
+        keep = [(s, r) for s, r in zip(stages, rel or [()] * len(stages)) if s or r]
+        object.__setattr__(self, "stages", tuple(s for s, _ in keep))
+        object.__setattr__(self, "relative", tuple(r for _, r in keep) if any(r for _, r in keep) else ())
 
     @classmethod
     def of(cls, *stages: Iterable[str] | str, text: str | None = None) -> Goal:
@@ -169,8 +178,20 @@ class Goal:
         st = [[s] if isinstance(s, str) else list(s) for s in stages]
         return cls(text if text is not None else goal_to_text(st), tuple(tuple(s) for s in st))
 
+    @property
+    def is_relative(self) -> bool:
+        """Whether some stage refers to the scene ("swap", "next to", "toggle", …) and needs resolving."""
+        return bool(self.relative)
+
+    def _concrete(self) -> None:
+        if self.relative:
+            clauses = ", ".join(r for rs in self.relative for r in rs)
+            raise RelativeGoalError(f"goal {self.text or str(self)!r} refers to the scene ({clauses}); resolve it "
+                                    "against the starting state first: SymbolicPlanner().resolve(goal, state)")
+
     def targets(self) -> list[list[str]]:
         """Merged literals of stages[0..k] for every k: what must hold once stage k is done."""
+        self._concrete()
         merged: dict[str, list[str]] = {}
         out = []
         for stage in self.stages:
@@ -191,333 +212,177 @@ class Goal:
         return all(state.holds(p) for p in self.final())
 
     def __str__(self) -> str:
-        return " ; then ".join(" & ".join(s) for s in self.stages)
+        rel = self.relative or ((),) * len(self.stages)
+        return " ; then ".join(" & ".join((*s, *r)) for s, r in zip(self.stages, rel))
 
 
 # ---------------------------------------------------------------------------------------------
 # parsing
 
 
-def _tokenize(text: str) -> list[str]:
-    t = text.lower().replace("’", "'")
-    t = re.sub(r"[-_/]", " ", t)
-    t = re.sub(r"([,;.:!?])", r" \1 ", t)
-    t = re.sub(r"[\"'()\[\]]", " ", t)
-    raw = t.split()
-    out: list[str] = []
-    i = 0
-    while i < len(raw):
-        for n in range(min(_MAX_PHRASE, len(raw) - i), 0, -1):
-            rep = _PHRASES.get(tuple(raw[i:i + n]))
-            if rep is not None:
-                out.extend(rep)
-                i += n
-                break
-        else:
-            out.append(raw[i])
-            i += 1
-    return [w for w in out if w not in _FILLERS]
-
-
-def _show(tokens: Sequence[str]) -> str:
-    return " ".join("then" if w == _STAGE else w.replace("_", " ").replace("outof", "out of")
-                    .replace("awayfrom", "away from") for w in tokens)
-
-
-class _Cursor:
-    """Token cursor over one clause, with the pronoun memory shared by the whole goal."""
-
-    def __init__(self, tokens: list[str], mentions: list[str]):
-        self.toks, self.i, self.mentions = tokens, 0, mentions
-
-    def peek(self, k: int = 0) -> str | None:
-        j = self.i + k
-        return self.toks[j] if j < len(self.toks) else None
-
-    def take(self) -> str:
-        w = self.toks[self.i]
-        self.i += 1
-        return w
-
-    def accept(self, *words: str | set[str]) -> str | None:
-        w = self.peek()
-        for x in words:
-            if w is not None and (w == x if isinstance(x, str) else w in x):
-                self.i += 1
-                return w
-        return None
-
-    def done(self) -> bool:
-        return self.i >= len(self.toks)
-
-    def fail(self, reason: str | None = None) -> GoalParseError:
-        clause = _show(self.toks)
-        if reason is None:
-            w = self.peek()
-            if w is None:
-                reason = "the clause ends too early"
-            elif w not in _VOCAB:
-                reason = f"unknown word {w!r}"
-            else:
-                reason = f"did not expect {_show([w])!r} here"
-        return GoalParseError(clause, reason)
-
-    def mention(self, objs: list[str]) -> list[str]:
-        self.mentions.extend(objs)
-        return objs
-
-    def pronoun(self, kinds: set[str], exclude: Iterable[str] = ()) -> str:
-        """`it` = the last mentioned object of a fitting kind (block / box / lamp), other than ``exclude``."""
-        for o in reversed(self.mentions):
-            if _kind(o) in kinds and o not in exclude:
-                return o
-        raise self.fail(f"'it' does not refer to anything that fits ({'/'.join(sorted(kinds))}) yet")
-
-
-def _kind(obj: str) -> str:
-    return "block" if obj in BLOCKS else obj
-
-
-def _starts_ref(w: str | None) -> bool:
-    return w is not None and (w in _COLORS or w in _BOX_WORDS or w in _LAMP_WORDS
-                              or w in {"it", "all", "every", "each", "everything"})
-
-
-def _ref(c: _Cursor, kinds: set[str], exclude: Iterable[str] = ()) -> list[str] | None:
-    """One object reference (possibly "all blocks"); None when the next word starts none."""
-    w = c.peek()
-    if w is None:
-        return None
-    if w == "it":
-        c.take()
-        return c.mention([c.pronoun(kinds, exclude)])
-    if w in ("all", "every", "each", "everything"):
-        c.take()
-        if w != "everything":
-            c.accept("of")
-            c.accept(_NUMBERS)
-            c.accept(_ALL_NOUNS)
-        return c.mention(list(BLOCKS))
-    if w in _COLORS:
-        c.take()
-        c.accept(_BLOCK_NOUNS)
-        return c.mention([_COLORS[w]])
-    if w in _BOX_WORDS:
-        c.take()
-        c.accept(_BOX_WORDS)  # "box lid"
-        return c.mention([BOX])
-    if w in _LAMP_WORDS:
-        c.take()
-        return c.mention([LAMP])
-    if w in _BLOCK_NOUNS:
-        raise c.fail("which block? name its colour: red, green, blue or yellow")
-    return None
-
-
-def _objects(c: _Cursor, kinds: set[str]) -> list[str]:
-    """A coordinated list: "red, blue and the yellow cube"."""
-    first = _ref(c, kinds)
-    if first is None:
-        raise c.fail()
-    out = list(first)
-    while c.peek() in (",", "and") and _starts_ref(c.peek(1)):
-        c.take()
-        out += _ref(c, kinds) or []
-    return list(dict.fromkeys(out))
-
-
-def _slot(c: _Cursor) -> str | None:
-    w = c.accept(set(_SLOT_WORDS))
-    if w is None:
-        return None
-    c.accept(_SLOT_NOUNS)
-    if c.peek() == "of" and c.peek(1) in _TABLE_WORDS:
-        c.i += 2
-    return _SLOT_WORDS[w]
-
-
-def _table_literals(b: str) -> list[str]:
-    return [f"not in({b}, {BOX})"] + [f"not on({b}, {o})" for o in BLOCKS if o != b]
-
-
-def _place(c: _Cursor, kinds: set[str], exclude: Iterable[str] = ()) -> tuple[str, str] | None:
-    """A slot, the table, the box or a block: ("slot"|"table"|"box"|"block", name)."""
-    s = _slot(c)
-    if s is not None:
-        return ("slot", s)
-    if c.accept(_TABLE_WORDS):
-        if c.peek() in ("at", "on", "in", "to", "toward", "towards", ",") and c.peek(1) in _SLOT_WORDS:
-            c.take()
-            return ("slot", _slot(c) or "")
-        s = _slot(c)
-        return ("slot", s) if s else ("table", "")
-    objs = _ref(c, kinds, exclude)
-    if objs is None:
-        return None
-    if len(objs) != 1:
-        raise c.fail("a destination must be one place")
-    o = objs[0]
-    if o == LAMP:
-        raise c.fail("blocks cannot be put on the lamp")
-    return ("box", BOX) if o == BOX else ("block", o)
-
-
-def _destination(c: _Cursor, blocks: list[str], verb: str) -> list[str]:
-    """Literals for "<blocks> <preposition> <place>"."""
-    w = c.peek()
-    if w is None or (w == "and" and verb in _PACK_VERBS):
-        if verb in _PACK_VERBS:
-            c.mention([BOX])  # "put it away and close it": the box is implied
-            return [f"in({b}, {BOX})" for b in blocks]
-        raise c.fail("where should it go? say e.g. 'in the box', 'on the green block' or 'to the left'")
-    if w == "away" and c.peek(1) != "from":
-        c.take()
-        c.mention([BOX])
-        return [f"in({b}, {BOX})" for b in blocks]
-    c.take()
-    if w in ("in", "into"):
-        kinds, mode = {"box"}, "pos"
-    elif w in ("onto", "on", "atop", "upon", "over", "above"):
-        kinds, mode = {"block"}, "pos"
-    elif w in ("to", "at", "toward", "towards"):
-        kinds, mode = {"block", "box"}, "pos"
-    elif w in ("outof", "off", "awayfrom", "from"):
-        kinds, mode = ({"box"} if w == "outof" else {"block", "box"}), "neg"
-    else:
-        c.i -= 1
-        raise c.fail()
-    place = _place(c, kinds, exclude=blocks)  # "stack red on it": `it` is not red itself
-    if place is None:
-        raise c.fail()
-    kind, where = place
-    out: list[str] = []
-    for b in blocks:
-        if kind == "block" and where == b:
-            raise c.fail(f"the {b.replace('_', ' ')} cannot go on itself")
-        if mode == "pos":
-            if kind == "table":
-                out += _table_literals(b)
-            elif w in ("on", "onto", "atop", "upon", "over", "above") and kind == "box":
-                raise c.fail("blocks go into the box, not on it")
-            else:
-                out.append({"slot": f"at({b}, {where})", "box": f"in({b}, {BOX})", "block": f"on({b}, {where})"}[kind])
-        else:
-            if kind == "table":
-                raise c.fail("'off the table' is not a place; say where the block should go")
-            out.append({"slot": f"not at({b}, {where})", "box": f"not in({b}, {BOX})",
-                        "block": f"not on({b}, {where})"}[kind])
-    return out
-
-
-def _clause(tokens: list[str], mentions: list[str]) -> list[str]:
-    """Literals of one clause (a verb phrase)."""
-    c = _Cursor(tokens, mentions)
-    verb = c.take()
-    if verb not in _VERBS:
-        c.i -= 1
-        raise c.fail(None if verb not in _VOCAB else f"a clause must start with a verb, not {_show([verb])!r}")
-    out: list[str]
-    if verb in _OPEN_VERBS or verb in _CLOSE_VERBS:
-        c.accept("up")
-        objs = _objects(c, {"box"})
-        c.accept("up")
-        if objs != [BOX]:
-            raise c.fail(f"only the box can be {'opened' if verb in _OPEN_VERBS else 'closed'}")
-        out = ["open(box)" if verb in _OPEN_VERBS else "not open(box)"]
-    elif verb in _SWITCH_VERBS:
-        s1 = c.accept("on", "off")
-        objs = _objects(c, {"lamp"})
-        s2 = c.accept("on", "off")
-        if objs != [LAMP]:
-            raise c.fail("only the lamp can be switched on or off")
-        if (s1 is None) == (s2 is None):
-            raise c.fail("say 'on' or 'off' once")
-        out = ["on(lamp)" if (s1 or s2) == "on" else "not on(lamp)"]
-    elif verb in _TIDY_VERBS or (verb in _CLEAR_VERBS and c.peek() in _TABLE_WORDS | {"everything", "up"}):
-        c.accept(_TABLE_WORDS | {"everything", "up"})
-        c.mention(list(BLOCKS) + [BOX])
-        out = [f"in({b}, {BOX})" for b in BLOCKS]
-    elif verb in _CLEAR_VERBS:
-        s = _slot(c)
-        if s is not None:
-            out = [f"free({s})"]
-        else:
-            objs = _objects(c, {"block"})
-            if any(o not in BLOCKS for o in objs):
-                raise c.fail("only a block or a slot can be cleared")
-            out = [f"clear({o})" for o in objs]
-    else:
-        objs = _objects(c, {"block", "box", "lamp"} if verb in ("leave", "keep") else {"block"})
-        if verb in ("leave", "keep") and objs in ([BOX], [LAMP]) and c.peek() in _STATE_WORDS:
-            st = c.take()
-            if objs == [BOX] and st in ("open", "closed", "shut"):
-                out = ["open(box)" if st == "open" else "not open(box)"]
-            elif objs == [LAMP] and st in ("on", "off"):
-                out = ["on(lamp)" if st == "on" else "not on(lamp)"]
-            else:
-                raise c.fail(f"the {objs[0]} cannot be {st}")
-        else:
-            if any(o not in BLOCKS for o in objs):
-                raise c.fail(f"only blocks can be moved, not the {[o for o in objs if o not in BLOCKS][0]}")
-            c.accept("back")
-            out = _destination(c, objs, verb)
-            # gapping: "put red in the box and blue on the left" reuses the verb
-            while c.peek() in (",", "and") and _starts_ref(c.peek(1)):
-                c.take()
-                more = _objects(c, {"block"})
-                if any(o not in BLOCKS for o in more):
-                    raise c.fail("only blocks can be moved")
-                out += _destination(c, more, verb)
-    if not c.done():
-        raise c.fail()
-    return out
-
-
 def parse_goal(text: str) -> Goal:
-    """Parse a natural-language goal into ordered stages of predicate literals (grammar: module doc)."""
+    """Parse a natural-language goal into ordered stages of predicate literals (grammar: module doc).
+
+    Scene-relative phrasings ("swap …", "next to …") give a goal with ``relative`` clauses that
+    the planner resolves against the state it observes (module doc)."""
     if not isinstance(text, str):
         raise GoalParseError(str(text), "a goal must be a string")
-    tokens = _tokenize(text)
-    stages: list[list[str]] = [[]]
-    mentions: list[str] = []
-    cur: list[str] = []
-    n_clauses = [0]
+    return _parse(text)
 
-    def flush() -> None:
-        if cur:
-            try:
-                stages[-1].extend(_clause(list(cur), mentions))
-            except GoalParseError as e:
-                raise GoalParseError(e.clause, e.reason, text) from None
-            n_clauses[-1] += 1
-            cur.clear()
 
-    i = 0
-    while i < len(tokens):
-        w = tokens[i]
-        if w in _PUNCT or w in ("and", _STAGE):
-            j, brk, hard = i, False, False
-            while j < len(tokens) and (tokens[j] in _PUNCT or tokens[j] in ("and", _STAGE)):
-                brk |= tokens[j] == _STAGE
-                hard |= tokens[j] in _PUNCT - {","}
-                j += 1
-            nxt = tokens[j] if j < len(tokens) else None
-            if brk or hard or nxt is None or nxt in _VERBS:
-                flush()
-                if brk and n_clauses[-1]:
-                    stages.append([])
-                    n_clauses.append(0)
-            else:  # object coordination inside the clause
-                cur.append("and" if "and" in tokens[i:j] else ",")
-            i = j
-            continue
-        cur.append(w)
-        i += 1
-    flush()
-    goal = Goal(text, tuple(tuple(s) for s in stages))
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> Goal:  # goals are immutable: the loop re-reads the same text at every (re)plan
+    try:
+        stages = grammar.read(text)
+    except grammar.ParseFailure as e:
+        raise GoalParseError(e.clause, e.reason, text) from None
+    goal = Goal(text, tuple(tuple(lits) for lits, _ in stages), tuple(tuple(rel) for _, rel in stages))
     if not goal.stages:
         raise GoalParseError(text, "no goal found (expected e.g. 'put the red block in the box')")
     return goal
+
+
+# ---------------------------------------------------------------------------------------------
+# scene-relative clauses
+
+
+def _loc_lit(block: str, where: str) -> str:
+    return f"in({block}, {BOX})" if where == BOX else f"at({block}, {where})" if where in SLOTS else \
+        f"on({block}, {where})"
+
+
+def _name(obj: str) -> str:
+    return "the " + obj.replace("_", " ") + (" slot" if obj in SLOTS else "")
+
+
+def describe_relative(clause: str) -> str:
+    """A scene-relative clause in words, for messages: ``next_to(red_block, blue_block)`` → "put the red block next
+    to the blue block"."""
+    kind, args = grammar.parse_rel(clause)
+    names = [_name(a) for a in args if a in BLOCKS or a in SLOTS]
+    if kind == "swap":
+        return f"swap {names[0]} and {names[1]}"
+    if kind in ("next_to", "left_of", "right_of"):
+        where = {"next_to": "next to", "left_of": "to the left of", "right_of": "to the right of"}[kind]
+        return f"put {names[0]} {where} {names[1]}"
+    if kind == "place_of":
+        return f"put {names[0]} where {names[1]} is"
+    if kind == "shift":
+        n = int(args[1])
+        return f"move {names[0]} {abs(n)} slot{'s' if abs(n) != 1 else ''} to the {'left' if n < 0 else 'right'}"
+    if kind == "toggle":
+        return f"toggle the {args[0]}"
+    return "build a tower of " + ", ".join(_name(a) for a in args if a in BLOCKS)
+
+
+def _fixed_loc(block: str, fixed: Sequence[str]) -> str | None:
+    """Where the goal itself already puts ``block`` (a positive location literal), if it does."""
+    for lit in fixed:
+        p = _pred(lit)
+        if not p.negated and p.fluent() == f"loc:{block}":
+            return BOX if p.name == "in" else p.args[1]
+    return None
+
+
+def _stand(anchor: str, mover: str, state: State, fixed: Sequence[str], clause: str) -> tuple[str, tuple[str, ...]]:
+    """The slot under ``anchor``'s stack and the literals that keep that stack as it is."""
+    pins, cur, seen = [], anchor, {anchor}
+    while True:
+        where = _fixed_loc(cur, fixed) or state.where(cur)
+        if where in seen:  # the goal puts X on Y while Y stands on X now: where X ends up is not said
+            raise GoalParseError(describe_relative(clause), f"where {_name(anchor)} will stand is not fixed by the goal: say where its "
+                                         "stack should go")
+        seen.add(where)
+        if where == BOX:
+            raise GoalParseError(describe_relative(clause), f"{_name(cur)} is in the box: 'next to' / 'left of' / 'right of' needs "
+                                         "a block on the table")
+        if where == mover:
+            raise GoalParseError(describe_relative(clause), f"{_name(anchor)} stands on {_name(mover)}: say where each should go")
+        pins.append(_loc_lit(cur, where))
+        if where in SLOTS:
+            return where, tuple(pins)
+        cur = where
+
+
+def _alternatives(clause: str, state: State, fixed: Sequence[str]) -> list[tuple[str, ...]]:
+    kind, args = grammar.parse_rel(clause)
+    if kind == "swap":
+        a, b = args
+        sigma = {a: b, b: a}
+        la, lb = state.where(a), state.where(b)
+        return [(_loc_lit(a, sigma.get(lb, lb)), _loc_lit(b, sigma.get(la, la)))]
+    if kind == "toggle":
+        if args[0] == LAMP:
+            return [("not on(lamp)",) if state.lamp_on else ("on(lamp)",)]
+        return [("not open(box)",) if state.box_open else ("open(box)",)]
+    if kind in ("next_to", "left_of", "right_of"):
+        mover, anchor = args
+        base, pins = _stand(anchor, mover, state, fixed, clause)
+        k = SLOTS.index(base)
+        sides = {"next_to": (k - 1, k + 1), "left_of": (k - 1,), "right_of": (k + 1,)}[kind]
+        slots = [SLOTS[j] for j in sides if 0 <= j < len(SLOTS)]
+        if not slots:
+            side = "left" if kind == "left_of" else "right"
+            raise GoalParseError(describe_relative(clause), f"there is no slot to the {side} of {_name(base)}, where {_name(anchor)} "
+                                         "stands")
+        return [(f"at({mover}, {s})", *pins) for s in slots]
+    if kind == "place_of":  # "put red where the green block is": where green stands now (green makes way)
+        mover, anchor = args
+        where = state.where(anchor)
+        if where == mover:
+            raise GoalParseError(describe_relative(clause), f"{_name(anchor)} stands on {_name(mover)}: say where each should go")
+        return [(_loc_lit(mover, where),)]
+    if kind == "shift":  # "two slots to the left": from the slot under the block's stack
+        mover, n = args[0], int(args[1])
+        if state.where(mover) == BOX:
+            raise GoalParseError(describe_relative(clause), f"{_name(mover)} is in the box: say which slot it should go to")
+        j = SLOTS.index(state.base_slot(mover)) + n
+        if not 0 <= j < len(SLOTS):
+            raise GoalParseError(describe_relative(clause), f"{_name(mover)} stands on {_name(state.base_slot(mover))}: there is no slot "
+                                         f"{abs(n)} to the {'left' if n < 0 else 'right'} of it")
+        return [(f"at({mover}, {SLOTS[j]})",)]
+    if kind == "tower_any":
+        blocks = [x for x in args if x in BLOCKS]
+        where = [x for x in args if x in SLOTS]
+        ends = dict(a.split("=") for a in args if "=" in a)
+        out = []
+        for order in itertools.permutations(blocks):
+            if order[0] != ends.get("bottom", order[0]) or order[-1] != ends.get("top", order[-1]):
+                continue
+            lits = tuple(f"on({top}, {under})" for under, top in zip(order, order[1:]))
+            out.append(lits + ((f"at({order[0]}, {where[0]})",) if where else ()))
+        return out
+    raise ValueError(f"unknown scene-relative clause {clause!r}; known: {', '.join(grammar.RELATIVE_KINDS)}")
+
+
+def resolve_relative(clauses: Sequence[str], state: State, fixed: Sequence[str] = ()) -> list[tuple[str, ...]]:
+    """Every reading of one stage's relative ``clauses`` in ``state`` (the state at the start of the stage), as
+    extra literals, in preference order (left before right, the named order first).
+
+    ``fixed`` are the stage's concrete literals merged with the stages before: "move blue to the
+    center and put red next to it" places red beside the center, where the goal puts blue.
+    Raises :class:`GoalParseError` when a clause cannot hold in this scene (e.g. "next to" a block
+    in the box)."""
+    readings: list[tuple[str, ...]] = [()]
+    for clause in clauses:
+        readings = [chosen + extra for chosen in readings
+                    for extra in _alternatives(clause, state, [*fixed, *chosen])]
+    return list(dict.fromkeys(readings))
+
+
+def goal_reached(goal: Goal, state: State, start: State | None = None) -> bool:
+    """Whether ``state`` meets the goal; a scene-relative goal is read against ``start`` and counts as met when
+    any of its readings is (either side for "next to")."""
+    if not goal.is_relative:
+        return goal.satisfied(state)
+    if start is None:
+        raise RelativeGoalError("a scene-relative goal needs the starting state to be checked")
+    from spiral.planners.symbolic import PlanningError, SymbolicPlanner
+
+    try:
+        return any(r.goal.satisfied(state) for r in SymbolicPlanner().readings(start, goal))
+    except (GoalParseError, PlanningError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,119 +552,10 @@ def goal_to_text(stages: Sequence[Sequence[str]] | Goal, rng: np.random.Generato
     return text
 
 
-# ---------------------------------------------------------------------------------------------
-# task sampler
+def __getattr__(name: str) -> Any:
+    """The task sampler moved to :mod:`spiral.world.tasks`; its names stay importable from here."""
+    if name in ("Task", "sample_state", "sample_task"):
+        from spiral.world import tasks
 
-
-@dataclass(frozen=True)
-class Task:
-    """A sampled tabletop task: initial state, goal and the optimal plan length."""
-
-    id: str
-    seed: int
-    scene_seed: int
-    state: State
-    goal: Goal
-    length: int
-
-
-def sample_state(rng: np.random.Generator) -> State:
-    """A random valid layout: blocks on slots, stacked or in the box; box open/closed; lamp on/off."""
-    order = list(BLOCKS)
-    rng.shuffle(order)
-    loc: dict[str, str] = {}
-    for b in order:
-        used = set(loc.values())
-        free = [s for s in SLOTS if s not in used]
-        tops = [o for o in loc if loc[o] != BOX and o not in used]
-        r = rng.random()
-        if r < 0.25 or (not free and not tops):
-            loc[b] = BOX
-        elif (r < 0.55 and tops) or not free:
-            loc[b] = tops[int(rng.integers(len(tops)))]
-        else:
-            loc[b] = free[int(rng.integers(len(free)))]
-    return State.make(loc, box_open=bool(rng.random() < 0.5), lamp_on=bool(rng.random() < 0.5))
-
-
-# goal clause types and their weights in sampled tasks
-_CLAUSE_MIX = (("slot", 3.0), ("stack", 3.0), ("box", 3.0), ("lid", 1.0), ("lamp", 1.0), ("tidy", 0.7), ("out", 0.7),
-               ("table", 0.3))
-
-
-_MIX_KINDS = tuple(k for k, _ in _CLAUSE_MIX)
-_MIX_CUM = np.cumsum([w for _, w in _CLAUSE_MIX]) / sum(w for _, w in _CLAUSE_MIX)
-
-
-def _sample_clause(rng: np.random.Generator, state: State) -> list[str]:
-    """One goal clause of a random type (weights in ``_CLAUSE_MIX``)."""
-    kind = _MIX_KINDS[min(int(np.searchsorted(_MIX_CUM, rng.random(), side="right")), len(_MIX_KINDS) - 1)]
-    b = _pick(rng, BLOCKS)
-    if kind == "slot":
-        return [f"at({b}, {_pick(rng, SLOTS)})"]
-    if kind == "stack":
-        return [f"on({b}, {_pick(rng, [x for x in BLOCKS if x != b])})"]
-    if kind == "box":
-        return [f"in({b}, {BOX})"]
-    if kind == "lid":
-        return ["not open(box)" if rng.random() < 0.5 else "open(box)"]
-    if kind == "lamp":
-        return ["not on(lamp)" if state.lamp_on else "on(lamp)"]
-    if kind == "tidy":
-        return [f"in({x}, {BOX})" for x in BLOCKS]
-    if kind == "out":
-        inside = state.in_box()
-        return [f"not in({_pick(rng, inside)}, {BOX})"] if inside else [f"at({b}, {_pick(rng, SLOTS)})"]
-    return _table_literals(b)
-
-
-_MAX_STAGES = 4
-_MAX_CLAUSES = 6
-
-
-def sample_task(seed: int, min_steps: int = 1, max_steps: int = 8) -> Task:
-    """A deterministic task for ``seed`` whose optimal plan has ``min_steps..max_steps`` actions.
-
-    A target length is drawn uniformly first; clauses (each joined with "and" or "then")
-    are added to a goal until its optimal plan reaches the target, and a fresh scene is
-    tried on overshoot, so every length in range is about equally common. After many misses
-    any length in range is accepted.
-    """
-    from spiral.planners.symbolic import PlanningError, SymbolicPlanner  # planners depend on goals
-
-    if not 0 <= min_steps <= max_steps:
-        raise ValueError(f"need 0 <= min_steps <= max_steps, got {min_steps}..{max_steps}")
-    planner = SymbolicPlanner()
-    rng = np.random.default_rng(seed)
-    target = int(rng.integers(min_steps, max_steps + 1))
-    found: tuple | None = None
-    for attempt in range(1000):
-        scene_seed = int(rng.integers(0, 2**31 - 1))
-        if is_reserved(scene_seed):  # benchmark scenes are never sampled for training data
-            continue
-        state = sample_state(np.random.default_rng(scene_seed))
-        stages: list[list[str]] = []
-        n = 0
-        for _ in range(_MAX_CLAUSES):
-            clause = _sample_clause(rng, state)
-            if stages and (len(stages) >= _MAX_STAGES or rng.random() < 0.55):
-                trial = stages[:-1] + [stages[-1] + clause]
-            else:
-                trial = stages + [clause]
-            goal = Goal("", tuple(tuple(x) for x in trial))
-            try:
-                n_trial = len(planner.solve(state, goal))
-            except PlanningError:
-                continue  # e.g. two blocks sent to one slot: try another clause
-            stages, n = trial, n_trial
-            if n >= target:
-                break
-        if stages and min_steps <= n <= max_steps and (n == target or found is None):
-            found = (scene_seed, state, Goal("", tuple(tuple(x) for x in stages)), n)
-        if found is not None and (found[3] == target or attempt >= 200):
-            break
-    if found is None:
-        raise RuntimeError(f"could not sample a task with {min_steps}..{max_steps} steps for seed {seed}")
-    scene_seed, state, goal, n = found
-    goal = Goal(goal_to_text(goal.stages, rng), goal.stages)
-    return Task(id=f"tabletop-{seed:06d}", seed=seed, scene_seed=scene_seed, state=state, goal=goal, length=n)
+        return getattr(tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
