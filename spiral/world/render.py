@@ -777,12 +777,13 @@ def _succeed(c: _Clip) -> _Rendered:
 def _drift(c: _Clip) -> _Rendered:
     """The action succeeds while the wall and table colours drift linearly to ``meta["drift_rgb"]``."""
     scenes, end, moved = _perform(c, c.action)
+    app = c.app
     drift = c.crng.normal(size=3)
     drift = drift / np.linalg.norm(drift) * c.crng.uniform(55, 70)
-    drift = np.where(np.asarray(c.app.wall_rgb) + drift > 245, -np.abs(drift), drift)
-    drift = np.where(np.asarray(c.app.wall_rgb) + drift < 10, np.abs(drift), drift)
+    drift = np.where(np.asarray(app.wall_rgb) + drift > 245, -np.abs(drift), drift)
+    drift = np.where(np.asarray(app.wall_rgb) + drift < 10, np.abs(drift), drift)
     for sc, t in zip(scenes, c.ts, strict=True):
-        sc.app = replace(c.app, wall_rgb=_shift(c.app.wall_rgb, drift * t), table_rgb=_shift(c.app.table_rgb, drift * t))
+        sc.app = replace(app, wall_rgb=_shift(app.wall_rgb, drift * t), table_rgb=_shift(app.table_rgb, drift * t))
     c.meta["drift_rgb"] = [round(float(x), 2) for x in drift]
     return scenes, end, moved
 

@@ -277,7 +277,6 @@ class DiffusersI2V:
         self.call_kwargs = dict(call_kwargs or {})
         self._warned: set[tuple] = set()
 
-        t0 = time.perf_counter()
         if pipeline is not None:  # Python API: a pipeline built or quantized by the caller
             self.pipe = pipeline
         else:
@@ -300,7 +299,6 @@ class DiffusersI2V:
             self.pipe.vae.enable_tiling()
         self.pipe.set_progress_bar_config(disable=True)
         self.max_sequence_length = max_sequence_length or self._default_max_sequence_length()
-        self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -512,12 +510,17 @@ class FlowAccess:
     ``scheduler``, ``prepare``, ``velocity`` and ``decode`` by mirroring its diffusers pipeline's ``__call__``.
     """
 
+    @property
+    def scheduler(self) -> Any:
+        """The pipeline's flow-matching scheduler; its sigmas are the noise levels."""
+        return self.pipe.scheduler  # type: ignore[attr-defined]
+
     def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
         raise NotImplementedError
 
     def flow_fn(self, inputs: FlowInputs) -> Any:
         """``fn(x, sigma) -> v`` for ``spiral.flow.sample``: σ is mapped to the timestep σ·num_train_timesteps."""
-        scale = float(self.scheduler.config.get("num_train_timesteps", 1000))  # type: ignore[attr-defined]
+        scale = float(self.scheduler.config.get("num_train_timesteps", 1000))
 
         def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return self.velocity(x, torch.as_tensor(sigma, device=x.device, dtype=torch.float32) * scale, inputs)

@@ -49,11 +49,6 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
         """The flow-matching transformer."""
         return self.pipe.transformer
 
-    @property
-    def scheduler(self) -> Any:
-        """The pipeline's FlowMatchEulerDiscreteScheduler."""
-        return self.pipe.scheduler
-
     def _grid(self, size: ModelSize) -> tuple[int, int, int]:
         p = self.pipe
         return ((size.num_frames - 1) // p.vae_temporal_compression_ratio + 1,
@@ -62,8 +57,8 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
     @torch.no_grad()
     def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
         """Encode the prompt and first frame, seed the noise and set the shifted sigma schedule like the pipeline."""
-        # mirrors LTXImageToVideoPipeline.__call__ (diffusers 0.42.1) steps 3-5: encode_prompt with [negative, positive]
-        # concatenated under CFG, video_processor.preprocess in the embeddings' dtype, prepare_latents ->
+        # mirrors LTXImageToVideoPipeline.__call__ (diffusers 0.42.1) steps 3-5: encode_prompt with [negative,
+        # positive] concatenated under CFG, video_processor.preprocess in the embeddings' dtype, prepare_latents ->
         # packed latents + conditioning_mask, sigmas linspace(1, 1/n, n) shifted by calculate_shift(latent
         # sequence length) through retrieve_timesteps; latents are kept unpacked (B, C, F, h, w) here.
         from diffusers.pipelines.ltx.pipeline_ltx_image2video import calculate_shift, retrieve_timesteps

@@ -42,19 +42,14 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
         """The flow-matching transformer (the high-noise expert for two-expert checkpoints)."""
         return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
 
-    @property
-    def scheduler(self) -> Any:
-        """The pipeline's scheduler; its sigmas are the flow-matching noise levels."""
-        return self.pipe.scheduler
-
     def _expand(self) -> bool:
         return bool(self.pipe.config.get("expand_timesteps", False))
 
     @torch.no_grad()
     def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
         """Encode prompt, image and first-frame latents exactly as the pipeline does, seed the noise."""
-        # mirrors WanImageToVideoPipeline.__call__ (diffusers 0.42.1) steps 3-5: encode_prompt (cast to the transformer's
-        # dtype), encode_image when the transformer has image_dim (Wan 2.1), scheduler.set_timesteps,
+        # mirrors WanImageToVideoPipeline.__call__ (diffusers 0.42.1) steps 3-5: encode_prompt (cast to the
+        # transformer's dtype), encode_image when the transformer has image_dim (Wan 2.1), scheduler.set_timesteps,
         # video_processor.preprocess in float32, prepare_latents -> (latents, condition[, first_frame_mask]).
         # With expand_timesteps the pipeline mixes the condition into the latents inside the loop; doing it
         # here once is the same because velocity() mixes again and is zero on the fixed frame.
