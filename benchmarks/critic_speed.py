@@ -22,8 +22,8 @@ from spiral.critics.tabletop import TabletopCritic
 from spiral.memory import Memory
 from spiral.types import Segment, SubAction
 from spiral.world import domain
-from spiral.world.goals import sample_state
 from spiral.world.render import FAILURES, Appearance, render_action
+from spiral.world.tasks import sample_state
 
 
 def _segments(n: int, seed: int, frames: int) -> list[tuple[Segment, SubAction, Memory, str]]:

@@ -43,7 +43,7 @@ import torch
 from benchlib import parser, write_result
 
 from spiral.generators.diffusers import DiffusersI2V, require_diffusers
-from spiral.generators.diffusers_testing import TINY_BUILDERS, build_wan21_i2v, save_tiny
+from spiral.generators.diffusers.testing import TINY_BUILDERS, build_wan21_i2v, save_tiny
 from spiral.types import GenerationRequest
 
 BACKENDS = list(TINY_BUILDERS)

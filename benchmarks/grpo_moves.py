@@ -51,8 +51,9 @@ def suite_weights(suite: str = "tabletop-v1") -> dict[str, float]:
     """Share of each class among the steps of the suite's optimal plans (what plan-only step success counts)."""
     from spiral.bench.suite import load_suite
     from spiral.planners.symbolic import SymbolicPlanner
-    from spiral.world.goals import parse_goal, sample_state
+    from spiral.world.goals import parse_goal
     from spiral.world.splits import HELDOUT_MOVES
+    from spiral.world.tasks import sample_state
 
     counts = collections.Counter({move_class("move", m): 0 for m in HELDOUT_MOVES})
     for case in load_suite(suite, check_plans=False).cases:
@@ -85,7 +86,7 @@ def drift_reference(trainer: Any, prompt: Any) -> tuple[Any, Any]:
     the expected state after it, and the scene's look (``spiral.bench.metrics.DriftReference``)."""
     from spiral.bench.metrics import DriftReference
     from spiral.world import domain
-    from spiral.world.goals import sample_task
+    from spiral.world.tasks import sample_task
 
     task = sample_task(prompt.task_seed, MIN_STEPS, MAX_STEPS)  # as prompt_sets drew it
     state = task.state

@@ -8,7 +8,7 @@ One ``GRPOTrainer.step()`` samples planner prompts, rolls out ``--group`` SDE sa
 * ``tiny`` — the shipped tiny generator (``spiral/models/weights/tiny.safetensors``), full
   fine-tuning with a frozen reference copy, text through ``--text`` (MiniLM if installed);
 * ``wan21`` — a random-weight tiny Wan 2.1 I2V pipeline built in code
-  (``spiral.generators.diffusers_testing``), loaded by path through the ``wan21-i2v`` backend and
+  (``spiral.generators.diffusers.testing``), loaded by path through the ``wan21-i2v`` backend and
   trained through rank-4 LoRA, exactly as ``spiral train grpo --generator diffusers`` builds it.
   Its time is the diffusers plumbing (one prompt group per call, VAE, CLIP, UMT5), not a real model's.
 
@@ -82,7 +82,7 @@ def _build(policy: str, args: argparse.Namespace, tmp: Path) -> tuple[Any, dict[
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
-        from spiral.generators.diffusers_testing import save_tiny
+        from spiral.generators.diffusers.testing import save_tiny
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
@@ -90,7 +90,7 @@ def _build(policy: str, args: argparse.Namespace, tmp: Path) -> tuple[Any, dict[
         cfg = _config(args, tmp / "run", generator="diffusers", diffusers_backend="wan21-i2v",
                       diffusers_model=str(path), lora_rank=4)
         pol = build_policy(cfg)
-        info = {"weights": "random tiny Wan 2.1 I2V (spiral.generators.diffusers_testing)", "training": "lora-4",
+        info = {"weights": "random tiny Wan 2.1 I2V (spiral.generators.diffusers.testing)", "training": "lora-4",
                 "params": sum(p.numel() for p in pol.model.parameters())}
     trainer = GRPOTrainer(cfg, policy=pol, progress=False)
     info["trainable_params"] = sum(p.numel() for p in trainer.params.values())

@@ -24,7 +24,8 @@ from rich.table import Table
 from spiral.api import run
 from spiral.critics.recognizer import load_recognizer
 from spiral.rundir import load_frames
-from spiral.world.goals import parse_goal, sample_task
+from spiral.world.goals import parse_goal
+from spiral.world.tasks import sample_task
 
 # the loop is measured on the oracle generator with injected failures (known ground truth)
 ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from spiral.bench.metrics import FAITHFUL_AREA, dilate
 from spiral.world.domain import BLOCKS, BOX, SLOTS, State
-from spiral.world.goals import sample_state
 from spiral.world.render import Appearance, artifact_area, render_state
+from spiral.world.tasks import sample_state
 
 
 def patched_frame(state: State, block: str, look: Appearance, rng: np.random.Generator,

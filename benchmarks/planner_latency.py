@@ -18,7 +18,7 @@ from benchlib import parser, write_result
 
 from spiral.planners import symbolic
 from spiral.planners.symbolic import SymbolicPlanner
-from spiral.world.goals import sample_task
+from spiral.world.tasks import sample_task
 
 BUDGET_MS = 50.0
 

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from spiral.world import domain
-from spiral.world.goals import sample_state
 from spiral.world.render import FAILURES, Appearance, render_action
+from spiral.world.tasks import sample_state
 
 
 def _clips(n: int, seed: int) -> list[tuple]:

@@ -70,9 +70,9 @@ from spiral.planners.symbolic import SymbolicPlanner
 from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
 from spiral.world import domain
 from spiral.world.domain import Action, State
-from spiral.world.goals import sample_state, sample_task
 from spiral.world.render import Appearance, render_action, render_state
 from spiral.world.splits import HELDOUT_MOVES, is_heldout, paraphrases
+from spiral.world.tasks import sample_state, sample_task
 
 STEP_SEEDS = 10_950_000  # (1) and (4): scene i
 HELDOUT_SEEDS = 10_960_000  # (3): scanned for scenes where a held-out move applies

@@ -68,8 +68,8 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 
 def scene_frame(scene: int, size: tuple[int, int]) -> tuple[np.ndarray, dict]:
     """The first frame and true state of a sampled tabletop scene."""
-    from spiral.world.goals import sample_state
     from spiral.world.render import Appearance, render_state
+    from spiral.world.tasks import sample_state
 
     state = sample_state(np.random.default_rng(scene))
     if size[0] != size[1]:

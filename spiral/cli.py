@@ -56,7 +56,7 @@ def _one_line(e: Exception) -> str:
 def _scene_state(scene: int):
     import numpy as np
 
-    from spiral.world.goals import sample_state
+    from spiral.world.tasks import sample_state
 
     return sample_state(np.random.default_rng(scene))
 

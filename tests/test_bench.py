@@ -70,8 +70,8 @@ def test_consistency_and_smoothness_by_hand():
 def test_drift_reference_masks_touched_regions_and_relights():
     from dataclasses import replace
 
-    from spiral.world.goals import sample_state
     from spiral.world.render import Appearance, render_state
+    from spiral.world.tasks import sample_state
 
     scene = seeds.TESTS.start + 3
     s0 = sample_state(np.random.default_rng(scene))
@@ -294,7 +294,7 @@ def test_scene_relative_goal_is_scored_against_the_starting_scene(tmp_path):
 
 
 def _two_on_slots(scene: int) -> bool:
-    from spiral.world.goals import sample_state
+    from spiral.world.tasks import sample_state
 
     s = sample_state(np.random.default_rng(scene))
     return s.where("red_block") in ("left", "center", "right") and s.where("blue_block") in (
@@ -372,8 +372,8 @@ def test_rescore_scores_finished_runs_again_without_generating(tmp_path):
 
 
 def test_bad_cases_are_recorded_and_the_rest_still_run(tmp_path, monkeypatch):
-    from spiral.world.goals import sample_state
     from spiral.world.render import render_state
+    from spiral.world.tasks import sample_state
 
     frame = render_state(sample_state(np.random.default_rng(seeds.TESTS.start)))
     Image.fromarray(frame).save(tmp_path / "first.png")
@@ -501,7 +501,7 @@ def test_planner_eval_scores_planners_and_egoplan_files(tmp_path):
         """Ignores the progress: plans from the scene's first state."""
 
         def replan(self, goal, observation, history=None):
-            from spiral.world.goals import sample_state
+            from spiral.world.tasks import sample_state
 
             return self.plan(goal, sample_state(np.random.default_rng(self._scene)))
 

@@ -19,7 +19,7 @@ pytest.importorskip("diffusers", reason="needs the diffusers extra: pip install 
 
 from spiral import registry  # noqa: E402
 from spiral.generators import diffusers as dg  # noqa: E402
-from spiral.generators.diffusers_testing import TINY_BUILDERS, save_tiny  # noqa: E402
+from spiral.generators.diffusers.testing import TINY_BUILDERS, save_tiny  # noqa: E402
 from spiral.types import GenerationRequest  # noqa: E402
 
 BACKENDS = ["wan21-i2v", "wan22-ti2v", "cogvideox-i2v", "ltx-i2v"]

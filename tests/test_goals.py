@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from spiral.world import domain as d
-from spiral.world.goals import Goal, GoalParseError, goal_to_text, parse_goal, sample_state, sample_task
+from spiral.world.goals import Goal, GoalParseError, goal_to_text, parse_goal
+from spiral.world.tasks import sample_state, sample_task
 
 ALL_IN = ("in(red_block, box)", "in(green_block, box)", "in(blue_block, box)", "in(yellow_block, box)")
 

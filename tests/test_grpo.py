@@ -684,7 +684,7 @@ def test_torchrun_two_ranks_gloo_average_gradients(tmp_path):
 def test_wan21_lora_grpo_step(tmp_path, critic):
     pytest.importorskip("diffusers", reason="needs the diffusers extra: pip install 'spiral-video[diffusers]'")
     pytest.importorskip("peft", reason="LoRA needs peft (the diffusers extra)")
-    from spiral.generators.diffusers_testing import save_tiny
+    from spiral.generators.diffusers.testing import save_tiny
     from spiral.train.policy import DiffusersPolicy
 
     path = save_tiny("wan21-i2v", tmp_path / "wan")

@@ -16,7 +16,8 @@ from spiral.config import load_config
 from spiral.loop import run_loop
 from spiral.planners.symbolic import SymbolicPlanner
 from spiral.rundir import load_frames
-from spiral.world.goals import parse_goal, sample_task
+from spiral.world.goals import parse_goal
+from spiral.world.tasks import sample_task
 
 GOAL = "put the red block in the box and close it, then turn on the lamp"
 # the embedded default runs the tiny video model; these tests need the oracle world generator (injected failures)

@@ -7,7 +7,8 @@ import pytest
 from spiral.planners.symbolic import PlanningError, SymbolicPlanner, valid_layouts
 from spiral.types import Observation, Plan, SubAction
 from spiral.world import domain as d
-from spiral.world.goals import Goal, parse_goal, sample_task
+from spiral.world.goals import Goal, parse_goal
+from spiral.world.tasks import sample_task
 
 PLANNER = SymbolicPlanner()
 

@@ -11,8 +11,8 @@ from spiral.models.recognizer import ELSEWHERE, HELD, LOC_CLASSES
 from spiral.train.augment import AugConfig, augment, degrade
 from spiral.train.recognizer import IGNORE, loc_labels
 from spiral.world.domain import BLOCKS, State
-from spiral.world.goals import sample_state
 from spiral.world.render import BOX_SPOT, SLOT_X, TABLE_Y, Appearance, render_state, rest_positions
+from spiral.world.tasks import sample_state
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from spiral.planners.symbolic import SymbolicPlanner, undo_history
+from spiral.planners.symbolic import SymbolicPlanner, goal_reached, undo_history
 from spiral.world import domain as d
-from spiral.world.goals import GoalParseError, RelativeGoalError, goal_reached, parse_goal, resolve_relative
+from spiral.world.goals import GoalParseError, RelativeGoalError, parse_goal, resolve_relative
 
 # red left, green center, blue right, yellow in the closed box, lamp off
 A = d.State.make({"red_block": "left", "green_block": "center", "blue_block": "right", "yellow_block": "box"})

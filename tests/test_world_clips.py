@@ -14,9 +14,9 @@ from spiral.models.text import HashEncoder, TableEncoder, world_texts, write_tex
 from spiral.planners.symbolic import SymbolicPlanner
 from spiral.train.world_clips import WorldClips, parse_world_spec, render_world_clips
 from spiral.world.domain import applicable_actions
-from spiral.world.goals import sample_state, sample_task
 from spiral.world.render import Appearance, render_plan
 from spiral.world.splits import is_heldout, paraphrases
+from spiral.world.tasks import sample_state, sample_task
 
 SEED, EPISODES, FRAMES, SIZE = 1, 6, 9, 32
 

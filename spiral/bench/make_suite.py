@@ -21,30 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from spiral.bench import seeds
-from spiral.bench.suite import LENGTH_CLASSES, SUITES_DIR
+from spiral.bench.suite import ACTION_TAGS, LENGTH_CLASSES, SUITES_DIR, plan_tags
 from spiral.planners.symbolic import PlanningError, SymbolicPlanner
 from spiral.world.domain import BLOCKS, BOX, SLOTS, Action, State
-from spiral.world.goals import Goal, goal_to_text, parse_goal, sample_state
+from spiral.world.goals import Goal, goal_to_text, parse_goal
+from spiral.world.tasks import sample_state
 
-FOCUS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp")
+FOCUS = ACTION_TAGS  # the v1 recipe cycles through every action type
 _FILLERS = (("move", 3.0), ("stack", 3.0), ("box", 3.0), ("lid", 1.0), ("lamp", 1.0), ("out", 1.0))
 VERSION = "1.0"
 SHIPPED = ("tabletop-smoke", "tabletop-v1", "tabletop-dev", "tabletop-v2")
 
 
-def action_tag(state: State, action: Action) -> str:
-    """The action type of one plan step: move (to a slot), stack, box (into the box), open, close, lamp."""
-    if action.verb == "move":
-        dest = action.args[1]
-        return "box" if dest == BOX else "stack" if dest in BLOCKS else "move"
-    return "lamp" if action.verb.startswith("switch") else action.verb
-
-
-def plan_tags(state: State, goal: Goal, actions: list[Action]) -> list[str]:
-    """Tags of a case: the action types its optimal plan uses, plus ``multi-stage``."""
-    found = {action_tag(state, a) for a in actions}
-    tags = [t for t in FOCUS if t in found]
-    return tags + (["multi-stage"] if len(goal.stages) > 1 else [])
 
 
 def _choice(rng: np.random.Generator, xs: list | tuple) -> str:

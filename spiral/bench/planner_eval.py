@@ -74,7 +74,8 @@ def _is_optimal_next(planner: Any, goal: Any, state: Any, history: list, action:
 
 def make_question(scene: int, planner: Any) -> dict[str, Any] | None:
     """One tabletop question from a reserved scene seed (None when no unambiguous question exists)."""
-    from spiral.bench.make_suite import FOCUS, action_tag, sample_case
+    from spiral.bench.make_suite import FOCUS, sample_case
+    from spiral.bench.suite import action_tag
     from spiral.world import domain
     from spiral.world.domain import BLOCKS, Action
 
@@ -261,7 +262,7 @@ def _with_conditions(scene: int, hist: list[Any]) -> list[Any]:
     """Fill pre/post-conditions by replaying the executed actions from the scene's first state."""
     from spiral.world import domain
     from spiral.world.domain import Action
-    from spiral.world.goals import sample_state
+    from spiral.world.tasks import sample_state
 
     state = sample_state(np.random.default_rng(scene))
     out = []

@@ -15,10 +15,35 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from spiral.world.domain import BLOCKS, BOX
+
+if TYPE_CHECKING:
+    from spiral.world.domain import Action, State
+    from spiral.world.goals import Goal
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 LENGTH_CLASSES: dict[str, tuple[int, int]] = {"short": (1, 2), "medium": (3, 5), "long": (6, 8), "xlong": (9, 12)}
+
+#: the action types a case's tags name (each plan step has one)
+ACTION_TAGS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp")
+
+
+def action_tag(state: State, action: Action) -> str:
+    """The action type of one plan step: move (to a slot), stack, box (into the box), open, close, lamp."""
+    if action.verb == "move":
+        dest = action.args[1]
+        return "box" if dest == BOX else "stack" if dest in BLOCKS else "move"
+    return "lamp" if action.verb.startswith("switch") else action.verb
+
+
+def plan_tags(state: State, goal: Goal, actions: list[Action]) -> list[str]:
+    """Tags of a case: the action types its optimal plan uses, plus ``multi-stage``."""
+    found = {action_tag(state, a) for a in actions}
+    tags = [t for t in ACTION_TAGS if t in found]
+    return tags + (["multi-stage"] if len(goal.stages) > 1 else [])
+
 TAGS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp", "multi-stage", "tower", "scene-relative")
 # how a goal text is phrased (tabletop-v2 records the constructions of spiral.world.grammar it uses)
 PHRASINGS: tuple[str, ...] = ("plain", "filler", "group-pronoun", "pick-place", "tower", "possessive", "coordination",
@@ -252,7 +277,8 @@ def _check_plan(goal: str, scene: int, n_steps: int) -> str:
     import numpy as np
 
     from spiral.planners.symbolic import PlanningError, SymbolicPlanner
-    from spiral.world.goals import parse_goal, sample_state
+    from spiral.world.goals import parse_goal
+    from spiral.world.tasks import sample_state
 
     state = sample_state(np.random.default_rng(scene))
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spiral.bench.suite import LENGTH_CLASSES
+from spiral.bench.suite import ACTION_TAGS, LENGTH_CLASSES, action_tag
 from spiral.planners.symbolic import PlanningError, SymbolicPlanner, equivalent
 from spiral.world.domain import BLOCKS, BOX, SLOTS, Action, State
 from spiral.world.goals import Goal, GoalParseError, parse_goal
@@ -411,11 +411,8 @@ def sample_case(scene: int, focus: str, length: int, multi: bool, planner: Symbo
 
 
 def tags(state: State, goal: Goal, actions: list[Action], planner: SymbolicPlanner) -> list[str]:
-    from spiral.bench.make_suite import FOCUS as V1_FOCUS
-    from spiral.bench.make_suite import action_tag
-
     found = {action_tag(state, a) for a in actions}
-    out = [t for t in V1_FOCUS if t in found] + (["multi-stage"] if len(goal.stages) > 1 else [])
+    out = [t for t in ACTION_TAGS if t in found] + (["multi-stage"] if len(goal.stages) > 1 else [])
     if tower_height(planner.resolve(goal, state)) >= 3:
         out.append("tower")
     if goal.is_relative:

@@ -142,8 +142,8 @@ def band_colors(frames: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _lamp_model() -> np.ndarray:
     """Per band and channel (gain, offset) with on = gain·off + offset, fit on rendered looks with the lamp off/on."""
-    from spiral.world.goals import sample_state
     from spiral.world.render import Appearance, render_state
+    from spiral.world.tasks import sample_state
 
     offs, ons = [], []
     for k in range(24):

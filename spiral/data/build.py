@@ -19,8 +19,8 @@ from spiral.data.format import Episode, StepRecord, write_manifest
 from spiral.planners.symbolic import SymbolicPlanner
 from spiral.video import write_video
 from spiral.world import domain
-from spiral.world.goals import sample_task
 from spiral.world.render import FAILURE_KIND, FAILURES, Appearance, render_action, render_plan
+from spiral.world.tasks import sample_task
 
 
 @dataclass

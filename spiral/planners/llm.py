@@ -349,7 +349,8 @@ def _tabletop_issues(plan: Plan, state: dict[str, Any] | None, goal: str, simula
             soft.append(f"step {i + 1} {a}: {e}")
             break
     if not soft:
-        from spiral.world.goals import goal_reached, parse_goal
+        from spiral.planners.symbolic import goal_reached
+        from spiral.world.goals import parse_goal
 
         try:
             g = parse_goal(goal)

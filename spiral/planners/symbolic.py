@@ -34,7 +34,7 @@ from typing import Any
 from spiral.types import Plan, SubAction
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
-from spiral.world.goals import Goal, GoalParseError, parse_goal, resolve_relative
+from spiral.world.goals import Goal, GoalParseError, RelativeGoalError, parse_goal, resolve_relative
 
 # ---------------------------------------------------------------------------------------------
 # encoding: a state is (loc_0, .., loc_3, box_open, lamp_on); a location code is
@@ -460,6 +460,19 @@ def _postconditions(item: Any) -> list[str]:
     if isinstance(item, dict):
         return list(item.get("postconditions") or item.get("post") or [])
     return list(getattr(item, "postconditions", None) or [])
+
+
+def goal_reached(goal: Goal, state: State, start: State | None = None) -> bool:
+    """Whether ``state`` meets the goal; a scene-relative goal is read against ``start`` and counts as met when
+    any of its readings is (either side for "next to")."""
+    if not goal.is_relative:
+        return goal.satisfied(state)
+    if start is None:
+        raise RelativeGoalError("a scene-relative goal needs the starting state to be checked")
+    try:
+        return any(r.goal.satisfied(state) for r in SymbolicPlanner().readings(start, goal))
+    except (GoalParseError, PlanningError):
+        return False
 
 
 class SymbolicPlanner:

@@ -193,8 +193,8 @@ class GRPOTrainer:
         ``heldout`` overrides the config's ``heldout_moves`` filter (and its ``focus_moves``)."""
         focus = self.cfg.focus_moves if heldout is None else None
         heldout = heldout or self.cfg.heldout_moves
-        from spiral.world.goals import sample_task
         from spiral.world.render import Appearance, render_state
+        from spiral.world.tasks import sample_task
 
         size = self._size()
         tasks = []

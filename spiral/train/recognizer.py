@@ -49,7 +49,6 @@ from spiral.models.recognizer import (
 from spiral.train.augment import JUDGE_AUG, AugConfig, augment, degrade, h264_roundtrip
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, SLOTS, State
-from spiral.world.goals import sample_state
 from spiral.world.render import (
     BLOCK_SIZE,
     BOX_SPOT,
@@ -61,6 +60,7 @@ from spiral.world.render import (
     render_action,
     render_state,
 )
+from spiral.world.tasks import sample_state
 
 IGNORE = -100
 TOL, AMBIG = 0.012, 0.04  # base units: at a location within TOL; ambiguous (no label) up to AMBIG

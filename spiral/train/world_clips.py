@@ -64,9 +64,9 @@ def _render_range(seed: int, start: int, stop: int, frames: int, size: int) -> t
     from spiral.data.build import task_seed
     from spiral.planners.symbolic import SymbolicPlanner
     from spiral.world import domain
-    from spiral.world.goals import sample_state, sample_task
     from spiral.world.render import Appearance, render_action, render_plan
     from spiral.world.splits import is_heldout
+    from spiral.world.tasks import sample_state, sample_task
 
     planner = SymbolicPlanner()
     train, held = WorldClips(), WorldClips()

@@ -76,7 +76,6 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
@@ -370,21 +369,6 @@ def resolve_relative(clauses: Sequence[str], state: State, fixed: Sequence[str] 
     return list(dict.fromkeys(readings))
 
 
-def goal_reached(goal: Goal, state: State, start: State | None = None) -> bool:
-    """Whether ``state`` meets the goal; a scene-relative goal is read against ``start`` and counts as met when
-    any of its readings is (either side for "next to")."""
-    if not goal.is_relative:
-        return goal.satisfied(state)
-    if start is None:
-        raise RelativeGoalError("a scene-relative goal needs the starting state to be checked")
-    from spiral.planners.symbolic import PlanningError, SymbolicPlanner
-
-    try:
-        return any(r.goal.satisfied(state) for r in SymbolicPlanner().readings(start, goal))
-    except (GoalParseError, PlanningError):
-        return False
-
-
 # ---------------------------------------------------------------------------------------------
 # goal → text
 
@@ -550,12 +534,3 @@ def goal_to_text(stages: Sequence[Sequence[str]] | Goal, rng: np.random.Generato
     if got != want:  # a bug in the grammar or the phrasing, not in the caller's input
         raise AssertionError(f"goal text {text!r} parses to {got}, not {want}")
     return text
-
-
-def __getattr__(name: str) -> Any:
-    """The task sampler moved to :mod:`spiral.world.tasks`; its names stay importable from here."""
-    if name in ("Task", "sample_state", "sample_task"):
-        from spiral.world import tasks
-
-        return getattr(tasks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

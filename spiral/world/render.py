@@ -19,14 +19,16 @@ Layout (base units):
   gets warmer and brighter (a global change, ~40/255 in mean colour);
 - a gripper (vertical arm from the top, palm and two fingers) that parks at ``HOME``.
 
-Failures (``FAILURES``) are rendered on purpose as labelled negatives; what each one
-does, including deterministic fallbacks, is described in :func:`render_action`.
+Failures (``FAILURES``) are rendered on purpose as labelled negatives, one small renderer per kind
+(``_RENDERERS``); what each one does, including deterministic fallbacks, is described in
+:func:`render_action`.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -736,6 +738,191 @@ def _frame_times(n: int) -> list[float]:
     return [i / (n - 1) for i in range(n)]
 
 
+@dataclass
+class _Clip:
+    """What a clip renderer reads: the request, the two random streams and the ``meta`` it fills in."""
+
+    state: State
+    action: Action
+    app: Appearance
+    seed: int
+    ts: list[float]
+    rng: np.random.Generator  # motion jitter
+    crng: np.random.Generator  # failure choices
+    meta: dict[str, Any]
+    pos0: dict[str, tuple[float, float]]
+
+    def run(self, path: _Path, block: str | None, p_end: dict) -> list[_Scene]:
+        return [_scene_at(path, t, self.state, block, self.pos0, p_end, self.app) for t in self.ts]
+
+
+#: what a clip renderer returns: the scenes, the true end state and the objects that changed
+_Rendered = tuple[list[_Scene], State, set[str]]
+
+
+def _perform(c: _Clip, action: Action) -> _Rendered:
+    """The gripper carries out ``action`` (the requested one or another)."""
+    end = apply(c.state, action)
+    path, block = _success_path(c.state, action, c.app, c.rng)
+    scenes = c.run(path, block, rest_positions(end, c.app))
+    c.meta["performed"] = [str(action)]
+    return scenes, end, _changed(c.state, end)
+
+
+def _succeed(c: _Clip) -> _Rendered:
+    """No failure: the requested action."""
+    return _perform(c, c.action)
+
+
+def _drift(c: _Clip) -> _Rendered:
+    """The action succeeds while the wall and table colours drift linearly to ``meta["drift_rgb"]``."""
+    scenes, end, moved = _perform(c, c.action)
+    app = c.app
+    drift = c.crng.normal(size=3)
+    drift = drift / np.linalg.norm(drift) * c.crng.uniform(55, 70)
+    drift = np.where(np.asarray(app.wall_rgb) + drift > 245, -np.abs(drift), drift)
+    drift = np.where(np.asarray(app.wall_rgb) + drift < 10, np.abs(drift), drift)
+    for sc, t in zip(scenes, c.ts, strict=True):
+        sc.app = replace(app, wall_rgb=_shift(app.wall_rgb, drift * t), table_rgb=_shift(app.table_rgb, drift * t))
+    c.meta["drift_rgb"] = [round(float(x), 2) for x in drift]
+    return scenes, end, moved
+
+
+def _extra_motion(c: _Clip) -> _Rendered:
+    """The action succeeds and something else moves by itself (:func:`_add_extra_motion`)."""
+    scenes, end, _ = _perform(c, c.action)
+    end = _add_extra_motion(c, end, scenes)
+    return scenes, end, _changed(c.state, end)
+
+
+def _wrong_object(c: _Clip) -> _Rendered:
+    """Another object's action is carried out (:func:`_wrong_action` picks it)."""
+    wrong, why = _wrong_action(c.state, c.action, c.crng)
+    scenes, end, moved = _perform(c, wrong)
+    c.meta["wrong_rule"] = why
+    return scenes, end, moved
+
+
+def _teleport(c: _Clip) -> _Rendered:
+    """The gripper only hovers; the object switches from start to end at ``meta["jump_frame"]``."""
+    end = apply(c.state, c.action)
+    path = _hover_path(c.state, _object_target(c.state, c.action, c.app), c.rng, touch=False)
+    n = len(c.ts)
+    k = int(c.crng.integers(max(1, n // 3), max(2, (2 * n) // 3 + 1)))  # 1 <= k <= n - 1 for n >= 3
+    pos1 = rest_positions(end, c.app)
+    scenes = []
+    for i, t in enumerate(c.ts):
+        v, _ = path.at(t)
+        src = end if i >= k else c.state
+        scenes.append(_Scene(pos1 if i >= k else dict(c.pos0), lid=float(src.box_open), light=float(src.lamp_on),
+                             gripper=(float(v[GX]), float(v[GY]), float(v[GG])), app=c.app))
+    c.meta.update(performed=[str(c.action)], jump_frame=k)
+    return scenes, end, _changed(c.state, end)
+
+
+def _no_motion(c: _Clip) -> _Rendered:
+    """Nothing changes; by seed the gripper visits the object without taking it, or stays home."""
+    if c.crng.random() < 0.5:
+        path = _hover_path(c.state, _object_target(c.state, c.action, c.app), c.rng, touch=True)
+        c.meta["no_motion_variant"] = "gripper_visits"
+    else:
+        path = _Path(c.state).done()
+        c.meta["no_motion_variant"] = "gripper_still"
+    scenes = c.run(path, None, c.pos0)
+    c.meta["performed"] = []
+    return scenes, c.state, set()
+
+
+def _incomplete(c: _Clip) -> _Rendered:
+    """The action stops part-way; the end state is the original one (the real positions are in ``meta``)."""
+    state, action, app, rng, crng, ts, meta, pos0 = c.state, c.action, c.app, c.rng, c.crng, c.ts, c.meta, c.pos0
+    meta["performed"] = []
+    if action.verb == "move":
+        b, _ = action.args
+        target = rest_positions(apply(state, action), app)[b]
+        drop = _drop_spot(state, b, pos0[b], target, app)
+        if drop is not None and c.seed % 2 == 1:
+            path = _move_path(state, pos0[b], drop, rng)
+            scenes = c.run(path, b, {**pos0, b: drop})
+            meta["incomplete"] = {"object": b, "variant": "drop", "position": drop}
+            return scenes, state, {b}
+        path = _move_path(state, pos0[b], target, rng)
+        ta, tb = path.span("block")
+        # stop inside the carry segment (the middle third of the "block" span): never at a valid location
+        stop = ta + (tb - ta) * float(crng.uniform(0.4, 0.6))
+        scenes = [_scene_at(path, min(t, stop), state, b, pos0, pos0, app) for t in ts]
+        meta["incomplete"] = {"object": b, "variant": "stall", "position": scenes[-1].blocks[b], "progress": stop}
+        return scenes, state, {b}
+    if action.verb in ("open", "close"):
+        f = float(crng.uniform(0.35, 0.6))
+        phi = f if action.verb == "open" else 1.0 - f
+        path = _lid_path(state, phi, rng)
+        meta["incomplete"] = {"object": BOX, "variant": "lid_part_way", "lid": phi}
+        return c.run(path, None, pos0), state, {BOX}
+    path = _lamp_path(state, float(state.lamp_on), rng)
+    meta["incomplete"] = {"object": LAMP, "variant": "light_unchanged"}
+    return c.run(path, None, pos0), state, set()
+
+
+def _shift(rgb: Vec3, d: np.ndarray) -> Vec3:
+    return tuple(float(np.clip(c + x, 0, 255)) for c, x in zip(rgb, d, strict=True))  # type: ignore[return-value]
+
+
+def _changed(a: State, b: State) -> set[str]:
+    out = {x for x in BLOCKS if a.where(x) != b.where(x)}
+    if a.box_open != b.box_open:
+        out.add(BOX)
+    if a.lamp_on != b.lamp_on:
+        out.add(LAMP)
+    return out
+
+
+def _add_extra_motion(clip: _Clip, end: State, scenes: list[_Scene]) -> State:
+    """Make something move on its own during the clip (mutates ``scenes``); returns the true end state."""
+    state, action, app, crng, ts, meta = clip.state, clip.action, clip.app, clip.crng, clip.ts, clip.meta
+    involved = set(action.args)
+    blocks = [c for c in BLOCKS if c not in involved and state.where(c) != BOX and state.clear(c) and end.clear(c)]
+    slots = [s for s in SLOTS if state.free(s) and end.free(s)]
+    a = float(crng.uniform(0.2, 0.4))
+    b = a + float(crng.uniform(0.3, 0.4))
+    if blocks and slots:
+        c, slot = _pick(crng, blocks), _pick(crng, slots)
+        new_end = end.with_loc(c, slot)
+        new_end.validate()
+        p0, p1 = rest_positions(state, app)[c], rest_positions(new_end, app)[c]
+        for sc, t in zip(scenes, ts, strict=True):
+            e = _ease(float(np.clip((t - a) / (b - a), 0, 1)))
+            sc.blocks[c] = (p0[0] * (1 - e) + p1[0] * e, p0[1] * (1 - e) + p1[1] * e)
+        meta["extra"] = {"object": c, "from": state.where(c), "to": slot}
+        meta["performed"].append(f"move({c}, {slot}) [no gripper]")
+        return new_end
+    obj = BOX if action.verb in ("switch_on", "switch_off") else LAMP
+    tog = _toggle(end, obj)
+    new_end = apply(end, tog)
+    v0, v1 = (float(end.box_open), float(new_end.box_open)) if obj == BOX else (float(end.lamp_on), float(new_end.lamp_on))
+    for sc, t in zip(scenes, ts, strict=True):
+        e = _ease(float(np.clip((t - a) / (b - a), 0, 1)))
+        if obj == BOX:
+            sc.lid = v0 * (1 - e) + v1 * e
+        else:
+            sc.light = v0 * (1 - e) + v1 * e
+    meta["extra"] = {"object": obj, "from": None, "to": tog.verb, "fallback": "no free block/slot"}
+    meta["performed"].append(f"{tog} [no gripper]")
+    return new_end
+
+
+#: one renderer per failure kind (None: the action as asked); see :func:`render_action`
+_RENDERERS: dict[str | None, Callable[[_Clip], _Rendered]] = {
+    None: _succeed,
+    "incomplete": _incomplete,
+    "wrong_object": _wrong_object,
+    "extra_motion": _extra_motion,
+    "teleport": _teleport,
+    "drift": _drift,
+    "no_motion": _no_motion,
+}
+
+
 def render_action(state: State, action: Action, *, appearance: Appearance | None = None, seed: int = 0,
                   size: int = 64, frames: int = 9, failure: str | None = None) -> RenderResult:
     """Render the gripper carrying out ``action`` from ``state``, or a labelled failure of it.
@@ -775,69 +962,12 @@ def render_action(state: State, action: Action, *, appearance: Appearance | None
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
     app = appearance or Appearance.default()
-    rng = np.random.default_rng([int(seed), 1])  # motion jitter
-    crng = np.random.default_rng([int(seed), 2])  # failure choices
-    ts = _frame_times(frames)
-    meta: dict[str, Any] = {"action": str(action), "failure_kind": FAILURE_KIND.get(failure or "", None)}
-    pos0 = rest_positions(state, app)
-    scenes: list[_Scene]
-    moved: set[str]
-
-    def run(path: _Path, block: str | None, p_end: dict, times: list[float] | None = None) -> list[_Scene]:
-        return [_scene_at(path, t, state, block, pos0, p_end, app) for t in (times or ts)]
-
-    if failure in (None, "drift", "extra_motion"):
-        end = apply(state, action)
-        path, block = _success_path(state, action, app, rng)
-        scenes = run(path, block, rest_positions(end, app))
-        moved = _changed(state, end)
-        meta["performed"] = [str(action)]
-        if failure == "drift":
-            drift = crng.normal(size=3)
-            drift = drift / np.linalg.norm(drift) * crng.uniform(55, 70)
-            drift = np.where(np.asarray(app.wall_rgb) + drift > 245, -np.abs(drift), drift)
-            drift = np.where(np.asarray(app.wall_rgb) + drift < 10, np.abs(drift), drift)
-            for sc, t in zip(scenes, ts, strict=True):
-                sc.app = replace(app, wall_rgb=_shift(app.wall_rgb, drift * t), table_rgb=_shift(app.table_rgb, drift * t))
-            meta["drift_rgb"] = [round(float(x), 2) for x in drift]
-        elif failure == "extra_motion":
-            end = _add_extra_motion(state, action, end, scenes, ts, app, crng, meta)
-            moved = _changed(state, end)
-    elif failure == "wrong_object":
-        wrong, why = _wrong_action(state, action, crng)
-        end = apply(state, wrong)
-        path, block = _success_path(state, wrong, app, rng)
-        scenes = run(path, block, rest_positions(end, app))
-        moved = _changed(state, end)
-        meta.update(performed=[str(wrong)], wrong_rule=why)
-    elif failure == "incomplete":
-        end = state
-        scenes, moved = _incomplete(state, action, app, rng, crng, ts, meta, seed)
-    elif failure == "teleport":
-        end = apply(state, action)
-        path = _hover_path(state, _object_target(state, action, app), rng, touch=False)
-        k = int(crng.integers(max(1, frames // 3), max(2, (2 * frames) // 3 + 1)))
-        k = min(max(k, 1), frames - 1)
-        pos1 = rest_positions(end, app)
-        scenes = []
-        for i, t in enumerate(ts):
-            v, _ = path.at(t)
-            src = end if i >= k else state
-            scenes.append(_Scene(pos1 if i >= k else dict(pos0), lid=float(src.box_open), light=float(src.lamp_on),
-                                 gripper=(float(v[GX]), float(v[GY]), float(v[GG])), app=app))
-        moved = _changed(state, end)
-        meta.update(performed=[str(action)], jump_frame=k)
-    else:  # no_motion
-        end = state
-        if crng.random() < 0.5:
-            path = _hover_path(state, _object_target(state, action, app), rng, touch=True)
-            meta["no_motion_variant"] = "gripper_visits"
-        else:
-            path = _Path(state).done()
-            meta["no_motion_variant"] = "gripper_still"
-        scenes = run(path, None, pos0)
-        moved = set()
-        meta["performed"] = []
+    clip = _Clip(state, action, app, int(seed), _frame_times(frames),
+                 rng=np.random.default_rng([int(seed), 1]), crng=np.random.default_rng([int(seed), 2]),
+                 meta={"action": str(action), "failure_kind": FAILURE_KIND.get(failure or "", None)},
+                 pos0=rest_positions(state, app))
+    scenes, end, moved = _RENDERERS[failure](clip)
+    meta = clip.meta
     frames_arr = np.stack([_draw(sc, size) for sc in scenes])
     last = scenes[-1]
     meta.update(
@@ -849,84 +979,6 @@ def render_action(state: State, action: Action, *, appearance: Appearance | None
     labels = [{"blocks": dict(sc.blocks), "held": sc.held, "lid": float(sc.lid), "light": float(sc.light),
                "pull": float(sc.pull), "gripper": sc.gripper} for sc in scenes]
     return RenderResult(frames_arr, end, failure, [sc.held for sc in scenes], moved, meta, labels)
-
-
-def _shift(rgb: Vec3, d: np.ndarray) -> Vec3:
-    return tuple(float(np.clip(c + x, 0, 255)) for c, x in zip(rgb, d, strict=True))  # type: ignore[return-value]
-
-
-def _changed(a: State, b: State) -> set[str]:
-    out = {x for x in BLOCKS if a.where(x) != b.where(x)}
-    if a.box_open != b.box_open:
-        out.add(BOX)
-    if a.lamp_on != b.lamp_on:
-        out.add(LAMP)
-    return out
-
-
-def _add_extra_motion(state: State, action: Action, end: State, scenes: list[_Scene], ts: list[float],
-                      app: Appearance, crng: np.random.Generator, meta: dict) -> State:
-    """Make something move on its own during the clip (mutates ``scenes``); returns the true end state."""
-    involved = set(action.args)
-    blocks = [c for c in BLOCKS if c not in involved and state.where(c) != BOX and state.clear(c) and end.clear(c)]
-    slots = [s for s in SLOTS if state.free(s) and end.free(s)]
-    a = float(crng.uniform(0.2, 0.4))
-    b = a + float(crng.uniform(0.3, 0.4))
-    if blocks and slots:
-        c, slot = _pick(crng, blocks), _pick(crng, slots)
-        new_end = end.with_loc(c, slot)
-        new_end.validate()
-        p0, p1 = rest_positions(state, app)[c], rest_positions(new_end, app)[c]
-        for sc, t in zip(scenes, ts, strict=True):
-            e = _ease(float(np.clip((t - a) / (b - a), 0, 1)))
-            sc.blocks[c] = (p0[0] * (1 - e) + p1[0] * e, p0[1] * (1 - e) + p1[1] * e)
-        meta["extra"] = {"object": c, "from": state.where(c), "to": slot}
-        meta["performed"].append(f"move({c}, {slot}) [no gripper]")
-        return new_end
-    obj = BOX if action.verb in ("switch_on", "switch_off") else LAMP
-    tog = _toggle(end, obj)
-    new_end = apply(end, tog)
-    v0, v1 = (float(end.box_open), float(new_end.box_open)) if obj == BOX else (float(end.lamp_on), float(new_end.lamp_on))
-    for sc, t in zip(scenes, ts, strict=True):
-        e = _ease(float(np.clip((t - a) / (b - a), 0, 1)))
-        if obj == BOX:
-            sc.lid = v0 * (1 - e) + v1 * e
-        else:
-            sc.light = v0 * (1 - e) + v1 * e
-    meta["extra"] = {"object": obj, "from": None, "to": tog.verb, "fallback": "no free block/slot"}
-    meta["performed"].append(f"{tog} [no gripper]")
-    return new_end
-
-
-def _incomplete(state: State, action: Action, app: Appearance, rng: np.random.Generator, crng: np.random.Generator,
-                ts: list[float], meta: dict, seed: int) -> tuple[list[_Scene], set[str]]:
-    pos0 = rest_positions(state, app)
-    meta["performed"] = []
-    if action.verb == "move":
-        b, _ = action.args
-        target = rest_positions(apply(state, action), app)[b]
-        drop = _drop_spot(state, b, pos0[b], target, app)
-        if drop is not None and seed % 2 == 1:
-            path = _move_path(state, pos0[b], drop, rng)
-            scenes = [_scene_at(path, t, state, b, pos0, {**pos0, b: drop}, app) for t in ts]
-            meta["incomplete"] = {"object": b, "variant": "drop", "position": drop}
-            return scenes, {b}
-        path = _move_path(state, pos0[b], target, rng)
-        ta, tb = path.span("block")
-        # stop inside the carry segment (the middle third of the "block" span): never at a valid location
-        stop = ta + (tb - ta) * float(crng.uniform(0.4, 0.6))
-        scenes = [_scene_at(path, min(t, stop), state, b, pos0, pos0, app) for t in ts]
-        meta["incomplete"] = {"object": b, "variant": "stall", "position": scenes[-1].blocks[b], "progress": stop}
-        return scenes, {b}
-    if action.verb in ("open", "close"):
-        f = float(crng.uniform(0.35, 0.6))
-        phi = f if action.verb == "open" else 1.0 - f
-        path = _lid_path(state, phi, rng)
-        meta["incomplete"] = {"object": BOX, "variant": "lid_part_way", "lid": phi}
-        return [_scene_at(path, t, state, None, pos0, pos0, app) for t in ts], {BOX}
-    path = _lamp_path(state, float(state.lamp_on), rng)
-    meta["incomplete"] = {"object": LAMP, "variant": "light_unchanged"}
-    return [_scene_at(path, t, state, None, pos0, pos0, app) for t in ts], set()
 
 
 def _drop_spot(state: State, block: str, p0: tuple[float, float], p1: tuple[float, float],

@@ -1,7 +1,7 @@
 """The tabletop task sampler: random valid layouts and goals of a chosen optimal length (DESIGN §4).
 
 Training data (``spiral data build``, every trainer) draws its tasks here; benchmark scene seeds
-(:mod:`spiral.bench.seeds`) are never drawn. Goal texts come from :func:`spiral.world.goals.goal_to_text`.
+(:mod:`spiral.world.seeds`) are never drawn. Goal texts come from :func:`spiral.world.goals.goal_to_text`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spiral.bench.seeds import is_reserved
 from spiral.planners.symbolic import PlanningError, SymbolicPlanner
 from spiral.world.domain import BLOCKS, BOX, SLOTS, State
 from spiral.world.goals import Goal, _pick, goal_to_text
 from spiral.world.grammar import table_literals as _table_literals
+from spiral.world.seeds import is_reserved
 
 
 @dataclass(frozen=True)

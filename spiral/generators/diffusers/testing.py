@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from spiral.generators.diffusers import require_diffusers
+from spiral.generators.diffusers.base import require_diffusers
 
 # Enough words for the tabletop prompts; anything else falls back to characters / <unk>.
 _WORDS = (

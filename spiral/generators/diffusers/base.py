@@ -1,4 +1,5 @@
-"""Image-to-video generators backed by diffusers pipelines (extra ``spiral-video[diffusers]``).
+"""What every diffusers image-to-video adapter shares (extra ``spiral-video[diffusers]``): loading, the
+options every model family takes (:class:`DiffusersI2V`), sizes, conditioning, output and the flow-access glue.
 
 The memory context reaches the model as its two conditioning inputs: the last accepted frame
 (``request.cond_frame``) becomes the pipeline's image, and the memory-composed prompt
@@ -25,9 +26,13 @@ What every adapter does around the pipeline call:
    ``generator_device`` (CPU by default: the same seed gives the same noise on any GPU).
 
 Flow-matching backbones (Wan, LTX) also expose ``denoiser``, ``scheduler``, ``prepare(request)``,
-``velocity(latents, t, inputs)`` and ``decode(latents, inputs)`` so that a hand-written sampler
-(``spiral/flow.py``: Euler ODE / SDE steps with log-probabilities for GRPO) can drive the
-transformer step by step and end with the same post-processing as ``generate``.
+``velocity(latents, t, inputs)`` and ``decode(latents, inputs)`` (:class:`FlowAccess`) so that a
+hand-written sampler (``spiral/flow.py``: Euler ODE / SDE steps with log-probabilities for GRPO) can
+drive the transformer step by step and end with the same post-processing as ``generate``.
+
+An option every family takes belongs to :class:`DiffusersI2V` here; a family module (``wan``, ``ltx``,
+``cogvideox``) only sets its defaults and overrides the model-specific hooks (``spatial_multiple``,
+``frame_step``, ``fixed_size``, ``call_arguments``, ``check_pipeline``) and the flow access.
 """
 
 from __future__ import annotations
@@ -272,7 +277,6 @@ class DiffusersI2V:
         self.call_kwargs = dict(call_kwargs or {})
         self._warned: set[tuple] = set()
 
-        t0 = time.perf_counter()
         if pipeline is not None:  # Python API: a pipeline built or quantized by the caller
             self.pipe = pipeline
         else:
@@ -295,7 +299,6 @@ class DiffusersI2V:
             self.pipe.vae.enable_tiling()
         self.pipe.set_progress_bar_config(disable=True)
         self.max_sequence_length = max_sequence_length or self._default_max_sequence_length()
-        self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -497,22 +500,27 @@ class DiffusersI2V:
                              {"preprocess": t1 - t0, "pipeline": t2 - t1})
 
 
-# ----------------------------------------------------------------------------------------------- Wan
+# ----------------------------------------------------------------------------------------------- flow access
 
 
-_NEGATIVE = ("static frame, blurry, low quality, worst quality, jpeg artifacts, distorted objects, deformed gripper, "
-             "flicker, sudden cuts, text, watermark")
+class FlowAccess:
+    """Glue between an adapter's ``velocity`` (scheduler timesteps, 0..1000) and ``spiral.flow`` (σ in [0, 1]).
 
+    Mixed into the flow-matching adapters before :class:`DiffusersI2V`; each one provides ``denoiser``,
+    ``scheduler``, ``prepare``, ``velocity`` and ``decode`` by mirroring its diffusers pipeline's ``__call__``.
+    """
 
-class _FlowAccess:
-    """Glue between an adapter's ``velocity`` (scheduler timesteps, 0..1000) and ``spiral.flow`` (σ in [0, 1])."""
+    @property
+    def scheduler(self) -> Any:
+        """The pipeline's flow-matching scheduler; its sigmas are the noise levels."""
+        return self.pipe.scheduler  # type: ignore[attr-defined]
 
     def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
         raise NotImplementedError
 
     def flow_fn(self, inputs: FlowInputs) -> Any:
         """``fn(x, sigma) -> v`` for ``spiral.flow.sample``: σ is mapped to the timestep σ·num_train_timesteps."""
-        scale = float(self.scheduler.config.get("num_train_timesteps", 1000))  # type: ignore[attr-defined]
+        scale = float(self.scheduler.config.get("num_train_timesteps", 1000))
 
         def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return self.velocity(x, torch.as_tensor(sigma, device=x.device, dtype=torch.float32) * scale, inputs)
@@ -526,324 +534,3 @@ class _FlowAccess:
         return (size, self.cond_image(request, size), self.prompt_for(request),  # type: ignore[attr-defined]
                 self.make_generator(request), self.pipe._execution_device,  # type: ignore[attr-defined]
                 self.guidance_scale > 1.0)  # type: ignore[attr-defined]
-
-
-class WanI2VAdapter(_FlowAccess, DiffusersI2V):
-    """Wan 2.1 I2V (CLIP image embeddings + channel-concatenated first-frame latents); also Wan 2.2
-    A14B I2V checkpoints (two experts switched at ``boundary_ratio``)."""
-
-    name = "wan21-i2v"
-    display = "Wan 2.1 I2V"
-    default_model = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
-    default_pipeline_class = "WanImageToVideoPipeline"
-    default_steps = 50
-    default_guidance = 5.0
-    default_fps = 16.0
-    default_negative_prompt = _NEGATIVE
-    default_max_sequence_length = 512  # the I2V attention splits image/text tokens assuming 512 text tokens
-    default_vae_dtype = "float32"  # the Wan VAE loses detail in bf16; it is small (~0.5 GB) in float32
-    needs_ftfy = True
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        """The flow-matching transformer (the high-noise expert for two-expert checkpoints)."""
-        return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
-
-    @property
-    def scheduler(self) -> Any:
-        """The pipeline's scheduler; its sigmas are the flow-matching noise levels."""
-        return self.pipe.scheduler
-
-    def _expand(self) -> bool:
-        return bool(self.pipe.config.get("expand_timesteps", False))
-
-    @torch.no_grad()
-    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
-        """Encode prompt, image and first-frame latents exactly as the pipeline does, seed the noise."""
-        pipe = self.pipe
-        t0 = time.perf_counter()
-        size, image, prompt, generator, device, cfg = self._request_inputs(request)
-        model = self.denoiser
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=self.negative_prompt, do_classifier_free_guidance=cfg,
-            max_sequence_length=self.max_sequence_length, device=device)
-        prompt_embeds = prompt_embeds.to(model.dtype)
-        negative_embeds = negative_embeds.to(model.dtype) if negative_embeds is not None else None
-        image_embeds = None
-        if model.config.image_dim is not None:
-            image_embeds = pipe.encode_image(image, device).to(model.dtype)
-        pipe.scheduler.set_timesteps(num_inference_steps or self.num_inference_steps, device=device)
-        pixels = pipe.video_processor.preprocess(image, height=size.height, width=size.width).to(device, torch.float32)
-        out = pipe.prepare_latents(pixels, 1, pipe.vae.config.z_dim, size.height, size.width, size.num_frames,
-                                   torch.float32, device, generator)
-        cond: dict[str, Any] = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds,
-                                "image_embeds": image_embeds, "prompt": prompt}
-        free_mask = None
-        if self._expand():
-            latents, condition, first_frame_mask = out
-            cond.update(condition=condition, first_frame_mask=first_frame_mask)
-            latents = (1 - first_frame_mask) * condition + first_frame_mask * latents
-            free_mask = first_frame_mask
-        else:
-            latents, condition = out
-            cond["condition"] = condition
-        return FlowInputs(latents=latents, timesteps=pipe.scheduler.timesteps.clone(),
-                          sigmas=pipe.scheduler.sigmas.clone().to(torch.float32), guidance_scale=self.guidance_scale,
-                          cond=cond, size=size, request=request, generator=generator, free_mask=free_mask,
-                          timings={"prepare": time.perf_counter() - t0})
-
-    def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
-        """Guided velocity v(x, t) in float32, as the pipeline computes it; differentiable (LoRA/GRPO).
-
-        ``latents`` may hold B rollouts of the same request; conditioning is repeated to match.
-        Positions fixed by conditioning (``free_mask == 0``) get zero velocity.
-        """
-        pipe, c = self.pipe, inputs.cond
-        b = latents.shape[0]
-        t = torch.as_tensor(t, device=latents.device, dtype=torch.float32).reshape(-1).expand(b)
-        boundary = pipe.config.get("boundary_ratio")
-        low_noise = None if boundary is None else t < boundary * pipe.scheduler.config.num_train_timesteps
-        if low_noise is not None and bool(low_noise.any()) != bool(low_noise.all()):
-            raise ValueError("a two-expert Wan model needs all rollouts of a batch on the same side of boundary_ratio")
-        if low_noise is not None and bool(low_noise.all()):
-            model = pipe.transformer_2
-            scale = float(self.call_kwargs.get("guidance_scale_2", inputs.guidance_scale))
-        else:
-            model, scale = self.denoiser, inputs.guidance_scale
-        if self._expand():
-            # Wan 2.2 TI2V: latent frame 0 is the image's latents, its tokens are at timestep 0
-            mask = c["first_frame_mask"]
-            x = ((1 - mask) * c["condition"] + mask * latents).to(model.dtype)
-            p_h, p_w = model.config.patch_size[1], model.config.patch_size[2]
-            per_token = mask[0][0][:, ::p_h, ::p_w].flatten()
-            timestep = t[:, None] * per_token[None]
-        else:
-            x = torch.cat([latents, c["condition"].expand(b, -1, -1, -1, -1)], dim=1).to(model.dtype)
-            timestep = t
-        image = c["image_embeds"].expand(b, -1, -1) if c["image_embeds"] is not None else None
-
-        def run(embeds: torch.Tensor, name: str) -> torch.Tensor:
-            with model.cache_context(name):
-                return model(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds.expand(b, -1, -1),
-                             encoder_hidden_states_image=image, return_dict=False)[0]
-
-        v = run(c["prompt_embeds"], "cond")
-        if scale > 1.0 and c["negative_prompt_embeds"] is not None:
-            v_uncond = run(c["negative_prompt_embeds"], "uncond")
-            v = v_uncond + scale * (v - v_uncond)
-        v = v.float()
-        if inputs.free_mask is not None:
-            v = v * inputs.free_mask
-        return v
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, inputs: FlowInputs) -> Segment:
-        """Final latents → Segment, with the same restore/frame-0 rule as ``generate``."""
-        pipe, vae = self.pipe, self.pipe.vae
-        t0 = time.perf_counter()
-        if self._expand():
-            mask = inputs.cond["first_frame_mask"]
-            latents = (1 - mask) * inputs.cond["condition"] + mask * latents
-        latents = latents[:1].to(device=_execution_device(vae, pipe._execution_device), dtype=vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        video = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-        timings = dict(inputs.timings, decode=time.perf_counter() - t0)
-        return self._segment(np.asarray(video), inputs.request, inputs.size, inputs.cond["prompt"], timings)
-
-
-class Wan22TI2VAdapter(WanI2VAdapter):
-    """Wan 2.2 TI2V-5B used as image-to-video: the first frame's latents replace latent frame 0
-    (``expand_timesteps``), its tokens get timestep 0; 16x VAE x 2x2 patches → multiples of 32."""
-
-    name = "wan22-ti2v"
-    display = "Wan 2.2 TI2V"
-    default_model = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
-    default_fps = 24.0
-
-    def check_pipeline(self) -> None:
-        if not self.pipe.config.get("expand_timesteps", False):
-            # hub folders of TI2V-5B say so in model_index.json; a folder without it is another Wan model
-            raise ValueError(f"{self.model} is not a Wan 2.2 TI2V checkpoint (model_index.json has no "
-                             "expand_timesteps: true); fix: use generator 'wan21-i2v' for Wan 2.1 I2V checkpoints")
-
-
-# ----------------------------------------------------------------------------------------------- LTX
-
-
-class LTXI2VAdapter(_FlowAccess, DiffusersI2V):
-    """LTX-Video image-to-video: first-frame latents are kept clean (timestep 0) inside packed tokens."""
-
-    name = "ltx-i2v"
-    display = "LTX-Video I2V"
-    default_model = "Lightricks/LTX-Video"
-    default_pipeline_class = "LTXImageToVideoPipeline"
-    default_steps = 50
-    default_guidance = 3.0
-    default_fps = 24.0
-    default_negative_prompt = "worst quality, inconsistent motion, blurry, jittery, distorted"
-    default_max_sequence_length = 128
-
-    def spatial_multiple(self) -> int:
-        p = self.pipe
-        natural = p.vae_spatial_compression_ratio * p.transformer_spatial_patch_size
-        return int(np.lcm(32, natural))  # the pipeline itself refuses anything not divisible by 32
-
-    def frame_step(self) -> int:
-        return int(self.pipe.vae_temporal_compression_ratio * self.pipe.transformer_temporal_patch_size)
-
-    def call_arguments(self, request: GenerationRequest, size: ModelSize) -> dict[str, Any]:
-        kwargs = super().call_arguments(request, size)
-        kwargs.setdefault("frame_rate", int(round(self.fps)))
-        return kwargs
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        """The flow-matching transformer."""
-        return self.pipe.transformer
-
-    @property
-    def scheduler(self) -> Any:
-        """The pipeline's FlowMatchEulerDiscreteScheduler."""
-        return self.pipe.scheduler
-
-    def _grid(self, size: ModelSize) -> tuple[int, int, int]:
-        p = self.pipe
-        return ((size.num_frames - 1) // p.vae_temporal_compression_ratio + 1,
-                size.height // p.vae_spatial_compression_ratio, size.width // p.vae_spatial_compression_ratio)
-
-    @torch.no_grad()
-    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
-        """Encode the prompt and first frame, seed the noise and set the shifted sigma schedule like the pipeline."""
-        from diffusers.pipelines.ltx.pipeline_ltx_image2video import calculate_shift, retrieve_timesteps
-
-        pipe = self.pipe
-        t0 = time.perf_counter()
-        size, image, prompt, generator, device, cfg = self._request_inputs(request)
-        pe, pm, npe, npm = pipe.encode_prompt(prompt=prompt, negative_prompt=self.negative_prompt,
-                                              do_classifier_free_guidance=cfg,
-                                              max_sequence_length=self.max_sequence_length, device=device)
-        if cfg:
-            pe, pm = torch.cat([npe, pe], dim=0), torch.cat([npm, pm], dim=0)
-        pixels = pipe.video_processor.preprocess(image, height=size.height, width=size.width).to(device, pe.dtype)
-        packed, cmask = pipe.prepare_latents(pixels, 1, pipe.transformer.config.in_channels, size.height,
-                                             size.width, size.num_frames, torch.float32, device, generator)
-        f, h, w = self._grid(size)
-        n = num_inference_steps or self.num_inference_steps
-        sc = pipe.scheduler.config
-        mu = calculate_shift(f * h * w, sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
-                             sc.get("base_shift", 0.5), sc.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(pipe.scheduler, n, device, None,
-                                          sigmas=np.linspace(1.0, 1 / n, n), mu=mu)
-        latents = self._unpack(packed, size)
-        free_mask = torch.ones_like(latents[:, :1])
-        free_mask[:, :, 0] = 0
-        frame_rate = float(self.call_arguments(request, size)["frame_rate"])
-        cond = {"prompt_embeds": pe, "prompt_attention_mask": pm, "conditioning_mask": cmask, "cfg": cfg,
-                "prompt": prompt, "grid": (f, h, w), "frame_rate": frame_rate}
-        return FlowInputs(latents=latents, timesteps=timesteps.clone(), sigmas=pipe.scheduler.sigmas.clone().float(),
-                          guidance_scale=self.guidance_scale, cond=cond, size=size, request=request,
-                          generator=generator, free_mask=free_mask, timings={"prepare": time.perf_counter() - t0})
-
-    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
-        p = self.pipe
-        return p._pack_latents(latents, p.transformer_spatial_patch_size, p.transformer_temporal_patch_size)
-
-    def _unpack(self, packed: torch.Tensor, size: ModelSize) -> torch.Tensor:
-        p = self.pipe
-        f, h, w = self._grid(size)
-        return p._unpack_latents(packed, f, h, w, p.transformer_spatial_patch_size, p.transformer_temporal_patch_size)
-
-    def velocity(self, latents: torch.Tensor, t: torch.Tensor | float, inputs: FlowInputs) -> torch.Tensor:
-        """Guided velocity on unpacked latents (B, C, F, h, w), float32; zero on the conditioning frame."""
-        pipe, c = self.pipe, inputs.cond
-        model = self.denoiser
-        b = latents.shape[0]
-        f, h, w = c["grid"]
-        x = self._pack(latents)
-        reps = 2 if c["cfg"] else 1
-        x = torch.cat([x] * reps) if reps > 1 else x
-        if reps > 1:  # [neg]*B then [pos]*B, in the pipeline's order
-            neg, pos = c["prompt_embeds"].chunk(2)
-            nm, pm = c["prompt_attention_mask"].chunk(2)
-            embeds = torch.cat([neg.expand(b, -1, -1), pos.expand(b, -1, -1)])
-            mask = torch.cat([nm.expand(b, -1), pm.expand(b, -1)])
-        else:
-            embeds, mask = c["prompt_embeds"].expand(b, -1, -1), c["prompt_attention_mask"].expand(b, -1)
-        cmask = c["conditioning_mask"][:1].expand(x.shape[0], -1)
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        timestep = torch.cat([t] * reps).unsqueeze(-1) * (1 - cmask)
-        rope_scale = (pipe.vae_temporal_compression_ratio / c["frame_rate"],
-                      pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)
-        with model.cache_context("cond_uncond"):
-            v = model(hidden_states=x.to(embeds.dtype), encoder_hidden_states=embeds, timestep=timestep,
-                      encoder_attention_mask=mask, num_frames=f, height=h, width=w,
-                      rope_interpolation_scale=rope_scale, return_dict=False)[0].float()
-        if reps > 1:
-            v_uncond, v_text = v.chunk(2)
-            v = v_uncond + inputs.guidance_scale * (v_text - v_uncond)
-        v = self._unpack(v, inputs.size)
-        return v * inputs.free_mask
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, inputs: FlowInputs) -> Segment:
-        """Final latents → Segment (denormalize, optional decode-timestep noise, VAE decode, restore)."""
-        pipe, vae = self.pipe, self.pipe.vae
-        t0 = time.perf_counter()
-        dtype = inputs.cond["prompt_embeds"].dtype
-        latents = pipe._denormalize_latents(latents[:1], vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
-        latents = latents.to(dtype)
-        timestep = None
-        if vae.config.timestep_conditioning:
-            decode_t = float(self.call_kwargs.get("decode_timestep", 0.0))
-            scale = self.call_kwargs.get("decode_noise_scale")
-            scale = decode_t if scale is None else float(scale)
-            noise = torch.randn(latents.shape, generator=inputs.generator, device=latents.device, dtype=latents.dtype)
-            timestep = torch.tensor([decode_t], device=latents.device, dtype=latents.dtype)
-            latents = (1 - scale) * latents + scale * noise
-        video = vae.decode(latents, timestep, return_dict=False)[0]
-        video = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-        timings = dict(inputs.timings, decode=time.perf_counter() - t0)
-        return self._segment(np.asarray(video), inputs.request, inputs.size, inputs.cond["prompt"], timings)
-
-
-# ----------------------------------------------------------------------------------------------- CogVideoX
-
-
-class CogVideoXI2VAdapter(DiffusersI2V):
-    """CogVideoX I2V (v-prediction DDIM/DPM, not flow matching: no ``velocity`` access).
-
-    CogVideoX 1.0 I2V has learned positional embeddings: it generates exactly its transformer's
-    ``sample_height × sample_width`` (latent units, ×8 in pixels); the run's frames are mapped to it.
-    """
-
-    name = "cogvideox-i2v"
-    display = "CogVideoX I2V"
-    default_model = "THUDM/CogVideoX-5b-I2V"
-    default_pipeline_class = "CogVideoXImageToVideoPipeline"
-    default_steps = 50
-    default_guidance = 6.0
-    default_fps = 8.0
-    default_negative_prompt = ""
-
-    def frame_step(self) -> int:
-        return 2 * int(self.pipe.vae_scale_factor_temporal)  # 8k+1 frames, as the model cards ask
-
-    def spatial_multiple(self) -> int:
-        return int(self.pipe.vae_scale_factor_spatial) * int(self.pipe.transformer.config.patch_size)
-
-    def fixed_size(self) -> tuple[int, int] | None:
-        cfg = self.pipe.transformer.config
-        if not cfg.use_learned_positional_embeddings:
-            return None
-        s = int(self.pipe.vae_scale_factor_spatial)
-        return cfg.sample_height * s, cfg.sample_width * s
-
-    def _default_max_sequence_length(self) -> int | None:
-        return int(self.pipe.transformer.config.max_text_seq_length)
-
-    def call_arguments(self, request: GenerationRequest, size: ModelSize) -> dict[str, Any]:
-        kwargs = super().call_arguments(request, size)
-        kwargs.setdefault("use_dynamic_cfg", True)
-        return kwargs
