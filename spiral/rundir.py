@@ -82,9 +82,7 @@ class RunDir:
         writes are deleted. The caller must be the only process using the folder.
         """
         rd = cls(path)
-        if not (rd.path / RUN_MARKER).is_file() or not (rd.path / "config.yaml").is_file():
-            raise FileNotFoundError(f"{rd.path} is not a SPIRAL run directory (no {RUN_MARKER} / config.yaml); "
-                                    "start a new run without --resume")
+        rd.check_is_run()
         for folder in (rd.path, rd.segments):
             atomic.remove_temp_files(folder)
         journal = rd.path / "attempts.jsonl"
@@ -106,9 +104,32 @@ class RunDir:
                 raise ValueError(f"{rd.path / 'plan.json'} is damaged ({e}); restore it, or delete it to plan again") from None
         return rd
 
+    def check_is_run(self) -> None:
+        """Raise a clear error unless this folder holds a run (read-only)."""
+        if not (self.path / RUN_MARKER).is_file() or not (self.path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{self.path} is not a SPIRAL run directory (no {RUN_MARKER} / config.yaml); "
+                                    "start a new run without --resume")
+
     @property
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / RUN_MARKER).read_text())
+        try:
+            meta = json.loads((self.path / RUN_MARKER).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{self.path / RUN_MARKER} is damaged ({e}); restore it from a copy") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("goal"), str):
+            raise ValueError(f"{self.path / RUN_MARKER} is damaged (no goal); restore it from a copy")
+        return meta
+
+    def record_resume(self, changes: dict[str, list[Any]], config_yaml: str) -> None:
+        """Save the config a resume changed (settings of ``spiral.config.RESUME_SAFE``) and note the change in
+        meta.json's ``resumes`` (the record and the report show it). Config first: a crash between the two
+        leaves the new config in force and only the note missing."""
+        import time
+
+        atomic.write_text(self.path / "config.yaml", config_yaml)
+        meta = self.meta
+        meta["resumes"] = [*meta.get("resumes", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changes}]
+        atomic.write_json(self.path / RUN_MARKER, meta)
 
     def first_frame(self) -> np.ndarray:
         return np.asarray(Image.open(self.path / "first_frame.png").convert("RGB"))

@@ -66,3 +66,20 @@ def video_info(path: str | Path) -> dict:
         s = container.streams.video[0]
         n = s.frames or sum(1 for _ in container.decode(video=0))
         return {"frames": int(n), "fps": float(s.average_rate or 0), "width": s.width, "height": s.height}
+
+
+def decodable_frames(path: str | Path) -> int:
+    """Decode every frame strictly (the decoder stops at the first damaged packet instead of hiding it) and
+    return how many there are; a damaged or unreadable file is a ValueError saying where decoding stopped."""
+    n = 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"err_detect": "explode"}
+            for frame in container.decode(stream):
+                if getattr(frame, "is_corrupt", False):
+                    raise ValueError(f"frame {n} is damaged")
+                n += 1
+    except (av.error.FFmpegError, IndexError, ValueError) as e:
+        raise ValueError(f"cannot decode frame {n}: {str(e).splitlines()[0] or type(e).__name__}") from None
+    return n

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
+from pydantic import Field
+
+from spiral.options import BackendOptions
 from spiral.types import Plan, SubAction
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
@@ -398,10 +401,17 @@ def _postconditions(item: Any) -> list[str]:
     return list(getattr(item, "postconditions", None) or [])
 
 
+class SymbolicOptions(BackendOptions):
+    """Options of the ``symbolic`` planner."""
+
+    max_expansions: int = Field(200_000, ge=1, description="A* search budget per goal stage (states expanded)")
+
+
 class SymbolicPlanner:
     """Exact PlanAgent: optimal (fewest actions) plans per goal stage, by A* over STRIPS actions."""
 
     name = "symbolic"
+    options_model = SymbolicOptions
 
     def __init__(self, max_expansions: int = 200_000):
         self.max_expansions = max_expansions

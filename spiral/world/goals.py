@@ -101,6 +101,33 @@ KNOWN_VERBS = ("put/place/move/set/stack/drop/slide/... X in|on|to|at <place>", 
                "leave/keep X open|closed|on|off", "separators: , ; . and — new stage: then, after that, finally")
 
 
+def _did_you_mean(word: str) -> str:
+    """`` (did you mean 'the'?)`` for a word one or two typos from a word the grammar knows, else ``""``.
+
+    Typos are counted as edits where swapping two neighbouring letters is one ("teh" -> "the", "opne" ->
+    "open"), which difflib's ratio ranks below shorter words ("one"); ties go to the word of the same length,
+    then to difflib's ratio."""
+    import difflib
+
+    known = {w for w in _VOCAB | _FILLERS | {t for k in _PHRASES for t in k} if w.isalpha() and w.islower()}
+    limit = max(1, len(word) // 3)
+    scored = [(_typos(word, w), abs(len(w) - len(word)), -difflib.SequenceMatcher(None, word, w).ratio(), w)
+              for w in known - {word}]
+    best = min((x for x in scored if x[0] <= limit), default=None)
+    return f" (did you mean {best[-1]!r}?)" if best else ""
+
+
+def _typos(a: str, b: str) -> int:
+    """Edit distance counting insertions, deletions, substitutions and adjacent swaps (optimal string alignment)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
 class GoalParseError(ValueError):
     """A goal sentence the grammar cannot read; says which clause and what words it knows."""
 
@@ -257,7 +284,7 @@ class _Cursor:
             if w is None:
                 reason = "the clause ends too early"
             elif w not in _VOCAB:
-                reason = f"unknown word {w!r}"
+                reason = f"unknown word {w!r}{_did_you_mean(w)}"
             else:
                 reason = f"did not expect {_show([w])!r} here"
         return GoalParseError(clause, reason)
