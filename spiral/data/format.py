@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from spiral.video import decodable_frames, video_info
+from spiral.video import decode_digest, video_info
 
 MANIFEST = "manifest.jsonl"
 Label = Literal["success", "incomplete", "wrong_object", "extra_motion", "teleport", "drift", "no_motion"]
@@ -64,6 +64,9 @@ class Episode(BaseModel):
     source: str = ""
     split: str = "train"
     license: str = ""
+    frames_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$", description=(
+        "SHA-256 of the video's decoded frames (spiral.video.decode_digest); `spiral data check` compares it, "
+        "which catches damage that decodes without an error (H.264 conceals some)"))
 
 
 @dataclass
@@ -172,9 +175,12 @@ def _video_problem(root: Path, ep: Episode, check_videos: bool, decode: bool, ca
         try:
             info = video_info(video)
             if decode:
-                got = decodable_frames(video)
+                got, digest = decode_digest(video)
                 if got != info["frames"]:
                     raise ValueError(f"its header says {info['frames']} frames, {got} decode")
+                if ep.frames_sha256 and digest != ep.frames_sha256:
+                    raise ValueError("its frames differ from the manifest's frames_sha256 (damaged or replaced "
+                                     "since it was written)")
             cache[video] = info
         except Exception as e:  # noqa: BLE001 - any decoder failure makes this line unusable
             cache[video] = f"video {ep.video} cannot be {'fully decoded' if decode else 'read'}: " \
