@@ -85,17 +85,17 @@ def _parses(line: bytes) -> bool:
 
 
 def split_torn(data: bytes) -> tuple[bytes, bytes]:
-    """A journal's bytes as (what to keep, the torn tail to move aside); see :func:`repair_jsonl`."""
-    keep = data.rfind(b"\n") + 1  # bytes up to and including the last newline
-    tail = data[keep:]
-    if tail.strip() and _parses(tail):
-        return data + b"\n", b""  # a complete record that only lost its newline
-    moved = tail if tail.strip() else b""
-    if not moved and keep:  # a last line that ends with its newline but does not parse is torn too
-        prev = data.rfind(b"\n", 0, keep - 1) + 1
-        if data[prev:keep].strip() and not _parses(data[prev:keep]):
-            keep, moved = prev, data[prev:keep]
-    return data[:keep], moved
+    """A journal's bytes as (what to keep, the torn tail to move aside); see :func:`repair_jsonl`.
+
+    The last line that is not blank is the one a crash can have torn (what :func:`read_jsonl` skips): if it
+    is not a JSON object, it and what follows it go; if it is one, only a missing final newline is added."""
+    end = len(data.rstrip(b" \t\r\n"))
+    if end == 0:
+        return data, b""
+    start = data.rfind(b"\n", 0, end) + 1
+    if not _parses(data[start:end]):
+        return data[:start], data[start:]
+    return (data, b"") if data.endswith(b"\n") else (data + b"\n", b"")
 
 
 def repair_jsonl(path: str | Path) -> bytes:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from spiral.options import printable
+
 Mode = Literal["closed_loop", "plan_only", "single_shot"]
 
 
@@ -91,7 +93,7 @@ def _explain(e: ValidationError, source: str) -> str:
     known = _known_keys(Config)
     msgs = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = printable(".".join(str(x) for x in err["loc"]))
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(loc, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -109,12 +111,12 @@ def apply_override(data: dict, assignment: str) -> None:
     for p in parts[:-1]:
         nxt = cur.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise ValueError(f"--set {assignment}: '{p}' is not a section")
+            raise ValueError(f"--set {printable(assignment)}: '{printable(p)}' is not a section")
         cur = nxt
     try:
         cur[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise ValueError(f"--set {assignment}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it, "
+        raise ValueError(f"--set {printable(assignment)}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it, "
                          "e.g. --set 'a.b=\"text\"'") from None
 
 
@@ -125,7 +127,7 @@ def split_override(assignment: str) -> tuple[str, str]:
     key, _, raw = assignment.partition("=")
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
-        raise ValueError(f"--set {assignment}: the key must be dotted names, e.g. loop.max_replans=2")
+        raise ValueError(f"--set {printable(assignment)}: the key must be dotted names, e.g. loop.max_replans=2")
     return key, raw
 
 
@@ -150,7 +152,7 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if data is None:
+    if data is None or data == {}:  # `{}` too (found by fuzzing): it would run the default without a word
         raise ValueError(f"{path} is empty; give at least one section (see configs/{DEFAULT_CONFIG.name}), or leave out "
                          "--config to run the embedded default")
     if not isinstance(data, dict):
@@ -193,7 +195,7 @@ def _build(data: dict, source: str, overrides: list[str]) -> Config:
                 data[kind] = {**section, "options": {}}
     for o in overrides:
         apply_override(data, o)
-        _validate(data, f"--set {o}")
+        _validate(data, f"--set {printable(o)}")
     cfg = Config.model_validate(data)
     from spiral import registry
     from spiral.options import OptionError
@@ -216,14 +218,14 @@ def _blame(e: Any, overrides: list[str], keys: list[str]) -> str | None:
     for prefix in prefixes:
         for o, k in reversed(list(zip(overrides, keys))):
             if k == prefix or k.startswith(prefix + "."):
-                return f"--set {o}"
+                return f"--set {printable(o)}"
     return _blame_name(e.kind, overrides, keys)
 
 
 def _blame_name(kind: str, overrides: list[str], keys: list[str]) -> str | None:
     for o, k in reversed(list(zip(overrides, keys))):
         if k == f"{kind}.name":
-            return f"--set {o}"
+            return f"--set {printable(o)}"
     return None
 
 

@@ -113,7 +113,7 @@ def _explain(e: ValidationError, kind: str, name: str, model: type[BaseModel]) -
     known = sorted(f.alias or k for k, f in model.model_fields.items())
     err = e.errors()[0]
     option = str(err["loc"][0]) if err["loc"] else None
-    where = ".".join(str(x) for x in err["loc"])
+    where = printable(".".join(str(x) for x in err["loc"]))
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(option or "", known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -122,6 +122,11 @@ def _explain(e: ValidationError, kind: str, name: str, model: type[BaseModel]) -
         msg = f"{kind} '{name}' option '{where}': {err['msg']} (got {_short(err.get('input'))})"
     more = len(e.errors()) - 1
     return OptionError(msg + (f"; and {more} more problem(s) with its options" if more else ""), kind, name, option)
+
+
+def printable(text: str) -> str:
+    """User text as it can stand in a one-line message: control characters (a newline in a --set) escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _short(value: Any) -> str:

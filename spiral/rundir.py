@@ -88,12 +88,7 @@ class RunDir:
         journal = rd.path / "attempts.jsonl"
         rd.torn = atomic.repair_jsonl(journal)
         for n, line in enumerate(atomic.read_jsonl(journal), start=1):
-            try:
-                key = (int(line["plan_version"]), int(line["step"]), int(line["attempt"]))
-                rel = str(line["segment_file"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise atomic.JournalError(f"{journal} record {n} is not an attempt record ({type(e).__name__}: {e}); "
-                                          "restore the file or delete that line") from None
+            key, rel = _check_record(line, journal, n)
             if _inside(rd.path, rel) and (rd.path / rel).is_file():
                 rd._attempts[key] = line
         if (rd.path / "plan.json").is_file():
@@ -171,6 +166,27 @@ class RunDir:
 
     def attempts(self) -> list[dict]:
         return atomic.read_jsonl(self.path / "attempts.jsonl")
+
+
+def _check_record(line: dict, journal: Path, n: int) -> tuple[tuple[int, int, int], str]:
+    """The replay key and segment file of journal record ``n``, after checking it is a whole attempt record
+    (what the loop replays from it), so that a damaged record is one error here, not a failure mid-run."""
+    from pydantic import ValidationError
+
+    try:
+        if not isinstance(line.get("plan_version"), int) or isinstance(line.get("plan_version"), bool):
+            raise ValueError("plan_version: an integer is needed")
+        if not isinstance(line.get("segment_file"), str):
+            raise ValueError("segment_file: a path is needed")
+        entry = Attempt.model_validate({k: line[k] for k in Attempt.model_fields if k in line})
+        if not isinstance(line.get("seconds", {}), dict):
+            raise ValueError("seconds: an object is needed")
+    except (ValidationError, ValueError) as e:
+        why = str(e).splitlines()[0] if not isinstance(e, ValidationError) else "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:2])
+        raise atomic.JournalError(f"{journal} record {n} is not an attempt record ({why}); restore the file or "
+                                  "delete that line") from None
+    return (line["plan_version"], entry.step, entry.attempt), line["segment_file"]
 
 
 def _inside(root: Path, rel: str) -> bool:

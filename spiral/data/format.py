@@ -132,7 +132,9 @@ def check_dataset(root: str | Path, *, check_videos: bool = True, decode: bool =
         text = manifest.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{manifest} is not UTF-8 text ({e.reason} at byte {e.start}); it must be JSON lines") from None
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # JSON lines end at "\n" only: str.splitlines() would also split inside a line at \x1e, \u2028, ... (which
+    # JSON strings may hold unescaped), turning one episode into broken halves (found by fuzzing)
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
     if not lines:
         raise ValueError(f"{manifest} holds no episodes (it is empty); build one with `spiral data build`")
     info_cache: dict[Path, dict | str] = {}
