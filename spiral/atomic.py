@@ -147,9 +147,11 @@ def append_line(path: str | Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, torn_tail_ok: bool = True) -> list[dict]:
     """Read a JSON-lines journal; a torn last line (a crash mid-append) is left out, damage before it is a
-    :class:`JournalError` naming the file and the line. Reading never changes the file."""
+    :class:`JournalError` naming the file and the line. Reading never changes the file. After
+    :func:`repair_jsonl` there is no torn line left: ``torn_tail_ok=False`` then treats the last line like any other
+    (a crash tears one line, so two bad lines at the end are damage, not a crash)."""
     out: list[dict] = []
     p = Path(path)
     if not p.exists():
@@ -165,7 +167,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             if not isinstance(obj, dict):
                 raise ValueError(f"a {type(obj).__name__}, not a JSON object")
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            if i == len(lines) - 1:
+            if torn_tail_ok and i == len(lines) - 1:
                 break
             msg = getattr(e, "msg", None) or str(e) or type(e).__name__
             raise JournalError(f"{p} line {i + 1} is damaged ({msg}); only a crash's torn last line is repaired "

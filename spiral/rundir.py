@@ -87,7 +87,7 @@ class RunDir:
             atomic.remove_temp_files(folder)
         journal = rd.path / "attempts.jsonl"
         rd.torn = atomic.repair_jsonl(journal)
-        for n, line in enumerate(atomic.read_jsonl(journal), start=1):
+        for n, line in enumerate(atomic.read_jsonl(journal, torn_tail_ok=False), start=1):
             key, rel = _check_record(line, journal, n)
             if _inside(rd.path, rel) and (rd.path / rel).is_file():
                 rd._attempts[key] = line

@@ -78,8 +78,10 @@ class LineError:
     message: str
 
     def __str__(self) -> str:
-        who = f" ({self.id})" if self.id else ""
-        return f"line {self.line}{who}: {self.message}"
+        from spiral.options import printable
+
+        who = f" ({printable(self.id)})" if self.id else ""
+        return f"line {self.line}{who}: {printable(self.message)}"
 
 
 @dataclass
@@ -96,9 +98,11 @@ class CheckReport:
 
 
 def _pydantic_message(e: ValidationError) -> str:
+    from spiral.options import printable
+
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = printable(".".join(str(x) for x in err["loc"]))
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown field '{loc}' (remove it; allowed fields are listed in DESIGN §5)")
         elif err["type"] == "missing":
@@ -129,7 +133,7 @@ def check_dataset(root: str | Path, *, check_videos: bool = True, decode: bool =
     if not manifest.is_file():
         raise FileNotFoundError(f"{root} is not a dataset: {MANIFEST} is missing (build one with `spiral data build`)")
     try:
-        text = manifest.read_text(encoding="utf-8")
+        text = manifest.read_bytes().decode("utf-8")  # not read_text: it would turn a "\r" inside a line into "\n"
     except UnicodeDecodeError as e:
         raise ValueError(f"{manifest} is not UTF-8 text ({e.reason} at byte {e.start}); it must be JSON lines") from None
     # JSON lines end at "\n" only: str.splitlines() would also split inside a line at \x1e, \u2028, ... (which
