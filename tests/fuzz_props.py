@@ -170,7 +170,7 @@ def manifest_lines(draw, good: list[dict]) -> list[str]:
         kind = draw(st.integers(0, 5))
         ep = json.loads(json.dumps(draw(st.sampled_from(good))))
         if kind == 0:
-            lines.append(draw(st.text(max_size=40)))
+            lines.append(draw(st.text(max_size=40)).replace("\n", " "))  # one line of raw text
             continue
         if kind == 1:
             lines.append(json.dumps(draw(json_values)))
