@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fuzz_props as fp
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -51,12 +51,16 @@ def scratch(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz-scratch")
 
 
+# Each @example is an input an earlier fuzzing run found to crash or mislead (kept as a regression case).
 @given(text=fp.config_docs())
+@example(text="{}\n")  # an empty mapping ran the embedded default without a word
 def test_config_yaml(text, scratch):
     fp.prop_config_yaml(text, scratch)
 
 
 @given(assignment=fp.set_strings())
+@example(assignment="planner=\n")  # the newline made the error two lines
+@example(assignment="planner=\x1f")  # not YAML: a control character
 def test_set_strings(assignment):
     fp.prop_set_string(assignment)
 
@@ -65,6 +69,9 @@ def test_manifests(dataset, scratch):
     root, good = dataset
 
     @given(lines=fp.manifest_lines(good))
+    @example(lines=["0\x1e0"])  # str.splitlines() split this one line in two
+    @example(lines=["0\r0"])  # so did read_text()'s newline translation
+    @example(lines=['{"\\n": null}'])  # a field name with a newline made a two-line error
     def check(lines):
         fp.prop_manifest(lines, root, scratch / "ds")
 
@@ -72,6 +79,8 @@ def test_manifests(dataset, scratch):
 
 
 @given(text=fp.suite_docs())
+@example(text='{"cases": [{"id": "a", "goal": "open the box", "scene": 1, "length_class": [], "n_steps": 1}]}')  # TypeError
+@example(text='{"cases": ' + "[" * 5000 + "]" * 5000 + "}")  # RecursionError
 def test_suite_files(text, scratch):
     fp.prop_suite(text, scratch)
 
@@ -80,6 +89,8 @@ def test_journal_lines(run_dir, scratch):
     good = (run_dir / "attempts.jsonl").read_bytes().splitlines()
 
     @given(data=fp.journal_files(good))
+    @example(data=good[0] + b"\n\x00\n\n")  # a torn line before blank lines was skipped, not set aside
+    @example(data=good[0] + b"\n\x00\n\x00\n")  # two bad lines at the end: the first one vanished
     def check(data):
         fp.prop_journal(data, run_dir, scratch / "run")
 
@@ -87,6 +98,7 @@ def test_journal_lines(run_dir, scratch):
 
 
 @given(replies=st.lists(fp.plan_replies(), min_size=1, max_size=3))
+@example(replies=['{"steps": ' + "[" * 3000 + "]" * 3000 + "}"])  # RecursionError out of the JSON parser
 def test_llm_plan_replies(replies):
     fp.prop_plan_reply(replies)
 
