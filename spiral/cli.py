@@ -225,7 +225,8 @@ def _summary(record, out: Path) -> Table:
 def run(
     goal: str | None = typer.Argument(None, help="natural-language goal (omit with --resume)"),
     scene: int | None = typer.Option(None, help="tabletop scene seed for the first frame"),
-    image: Path | None = typer.Option(None, help="first frame image (RGB PNG/JPEG)"),
+    image: Path | None = typer.Option(None, help="first frame: an RGB, RGBA or palette PNG/JPEG up to 50 megapixels "
+                                       "(transparent pixels become black)"),
     config: Path | None = typer.Option(None, help="YAML config (default: configs/tabletop.yaml)"),
     out: Path | None = typer.Option(None, help="run directory (default: runs/<time>-<goal>)"),
     seed: int | None = typer.Option(None, help="run seed"),

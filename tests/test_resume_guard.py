@@ -95,7 +95,9 @@ def test_ctrl_c_prints_the_resume_command_and_the_resume_finishes(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "spiral.cli", "run",
                           "put every block in the box and close it, then turn on the lamp", "--scene", "7", "--seed",
                           "0", "--config", str(ORACLE), "--out", str(out), "--set", "generator.options.failure_rate=0.5",
-                          "--set", "loop.max_replans=8"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          "--set", "loop.max_replans=8"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         # a test run in the background inherits SIGINT ignored, and Python keeps it so
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while p.poll() is None and time.time() < deadline and not atomic.read_jsonl(out / "attempts.jsonl"):
         time.sleep(0.02)
