@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from spiral.bench.judge import make_judge  # noqa: E402
 from spiral.bench.metrics import FAITHFUL_AREA, DriftReference, holds_all, load_run, read_states  # noqa: E402
 from spiral.world import domain  # noqa: E402
-from spiral.world.goals import sample_state  # noqa: E402
+from spiral.world.tasks import sample_state  # noqa: E402
 
 SCALE, ROWS, LABEL_H, GAP = 3, 8, 14, 3
 MOVE = ("move", ["yellow_block", "box"])

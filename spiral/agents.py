@@ -38,6 +38,16 @@ class CriticAgent(Protocol):
     def judge(self, segment: Segment, sub_action: SubAction, context: Any) -> Verdict: ...
 
 
+@runtime_checkable
+class ChecksRequests(Protocol):
+    """A generator that can tell before any work whether it can make a request (size, length, frames);
+    ``spiral.api.run`` asks it once before the run folder is created."""
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Raise a ValueError naming what this generator cannot make."""
+        ...
+
+
 def observe(critic: CriticAgent, frame: np.ndarray) -> dict | None:
     """The critic's reading of a frame as a symbolic state, if it can read states."""
     fn = getattr(critic, "observe", None)

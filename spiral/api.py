@@ -1,17 +1,22 @@
-"""Python API mirroring the CLI: ``spiral.run(goal, image=..., scene=..., config=..., out=...)``."""
+"""Python API mirroring the CLI: ``spiral.run(goal, image=..., scene=..., config=..., out=...)``.
+
+Everything a run is given is checked before its folder is created: the config with every backend's options,
+the first image, the goal, the output folder, and the agents themselves (building them loads and checks their
+weights). A resume refuses what would differ from the run it continues (:func:`check_resume`).
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spiral import registry
-from spiral.config import Config, config_with_overrides, dump_config, load_config
+from spiral.config import DEFAULT_CONFIG, Config, config_with_overrides, dump_config, load_config
 from spiral.loop import Agents, Event, run_loop
 from spiral.rundir import RunDir
 from spiral.types import RunRecord
@@ -24,15 +29,19 @@ def last_run_dir() -> Path:
     return _LAST_RUN[-1]
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "run" / "tabletop.yaml"
+def runs_started() -> int:
+    """How many run folders this process has created or opened (the CLI tells a new one from none)."""
+    return len(_LAST_RUN)
+
+
+__all__ = ["DEFAULT_CONFIG", "run", "check_resume", "resolve_config", "build_agents", "load_image", "scene_frame",
+           "last_run_dir", "runs_started"]
 
 
 def resolve_config(config: str | Path | Config | None, overrides: list[str] | None = None) -> Config:
-    """A Config from an object, a YAML path, or the embedded default (``configs/run/tabletop.yaml``)."""
+    """A Config from an object, a YAML path (read on top of the embedded default), or the embedded default."""
     if isinstance(config, Config):
         return config_with_overrides(config, overrides or [])
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = DEFAULT_CONFIG
     return load_config(config, overrides)
 
 
@@ -45,21 +54,42 @@ def build_agents(cfg: Config) -> Agents:
     )
 
 
+MAX_IMAGE_PIXELS = 50_000_000  # a 48-megapixel phone photo passes (a 7000x7000 PNG: peak RSS 0.6 GB, 2.3 s)
+
+
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Read a first frame as RGB uint8 at the run's size; non-RGB or unreadable files are errors."""
-    from PIL import Image, UnidentifiedImageError
+    """Read a first frame as RGB uint8 at the run's ``size`` (height, width), resized with bicubic filtering.
+
+    Accepted: RGB, RGBA and palette images (PNG, JPEG, ... whatever PIL reads), turned upright by their EXIF
+    orientation; transparent pixels are composited over black. Grey-scale and other modes are refused, and so
+    are images above ``MAX_IMAGE_PIXELS``, before they are decoded (a huge PNG would take gigabytes).
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
+    limit = f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; downscale it first (the run uses {size[1]}x{size[0]})"
     try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image {path} is {img.width}x{img.height} pixels: too large; {limit}")
+            img.load()
+    except Image.DecompressionBombError as e:  # PIL refuses far larger ones itself while reading the header
+        n = re.search(r"\((\d+) pixels\)", str(e))
+        size_text = f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else "far too many pixels"
+        raise ValueError(f"image {path} has {size_text}: too large; {limit}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    if img.mode not in ("RGB", "RGBA"):
+    if img.mode not in ("RGB", "RGBA", "P", "PA"):
         raise ValueError(f"image {path} is {img.mode}, not RGB; convert it (e.g. PIL: img.convert('RGB'))")
-    img = img.convert("RGB")
+    img = ImageOps.exif_transpose(img)
+    if img.mode != "RGB":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA")).convert("RGB")
     h, w = size
     if img.size != (w, h):
         img = img.resize((w, h), Image.BICUBIC)
@@ -93,15 +123,29 @@ def run(
     overrides: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> RunRecord:
-    """Run SPIRAL on a goal from a first frame (an image file or a tabletop scene seed)."""
+    """Run SPIRAL on a goal from a first frame (an image file or a tabletop scene seed).
+
+    Every input is checked before the run folder is created, the agents included (building them loads and
+    checks their weights). ``resume`` continues a killed run; anything else given with it must match the run
+    (:func:`check_resume`), except ``--set`` of the settings in ``spiral.config.RESUME_SAFE``, which the run
+    then records.
+    """
     if resume is not None:
+        rd = RunDir(resume)
+        rd.check_is_run()
+        cfg, changes = check_resume(rd, goal=goal, image=image, scene=scene, config=config, out=out, seed=seed,
+                                    mode=mode, overrides=overrides or [])
         rd = RunDir.open(resume)
         meta = rd.meta
-        cfg = load_config(rd.path / "config.yaml")
         goal, first, state0 = meta["goal"], rd.first_frame(), meta.get("initial_state")
+        agents = build_agents(cfg)
+        if changes:
+            rd.record_resume(changes, dump_config(cfg))
     else:
-        if not goal or not goal.strip():
+        if not isinstance(goal, str) or not goal.strip():
             raise ValueError("the goal is empty; say what should happen, e.g. 'put the red block in the box'")
+        if image is not None and scene is not None:
+            raise ValueError("give either an image or a scene, not both")
         extra = list(overrides or [])
         if seed is not None:
             extra.append(f"loop.seed={seed}")
@@ -115,21 +159,91 @@ def run(
             scene = 0 if scene is None else scene
             first, state0 = scene_frame(scene, size)
         _validate_goal(cfg, goal)
-        for kind in ("planner", "generator", "critic"):  # unknown backend names fail before anything is written
-            registry.resolve(kind, getattr(cfg, kind).name)
         out = Path(out) if out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(goal)}"
+        RunDir.check_new(out)
+        agents = build_agents(cfg)
+        _preflight(agents, cfg, first)
         meta: dict[str, Any] = {"goal": goal, "scene": scene, "image": str(image) if image else None,
                                 "initial_state": state0}
         rd = RunDir.create(out, meta, dump_config(cfg), first)
     _LAST_RUN.append(rd.path)
-    agents = build_agents(cfg)
     # The loop reads the start state from the frame when the critic can; the scene's truth is a fallback.
     observed = None if hasattr(agents.critic, "observe") else state0
     scene_seed = rd.meta.get("scene")
     hints = {"scene_seed": scene_seed} if scene_seed is not None else {}
     record, video = run_loop(goal, first, agents, cfg, rd, initial_state=observed, on_event=on_event, hints=hints)
+    if record.status == "success" and not record.attempts and not record.stop_reason:
+        record.stop_reason = "the goal already holds in the first frame: nothing to generate"
+    record.resumes = rd.meta.get("resumes", [])
     finish(rd, record, video, cfg)
     return record
+
+
+def check_resume(rd: RunDir, *, goal: str | None = None, image: str | Path | None = None, scene: int | None = None,
+                 config: str | Path | Config | None = None, out: str | Path | None = None, seed: int | None = None,
+                 mode: str | None = None, overrides: Sequence[str] = ()) -> tuple[Config, dict[str, list[Any]]]:
+    """The config a resume of ``rd`` runs with, and what ``--set`` changed ({key: [old, new]}).
+
+    A goal, first frame, config, seed or mode that differs from the run's is refused (ValueError naming it):
+    the journal would replay the old run under the new name. A ``--set`` may change only a key of
+    ``spiral.config.RESUME_SAFE``; one that repeats the run's value is accepted and changes nothing.
+    """
+    from spiral.config import RESUME_SAFE, flat, split_override
+
+    meta = rd.meta
+    run_cfg = load_config(rd.path / "config.yaml")
+
+    def refuse(why: str) -> None:
+        raise ValueError(f"--resume {rd.path}: {why}; leave it out to continue the run as it was, or start a new "
+                         "run to change it")
+
+    if goal is not None and goal.strip() != str(meta.get("goal", "")).strip():
+        refuse(f"the run's goal is {meta.get('goal')!r}, not {goal!r}")
+    if out is not None and Path(out).resolve() != rd.path.resolve():
+        refuse(f"--out {out} is not the run's folder")
+    if scene is not None and scene != meta.get("scene"):
+        started = f"scene {meta['scene']}" if meta.get("scene") is not None else f"image {meta.get('image')}"
+        refuse(f"--scene {scene}: the run started from {started}")
+    if image is not None:
+        if meta.get("image") is None:
+            refuse(f"--image {image}: the run started from scene {meta.get('scene')}")
+        if not np.array_equal(load_image(image, (run_cfg.video.height, run_cfg.video.width)), rd.first_frame()):
+            refuse(f"--image {image} is not the run's first frame (it started from {meta.get('image')})")
+    if config is not None:
+        given, have = flat(resolve_config(config)), flat(run_cfg)
+        diff = sorted(k for k in set(given) | set(have) if given.get(k) != have.get(k))
+        if diff:
+            refuse(f"--config {config} differs from the run's config.yaml at {', '.join(diff[:3])}"
+                   f"{' ...' if len(diff) > 3 else ''}")
+    if seed is not None and seed != run_cfg.loop.seed:
+        refuse(f"--seed {seed}: the run's seed is {run_cfg.loop.seed}")
+    if mode is not None and mode != run_cfg.loop.mode:
+        refuse(f"--mode {mode}: the run's mode is {run_cfg.loop.mode}")
+    new_cfg = config_with_overrides(run_cfg, list(overrides))
+    before, after = flat(run_cfg), flat(new_cfg)
+    changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k)}
+    for key, (old, new) in changed.items():
+        if key not in RESUME_SAFE:
+            given = next((o for o in reversed(list(overrides)) if _names(split_override(o)[0], key)), key)
+            refuse(f"--set {given} would change {key} ({old!r} -> {new!r}), which the journal depends on; a resume "
+                   f"may change only {', '.join(RESUME_SAFE)}")
+    return new_cfg, changed
+
+
+def _names(prefix: str, key: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def _preflight(agents: Agents, cfg: Config, first: np.ndarray) -> None:
+    """Ask a generator that can tell whether it can make the run's segments, before the folder exists."""
+    from spiral.agents import ChecksRequests
+    from spiral.types import GenerationRequest
+
+    if isinstance(agents.generator, ChecksRequests):
+        agents.generator.check_request(GenerationRequest(
+            prompt="preflight", cond_frame=first, anchor_frame=first, num_frames=cfg.video.frames_per_step,
+            height=cfg.video.height, width=cfg.video.width))
 
 
 def _validate_goal(cfg: Config, goal: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -141,21 +143,27 @@ def data_build(
 
 @data_app.command("check")
 @friendly
-def data_check(root: Path = typer.Argument(..., help="dataset folder")) -> None:
-    """Validate every manifest line; bad lines are reported by number, the rest stay usable."""
+def data_check(
+    root: Path = typer.Argument(..., help="dataset folder"),
+    fast: bool = typer.Option(False, "--fast", help="read each video's header only instead of decoding every frame"),
+) -> None:
+    """Validate every manifest line (fields, paths, objects and states of the tabletop world, every video decoded
+    with the frames its steps need); bad lines are reported by number, the rest stay usable."""
     from spiral.data.format import check_dataset
 
-    report = check_dataset(root)
+    report = check_dataset(root, decode=not fast)
     for e in report.errors:
         err_console.print(f"[red]✗[/] {e}", highlight=False)
     steps = sum(len(e.steps) for e in report.episodes)
-    console.print(f"{len(report.episodes)} usable episodes ({steps} steps), {len(report.errors)} bad lines")
+    console.print(f"{len(report.episodes)} usable episodes ({steps} steps), {len(report.errors)} bad lines"
+                  + (" (videos not decoded: --fast)" if fast else ""))
     if report.errors:
         raise typer.Exit(1)
 
 
 class _LiveView:
-    """Rich live view of a run: current step, attempt and decision; one line per decision."""
+    """Rich live view of a run: current step, attempt and decision; one line per decision. It appears with the
+    first plan, so input that is refused before the run starts prints nothing but its error line."""
 
     COLORS = {"accept": "green", "refine": "yellow", "regenerate": "magenta", "replan": "cyan"}
 
@@ -165,8 +173,19 @@ class _LiveView:
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(), console=console)
         self.task = self.progress.add_task("planning", total=None)
+        self.started = False
+
+    def __enter__(self) -> _LiveView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            self.progress.stop()
 
     def __call__(self, e: dict) -> None:
+        if not self.started:
+            self.started = True
+            self.progress.start()
         if e["type"] == "plan":
             why = f" (re-plan after {e['reason']})" if e.get("reason") else ""
             self.progress.console.print(f"[bold]plan v{e['version']}[/]{why}: {len(e['plan'].steps)} steps")
@@ -182,8 +201,14 @@ class _LiveView:
 
 
 def _summary(record, out: Path) -> Table:
-    t = Table(title="run summary", show_header=False)
+    from rich.markup import escape
+
+    t = Table(title="run summary", show_header=False,
+              caption=escape(f"{'stopped because' if record.status != 'success' else 'note'}: {record.stop_reason}")
+              if record.stop_reason else None, caption_justify="left")
     t.add_row("status", f"[{'green' if record.status == 'success' else 'red'}]{record.status}[/]")
+    for r in record.resumes:
+        t.add_row("changed on resume", escape(", ".join(f"{k}: {a} -> {b}" for k, (a, b) in r["changed"].items())))
     for k in ("generations", "accepted", "replans"):
         t.add_row(k, str(record.counts.get(k, 0)))
     t.add_row("generations / accepted step", f"{record.costs.get('generations_per_accepted_step', 0):.2f}")
@@ -200,7 +225,8 @@ def _summary(record, out: Path) -> Table:
 def run(
     goal: str | None = typer.Argument(None, help="natural-language goal (omit with --resume)"),
     scene: int | None = typer.Option(None, help="tabletop scene seed for the first frame"),
-    image: Path | None = typer.Option(None, help="first frame image (RGB PNG/JPEG)"),
+    image: Path | None = typer.Option(None, help="first frame: an RGB, RGBA or palette PNG/JPEG up to 50 megapixels "
+                                       "(transparent pixels become black)"),
     config: Path | None = typer.Option(None, help="YAML config (default: configs/run/tabletop.yaml)"),
     out: Path | None = typer.Option(None, help="run directory (default: runs/<time>-<goal>)"),
     seed: int | None = typer.Option(None, help="run seed"),
@@ -215,13 +241,24 @@ def run(
         _fail("give a GOAL, or --resume RUN_DIR to continue a run")
     if scene is not None and image is not None:
         _fail("give either --scene or --image, not both")
-    view = _LiveView()
-    with view.progress:
-        record = api.run(goal, image=image, scene=scene, config=config, out=out, seed=seed, mode=mode, resume=resume,
-                         overrides=set_, on_event=view)
+    with _interruptible(api), _LiveView() as view:
+        record = api.run(goal, image=image, scene=scene, config=config, out=out, seed=seed, mode=mode,
+                         resume=resume, overrides=set_, on_event=view)
     console.print(_summary(record, api.last_run_dir()))
     if record.status != "success":
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _interruptible(api) -> Iterator[None]:
+    """Ctrl-C: one line saying how to continue (the journal keeps every finished attempt), exit 130."""
+    before = api.runs_started()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if api.runs_started() > before:
+            _fail(f"interrupted; continue with: spiral run --resume {shlex.quote(str(api.last_run_dir()))}", 130)
+        _fail("interrupted before the run folder was created; nothing was written", 130)
 
 
 @app.command()
@@ -240,8 +277,7 @@ def demo(
 
     if out.exists() and (out / RUN_MARKER).is_file():
         shutil.rmtree(out)  # only ever a previous demo run: RunDir.create refuses any other non-empty folder
-    view = _LiveView()
-    with view.progress:
+    with _interruptible(api), _LiveView() as view:
         record = api.run(goal, scene=scene, out=out, seed=seed, on_event=view)
     console.print(_summary(record, out))
     console.print(f"open the report: {(out / 'report.html').resolve()}", highlight=False)

@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from spiral.options import printable
+
 Mode = Literal["closed_loop", "plan_only", "single_shot"]
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,14 +59,27 @@ class OutputConfig(_Strict):
 
 
 class Config(_Strict):
-    """Everything a run needs; ``configs/run/tabletop.yaml`` is the embedded default."""
+    """Everything a run needs. It names its generator (no default: an unnamed one must never fall back to the
+    oracle); files are read on top of the embedded default ``configs/run/tabletop.yaml`` (:func:`load_config`)."""
 
     planner: BackendConfig = BackendConfig(name="symbolic")
-    generator: BackendConfig = BackendConfig(name="world")
+    generator: BackendConfig = Field(description="the video generator (configs/run/tabletop.yaml: the embedded default)")
     critic: BackendConfig = BackendConfig(name="tabletop")
     loop: LoopConfig = LoopConfig()
     video: VideoConfig = VideoConfig()
     output: OutputConfig = OutputConfig()
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "run" / "tabletop.yaml"
+KINDS = ("planner", "generator", "critic")
+
+# What an explicit --set may change when a run is resumed. The journal replays attempts keyed by (plan version,
+# step, attempt), so a change is safe only if the decisions already journaled stay what they were:
+# max_total_generations and max_replans only decide where a run stops (raising one continues a run that stopped
+# there); the output options and the final video's fps / crossfade change files written at the end.
+# max_refines_per_step is not here: it changes which attempt re-plans, so later journaled plans would be stale.
+RESUME_SAFE = ("loop.max_total_generations", "loop.max_replans", "output.segment_videos", "output.report",
+               "video.fps", "video.crossfade")
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -81,7 +96,7 @@ def _explain(e: ValidationError, source: str) -> str:
     known = _known_keys(Config)
     msgs = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = printable(".".join(str(x) for x in err["loc"]))
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(loc, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -93,17 +108,30 @@ def _explain(e: ValidationError, source: str) -> str:
 
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one ``a.b=c`` override in place; the value is parsed as YAML (numbers, bools, lists)."""
-    if "=" not in assignment:
-        raise ValueError(f"--set expects key=value (e.g. loop.max_replans=2), got {assignment!r}")
-    key, _, raw = assignment.partition("=")
-    parts = key.strip().split(".")
+    key, raw = split_override(assignment)
+    parts = key.split(".")
     cur = data
     for p in parts[:-1]:
         nxt = cur.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise ValueError(f"--set {key}: '{p}' is not a section")
+            raise ValueError(f"--set {printable(assignment)}: '{printable(p)}' is not a section")
         cur = nxt
-    cur[parts[-1]] = yaml.safe_load(raw)
+    try:
+        cur[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {printable(assignment)}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it, "
+                         "e.g. --set 'a.b=\"text\"'") from None
+
+
+def split_override(assignment: str) -> tuple[str, str]:
+    """``"a.b=c"`` → ``("a.b", "c")``; anything else is a ValueError showing the expected form."""
+    if not isinstance(assignment, str) or "=" not in assignment:
+        raise ValueError(f"--set expects key=value (e.g. loop.max_replans=2), got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ValueError(f"--set {printable(assignment)}: the key must be dotted names, e.g. loop.max_replans=2")
+    return key, raw
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -120,28 +148,112 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _read_run_yaml(path: Path) -> dict:
+    """A run config file's mapping (:func:`read_yaml`); an empty one is an error, not a silent default."""
+    data = read_yaml(path, "config file")
+    if not data:  # `{}` too (found by fuzzing): it would run the default without a word
+        raise ValueError(f"{path} is empty; give at least one section (see configs/run/{DEFAULT_CONFIG.name}), or "
+                         "leave out --config to run the embedded default")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults; :func:`read_yaml`) and apply ``--set`` overrides; validate strictly."""
-    data = read_yaml(path, "config file") if path is not None else {}
-    source = "defaults" if path is None else str(path)
-    data = _merge(Config().model_dump(mode="json"), data)
-    for o in overrides or []:
-        apply_override(data, o)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(_explain(e, source)) from None
+    """Read a YAML config on top of the embedded default (``configs/run/tabletop.yaml``), apply ``--set``
+    overrides, and validate everything, each backend's options included; errors name the file or the --set."""
+    if not DEFAULT_CONFIG.is_file():
+        raise FileNotFoundError(f"the embedded default config {DEFAULT_CONFIG} is missing; reinstall spiral or "
+                                "pass --config")
+    data = _read_run_yaml(DEFAULT_CONFIG)
+    source = f"{DEFAULT_CONFIG} (the embedded default)"
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
+        source = str(path)
+        data = _merge(data, _read_run_yaml(Path(path)))
+    return _build(data, source, overrides or [])
 
 
 def config_with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of ``cfg`` with ``a.b=c`` overrides applied and validated."""
-    data = cfg.model_dump(mode="json")
+    return _build(cfg.model_dump(mode="json"), "the given Config", overrides)
+
+
+def _build(data: dict, source: str, overrides: list[str]) -> Config:
+    """Validate ``data`` (from ``source``), then each override in turn, then the backends' options."""
+    _validate(data, source)
+    keys = [split_override(o)[0] for o in overrides]
+    for kind in KINDS:  # --set KIND.name=other: the options of the file's backend do not carry over
+        renamed = [o for o, k in zip(overrides, keys) if k == f"{kind}.name"]
+        section = data.get(kind)
+        if renamed and isinstance(section, dict):
+            try:
+                new = yaml.safe_load(split_override(renamed[-1])[1])
+            except yaml.YAMLError:
+                new = None  # apply_override names the bad value below
+            if new != section.get("name"):
+                data[kind] = {**section, "options": {}}
     for o in overrides:
         apply_override(data, o)
+        _validate(data, f"--set {printable(o)}")
+    cfg = Config.model_validate(data)
+    from spiral import registry
+    from spiral.options import OptionError
+
+    for kind in KINDS:
+        backend: BackendConfig = getattr(cfg, kind)
+        try:
+            options = registry.check_options(kind, backend.name, backend.options)
+        except OptionError as e:
+            raise ValueError(f"{_blame(e, overrides, keys) or source}: {e}") from None
+        except ValueError as e:  # unknown backend name
+            raise ValueError(f"{_blame_name(kind, overrides, keys) or source}: {e}") from None
+        backend.options = _plain(options)
+    return cfg
+
+
+def _blame(e: Any, overrides: list[str], keys: list[str]) -> str | None:
+    """The --set that gave a bad backend option, if one did."""
+    prefixes = [f"{e.kind}.options.{e.option}", f"{e.kind}.options"] if e.option else [f"{e.kind}.options"]
+    for prefix in prefixes:
+        for o, k in reversed(list(zip(overrides, keys))):
+            if k == prefix or k.startswith(prefix + "."):
+                return f"--set {printable(o)}"
+    return _blame_name(e.kind, overrides, keys)
+
+
+def _blame_name(kind: str, overrides: list[str], keys: list[str]) -> str | None:
+    for o, k in reversed(list(zip(overrides, keys))):
+        if k == f"{kind}.name":
+            return f"--set {printable(o)}"
+    return None
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """Validated option values as YAML-friendly data (paths become strings, models dicts)."""
+    out = {}
+    for k, v in options.items():
+        out[k] = v.model_dump(mode="json") if isinstance(v, BaseModel) else str(v) if isinstance(v, Path) else v
+    return out
+
+
+def _validate(data: dict, source: str) -> None:
     try:
-        return Config.model_validate(data)
+        Config.model_validate(data)
     except ValidationError as e:
-        raise ValueError(_explain(e, "--set")) from None
+        raise ValueError(_explain(e, source)) from None
+
+
+def flat(cfg: Config) -> dict[str, Any]:
+    """Every setting of a config as dotted key → value (backend options included: ``generator.options.steps``)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = value
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
 
 
 def dump_config(cfg: Config) -> str:
@@ -157,8 +269,8 @@ def read_yaml(path: str | Path, what: str = "config", _seen: tuple[Path, ...] = 
     if path.resolve() in _seen:
         raise ValueError(f"{what} {path} extends itself through {' -> '.join(map(str, _seen))}; remove the cycle")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")

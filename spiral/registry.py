@@ -1,5 +1,6 @@
 """Backend registry: names in configs → classes. Third-party backends register through
 the ``spiral.backends`` entry point group, named ``<kind>.<name>`` (e.g. ``generator.mygen``).
+A backend's options are checked against its typed options model (``spiral.options``) before it is built.
 """
 
 from __future__ import annotations
@@ -75,9 +76,17 @@ def resolve(kind: str, name: str) -> type:
     raise ValueError(f"unknown {kind} backend {name!r}{hint}; known: {', '.join(known)}")
 
 
+def check_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The backend's options checked against its typed options model (``spiral.options``), values coerced;
+    an unknown name or a wrong type raises :class:`spiral.options.OptionError`."""
+    from spiral.options import validate_options
+
+    return validate_options(kind, name, resolve(kind, name), options)
+
+
 def create(kind: str, name: str, **options: Any) -> Any:
-    """Instantiate a backend by name with its config options."""
-    return resolve(kind, name)(**options)
+    """Instantiate a backend by name with its config options (checked first, see :func:`check_options`)."""
+    return resolve(kind, name)(**check_options(kind, name, options))
 
 
 def builtin(kind: str, name: str, target: str) -> None:

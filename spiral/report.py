@@ -4,8 +4,8 @@ Everything a reader needs to judge a run sits in one file that opens offline: th
 outcome, the first frame, every plan version with its pre/post-conditions, every attempt's
 frames with the critic's scores, decision and feedback, the final video, and where the time
 went. Images are embedded as base64 PNG data URIs (no network, no external CSS/JS); only the
-``<video>`` element points at ``final.mp4`` beside the report, with an embedded animated PNG as
-a fallback for browsers without H.264. All text from users, planners and critics is escaped.
+``<video>`` element points at ``final.mp4`` beside the report, with the same video embedded as an
+animated PNG for browsers without H.264. All text from users, planners and critics is escaped.
 
 The report is rebuilt from the run directory alone, so ``spiral report RUN_DIR`` can re-render
 any run, including one that was killed (no ``record.json``) or that ran without a critic.
@@ -214,6 +214,12 @@ def _header(run: dict) -> str:
         note += ('<p class="warn">Generator: <b>world</b> — the tabletop renderer used as an oracle (it renders the '
                  "requested step exactly, with failures injected on purpose), not a learned video model; results "
                  "with it are the loop's test bench and an upper bound.</p>")
+    if rec.get("stop_reason"):
+        label = "Stopped because" if status != "success" else "Note"
+        note += f'<p class="warn" id="stop-reason">{label}: {esc(rec["stop_reason"])}.</p>'
+    for r in rec.get("resumes", []):
+        changed = "; ".join(f"{k} from {v[0]} to {v[1]}" for k, v in r.get("changed", {}).items())
+        note += f'<p class="muted">Resumed at {esc(r.get("at", "?"))} with {esc(changed)}.</p>'
     counts = rec.get("counts", {})
     source = f"image {esc(meta['image'])}" if meta.get("image") else f"scene {esc(meta.get('scene'))}"
     facts = [("mode", esc(rec.get("mode") or _cfg(run, "loop", "mode") or "?")), ("start", source),
@@ -266,7 +272,8 @@ def _media(run: dict) -> str:
     return (f'<section class="media">{first_fig}'
             f'<figure><figcaption>final video (<a href="{esc(video_name)}">{esc(video_name)}</a>)</figcaption>'
             f'{video}</figure>'
-            f'<figure><figcaption>embedded fallback (animated PNG)</figcaption>{fallback}</figure>{strip}</section>')
+            f'<figure><figcaption>the same video as an animated image, for browsers that cannot play the one '
+            f'above</figcaption>{fallback}</figure>{strip}</section>')
 
 
 def _cfg(run: dict, section: str, key: str) -> Any:

@@ -172,3 +172,5 @@ class RunRecord(_Model):
     final_state: dict[str, Any] | None = None  # the state observed in the last accepted frame, if the critic reads states
     counts: dict[str, int] = Field(default_factory=dict)
     costs: dict[str, float] = Field(default_factory=dict)
+    resumes: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "each resume that changed a setting: {'at': time, 'changed': {key: [old, new]}}"))

@@ -35,8 +35,11 @@ def test_compose_rejects_mismatched_sizes_and_empty():
         compose([])
 
 
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
+
+
 def test_config_overrides_and_typos(tmp_path):
-    cfg = load_config(None, ["loop.max_replans=1", "generator.options.failure_rate=0.5", "video.crossfade=2"])
+    cfg = load_config(ORACLE, ["loop.max_replans=1", "generator.options.failure_rate=0.5", "video.crossfade=2"])
     assert cfg.loop.max_replans == 1 and cfg.generator.options == {"failure_rate": 0.5} and cfg.video.crossfade == 2
     with pytest.raises(ValueError, match="did you mean 'loop.max_replans'"):
         load_config(None, ["loop.max_replan=2"])
@@ -51,9 +54,13 @@ def test_config_overrides_and_typos(tmp_path):
 
 
 def test_config_backend_switch_drops_default_options(tmp_path):
+    """The embedded default's tiny generator has options (steps: 10) that the world generator does not take."""
     p = tmp_path / "c.yaml"
-    p.write_text("generator:\n  name: other\n")
+    p.write_text("generator:\n  name: world\n")
     assert load_config(p).generator.options == {}
+    assert load_config(None, ["generator.name=world"]).generator.options == {}
+    assert load_config(None, ["generator.options.failure_rate=0.5", "generator.name=world"]).generator.options == {
+        "failure_rate": 0.5}  # options given by --set stay, whatever their order
 
 
 def test_registry_names_unknown_backend_and_registers_new():

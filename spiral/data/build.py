@@ -17,7 +17,7 @@ from PIL import Image
 
 from spiral.data.format import Episode, StepRecord, write_manifest
 from spiral.planners.symbolic import SymbolicPlanner
-from spiral.video import write_video
+from spiral.video import decode_digest, write_video
 from spiral.world import domain
 from spiral.world.render import FAILURE_KIND, FAILURES, Appearance, render_action, render_plan
 from spiral.world.tasks import sample_task
@@ -94,11 +94,11 @@ def _build_episode(out: Path, cfg: BuildConfig, i: int, planner: SymbolicPlanner
                                   start_frame=0, end_frame=T - 1, label=label, failure_kind=FAILURE_KIND[label],
                                   end_state=bad.end_state.to_dict())],
                 initial_state=state.to_dict(), scene_seed=task.scene_seed, parent=eid, source="tabletop-failure",
-                split=cfg.split, license="CC0-1.0"))
+                split=cfg.split, license="CC0-1.0", frames_sha256=decode_digest(out / "videos" / f"{fid}.mp4")[1]))
         state = res.end_state
     write_video(out / "videos" / f"{eid}.mp4", video, cfg.fps)
     Image.fromarray(video[0]).save(out / "frames" / f"{eid}.png")
     main = Episode(id=eid, goal=task.goal.text, video=f"videos/{eid}.mp4", fps=cfg.fps, resolution=(size, size),
                    steps=steps, initial_state=task.state.to_dict(), scene_seed=task.scene_seed, source="tabletop",
-                   split=cfg.split, license="CC0-1.0")
+                   split=cfg.split, license="CC0-1.0", frames_sha256=decode_digest(out / "videos" / f"{eid}.mp4")[1])
     return [main, *extra]

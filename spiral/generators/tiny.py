@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from spiral import flow
 from spiral.models.text import TextEncoder, get_text_encoder
 from spiral.models.tiny_video import TinyVideoDiT, load_weights
+from spiral.options import BackendOptions
 from spiral.types import GenerationRequest, Segment, check_frame
 
 EVOLVED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights" / "tiny_evolved.safetensors"
@@ -62,11 +64,31 @@ def keep_unchanged(x0: torch.Tensor, cond: torch.Tensor, tau: float) -> torch.Te
     return torch.where(same, c, x0)
 
 
+class TinyOptions(BackendOptions):
+    """Options of the ``tiny`` and ``tiny-evolved`` generators (the sampler ones default to the weights' metadata)."""
+
+    weights: str | None = Field(None, description="a .safetensors file from `spiral train generator` or "
+                                                  "`spiral train grpo` (default: the shipped weights)")
+    steps: int = Field(10, ge=1, description="Euler steps per segment")
+    cfg_scale: float | None = Field(None, ge=0, description="classifier-free guidance scale (1: none)")
+    shift: float | None = Field(None, gt=0, description="time shift of the noise schedule (default: the model's)")
+    fps: float = Field(8.0, gt=0, description="frame rate of the segments")
+    device: str = Field("cpu", description="torch device, e.g. cpu or cuda")
+    threads: int | None = Field(None, ge=0, description="torch CPU threads for the process (0/None: leave as is)")
+    text_encoder: str | None = Field(None, description="text encoder name (default: the one the weights were "
+                                                       "trained with)")
+    refinements: bool = Field(False, description="let the critic's feedback reach the prompt of a refined attempt")
+    cfg_max_sigma: float | None = Field(None, gt=0, le=1, description="guide only at noise levels <= this")
+    cfg_tau: float | None = Field(None, gt=0, description="guide only pixels the text changes by >= this")
+    keep_tau: float | None = Field(None, gt=0, lt=2, description="keep pixels within this of the conditioning frame")
+
+
 class TinyGenerator:
     """Text+image-to-video flow-matching generator trained on the tabletop world (registered as ``tiny``)."""
 
     name = "tiny"
     is_oracle = False
+    options_model = TinyOptions
 
     def __init__(self, weights: str | Path | None = None, steps: int = 10, cfg_scale: float | None = None,
                  shift: float | None = None, fps: float = 8.0, device: str = "cpu", threads: int | None = None,

@@ -12,11 +12,24 @@ import time
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from spiral.options import BackendOptions
 from spiral.types import GenerationRequest, Segment
 from spiral.world import domain
 from spiral.world.domain import Action, State
 from spiral.world.render import FAILURES, Appearance, render_action
+
+
+class WorldOptions(BackendOptions):
+    """Options of the ``world`` generator."""
+
+    failure_rate: float = Field(0.0, ge=0, le=1, description="chance that a segment shows one of `failures`")
+    failures: list[Literal[FAILURES]] | None = Field(None, description="failure kinds to inject (default: all)")
+    read_state: Literal["frame", "memory"] = Field(
+        "frame", description="where the start state comes from: the recogniser on the conditioning frame, or "
+                             "the memory's state")
+    fps: float = Field(8.0, gt=0, description="frame rate of the segments")
 
 
 class WorldGenerator:
@@ -24,6 +37,7 @@ class WorldGenerator:
 
     name = "world"
     is_oracle = True
+    options_model = WorldOptions
 
     def __init__(self, failure_rate: float = 0.0, failures: list[str] | None = None,
                  read_state: Literal["frame", "memory"] = "frame", fps: float = 8.0):

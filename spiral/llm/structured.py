@@ -110,7 +110,10 @@ def parse_json_text(text: str) -> Any:
         raise ValueError("the reply contains no JSON object (no '{' found)")
     # strict=False lets raw control characters through inside strings (a common glitch of models and
     # grammar samplers); the text is still only parsed as JSON.
-    obj, _ = json.JSONDecoder(strict=False).raw_decode(body[start:])
+    try:
+        obj, _ = json.JSONDecoder(strict=False).raw_decode(body[start:])
+    except RecursionError:  # found by fuzzing: '{"a": [[[[...' thousands deep
+        raise ValueError("the reply's JSON is nested too deeply") from None
     return obj
 
 

@@ -267,23 +267,21 @@ def save_weights(model: TinyVideoDiT, path: str | Path, extra_meta: dict[str, st
 
 
 def load_weights(path: str | Path, map_location: str = "cpu") -> tuple[TinyVideoDiT, dict[str, str]]:
-    """Build a model from a safetensors file written by :func:`save_weights`; returns (model, metadata)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Build a model from a safetensors file written by :func:`save_weights`; returns (model, metadata).
+
+    Unreadable files, foreign metadata, tensors that do not fit and NaN weights are clear ValueErrors
+    (``spiral.models.checked_load``)."""
+    from spiral.models.checked_load import build, load_checked, read_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no TinyVideoDiT weights at {path} (train them with `spiral train generator`)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001 - the Rust error type is not importable in every version
-        raise ValueError(f"cannot read {path} as safetensors: {e}") from None
+    what = "TinyVideoDiT weights"
+    tensors, meta = read_safetensors(path, what, device=map_location)
     if meta.get("model") != "TinyVideoDiT" or "config" not in meta:
         raise ValueError(f"{path} is not a TinyVideoDiT weights file (metadata model={meta.get('model')!r})")
-    model = TinyVideoDiT(TinyVideoConfig.from_json(meta["config"]))
-    model.load_state_dict(load_file(str(path), device=map_location))
-    return model.eval(), meta
+    model = build(path, what, lambda: TinyVideoDiT(TinyVideoConfig.from_json(meta["config"])))
+    return load_checked(model, tensors, path, what).eval(), meta
 
 
 SAMPLER_KEYS = ("cfg_scale", "cfg_max_sigma", "cfg_tau", "keep_tau")

@@ -22,10 +22,13 @@ import json
 import logging
 from typing import Any, ClassVar, Literal
 
-from spiral.llm.client import JsonTask, OutputError, make_client
+from pydantic import BaseModel, Field
+
+from spiral.llm.client import ChatClient, JsonTask, OutputError, make_client
 from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, image_input, text_part
 from spiral.loop import refine_instruction
+from spiral.options import BackendOptions, merged_model
 from spiral.types import Attempt, Observation, Plan, SubAction
 
 log = logging.getLogger("spiral.llm")
@@ -142,6 +145,24 @@ def _describe_history(history: list[Any] | None, limit: int) -> str:
     return "\n".join(lines)
 
 
+class LLMPlannerOptions(BackendOptions):
+    """The ``llm`` planner's own options; its transport's (``ChatClient``: base_url, model, ...) come on top."""
+
+    domain: Literal["tabletop"] | None = Field("tabletop", description="tabletop, or null for free-form actions")
+    validate_plans: Literal["simulate", "syntax", "off"] = Field(
+        "simulate", alias="validate", description="check plans by simulating them in the domain, by syntax, or not")
+    on_invalid: Literal["error", "keep"] = Field("error", description="what to do with a plan that stays invalid")
+    send_image: bool = Field(True, description="show the model the observed frame")
+    image_size: int | None = Field(None, ge=8, description="resize frames to this size before sending")
+    max_steps: int = Field(12, ge=1, description="longest plan accepted")
+    max_conditions: int = Field(8, ge=0, description="most pre/post-conditions per step")
+    refine: Literal["llm", "template"] = Field("llm", description="rewrite a failed step's instruction by the model "
+                                                                   "or by a template")
+    history_limit: int = Field(16, ge=0, description="executed steps shown when re-planning")
+    prompt_version: str = Field("v1", description="prompt template version (spiral/prompts/planner_<v>.md)")
+    prompt_file: str | None = Field(None, description="a prompt template file of your own")
+
+
 class LLMPlanner:
     """PlanAgent over an OpenAI-compatible chat model; validated JSON plans with pre/post-conditions.
 
@@ -151,6 +172,11 @@ class LLMPlanner:
 
     name = "llm"
     backend_class: ClassVar[type | None] = None
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        """The planner's options plus its transport's constructor options (spiral.options)."""
+        return merged_model(f"{cls.__name__}Options", LLMPlannerOptions, cls.backend_class or ChatClient)
 
     def __init__(
         self,

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
+from pydantic import Field
+
+from spiral.options import BackendOptions
 from spiral.types import Plan, SubAction
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
@@ -475,10 +478,19 @@ def goal_reached(goal: Goal, state: State, start: State | None = None) -> bool:
         return False
 
 
+class SymbolicOptions(BackendOptions):
+    """Options of the ``symbolic`` planner."""
+
+    max_expansions: int = Field(200_000, ge=1, description="A* search budget per goal stage (states expanded)")
+    max_readings: int = Field(256, ge=1, description="how many readings of a scene-relative goal (swap, next to, "
+                                                      "toggle) are planned to pick the cheapest")
+
+
 class SymbolicPlanner:
     """Exact PlanAgent: optimal (fewest actions) plans per goal stage, by A* over STRIPS actions."""
 
     name = "symbolic"
+    options_model = SymbolicOptions
 
     def __init__(self, max_expansions: int = 200_000, max_readings: int = 256):
         self.max_expansions = max_expansions

@@ -102,6 +102,9 @@ class State:
 
     @classmethod
     def make(cls, loc: dict[str, str], box_open: bool = False, lamp_on: bool = False) -> State:
+        unknown = sorted(str(b) for b in loc if b not in BLOCKS)
+        if unknown:
+            raise DomainError(f"unknown block(s) {unknown}; the blocks are {', '.join(BLOCKS)}")
         s = cls(tuple((b, loc[b]) for b in BLOCKS if b in loc), box_open, lamp_on)
         s.validate()
         return s

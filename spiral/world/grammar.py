@@ -380,6 +380,33 @@ def starts_block_ref(w: str | None) -> bool:
                               or w in COUNTS or w == "it")
 
 
+def did_you_mean(word: str) -> str:
+    """`` (did you mean 'the'?)`` for a word one or two typos from a word the grammar knows, else ``""``.
+
+    Typos are counted as edits where swapping two neighbouring letters is one ("teh" -> "the", "opne" ->
+    "open"), which difflib's ratio ranks below shorter words ("one"); ties go to the word of the same length,
+    then to difflib's ratio."""
+    import difflib
+
+    known = {w for w in VOCAB | FILLERS | ARTICLES | {t for k in PHRASES for t in k} if w.isalpha() and w.islower()}
+    limit = max(1, len(word) // 3)
+    scored = [(_typos(word, w), abs(len(w) - len(word)), -difflib.SequenceMatcher(None, word, w).ratio(), w)
+              for w in known - {word}]
+    best = min((x for x in scored if x[0] <= limit), default=None)
+    return f" (did you mean {best[-1]!r}?)" if best else ""
+
+
+def _typos(a: str, b: str) -> int:
+    """Edit distance counting insertions, deletions, substitutions and adjacent swaps (optimal string alignment)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
 class Cursor:
     """Token cursor over one clause, with the goal-wide context."""
 
@@ -418,7 +445,7 @@ class Cursor:
             if w is None:
                 reason = "the clause ends too early"
             elif w not in VOCAB:
-                reason = f"unknown word {w!r}"
+                reason = f"unknown word {w!r}{did_you_mean(w)}"
             else:
                 reason = f"did not expect {show([w])!r} here"
         return ParseFailure(show(self.toks), reason)

@@ -50,7 +50,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from spiral.options import BackendOptions
 from spiral.types import GenerationRequest, Segment, check_frame
 
 logger = logging.getLogger(__name__)
@@ -175,6 +177,39 @@ class FlowInputs:
 # ----------------------------------------------------------------------------------------------- base
 
 
+class DiffusersOptions(BackendOptions):
+    """Options of the diffusers generators (``diffusers``, ``wan21-i2v``, ``wan22-ti2v``, ``cogvideox-i2v``,
+    ``ltx-i2v``); None means the adapter's default for its model family."""
+
+    model: str | None = Field(None, description="hub id or local pipeline folder")
+    pipeline_class: str | None = Field(None, description="diffusers class name or module:Class")
+    dtype: str = Field("auto", description="auto | bfloat16 | float16 | float32")
+    vae_dtype: str | None = Field(None, description="dtype of the VAE (Wan VAEs are best kept in float32)")
+    device: str = Field("auto", description="auto | cpu | cuda[:i]")
+    num_inference_steps: int | None = Field(None, ge=1, description="denoising steps per segment")
+    guidance_scale: float | None = Field(None, ge=0, description="classifier-free guidance scale")
+    negative_prompt: str | None = Field(None, description="negative prompt")
+    height: int | None = Field(None, ge=8, description="model frame height (default: the run's)")
+    width: int | None = Field(None, ge=8, description="model frame width (default: the run's)")
+    num_frames: int | None = Field(None, ge=2, description="model frames per segment (default: the run's)")
+    snap: bool = Field(True, description="round sizes the model cannot make to ones it can (else refuse)")
+    resize: Literal["crop", "stretch"] = Field("crop", description="how frames are mapped to the model's size")
+    cpu_offload: bool | Literal["none", "model", "sequential"] = Field(False, description="false | model | sequential")
+    vae_tiling: bool = Field(False, description="decode the VAE in tiles (less memory)")
+    fps: float | None = Field(None, gt=0, description="frame rate of the segments")
+    seed_offset: int = Field(0, description="added to every request's seed")
+    generator_device: str = Field("cpu", description="device of the torch.Generator that draws the noise")
+    prompt_source: Literal["context", "instruction"] = Field(
+        "context", description="the memory-composed context or the step's instruction")
+    prompt_template: str = Field("{text}", description="prompt with {text}, {instruction}, {context}")
+    max_sequence_length: int | None = Field(None, ge=1, description="text tokens")
+    scheduler: str | None = Field(None, description="a diffusers scheduler class built from the pipeline's config")
+    scheduler_kwargs: dict[str, Any] | None = Field(None, description="extra scheduler config")
+    local_files_only: bool | None = Field(None, description="never download (also on when HF_HUB_OFFLINE=1)")
+    call_kwargs: dict[str, Any] | None = Field(None, description="passed to the pipeline call")
+    load_kwargs: dict[str, Any] | None = Field(None, description="passed to from_pretrained")
+
+
 class DiffusersI2V:
     """Generic image-to-video adapter around any diffusers pipeline that takes ``image`` + ``prompt``.
 
@@ -195,6 +230,7 @@ class DiffusersI2V:
 
     name = "diffusers"
     display = "diffusers pipeline"
+    options_model = DiffusersOptions
     default_model: str | None = None
     default_pipeline_class: str | None = None
     default_steps = 50
