@@ -172,20 +172,39 @@ class _LiveView:
             self.progress.console.print(f"[bold]plan v{e['version']}[/]{why}: {len(e['plan'].steps)} steps")
             self.progress.update(self.task, total=len(e["plan"].steps), completed=0, description="generating")
         elif e["type"] == "attempt":
-            v, d = e["verdict"], e["decision"]
+            v, d, r = e["verdict"], e["decision"], e.get("response") or e["decision"]
             fb = f" — {v.feedback}" if v is not None and v.feedback and d != "accept" else ""
+            loop = f"; loop: [bold]{r}[/] ({e['note']})" if r != d else ""
             self.progress.console.print(
                 f"  step {e['step'] + 1}/{e['n_steps']} attempt {e['attempt'] + 1}: {e['text']} → "
-                f"[{self.COLORS.get(d, 'white')}]{d}[/]{fb}", highlight=False)
+                f"[{self.COLORS.get(d, 'white')}]{d}[/]{fb}{loop}", highlight=False)
             self.progress.update(self.task, completed=e["step"] + (d == "accept"),
                                  description=f"step {e['step'] + 1}: {e['text'][:40]}")
+        elif e["type"] == "give_up":
+            g = e["given_up"]
+            what = f"kept its best attempt as [bold]unverified[/] ({g.kept})" if g.kept else "stopping here"
+            self.progress.console.print(f"  [yellow]step {g.step + 1} of plan v{g.plan_version} given up[/] "
+                                        f"({g.sub_action.text}) after {g.attempts} attempt(s) ({g.reason}): {what}",
+                                        highlight=False)
+
+
+_STATUS_STYLE = {"success": "green", "completed_unverified": "yellow"}
 
 
 def _summary(record, out: Path) -> Table:
     t = Table(title="run summary", show_header=False)
-    t.add_row("status", f"[{'green' if record.status == 'success' else 'red'}]{record.status}[/]")
+    t.add_row("status", f"[{_STATUS_STYLE.get(record.status, 'red')}]{record.status}[/]")
+    if record.stop_reason:
+        t.add_row("why", record.stop_reason)
     for k in ("generations", "accepted", "replans"):
         t.add_row(k, str(record.counts.get(k, 0)))
+    if record.unverified:
+        t.add_row("[yellow]unverified steps[/]", f"{len(record.unverified)} of {len(record.accepted)} kept steps: "
+                  "no critic passed them")
+    for g in record.given_up:
+        kept = f"kept unverified: {g.kept}" if g.kept else "not kept (on_budget_exhausted: stop)"
+        why = f"; last critic verdict: {g.failure}, {g.feedback}" if g.failure or g.feedback else ""
+        t.add_row(f"[yellow]given up[/]: {g.sub_action.text}", f"{g.attempts} attempt(s), {g.reason}{why}; {kept}")
     t.add_row("generations / accepted step", f"{record.costs.get('generations_per_accepted_step', 0):.2f}")
     t.add_row("seconds (generate / judge / wall)", " / ".join(
         f"{record.costs.get(k + '_seconds', 0):.2f}" for k in ("generate", "judge", "wall")))
@@ -208,7 +227,11 @@ def run(
     resume: Path | None = typer.Option(None, help="continue a killed run from its directory"),
     set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
 ) -> None:
-    """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html."""
+    """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html.
+
+    Exit status: 0 success; 3 completed with unverified steps (the video is written: a critic passed not every
+    step, see the summary); 1 stopped before the end of the plan; 2 bad input.
+    """
     import spiral.api as api
 
     if resume is None and goal is None:
@@ -221,7 +244,7 @@ def run(
                          overrides=set_, on_event=view)
     console.print(_summary(record, api.last_run_dir()))
     if record.status != "success":
-        raise typer.Exit(1)
+        raise typer.Exit(3 if record.status == "completed_unverified" else 1)
 
 
 @app.command()

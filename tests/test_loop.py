@@ -59,8 +59,11 @@ def test_open_loop_modes_use_no_critic_and_single_shot_uses_goal_text(tmp_path):
 
 
 def test_budget_exhausted_keeps_what_it_made(tmp_path):
+    """on_budget_exhausted: stop ends the run at the first step it gives up, keeping what was accepted before
+    (tests/test_escalation.py covers the escalation and keep_best)."""
     rec = run(GOAL, scene=4, out=tmp_path / "b", config=ORACLE, overrides=[
-        "generator.options.failure_rate=1.0", "loop.max_refines_per_step=1", "loop.max_replans=1"])
+        "generator.options.failure_rate=1.0", "loop.max_refines_per_step=1", "loop.max_replans=1",
+        "loop.on_budget_exhausted=stop"])
     assert rec.status == "budget_exhausted" and "max_replans" in rec.stop_reason
     assert (tmp_path / "b" / "final.mp4").is_file() and (tmp_path / "b" / "report.html").is_file()
     # every step fails: at most (1 + max_refines) attempts for each of the (1 + max_replans) plans
