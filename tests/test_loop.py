@@ -1,5 +1,6 @@
 """The closed loop end to end on the oracle world generator (configs/tabletop-oracle.yaml): decisions, modes,
-resume after SIGKILL; and `spiral demo` on the embedded default (configs/tabletop.yaml, the tiny video model)."""
+resume after SIGKILL; and `spiral demo` on the embedded default (configs/tabletop.yaml, the tiny video model
+after self-evolution, `tiny-evolved`)."""
 
 import json
 import os
@@ -151,8 +152,8 @@ def _lines(out: Path) -> int:
     return len(_read(out))
 
 
-def test_demo_runs_the_embedded_default_tiny_generator(tmp_path):
-    """`spiral demo` (no config: configs/tabletop.yaml, the tiny video model) reaches its goal; the demo's goal is GOAL."""
+def test_demo_runs_the_embedded_default_generator(tmp_path):
+    """`spiral demo` (no config: configs/tabletop.yaml, `tiny-evolved`) reaches its goal; the demo's goal is GOAL."""
     import yaml
     from typer.testing import CliRunner
 
@@ -161,7 +162,7 @@ def test_demo_runs_the_embedded_default_tiny_generator(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert yaml.safe_load((out / "config.yaml").read_text())["generator"]["name"] == "tiny"
+    assert yaml.safe_load((out / "config.yaml").read_text())["generator"]["name"] == "tiny-evolved"
     rec = json.loads((out / "record.json").read_text())
     assert rec["status"] == "success" and rec["goal"] == GOAL, rec["status"]
     assert _final_state_reached(out, GOAL) and (out / "report.html").is_file()
