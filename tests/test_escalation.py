@@ -376,3 +376,8 @@ def test_closed_loop_completes_at_least_as_many_tasks_as_plan_only(tmp_path):
     assert not [c["id"] for c, x, y in zip(cases, closed, plan) if y > x], (closed, plan)
     d = paired_delta(plan, closed)
     assert d.n == 12 and d.lo >= 0, d
+    # the bench shows what no critic passed: every plan-only step; none of a closed-loop run that succeeded
+    for r in res["cases"]:
+        unverified, kept = r["cost"]["unverified_steps"], r["cost"]["accepted_steps"]
+        assert unverified == (kept if r["mode"] == "plan_only" else 0 if r["run_status"] == "success" else unverified)
+    assert {r["run_status"] for r in res["cases"] if r["mode"] == "plan_only"} == {"completed_unverified"}
