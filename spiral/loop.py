@@ -18,7 +18,10 @@
    turns a re-plan into giving up.
 5. **Give up**: the exhausted-budget policy ``loop.on_budget_exhausted`` decides. ``keep_best`` keeps the step's
    best-scoring attempt (the critic's combined score; the earliest wins ties) as an *unverified* step and goes on
-   with the plan; ``stop`` ends the run there with what was accepted (``budget_exhausted``).
+   with the plan; ``stop`` ends the run there with what was accepted (``budget_exhausted``). A later step whose
+   first attempt fails with the very failure the unverified step was kept with (a drifted background, a patch
+   the critic cannot read) inherited it with its conditioning frame, which no retry changes: it is given up at
+   once, until a step passes again.
 6. **End of plan**: a planner with :class:`~spiral.agents.ChecksGoal` checks the observed state against the goal
    and the loop re-plans if it is not met (not after a step was given up: the new plan would only try it again).
 7. **Compose** the kept segments into the final video and account for every call and second.
@@ -112,10 +115,12 @@ class _Step:
     """The attempts at one step of the video: one sub-action from one conditioning frame, across plan versions.
 
     ``signature`` and ``response`` are the latest failure and what the loop did about it (the escalation reads
-    them); ``candidates`` are what keep_best chooses from.
+    them); ``candidates`` are what keep_best chooses from; ``inherited`` is the failure of the unverified step
+    this one starts from: the same failure here comes with the conditioning frame, and no retry can fix it.
     """
 
     action: tuple[str, tuple[str, ...]]
+    inherited: tuple[str, str] | None = None  # the failure of the unverified step just before, if any
     candidates: list[_Candidate] = field(default_factory=list)
     signature: tuple[str, str] | None = None
     response: Response | None = None
@@ -212,8 +217,8 @@ def run_loop(
         if unverified:
             record.unverified.append(path)
 
-    def give_up(here: _Step | None, sub: SubAction, version: int, step: int, reason: str) -> bool:
-        """Section 5: apply the exhausted-budget policy to a step; True when the run goes on."""
+    def give_up(here: _Step | None, sub: SubAction, version: int, step: int, reason: str) -> _Candidate | None:
+        """Section 5: apply the exhausted-budget policy to a step; the attempt kept unverified, None to stop."""
         tried = here.candidates if here is not None else []
         best = _best(tried) if loop.on_budget_exhausted == "keep_best" else None
         last = tried[-1].verdict if tried else None
@@ -224,10 +229,9 @@ def run_loop(
         gave_up[_action_key(sub)] = f"step {step + 1} of plan v{version}"
         emit({"type": "give_up", "version": version, "step": step, "given_up": entry,
               "policy": loop.on_budget_exhausted})
-        if best is None:
-            return False
-        keep(best.frames, sub, best.verdict, kept, unverified=True)
-        return True
+        if best is not None:
+            keep(best.frames, sub, best.verdict, kept, unverified=True)
+        return best
 
     # ---- 1. plan ---------------------------------------------------------------------------------------------
     plan = get_plan(0, lambda: agents.planner.plan(goal, Observation(frame=first_frame, state=state0)))
@@ -235,6 +239,7 @@ def run_loop(
     here: _Step | None = None  # the attempts at the current step
     n_here = 0  # attempts at the current step of the video, across plan versions (seeds)
     stuck: tuple[str, tuple[str, ...]] | None = None  # the action whose repeated failure made the last re-plan
+    inherited: tuple[str, str] | None = None  # the failure kept with the last unverified step, until one passes
     gave_up: dict[tuple[str, tuple[str, ...]], str] = {}  # actions given up in this run → where
     instruction = ""
     status: RunStatus = "running"
@@ -265,15 +270,16 @@ def run_loop(
             step += 1
             continue
         if here is None or here.action != key:
-            here = _Step(key)
+            here = _Step(key, inherited)
         if attempt == 0 and stuck == key:
             # the re-plan after a repeated failure brought the same sub-action straight back: it changed nothing
             stuck = None
             why = "it failed the same way again and the re-plan could not avoid it"
-            if not give_up(here, sub, version, step, why):
+            kept = give_up(here, sub, version, step, why)
+            if kept is None:
                 status, stop_reason = "budget_exhausted", f"step {step + 1} ({sub.text}) given up: {why}"
                 break
-            step, here, n_here = step + 1, None, 0
+            step, here, n_here, inherited = step + 1, None, 0, failure_signature(kept.verdict)
             continue
         if attempt == 0:
             instruction = goal if mode == "single_shot" else sub.text
@@ -284,10 +290,11 @@ def run_loop(
             why = (f"max_total_generations={loop.max_total_generations} reached" if total >= loop.max_total_generations
                    else f"max_total_generations={loop.max_total_generations}: the generations left are held back "
                         f"for the {later} later step(s)")
-            if not give_up(here, sub, version, step, why):
+            kept = give_up(here, sub, version, step, why)
+            if kept is None:
                 status, stop_reason = "budget_exhausted", f"{why} at step {step + 1} ({sub.text})"
                 break
-            step, attempt, here, n_here = step + 1, 0, None, 0
+            step, attempt, here, n_here, inherited = step + 1, 0, None, 0, failure_signature(kept.verdict)
             continue
 
         # ---- 3. act and reflect: one generation and its judgement (or their replay from the journal) ----------
@@ -314,7 +321,7 @@ def run_loop(
         # ---- 4. respond ------------------------------------------------------------------------------------------
         if response == "accept":
             keep(frames, sub, verdict, path, unverified=not closed)
-            step, attempt, here, n_here = step + 1, 0, None, 0
+            step, attempt, here, n_here, inherited = step + 1, 0, None, 0, None
             continue
         here.signature, here.response = failure_signature(verdict), response
         if response in ("regenerate", "refine"):
@@ -323,10 +330,11 @@ def run_loop(
                 instruction = _refine(agents.planner, instruction, sub, verdict)
             continue
         if response == "give_up":
-            if not give_up(here, sub, version, step, note):
+            kept = give_up(here, sub, version, step, note)
+            if kept is None:
                 status, stop_reason = "budget_exhausted", f"step {step + 1} ({sub.text}) given up: {note}"
                 break
-            step, attempt, here, n_here = step + 1, 0, None, 0
+            step, attempt, here, n_here, inherited = step + 1, 0, None, 0, failure_signature(kept.verdict)
             continue
         # response == "replan": the failed sub-action is recorded for the planner
         assert verdict is not None  # open-loop runs accept everything
@@ -377,7 +385,10 @@ def _respond(decision: str, verdict: Verdict | None, here: _Step, attempt: int, 
     attempt failed the same way as the one before it at this step."""
     if decision == "accept":
         return "accept", "", False
-    repeated = here.signature is not None and failure_signature(verdict) == here.signature
+    signature = failure_signature(verdict)
+    repeated = here.signature is not None and signature == here.signature
+    if not repeated and here.signature is None and signature == here.inherited:
+        return "give_up", "the failure of the unverified step before it: it comes with the frame it starts from", False
     response: Response = decision  # type: ignore[assignment]  # refine | regenerate | replan
     note = ""
     if repeated and here.response in LADDER:

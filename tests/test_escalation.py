@@ -43,8 +43,11 @@ class FailsOneAction:
 
     name = "fails-one"
 
-    def __init__(self, action: str = "every", failure_rate: float = 0.0, read_state: str = "frame"):
+    def __init__(self, action: str = "every", failure: str | None = None, failure_rate: float = 0.0,
+                 read_state: str = "frame"):
         self.world = WorldGenerator(failure_rate=failure_rate, read_state=read_state)
+        # ``failure``: the action comes out as the renderer's failure of that kind instead (different every seed)
+        self.failing = WorldGenerator(failure_rate=1.0, failures=[failure], read_state=read_state) if failure else None
         verb, *objects = action.split()
         self.action = (verb, tuple(objects))
 
@@ -54,6 +57,8 @@ class FailsOneAction:
     def generate(self, request: GenerationRequest) -> Segment:
         if not self.fails(request.sub_action):
             return self.world.generate(request)
+        if self.failing is not None:
+            return self.failing.generate(request)
         frames = np.repeat(request.cond_frame[None], request.num_frames, axis=0)
         return Segment(frames=frames, fps=8.0, seed=request.seed, backend=self.name, meta={"failure": "no_motion"})
 
@@ -178,6 +183,26 @@ def test_a_step_that_can_never_pass_ends_within_budget_and_keeps_the_rest(tmp_pa
         assert g.kept is None and not rec.unverified and rec.accepted == before
         assert rec.status == "budget_exhausted" and "given up" in rec.stop_reason
         assert "the run stopped here" in html and "could not avoid it" in html
+
+
+def test_keep_best_keeps_the_best_scoring_attempt_and_later_steps_do_not_retry_what_they_inherit(tmp_path):
+    """Attempts that fail the same way (a drifted background) but score differently: the one kept scores highest
+    (the critic's weights). The next step starts from its drifted frame and fails the same way: no retry can
+    change the frame it starts from, so it is given up after one attempt, as plan-only would have made it."""
+    from spiral.critics.tabletop import TabletopCritic
+
+    scene, steps, k = _needed()
+    rec = run(NEEDED, scene=scene, out=tmp_path / "r", config=ORACLE,
+              overrides=_sets("move yellow_block box", "generator.options.failure=drift"))
+    yellow, after = rec.given_up[0], rec.given_up[1:]
+    tried = [a for a in rec.attempts if a.decision != "accept" and base_instruction(a.prompt) == yellow.sub_action.text]
+    assert len(tried) == yellow.attempts == 3 and yellow.failure == "scene_drift"
+    scores = [TabletopCritic().combine(a.verdict.scores) for a in tried]
+    assert len(set(scores)) == len(scores)  # the attempts differ (drift of another size each seed)
+    assert yellow.kept == tried[int(np.argmax(scores))].segment_path == rec.unverified[0]
+    assert [g.sub_action.text for g in after] == [s.text for s in steps[k + 1:]]
+    assert all(g.attempts == 1 and "comes with the frame" in g.reason for g in after)
+    assert rec.counts["generations"] == len(steps) + 2 and len(rec.accepted) == len(steps)
 
 
 @pytest.mark.parametrize("policy,code", [("keep_best", 3), ("stop", 1)])
