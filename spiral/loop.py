@@ -248,6 +248,7 @@ def run_loop(
     while status == "running":
         # ---- 6. end of plan: check the goal on what is observed, re-plan if it is not met --------------------
         if step >= len(plan.steps):
+            stuck = None
             reached = not closed or bool(record.given_up) or _goal_reached(agents.planner, goal, memory)
             if not reached and version < loop.max_replans:
                 version += 1

@@ -205,6 +205,16 @@ def test_keep_best_keeps_the_best_scoring_attempt_and_later_steps_do_not_retry_w
     assert rec.counts["generations"] == len(steps) + 2 and len(rec.accepted) == len(steps)
 
 
+def test_keep_best_is_the_default_policy_of_a_config_made_in_python(tmp_path):
+    """A user who builds a Config in code (no YAML) gets the whole video with the unverified step marked."""
+    from spiral.config import BackendConfig, Config
+
+    scene, steps, k = _needed()
+    cfg = Config(generator=BackendConfig(name="fails-one", options={"action": "move yellow_block box"}))
+    rec = run(NEEDED, scene=scene, out=tmp_path / "r", config=cfg)
+    assert rec.status == "completed_unverified" and len(rec.accepted) == len(steps) and len(rec.unverified) == 1
+
+
 @pytest.mark.parametrize("policy,code", [("keep_best", 3), ("stop", 1)])
 def test_policies_through_the_cli_say_what_was_not_verified(tmp_path, policy, code):
     scene, steps, k = _needed()
