@@ -229,8 +229,9 @@ def run(
 ) -> None:
     """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html.
 
-    Exit status: 0 success; 3 completed with unverified steps (the video is written: a critic passed not every
-    step, see the summary); 1 stopped before the end of the plan; 2 bad input.
+    Exit status: 0 the plan was carried out and every step the critic checked passed (open-loop modes check
+    none); 3 the closed loop kept unverified steps (the whole video is written; the summary says which); 1 the run
+    stopped before the end of its plan; 2 bad input.
     """
     import spiral.api as api
 
@@ -243,8 +244,10 @@ def run(
         record = api.run(goal, image=image, scene=scene, config=config, out=out, seed=seed, mode=mode, resume=resume,
                          overrides=set_, on_event=view)
     console.print(_summary(record, api.last_run_dir()))
-    if record.status != "success":
-        raise typer.Exit(3 if record.status == "completed_unverified" else 1)
+    if record.status == "completed_unverified" and record.mode == "closed_loop":
+        raise typer.Exit(3)
+    if record.status not in ("success", "completed_unverified"):
+        raise typer.Exit(1)
 
 
 @app.command()
