@@ -130,19 +130,20 @@ def _f(x: float | None) -> str:
 
 
 def summary_table(results: dict) -> Table:
-    """The end-of-run table: per mode × length class, task completion, step success and cost."""
+    """The end-of-run table: per mode × length class, task completion, step success, cost and unverified steps."""
     from spiral.bench.report import _iv
     from spiral.bench.suite import LENGTH_CLASSES
 
     t = Table(title=f"bench {results['bench'].get('suite_name')}: mean [95 % CI]")
-    for col in ("mode", "length", "n", "task completion", "step success", "gens / accepted step"):
+    for col in ("mode", "length", "n", "task completion", "step success", "gens / accepted step",
+                "unverified steps / video"):
         t.add_column(col)
     for mode, per in results["summary"].items():
         for cls in (*LENGTH_CLASSES, "all"):
             c = per.get(cls, {})
             tc = _iv(c.get("task_completion"))
             t.add_row(mode, cls, str(tc.n), tc.fmt(), _iv(c.get("step_success")).fmt(),
-                      _iv(c.get("generations_per_accepted_step")).fmt())
+                      _iv(c.get("generations_per_accepted_step")).fmt(), _iv(c.get("unverified_steps")).fmt())
     return t
 
 
