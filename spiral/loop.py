@@ -7,8 +7,12 @@
 4. **Respond**: accept and go on, or retry (``regenerate``: new seed; ``refine``: instruction rewritten by the
    planner from the feedback, new seed), re-plan, or give the step up. The critic's decision is followed the
    first time a failure is seen. When the step fails *the same way again* (same failure kind and feedback,
-   numbers aside) the loop escalates instead of repeating, one rung past its last response on the ladder
-   ``regenerate → refine → replan → give_up``. A re-plan after a step failure tells the planner which
+   numbers aside) the loop escalates instead of repeating: it takes the lowest rung of the ladder
+   ``regenerate → refine → replan → give_up`` not yet tried against this failure. So a step is given up only
+   once the same failure came back from a new seed, a refined instruction and a re-plan (three attempts at
+   least): on tabletop-v1 a failure that a generator makes by chance (the oracle's injected ones) came back at
+   most twice in a row before the step passed, one it cannot avoid (a move it cannot draw) 8–16 times. A re-plan
+   after a step failure tells the planner which
    sub-actions failed (a planner with :class:`~spiral.agents.AvoidsFailures` avoids them when another plan
    reaches the goal); if the re-plan after a repeated failure brings the same sub-action straight back, it
    changed nothing and the step is given up at once. A sub-action given up once is not tried again in the run
@@ -114,16 +118,16 @@ class _Candidate:
 class _Step:
     """The attempts at one step of the video: one sub-action from one conditioning frame, across plan versions.
 
-    ``signature`` and ``response`` are the latest failure and what the loop did about it (the escalation reads
-    them); ``candidates`` are what keep_best chooses from; ``inherited`` is the failure of the unverified step
-    this one starts from: the same failure here comes with the conditioning frame, and no retry can fix it.
+    ``signature`` is the latest failure and ``tried`` the rungs of the ladder spent on it so far (the escalation
+    reads them); ``candidates`` are what keep_best chooses from; ``inherited`` is the failure of the unverified
+    step this one starts from: the same failure here comes with the conditioning frame, and no retry can fix it.
     """
 
     action: tuple[str, tuple[str, ...]]
     inherited: tuple[str, str] | None = None  # the failure of the unverified step just before, if any
     candidates: list[_Candidate] = field(default_factory=list)
     signature: tuple[str, str] | None = None
-    response: Response | None = None
+    tried: set[str] = field(default_factory=set)
 
 
 def derive_seed(base: int, version: int, step: int, attempt: int) -> int:
@@ -324,7 +328,8 @@ def run_loop(
             keep(frames, sub, verdict, path, unverified=not closed)
             step, attempt, here, n_here, inherited = step + 1, 0, None, 0, None
             continue
-        here.signature, here.response = failure_signature(verdict), response
+        here.signature = failure_signature(verdict)
+        here.tried = (here.tried | {response}) if repeated else {response}
         if response in ("regenerate", "refine"):
             attempt += 1
             if response == "refine":
@@ -392,10 +397,9 @@ def _respond(decision: str, verdict: Verdict | None, here: _Step, attempt: int, 
         return "give_up", "the failure of the unverified step before it: it comes with the frame it starts from", False
     response: Response = decision  # type: ignore[assignment]  # refine | regenerate | replan
     note = ""
-    if repeated and here.response in LADDER:
-        nxt = LADDER[min(LADDER.index(here.response) + 1, len(LADDER) - 1)]
-        if LADDER.index(nxt) > LADDER.index(response):
-            response, note = nxt, f"the same failure again: escalated from {here.response} to {nxt}"
+    if repeated:  # the critic's answer to this failure was tried already: the lowest rung not tried yet
+        response = next(r for r in LADDER if r not in here.tried)
+        note = f"the same failure again after {', '.join(r for r in LADDER if r in here.tried)}: {response}"
     if response in ("regenerate", "refine") and attempt >= max_refines:
         response, note = "replan", f"max_refines_per_step={max_refines} spent"
     if response == "replan" and version >= max_replans:
