@@ -1,7 +1,7 @@
 """ActVideoGen-Bench on the full ``tabletop-v1`` suite: closed loop vs plan-only vs single-shot, timed.
 
 Runs the three modes with a config (default ``configs/run/tabletop-oracle.yaml``, the oracle generator
-that ``docs/bench_tabletop_v1.md`` reports; ``--config configs/run/tabletop.yaml`` for the tiny model), scored by the
+that ``docs/bench_tabletop_v1.md`` reports; ``--config configs/run/tabletop.yaml`` for the tiny-evolved model), scored by the
 independent judge recogniser, on local worker processes; resumable. Writes the benchmark folder
 (``results.json``, ``summary.md``, plots), a JSON of timings + headline numbers, and — for a full
 run — the summary into ``docs/bench_tabletop_v1.md``. Acceptance: ≤ 60 minutes on 2 CPU cores.

@@ -25,8 +25,8 @@ from rich.table import Table
 from spiral.bench.runner import BenchConfig, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {"tiny": ROOT / "configs" / "run" / "tabletop.yaml",
-           "tiny-evolved": ROOT / "configs" / "run" / "tabletop-evolved.yaml"}
+CONFIG = ROOT / "configs" / "tabletop.yaml"  # the embedded default; each generator is chosen by name on top of it
+GENERATORS = ("tiny", "tiny-evolved")
 METRICS = ("step_success", "task_completion", "drift_mean", "temporal_flickering", "motion_smoothness",
            "subject_consistency", "background_consistency")
 
@@ -34,7 +34,7 @@ METRICS = ("step_success", "task_completion", "drift_mean", "temporal_flickering
 def main(argv: list[str] | None = None) -> dict:
     ap = parser(__doc__, "keep_tau_sweep.json", run_folder=True)
     ap.add_argument("--suite", default="tabletop-dev")
-    ap.add_argument("--generators", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=list(GENERATORS))
     ap.add_argument("--values", nargs="+", type=float, default=[0.03, 0.06, 0.1, 0.15],
                     help="keep_tau values ([-1, 1] units; 0.06 is ~8 grey levels), each against the sampler without")
     ap.add_argument("--tolerance", type=float, default=0.01, help="step success a value may cost")
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     for gen in args.generators:
         for tau in [None, *args.values]:
             name = f"{gen}_{'none' if tau is None else tau}"
-            overrides = [] if tau is None else [f"generator.options.keep_tau={tau}"]
+            overrides = [f"generator.name={gen}"] + ([] if tau is None else [f"generator.options.keep_tau={tau}"])
             res = run_bench(BenchConfig(suite=args.suite, out=str(args.out / name), modes=["plan_only"],
-                                        config=str(CONFIGS[gen]), overrides=overrides, workers=args.workers,
+                                        config=str(CONFIG), overrides=overrides, workers=args.workers,
                                         resume=args.resume),
                             progress=False)
             every = res["summary"]["plan_only"]["all"]

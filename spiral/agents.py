@@ -1,7 +1,8 @@
-"""The three agent interfaces (DESIGN §2), as plain Protocols.
+"""The three agent interfaces (DESIGN §2), as plain Protocols, and the optional capabilities the loop uses.
 
 A user plugs in their own planner, generator or critic with a class that has these
-methods and registers it by name (``spiral.registry``).
+methods and registers it by name (``spiral.registry``). An agent that also has one of the
+small capability Protocols below gets used for more; the loop tests for them with ``isinstance``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from spiral.types import GenerationRequest, Observation, Plan, Segment, SubAction, Verdict
+from spiral.types import GenerationRequest, Observation, Plan, Segment, StepFailure, SubAction, Verdict
 
 
 @runtime_checkable
@@ -38,6 +39,7 @@ class CriticAgent(Protocol):
     def judge(self, segment: Segment, sub_action: SubAction, context: Any) -> Verdict: ...
 
 
+# ---- optional capabilities ---------------------------------------------------------------------------------
 @runtime_checkable
 class ChecksRequests(Protocol):
     """A generator that can tell before any work whether it can make a request (size, length, frames);
@@ -48,10 +50,49 @@ class ChecksRequests(Protocol):
         ...
 
 
+@runtime_checkable
+class RefinesInstructions(Protocol):
+    """A planner that rewrites a step's instruction from the critic's feedback (the loop's "refine" rung);
+    without it the loop appends the feedback to the step's text."""
+
+    def refine(self, sub_action: SubAction, feedback: str) -> str: ...
+
+
+@runtime_checkable
+class ChecksGoal(Protocol):
+    """A planner that tells whether an observed state meets the goal (the loop's check at the end of a plan);
+    without it the loop takes a finished plan as having reached the goal."""
+
+    def achieved(self, goal: str, observation: Observation) -> bool: ...
+
+
+@runtime_checkable
+class AvoidsFailures(Protocol):
+    """A planner that re-plans around sub-actions the generator failed (the loop's "re-plan" rung): it avoids
+    them when another plan reaches the goal. Without it the loop calls ``replan``."""
+
+    def replan_avoiding(self, goal: str, observation: Observation, history: list[SubAction],
+                        failed: list[StepFailure]) -> Plan: ...
+
+
+@runtime_checkable
+class ObservesState(Protocol):
+    """A critic that reads a frame as a symbolic state (for re-planning from what is really on screen)."""
+
+    def observe(self, frame: np.ndarray) -> Any: ...
+
+
+@runtime_checkable
+class CombinesScores(Protocol):
+    """A critic that weighs its per-dimension scores into one number (the loop ranks a step's attempts with it
+    when it keeps the best one; without it, the mean of the scores)."""
+
+    def combine(self, scores: dict[str, float]) -> float: ...
+
+
 def observe(critic: CriticAgent, frame: np.ndarray) -> dict | None:
     """The critic's reading of a frame as a symbolic state, if it can read states."""
-    fn = getattr(critic, "observe", None)
-    if fn is None:
+    if not isinstance(critic, ObservesState):
         return None
-    state = fn(frame)
+    state = critic.observe(frame)
     return state.to_dict() if hasattr(state, "to_dict") else state

@@ -191,26 +191,43 @@ class _LiveView:
             self.progress.console.print(f"[bold]plan v{e['version']}[/]{why}: {len(e['plan'].steps)} steps")
             self.progress.update(self.task, total=len(e["plan"].steps), completed=0, description="generating")
         elif e["type"] == "attempt":
-            v, d = e["verdict"], e["decision"]
+            v, d, r = e["verdict"], e["decision"], e.get("response") or e["decision"]
             fb = f" — {v.feedback}" if v is not None and v.feedback and d != "accept" else ""
+            loop = f"; loop: [bold]{r}[/] ({e['note']})" if r != d else ""
             self.progress.console.print(
                 f"  step {e['step'] + 1}/{e['n_steps']} attempt {e['attempt'] + 1}: {e['text']} → "
-                f"[{self.COLORS.get(d, 'white')}]{d}[/]{fb}", highlight=False)
+                f"[{self.COLORS.get(d, 'white')}]{d}[/]{fb}{loop}", highlight=False)
             self.progress.update(self.task, completed=e["step"] + (d == "accept"),
                                  description=f"step {e['step'] + 1}: {e['text'][:40]}")
+        elif e["type"] == "give_up":
+            g = e["given_up"]
+            what = f"kept its best attempt as [bold]unverified[/] ({g.kept})" if g.kept else "stopping here"
+            self.progress.console.print(f"  [yellow]step {g.step + 1} of plan v{g.plan_version} given up[/] "
+                                        f"({g.sub_action.text}) after {g.attempts} attempt(s) ({g.reason}): {what}",
+                                        highlight=False)
+
+
+_STATUS_STYLE = {"success": "green", "completed_unverified": "yellow"}
 
 
 def _summary(record, out: Path) -> Table:
     from rich.markup import escape
 
-    t = Table(title="run summary", show_header=False,
-              caption=escape(f"{'stopped because' if record.status != 'success' else 'note'}: {record.stop_reason}")
-              if record.stop_reason else None, caption_justify="left")
-    t.add_row("status", f"[{'green' if record.status == 'success' else 'red'}]{record.status}[/]")
+    label = "stopped because" if record.status != "success" else "note"
+    t = Table(title="run summary", show_header=False, caption_justify="left",
+              caption=escape(f"{label}: {record.stop_reason}") if record.stop_reason else None)
+    t.add_row("status", f"[{_STATUS_STYLE.get(record.status, 'red')}]{record.status}[/]")
     for r in record.resumes:
         t.add_row("changed on resume", escape(", ".join(f"{k}: {a} -> {b}" for k, (a, b) in r["changed"].items())))
     for k in ("generations", "accepted", "replans"):
         t.add_row(k, str(record.counts.get(k, 0)))
+    if record.unverified:
+        t.add_row("[yellow]unverified steps[/]", f"{len(record.unverified)} of {len(record.accepted)} kept steps: "
+                  "no critic passed them")
+    for g in record.given_up:
+        kept = f"kept unverified: {g.kept}" if g.kept else "not kept (on_budget_exhausted: stop)"
+        why = f"; last critic verdict: {g.failure}, {g.feedback}" if g.failure or g.feedback else ""
+        t.add_row(f"[yellow]given up[/]: {g.sub_action.text}", f"{g.attempts} attempt(s), {g.reason}{why}; {kept}")
     t.add_row("generations / accepted step", f"{record.costs.get('generations_per_accepted_step', 0):.2f}")
     t.add_row("seconds (generate / judge / wall)", " / ".join(
         f"{record.costs.get(k + '_seconds', 0):.2f}" for k in ("generate", "judge", "wall")))
@@ -234,7 +251,12 @@ def run(
     resume: Path | None = typer.Option(None, help="continue a killed run from its directory"),
     set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
 ) -> None:
-    """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html."""
+    """Run the think-act-reflect loop on a goal and write a run directory with final.mp4 and report.html.
+
+    Exit status: 0 the plan was carried out and every step the critic checked passed (open-loop modes check
+    none); 3 the closed loop kept unverified steps (the whole video is written; the summary says which); 1 the run
+    stopped before the end of its plan; 2 bad input.
+    """
     import spiral.api as api
 
     if resume is None and goal is None:
@@ -245,7 +267,9 @@ def run(
         record = api.run(goal, image=image, scene=scene, config=config, out=out, seed=seed, mode=mode,
                          resume=resume, overrides=set_, on_event=view)
     console.print(_summary(record, api.last_run_dir()))
-    if record.status != "success":
+    if record.status == "completed_unverified" and record.mode == "closed_loop":
+        raise typer.Exit(3)
+    if record.status not in ("success", "completed_unverified"):
         raise typer.Exit(1)
 
 

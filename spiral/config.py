@@ -31,14 +31,25 @@ class BackendConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class LoopConfig(_Strict):
-    """Budgets and switches of the think-act-reflect loop (DESIGN §1)."""
+BudgetPolicy = Literal["stop", "keep_best"]
 
-    mode: Mode = "closed_loop"
-    max_refines_per_step: int = Field(3, ge=0, description="inner-loop attempts (refine/regenerate) per step")
-    max_replans: int = Field(3, ge=0)
-    max_total_generations: int = Field(60, ge=1)
-    seed: int = 0
+
+class LoopConfig(_Strict):
+    """Budgets and switches of the think-act-reflect loop (DESIGN §1; spiral/loop.py says how they are spent)."""
+
+    mode: Mode = Field("closed_loop", description="closed_loop, or an open-loop baseline: plan_only, single_shot")
+    max_refines_per_step: int = Field(3, ge=0, description=(
+        "retries of one step within one plan version (new seed, or refined instruction) before it is re-planned"))
+    max_replans: int = Field(3, ge=0, description=(
+        "re-plans per run (the critic asked for one, a step kept failing, or the goal was not met at the end)"))
+    max_total_generations: int = Field(60, ge=1, description=(
+        "generations per run; one per step still to come is held back, so a retry never takes the first "
+        "generation of a later step"))
+    on_budget_exhausted: BudgetPolicy = Field("keep_best", description=(
+        "what to do with a step given up (its escalation or its budget was spent): keep_best keeps its "
+        "best-scoring attempt as an unverified step and goes on (the run ends completed_unverified); stop ends "
+        "the run there with what was accepted (budget_exhausted)"))
+    seed: int = Field(0, description="run seed; every attempt's seed derives from it (spiral.loop.derive_seed)")
 
 
 class VideoConfig(_Strict):

@@ -17,6 +17,7 @@ import base64
 import html
 import io
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -33,8 +34,10 @@ MAX_STRIP_FRAMES = 12  # attempt strips show at most this many frames (evenly sp
 MAX_ANIM_FRAMES = 240  # the animated fallback is subsampled beyond this
 TARGET_PX = 192  # frames are upscaled (nearest neighbour) by an integer factor to about this height
 
-_STATUS_COLOURS = {"success": "#1a7f37", "budget_exhausted": "#b35900", "failed": "#c62828", "running": "#57606a"}
-_DECISION_COLOURS = {"accept": "#1a7f37", "refine": "#8250df", "regenerate": "#0969da", "replan": "#b35900"}
+_STATUS_COLOURS = {"success": "#1a7f37", "completed_unverified": "#9a6700", "budget_exhausted": "#b35900",
+                   "failed": "#c62828", "running": "#57606a"}
+_DECISION_COLOURS = {"accept": "#1a7f37", "refine": "#8250df", "regenerate": "#0969da", "replan": "#b35900",
+                     "give_up": "#c62828"}
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -220,16 +223,50 @@ def _header(run: dict) -> str:
     for r in rec.get("resumes", []):
         changed = "; ".join(f"{k} from {v[0]} to {v[1]}" for k, v in r.get("changed", {}).items())
         note += f'<p class="muted">Resumed at {esc(r.get("at", "?"))} with {esc(changed)}.</p>'
+    note += _unverified_note(rec)
     counts = rec.get("counts", {})
     source = f"image {esc(meta['image'])}" if meta.get("image") else f"scene {esc(meta.get('scene'))}"
     facts = [("mode", esc(rec.get("mode") or _cfg(run, "loop", "mode") or "?")), ("start", source),
              ("accepted steps", esc(counts.get("accepted", "—"))),
+             ("unverified steps", esc(len(rec.get("unverified", [])) if rec else "—")),
              ("generations", esc(counts.get("generations", len(run["attempts"])))),
              ("replans", esc(counts.get("replans", max(0, len(run["plans"]) - 1)))),
              ("wall time", _fmt_s(rec.get("costs", {}).get("wall_seconds")))]
     dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
     return (f'<header><h1>{esc(meta.get("goal", "(no goal)"))} {badge}</h1>'
             f'<p class="muted">run folder: {esc(run["root"].resolve().name)}</p><dl class="facts">{dl}</dl>{note}</header>')
+
+
+def _unverified_note(rec: dict) -> str:
+    """The plain account of what the run could not verify: the reason, each given-up step and what was kept."""
+    if not rec or rec.get("status") in (None, "success", "running"):
+        return ""
+    reason = rec.get("stop_reason", "")
+    items = []
+    given_up = rec.get("given_up", [])
+    for i, g in enumerate(given_up):
+        sub = g.get("sub_action") or {}
+        verdict = ", ".join(x for x in (g.get("failure"), g.get("feedback")) if x)
+        stopped = rec.get("status") == "budget_exhausted" and i == len(given_up) - 1
+        kept = (f'its best-scoring attempt was kept <b>unverified</b> (<a href="#{_anchor(g["kept"])}">'
+                f'{esc(g["kept"])}</a>)') if g.get("kept") else (
+            "nothing was kept: the run stopped here" if stopped else "nothing new was kept")
+        items.append(f"<li>step {esc(int(g.get('step', 0)) + 1)} of plan v{esc(g.get('plan_version', 0))}: "
+                     f"<b>{esc(sub.get('text', ''))}</b>, given up after {esc(g.get('attempts'))} attempt(s) "
+                     f"({esc(g.get('reason', ''))})" + (f"; last verdict: {esc(verdict)}" if verdict else "")
+                     + f"; {kept}</li>")
+    n = len(rec.get("unverified", []))
+    head = (f"{n} of {len(rec.get('accepted', []))} kept steps are unverified: no critic passed them. "
+            if n else "")
+    body = f"<ul>{''.join(items)}</ul>" if items else ""
+    return (f'<div class="warn" id="unverified-note"><b>{esc(rec["status"].replace("_", " "))}</b>: '
+            f"{esc(head)}{esc(reason)}{body}</div>")
+
+
+def _anchor(segment_file: str) -> str:
+    """The id of the attempt card showing a segment (``segments/v1_s02_a03.npz`` → ``attempt-v1-s2-a3``)."""
+    m = re.search(r"v(\d+)_s(\d+)_a(\d+)", segment_file or "")
+    return f"attempt-v{int(m[1])}-s{int(m[2])}-a{int(m[3])}" if m else ""
 
 
 def _media(run: dict) -> str:
@@ -300,6 +337,11 @@ def _kept(run: dict) -> set[str]:
     return set(rec.get("accepted", []))
 
 
+def _unverified(run: dict) -> set[str]:
+    rec = run["record"] or {}
+    return set(rec.get("unverified", []))
+
+
 def _is_kept(a: dict, kept: set[str]) -> bool:
     return a.get("decision") == "accept" or a.get("segment_file") in kept
 
@@ -328,11 +370,18 @@ def _replan_reason(run: dict, version: int) -> str:
     return f"step {step} spent its attempt budget ({n} attempts, last decision {decision})" + (f": {fb}" if fb else "")
 
 
-def _step_outcome(attempts: list[dict], kept: set[str]) -> str:
-    if not attempts:
-        return '<span class="muted">not reached</span>'
+def _step_outcome(attempts: list[dict], kept: set[str], unverified: set[str] = frozenset(),
+                  given_up: dict | None = None) -> str:
     n = len(attempts)
     word = "attempt" if n == 1 else "attempts"
+    if given_up is not None:
+        what = (f"kept its best attempt unverified ({esc(given_up['kept'])})" if given_up.get("kept")
+                else esc(given_up.get("reason", "")))
+        return f'<span class="warnc">⚠ given up</span> ({n} {word} in this plan; {what})'
+    if not attempts:
+        return '<span class="muted">not reached</span>'
+    if any(a.get("segment_file") in unverified for a in attempts):
+        return f'<span class="warnc">⚠ kept unverified</span> ({n} {word})'
     if any(a.get("decision") == "accept" for a in attempts):
         return f'<span class="ok">✓ accepted</span> ({n} {word})'
     if any(_is_kept(a, kept) for a in attempts):
@@ -344,14 +393,17 @@ def _plans(run: dict) -> str:
     plans = run["plans"]
     if not plans:
         return '<section><h2>Plan</h2><p class="muted">no plan.json</p></section>'
-    by_key, kept = _by_key(run["attempts"]), _kept(run)
+    by_key, kept, unverified = _by_key(run["attempts"]), _kept(run), _unverified(run)
+    given_up = {(int(g.get("plan_version", 0)), int(g.get("step", 0))): g
+                for g in (run["record"] or {}).get("given_up", [])}
     parts = []
     for v, plan in enumerate(plans):
         latest = v == len(plans) - 1
         rows = []
         for i, s in enumerate(plan.get("steps", [])):
+            outcome = _step_outcome(by_key.get((v, i), []), kept, unverified, given_up.get((v, i)))
             rows.append([esc(i + 1), esc(s.get("text", "")), _conds(s.get("preconditions", [])),
-                         _conds(s.get("postconditions", [])), _step_outcome(by_key.get((v, i), []), kept)])
+                         _conds(s.get("postconditions", [])), outcome])
         table_id = "plan-table" if latest else f"plan-table-v{v}"
         cls = "plan" if latest else "plan superseded"
         table = _table(["step", "action", "pre-conditions", "post-conditions", "outcome"], rows,
@@ -374,7 +426,7 @@ def _scores(verdict: dict) -> str:
     return f'<table class="scores">{"".join(rows)}</table>' if rows else ""
 
 
-def _attempt_card(run: dict, a: dict, kept: set[str]) -> str:
+def _attempt_card(run: dict, a: dict, kept: set[str], unverified: set[str] = frozenset()) -> str:
     root = run["root"]
     rel = str(a.get("segment_file", ""))
     decision = str(a.get("decision", "?"))
@@ -395,15 +447,22 @@ def _attempt_card(run: dict, a: dict, kept: set[str]) -> str:
                   + _fmt_state(verdict.get("observed_state")))
     else:
         judged = '<p class="muted">no verdict (no critic in this mode: accepted as generated)</p>'
+    response = a.get("response")
+    if response and response != decision:
+        judged += (f'<p class="loopnote">loop: {_chip(response, _DECISION_COLOURS.get(response, "#57606a"))} '
+                   f'{esc(a.get("note", ""))}</p>')
     secs = a.get("seconds", {}) or {}
     timing = " · ".join(f"{esc(k)} {float(v):.2f} s" for k, v in secs.items() if isinstance(v, (int, float)))
     mp4 = rel.replace(".npz", ".mp4")
     link = f' · <a href="{esc(mp4)}">mp4</a>' if (root / mp4).is_file() else ""
-    # accepted: green; kept as what happened but re-planned: amber; rejected: red edge
-    cls = "attempt " + ("kept" if decision == "accept" else "kept replanned" if _is_kept(a, kept) else "rejected")
+    # accepted: green; kept unverified (no critic passed it): yellow; kept as what happened but re-planned: amber;
+    # rejected: red edge
+    cls = "attempt " + ("unverified" if rel in unverified else "kept" if decision == "accept"
+                        else "kept replanned" if _is_kept(a, kept) else "rejected")
+    mark = f' {_chip("kept unverified", "#9a6700")}' if rel in unverified else ""
     return (f'<div class="{cls}" id="attempt-v{esc(a.get("plan_version", 0))}-s{esc(a["step"])}-a{esc(a["attempt"])}">'
             f'<div class="ahead"><b>attempt {esc(int(a["attempt"]) + 1)}</b> '
-            f'{_chip(decision, _DECISION_COLOURS.get(decision, "#57606a"))}'
+            f'{_chip(decision, _DECISION_COLOURS.get(decision, "#57606a"))}{mark}'
             f'<span class="muted small"> seed {esc(a.get("seed"))}'
             + (f' · {esc(a["backend"])}' if a.get("backend") else "")
             + (f" · {timing}" if timing else "") + f"{link}</span></div>"
@@ -413,14 +472,14 @@ def _attempt_card(run: dict, a: dict, kept: set[str]) -> str:
 def _attempts(run: dict) -> str:
     if not run["attempts"]:
         return '<section><h2>Attempts</h2><p class="muted">no attempts recorded</p></section>'
-    kept, parts = _kept(run), []
+    kept, unverified, parts = _kept(run), _unverified(run), []
     for (v, s), group in _by_key(run["attempts"]).items():
         plan = run["plans"][v] if v < len(run["plans"]) else {}
         steps = plan.get("steps", [])
         sub = group[0].get("sub_action") or (steps[s] if s < len(steps) else {})
         title = f"plan v{v} · step {s + 1}: {sub.get('text', '')}"
         parts.append(f'<div class="step"><h3>{esc(title)}</h3>'
-                     + "".join(_attempt_card(run, a, kept) for a in group) + "</div>")
+                     + "".join(_attempt_card(run, a, kept, unverified) for a in group) + "</div>")
     return "<section><h2>Attempts</h2>" + "".join(parts) + "</section>"
 
 
@@ -488,6 +547,8 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; background: #e
 .attempt.kept { border-color: #1a7f37; border-left-color: #1a7f37; background: #f0fff4; }
 .attempt.replanned { border-color: #b35900; border-left-color: #b35900; background: #fff8f0; }
 .attempt.rejected { border-left-color: #c62828; }
+.attempt.unverified { border-color: #9a6700; border-left-color: #9a6700; background: #fff8c5; }
+.loopnote { font-size: 12px; margin: 4px 0 0; }
 .ahead { margin-bottom: 4px; } .prompt { font-size: 12px; margin-bottom: 6px; word-break: break-word; }
 .feedback { background: #f6f8fa; border-radius: 4px; padding: 4px 8px; margin: 6px 0 0; white-space: pre-wrap; }
 table.scores td { border: none; padding: 1px 6px; font-size: 12px; } .num { text-align: right; font-variant-numeric: tabular-nums; }

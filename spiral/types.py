@@ -18,6 +18,8 @@ FailureKind = Literal[
 ]
 FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
 Decision = Literal["accept", "refine", "regenerate", "replan"]
+#: what the loop did after an attempt: the critic's decision, a higher rung of the escalation ladder, or give_up
+Response = Literal["accept", "regenerate", "refine", "replan", "give_up"]
 
 
 def _array_to_json(a: np.ndarray) -> dict[str, Any]:
@@ -154,19 +156,58 @@ class Attempt(_Model):
     segment_path: str | None = None
     verdict: Verdict | None = None
     decision: Decision
+    response: Response | None = Field(None, description=(
+        "what the loop did next: the critic's decision, or a higher rung of the escalation ladder (new seed → "
+        "refined instruction → re-plan → give up) when the step failed the same way again or a budget was spent; "
+        "None in journals written before the field existed"))
+    note: str = Field("", description="why the response differs from the critic's decision (empty when it does not)")
     seconds: dict[str, float] = Field(default_factory=dict)
 
 
+class StepFailure(_Model):
+    """A sub-action the generator did not make pass the critic; a re-planning planner is told to avoid it."""
+
+    sub_action: SubAction
+    failure: FailureKind | None = Field(None, description="the critic's failure kind at the last attempt")
+    feedback: str = Field("", description="the critic's feedback at the last attempt")
+    attempts: int = Field(0, ge=0, description="generations spent on it")
+
+
+class GivenUpStep(StepFailure):
+    """A step the closed loop gave up (its escalation ladder or its budget was spent) and what it kept of it."""
+
+    plan_version: int = Field(description="the plan version whose step was given up")
+    step: int = Field(description="the index of the step in that plan (0-based)")
+    reason: str = Field(description="why it was given up")
+    kept: str | None = Field(None, description=(
+        "the best-scoring attempt's segment, kept as an unverified step (loop.on_budget_exhausted: keep_best); "
+        "None when the run stopped there"))
+
+
+RunStatus = Literal["running", "success", "completed_unverified", "budget_exhausted", "failed"]
+
+
 class RunRecord(_Model):
-    """The summary of a run: status, plan history, attempts, counts and costs."""
+    """The summary of a run: status, plan history, attempts, counts and costs.
+
+    ``status``: ``success`` (every step passed the critic and the goal check), ``completed_unverified`` (the run
+    reached the end of its plan, but some kept steps were not passed by a critic, or the final state does not
+    meet the goal: see ``stop_reason``, ``unverified`` and ``given_up``), ``budget_exhausted`` (the run stopped
+    before the end of its plan: a step was given up under ``on_budget_exhausted: stop``, or the total budget ran
+    out), ``failed`` (an error).
+    """
 
     goal: str
-    status: Literal["running", "success", "budget_exhausted", "failed"] = "running"
+    status: RunStatus = "running"
     stop_reason: str = ""
     mode: str = "closed_loop"
     plans: list[Plan] = Field(default_factory=list)
     attempts: list[Attempt] = Field(default_factory=list)
-    accepted: list[str] = Field(default_factory=list)
+    accepted: list[str] = Field(default_factory=list)  # the kept segments, in video order
+    unverified: list[str] = Field(default_factory=list, description=(
+        "kept segments no critic passed: every segment of an open-loop run, and the best attempts the closed loop "
+        "kept of the steps it gave up (on_budget_exhausted: keep_best)"))
+    given_up: list[GivenUpStep] = Field(default_factory=list, description="steps the closed loop gave up, in order")
     step_boundaries: list[int] = Field(default_factory=list)
     final_video: str | None = None
     final_state: dict[str, Any] | None = None  # the state observed in the last accepted frame, if the critic reads states

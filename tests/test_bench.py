@@ -3,7 +3,7 @@
 Runner tests (resume, processes, Ray, CLI) run the oracle config ``configs/run/tabletop-oracle.yaml`` (world
 generator reading states with the critic recogniser, tabletop critic) scored by the shipped judge recogniser,
 on few cases with the report and per-segment videos off; the smoke suite also runs on the embedded default
-(``configs/run/tabletop.yaml``, the tiny video model). The metric test on runs with known outcomes uses
+(``configs/run/tabletop.yaml``, the tiny video model after self-evolution). The metric test on runs with known outcomes uses
 the ``truth`` judge (the states the world generator reported) because it checks exact values.
 """
 
@@ -488,6 +488,31 @@ def test_report_and_compare(tmp_path):
     assert r.exit_code == 0 and "+0.500" in r.output, r.output
 
 
+def test_compare_pairs_two_modes_of_one_folder_per_length_class(tmp_path):
+    """closed loop against plan-only on the same cases: B − A per length class and over all, paired by case."""
+    from spiral.bench.report import compare
+
+    cases = []
+    for i, (cls, plan, closed) in enumerate([("short", 1, 1), ("short", 0, 1), ("long", 1, 0), ("long", 0, 0),
+                                             ("long", 0, 1), ("long", 1, 1)]):
+        for mode, tc in (("plan_only", plan), ("closed_loop", closed)):
+            cases.append({"case_id": f"c{i}", "mode": mode, "length_class": cls, "status": "ok",
+                          "metrics": {"task_completion": float(tc)}, "cost": {}})
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"cases": cases}))
+    rows = compare(tmp_path / "r", tmp_path / "r", ["task_completion"], "plan_only", "closed_loop", by_length=True)
+    got = {r["length_class"]: (r["n"], r["a"], r["b"], r["delta"]["mean"]) for r in rows}
+    assert got == {"all": (6, 0.5, 4 / 6, pytest.approx(1 / 6)), "short": (2, 0.5, 1.0, 0.5),
+                   "long": (4, 0.5, 0.5, 0.0)}
+    assert {(r["mode_a"], r["mode"]) for r in rows} == {("plan_only", "closed_loop")}
+    with pytest.raises(ValueError, match="no scored case in mode 'single_shot'"):
+        compare(tmp_path / "r", tmp_path / "r", ["task_completion"], "plan_only", "single_shot")
+    r = CliRunner().invoke(app, ["bench", "compare", str(tmp_path / "r"), str(tmp_path / "r"), "--mode-a",
+                                 "plan_only", "--mode-b", "closed_loop", "--by-length", "--metric", "task_completion"],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "plan_only → closed_loop" in r.output and "+0.500" in r.output, r.output
+
+
 # ---- planner evaluation -----------------------------------------------------------------------------
 def test_planner_eval_scores_planners_and_egoplan_files(tmp_path):
     from spiral.bench import planner_eval as P
@@ -546,10 +571,10 @@ def test_planner_eval_scores_planners_and_egoplan_files(tmp_path):
 
 
 # ---- the CI smoke subset with the embedded default (tiny video model) and with the oracle config -----------------
-@pytest.mark.parametrize("config", [None, ORACLE], ids=["default-tiny", "oracle"])
+@pytest.mark.parametrize("config", [None, ORACLE], ids=["default-tiny-evolved", "oracle"])
 def test_smoke_suite_end_to_end(tmp_path, config):
     """6 cases, closed loop, scored by the independent judge recogniser: the embedded default config
-    (``configs/run/tabletop.yaml``: the tiny video model) and the oracle config (the world generator with injected
+    (``configs/run/tabletop.yaml``: the tiny video model after self-evolution) and the oracle config (the world generator with injected
     failures, reading states with the critic recogniser).
 
     Uses the embedded critic (``spiral/critics/tabletop.py``) and the shipped judge weights

@@ -88,15 +88,16 @@ def test_third_party_backend_through_entry_point(tmp_path, monkeypatch):
     assert registry.create("generator", "thirdparty", scale=2).scale == 2
 
 
-def test_embedded_default_is_the_tiny_generator_and_the_oracle_config_differs_only_there():
-    """configs/run/tabletop.yaml (the default of `spiral run`/`demo`/`bench`) runs the tiny video model;
-    configs/run/tabletop-oracle.yaml is the same config with the world renderer as the generator."""
+def test_embedded_default_is_tiny_evolved_and_the_oracle_config_differs_only_there():
+    """configs/run/tabletop.yaml (the default of `spiral run`/`demo`/`bench`) runs the tiny video model after
+    self-evolution (`tiny-evolved`); configs/run/tabletop-oracle.yaml is the same config with the world renderer as the
+    generator."""
     from spiral.api import DEFAULT_CONFIG, resolve_config
 
     oracle = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
     assert DEFAULT_CONFIG == oracle.with_name("tabletop.yaml")
     default = resolve_config(None)
-    assert default.generator.name == "tiny" and default == resolve_config(DEFAULT_CONFIG)
+    assert default.generator.name == "tiny-evolved" and default == resolve_config(DEFAULT_CONFIG)
     world = resolve_config(oracle)
     assert world.generator.name == "world" and "failure_rate" in world.generator.options
     # the YAML files and the resolved configs agree everywhere but the generator section

@@ -284,7 +284,7 @@ def test_api_run_plan_only(tiny_dirs, tmp_path, name):
                  critic=BackendConfig(name=CRITIC), loop=LoopConfig(mode="plan_only"),
                  video=VideoConfig(height=64, width=64, frames_per_step=9))
     record = run(GOAL, scene=3, config=cfg, out=tmp_path / "run")
-    assert record.status == "success" and record.counts["accepted"] == 2
+    assert record.status == "completed_unverified" and record.counts["accepted"] == 2 == len(record.unverified)
     video = read_video(tmp_path / "run" / "final.mp4")
     assert video.shape == (1 + 2 * 8, 64, 64, 3)
 

@@ -17,4 +17,4 @@ def test_sweep_on_the_smoke_suite_keeps_the_background_and_picks_a_value(tmp_pat
     assert out["chosen"]["tiny-evolved"] == (0.1 if kept["step_success"] >= plain["step_success"] - 0.01 else None)
     assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == out["rows"]
     seg = json.loads((tmp_path / "runs" / "tiny-evolved_0.1" / "bench.json").read_text())
-    assert seg["config"]["overrides"] == ["generator.options.keep_tau=0.1"]
+    assert seg["config"]["overrides"] == ["generator.name=tiny-evolved", "generator.options.keep_tau=0.1"]

@@ -36,18 +36,11 @@ def test_every_docs_page_is_in_the_docs_index():
     assert pages and [p for p in pages if f"({p})" not in index] == []
 
 
-# moved to configs/run/ with their contents untouched while another branch rewrites them (the default generator);
-# their comment still names the oracle config by its old path: fix it there when the two branches meet, then drop this
-_CONTENTS_ELSEWHERE = {"configs/run/tabletop.yaml", "configs/run/tabletop-evolved.yaml"}
-
-
 def test_no_file_names_a_config_that_is_not_in_the_tree():
     """Withdrawn recipes leave configs/; a line may still cite one at a commit (git show COMMIT:configs/...)."""
     named = re.compile(r"(?<![:\w/])configs/[\w./-]+\.ya?ml")
     missing = []
     for path in _files("README.md", "docs", "configs", "spiral", "scripts", "benchmarks", "tests", "Makefile"):
-        if str(path.relative_to(ROOT)) in _CONTENTS_ELSEWHERE:
-            continue
         for m in named.finditer(path.read_text(errors="ignore")):
             if not (ROOT / m.group(0)).is_file():
                 missing.append(f"{path.relative_to(ROOT)}: {m.group(0)}")

@@ -263,9 +263,9 @@ def test_spiral_run_end_to_end(server, key_env, tmp_path):
     for s in sets:
         args += ["--set", s]
     res = CliRunner().invoke(app, args)
-    assert res.exit_code in (0, 1), res.output
+    assert res.exit_code in (0, 1, 3), res.output
     record = json.loads((out / "record.json").read_text())
-    assert record["status"] in ("success", "budget_exhausted")
+    assert record["status"] in ("success", "completed_unverified", "budget_exhausted")
     assert (out / "final.mp4").stat().st_size > 0 and record["counts"]["generations"] >= 1
     assert record["plans"] and record["plans"][0]["steps"]
     from spiral.planners.llm import _tabletop_issues
@@ -286,7 +286,7 @@ def test_runs_complete_through_fault_proxy(server, key_env, tmp_path, caplog, ca
             "critic", _client_opts(url, frames=2, timeout=timeout, repair_retries=3))
         records = [api.run(GOAL, scene=s, out=tmp_path / f"run{s}", config=ORACLE, overrides=sets) for s in (0, 1, 2)]
     for r in records:
-        assert r.status in ("success", "budget_exhausted") and r.counts["generations"] >= 1
+        assert r.status in ("success", "completed_unverified", "budget_exhausted") and r.counts["generations"] >= 1
     f = proxy.stats.faults
     msgs = [r.getMessage() for r in caplog.records if r.name == "spiral.llm"]
     retries = {k: sum(1 for m in msgs if f": {k}" in m and "; retry " in m)

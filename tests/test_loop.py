@@ -1,5 +1,6 @@
 """The closed loop end to end on the oracle world generator (configs/run/tabletop-oracle.yaml): decisions, modes,
-resume after SIGKILL; and `spiral demo` on the embedded default (configs/run/tabletop.yaml, the tiny video model)."""
+resume after SIGKILL; and `spiral demo` on the embedded default (configs/run/tabletop.yaml, the tiny video model
+after self-evolution, `tiny-evolved`)."""
 
 import json
 import os
@@ -60,8 +61,11 @@ def test_open_loop_modes_use_no_critic_and_single_shot_uses_goal_text(tmp_path):
 
 
 def test_budget_exhausted_keeps_what_it_made(tmp_path):
+    """on_budget_exhausted: stop ends the run at the first step it gives up, keeping what was accepted before
+    (tests/test_escalation.py covers the escalation and keep_best)."""
     rec = run(GOAL, scene=4, out=tmp_path / "b", config=ORACLE, overrides=[
-        "generator.options.failure_rate=1.0", "loop.max_refines_per_step=1", "loop.max_replans=1"])
+        "generator.options.failure_rate=1.0", "loop.max_refines_per_step=1", "loop.max_replans=1",
+        "loop.on_budget_exhausted=stop"])
     assert rec.status == "budget_exhausted" and "max_replans" in rec.stop_reason
     assert (tmp_path / "b" / "final.mp4").is_file() and (tmp_path / "b" / "report.html").is_file()
     # every step fails: at most (1 + max_refines) attempts for each of the (1 + max_replans) plans
@@ -149,8 +153,8 @@ def _lines(out: Path) -> int:
     return len(_read(out))
 
 
-def test_demo_runs_the_embedded_default_tiny_generator(tmp_path):
-    """`spiral demo` (no config: configs/run/tabletop.yaml, the tiny video model) reaches its goal; the demo's goal is GOAL."""
+def test_demo_runs_the_embedded_default_generator(tmp_path):
+    """`spiral demo` (no config: configs/run/tabletop.yaml, `tiny-evolved`) reaches its goal; the demo's goal is GOAL."""
     import yaml
     from typer.testing import CliRunner
 
@@ -159,7 +163,7 @@ def test_demo_runs_the_embedded_default_tiny_generator(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert yaml.safe_load((out / "config.yaml").read_text())["generator"]["name"] == "tiny"
+    assert yaml.safe_load((out / "config.yaml").read_text())["generator"]["name"] == "tiny-evolved"
     rec = json.loads((out / "record.json").read_text())
     assert rec["status"] == "success" and rec["goal"] == GOAL, rec["status"]
     assert _final_state_reached(out, GOAL) and (out / "report.html").is_file()

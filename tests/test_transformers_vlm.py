@@ -250,7 +250,7 @@ def test_spiral_run_end_to_end(qwen, tmp_path):
         critic=BackendConfig(name="transformers-vlm", options={"model": str(qwen), "frames": 4, "max_tokens": 600}),
         loop=LoopConfig(max_total_generations=3, max_replans=1, max_refines_per_step=1))
     record = api.run(GOAL, scene=0, config=cfg, mode="closed_loop", out=tmp_path / "run")
-    assert record.status in ("success", "budget_exhausted") and record.counts["generations"] >= 1
+    assert record.status in ("success", "completed_unverified", "budget_exhausted") and record.counts["generations"] >= 1
     assert record.plans and all(isinstance(p, Plan) for p in record.plans)
     assert (tmp_path / "run" / "final.mp4").stat().st_size > 0
     for line in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines():

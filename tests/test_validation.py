@@ -66,7 +66,7 @@ CASES = {  # name -> (extra arguments of `spiral run GOAL` (--goal replaces GOAL
     "12000x12000 PNG": (["--image", "{d}/big.png"], "12000x12000 pixels: too large"),
     "NaN weights": (["--set", "generator.options.weights={d}/nan.safetensors"], "NaN or infinite"),
     "empty config": (["--config", "{d}/empty.yaml"], "empty.yaml is empty"),
-    "steps=0": (["--set", "generator.options.steps=0"], "--set generator.options.steps=0: generator 'tiny'"),
+    "steps=0": (["--set", "generator.options.steps=0"], "--set generator.options.steps=0: generator 'tiny-evolved'"),
     "options of another backend": (["--config", str(ROOT / "configs" / "run" / "tabletop-oracle.yaml"), "--set",
                                     "generator.options.steps=3"], "generator 'world' has no option 'steps'"),
     "value that is not YAML": (["--set", "loop.max_replans=[1"], "not valid YAML"),
@@ -142,13 +142,13 @@ def test_set_errors_name_the_set_and_file_errors_the_file(tmp_path):
     p.write_text("loop:\n  max_replans: -1\n")
     with pytest.raises(ValueError, match=r"mine.yaml: config key 'loop.max_replans'"):
         load_config(p, ["loop.seed=3"])
-    with pytest.raises(ValueError, match=r"^--set generator.options.stepz=1: generator 'tiny' has no option 'stepz'"):
+    with pytest.raises(ValueError, match=r"^--set generator.options.stepz=1: generator 'tiny-evolved' has no option 'stepz'"):
         load_config(None, ["loop.seed=3", "generator.options.stepz=1"])
 
 
 def test_an_empty_config_never_runs_the_oracle(tmp_path):
     """Before: an empty file ran Config()'s defaults, whose generator was the oracle `world`. Now an empty file
-    is an error and a partial one is read on top of the embedded default (the tiny model)."""
+    is an error and a partial one is read on top of the embedded default (the tiny-evolved model)."""
     from spiral.config import Config
 
     p = tmp_path / "empty.yaml"
@@ -157,7 +157,7 @@ def test_an_empty_config_never_runs_the_oracle(tmp_path):
         load_config(p)
     p.write_text("loop:\n  max_replans: 1\n")
     cfg = load_config(p)
-    assert cfg.generator.name == "tiny" and cfg.loop.max_replans == 1
+    assert cfg.generator.name == "tiny-evolved" and cfg.loop.max_replans == 1
     with pytest.raises(ValueError, match="generator"):
         Config()  # no silent default generator
 
@@ -217,9 +217,11 @@ def test_stop_reason_and_a_goal_that_already_holds_are_said(tmp_path):
     out = tmp_path / "b"
     r = CliRunner().invoke(app, ["run", "put the red block in the box and close it, then turn on the lamp", "--scene",
                                  "4", "--config", oracle, "--out", str(out), "--set", "generator.options.failure_rate=1",
-                                 "--set", "loop.max_refines_per_step=0", "--set", "loop.max_replans=1"])
-    assert r.exit_code == 1 and "stopped because" in r.output and "max_replans=1 reached at step" in r.output
-    assert 'id="stop-reason">Stopped because: max_replans=1 reached' in (out / "report.html").read_text()
+                                 "--set", "loop.max_refines_per_step=0", "--set", "loop.max_replans=1",
+                                 "--set", "loop.on_budget_exhausted=stop"])
+    assert r.exit_code == 1 and "stopped because" in r.output and "given up" in r.output
+    assert 'id="stop-reason">Stopped because: step 1 (move the green block to the center slot) given up: ' \
+        'max_replans=1 spent' in (out / "report.html").read_text()
     out = tmp_path / "held"
     r = CliRunner().invoke(app, ["run", "put the red block in the box", "--scene", "0", "--config", oracle,
                                  "--out", str(out)])

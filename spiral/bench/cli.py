@@ -91,6 +91,10 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         dir_a: Path = typer.Argument(..., help="baseline benchmark folder (or its results.json)"),
         dir_b: Path = typer.Argument(..., help="benchmark folder to compare with it"),
         metric: list[str] = typer.Option([], help="only these metrics (repeatable)"),
+        mode_a: str | None = typer.Option(None, help="pair this mode of A (e.g. plan_only) with --mode-b of B, "
+                                                     "instead of each mode with itself; A and B may be one folder"),
+        mode_b: str | None = typer.Option(None, help="the mode of B paired with --mode-a (e.g. closed_loop)"),
+        by_length: bool = typer.Option(False, "--by-length", help="also one row per length class"),
         as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
     ) -> None:
         """Per-metric deltas B − A with paired 95 % bootstrap intervals (cases paired by id, per mode)."""
@@ -100,19 +104,20 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         unknown = [m for m in metrics if m not in LABELS]
         if unknown:
             raise ValueError(f"unknown metric {unknown[0]!r}; metrics: {', '.join(LABELS)}")
-        rows = compare(dir_a, dir_b, metrics)
+        rows = compare(dir_a, dir_b, metrics, mode_a, mode_b, by_length)
         if not rows:
             raise ValueError("the two benchmarks share no scored case (same suite and modes?)")
         if as_json:
             sys.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
         t = Table(title=f"B − A   (A = {dir_a}, B = {dir_b})")
-        for col in ("mode", "metric", "n", "A", "B", "Δ [95 % CI]"):
+        for col in ("mode", "length", "metric", "n", "A", "B", "Δ [95 % CI]"):
             t.add_column(col, justify="right" if col in ("n", "A", "B") else "left")
         for r in rows:
             d = r["delta"]
             delta = "–" if d["mean"] is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-            t.add_row(r["mode"], LABELS[r["metric"]], str(r["n"]), _f(r["a"]), _f(r["b"]),
+            mode = r["mode"] if r["mode_a"] == r["mode"] else f"{r['mode_a']} → {r['mode']}"
+            t.add_row(mode, r["length_class"], LABELS[r["metric"]], str(r["n"]), _f(r["a"]), _f(r["b"]),
                       f"[bold]{delta}[/]" if r["significant"] else delta)
         console.print(t)
         console.print("bold: the interval excludes 0")
@@ -125,12 +130,13 @@ def _f(x: float | None) -> str:
 
 
 def summary_table(results: dict) -> Table:
-    """The end-of-run table: per mode × length class, task completion, step success and cost."""
+    """The end-of-run table: per mode × length class, task completion (judge-read and faithful), step success,
+    cost and unverified steps."""
     from spiral.bench.report import _iv, present_classes
 
     t = Table(title=f"bench {results['bench'].get('suite_name')}: mean [95 % CI]")
     for col in ("mode", "length", "n", "task completion", "faithful task compl.", "step success",
-                "gens / accepted step"):
+                "gens / accepted step", "unverified steps / video"):
         t.add_column(col)
     classes = present_classes(results["summary"], list(results["summary"]))
     for mode, per in results["summary"].items():
@@ -138,7 +144,8 @@ def summary_table(results: dict) -> Table:
             c = per.get(cls, {})
             tc = _iv(c.get("task_completion"))
             t.add_row(mode, cls, str(tc.n), tc.fmt(), _iv(c.get("faithful_task_completion")).fmt(),
-                      _iv(c.get("step_success")).fmt(), _iv(c.get("generations_per_accepted_step")).fmt())
+                      _iv(c.get("step_success")).fmt(), _iv(c.get("generations_per_accepted_step")).fmt(),
+                      _iv(c.get("unverified_steps")).fmt())
     return t
 
 

@@ -59,7 +59,8 @@ picture of any state — a block-sized patch of colour noise is read as the bloc
   no executed step keeps TC (nothing was drawn); image cases: none (no render to compare with).
 
 Cost (from ``record.json``): generator calls, critic calls, planner calls, seconds per video,
-generations per accepted step, and calls (generator + critic) per accepted step.
+generations per accepted step, calls (generator + critic) per accepted step, and unverified steps (kept steps no
+critic passed: every step of an open-loop run; the steps a closed-loop run gave up and kept its best attempt of).
 """
 
 from __future__ import annotations
@@ -433,6 +434,7 @@ def cost(record: dict) -> dict[str, float | None]:
         "seconds_per_video": float(costs.get("wall_seconds", 0.0)),
         "generations_per_accepted_step": gen / kept if kept else None,
         "calls_per_accepted_step": (gen + critic) / kept if kept else None,
+        "unverified_steps": float(len(record.get("unverified", []))),  # kept, but passed by no critic
     }
 
 

@@ -21,7 +21,7 @@ ACTION = ("task_completion", "faithful_task_completion", "step_success", "faithf
 TEMPORAL = ("temporal_flickering", "subject_consistency", "background_consistency", "motion_smoothness",
             "drift_mean")
 COST = ("generator_calls", "critic_calls", "calls_per_accepted_step", "generations_per_accepted_step",
-        "seconds_per_video")
+        "unverified_steps", "seconds_per_video")
 LABELS = {
     "task_completion": "task completion", "faithful_task_completion": "faithful task completion",
     "step_success": "step success",
@@ -30,6 +30,7 @@ LABELS = {
     "background_consistency": "background", "motion_smoothness": "smoothness", "drift_mean": "drift ↓",
     "generator_calls": "gen. calls / video", "critic_calls": "critic calls / video",
     "calls_per_accepted_step": "calls / accepted step", "generations_per_accepted_step": "gens / accepted step",
+    "unverified_steps": "unverified steps / video",
     "seconds_per_video": "s / video",
 }
 MAX_STEPS = max(hi for _, hi in LENGTH_CLASSES.values())
@@ -223,17 +224,39 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def compare(a: str | Path, b: str | Path, metrics: Sequence[str] = ACTION + TEMPORAL + COST) -> list[dict[str, Any]]:
-    """Per-mode, per-metric mean of B − A over cases scored in both (paired by case id), with intervals."""
+def compare(a: str | Path, b: str | Path, metrics: Sequence[str] = ACTION + TEMPORAL + COST,
+            mode_a: str | None = None, mode_b: str | None = None, by_length: bool = False) -> list[dict[str, Any]]:
+    """Per-metric mean of B − A over the cases scored in both (paired by case id), with paired bootstrap intervals.
+
+    By default each mode of A is paired with the same mode of B; ``mode_a``/``mode_b`` pair one mode of A with
+    another of B instead (A and B may be the same folder: closed loop against plan-only on the same cases and
+    seeds). ``by_length`` adds one row per length class after each ``all`` row. A row's ``mode`` is B's mode;
+    ``mode_a`` is A's.
+    """
     ra, rb = load_results(a), load_results(b)
     ka = {(r["mode"], r["case_id"]): r for r in ra["cases"] if r.get("status") == "ok"}
     kb = {(r["mode"], r["case_id"]): r for r in rb["cases"] if r.get("status") == "ok"}
+    if (mode_a is None) != (mode_b is None):
+        raise ValueError("give both --mode-a and --mode-b (one mode of A against one mode of B), or neither")
+    if mode_a is not None:
+        for mode, runs, name in ((mode_a, ka, "A"), (mode_b, kb, "B")):
+            if not any(k[0] == mode for k in runs):
+                raise ValueError(f"{name} has no scored case in mode {mode!r}; its modes: "
+                                 f"{', '.join(sorted({k[0] for k in runs})) or 'none'}")
+        pairs = [(mode_a, mode_b)]
+    else:
+        pairs = [(m, m) for m in dict.fromkeys(m for m, _ in sorted(ka.keys() & kb.keys()))]
     rows = []
-    for mode in dict.fromkeys(m for m, _ in sorted(ka.keys() & kb.keys())):
-        keys = sorted(k for k in ka.keys() & kb.keys() if k[0] == mode)
+    for ma, mb in pairs:
+        ids = sorted({c for m, c in ka if m == ma} & {c for m, c in kb if m == mb})
+        classes = ["all"] + ([c for c in LENGTH_CLASSES if any(ka[(ma, i)].get("length_class") == c for i in ids)]
+                             if by_length else [])
         for m in metrics:
-            va, vb = [value(ka[k], m) for k in keys], [value(kb[k], m) for k in keys]
-            d = paired_delta(va, vb)
-            rows.append({"mode": mode, "metric": m, "n": d.n, "a": bootstrap_ci(va).mean, "b": bootstrap_ci(vb).mean,
-                         "delta": d.to_dict(), "significant": d.n > 0 and d.lo is not None and (d.lo > 0 or d.hi < 0)})
+            for cls in classes:
+                sel = [i for i in ids if cls == "all" or ka[(ma, i)].get("length_class") == cls]
+                va, vb = [value(ka[(ma, i)], m) for i in sel], [value(kb[(mb, i)], m) for i in sel]
+                d = paired_delta(va, vb)
+                rows.append({"mode": mb, "mode_a": ma, "length_class": cls, "metric": m, "n": d.n,
+                             "a": bootstrap_ci(va).mean, "b": bootstrap_ci(vb).mean, "delta": d.to_dict(),
+                             "significant": d.n > 0 and d.lo is not None and (d.lo > 0 or d.hi < 0)})
     return rows

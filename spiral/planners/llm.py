@@ -29,7 +29,7 @@ from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, image_input, text_part
 from spiral.loop import refine_instruction
 from spiral.options import BackendOptions, merged_model
-from spiral.types import Attempt, Observation, Plan, SubAction
+from spiral.types import Attempt, Observation, Plan, StepFailure, SubAction
 
 log = logging.getLogger("spiral.llm")
 
@@ -126,6 +126,20 @@ def _describe_state(state: dict[str, Any] | None, domain: str | None) -> str:
     return json.dumps(state, sort_keys=True, default=str)
 
 
+def _describe_failures(failed: list[StepFailure] | None, limit: int) -> str:
+    """The sub-actions the generator could not make, latest last, for the re-plan request."""
+    items = list(failed or [])
+    if not items:
+        return "none"
+    lines = [f"(… {len(items) - limit} earlier failures omitted)"] if len(items) > limit else []
+    for f in items[-limit:]:
+        s = f.sub_action
+        why = ", ".join(x for x in (f.failure, f.feedback) if x)
+        tries = f"{f.attempts} attempt{'s' if f.attempts != 1 else ''}"
+        lines.append(f"- {s.text} ({s.verb} {', '.join(s.objects)}): {tries}" + (f"; critic: {why}" if why else ""))
+    return "\n".join(lines)
+
+
 def _describe_history(history: list[Any] | None, limit: int) -> str:
     items = list(history or [])
     if not items:
@@ -189,7 +203,7 @@ class LLMPlanner:
         max_conditions: int = 8,
         refine: Literal["llm", "template"] = "llm",
         history_limit: int = 16,
-        prompt_version: str = "v1",
+        prompt_version: str = "v2",
         prompt_file: str | None = None,
         **client_options: Any,
     ):
@@ -230,11 +244,23 @@ class LLMPlanner:
         ``history`` is what the loop executed (sub-actions whose segments were kept); attempts with
         their verdicts are accepted too, so the model also sees the critic's feedback.
         """
+        return self.replan_avoiding(goal, observation, history, [])
+
+    def replan_avoiding(self, goal: str, observation: Observation, history: list[SubAction] | list[Attempt] | None,
+                        failed: list[StepFailure]) -> Plan:
+        """:meth:`replan`, also told which sub-actions the generator could not make and asked to find another way.
+
+        The failures fill the template's ``$failures``; a template without it (v1, or a file of the user's own)
+        gets them appended to ``$history``.
+        """
         obs = _as_observation(observation)
         hist = list(history or [])
+        history_text = _describe_history(hist, self.history_limit)
+        failures = _describe_failures(failed, self.history_limit)
+        if "$failures" not in self.prompts.raw("replan") and failed:
+            history_text += f"\nSteps that failed (find another way if there is one):\n{failures}"
         user = self.prompts.render("replan", goal=goal, state=_describe_state(obs.state, self.domain),
-                                   image_note=self._image_note(obs),
-                                   history=_describe_history(hist, self.history_limit))
+                                   image_note=self._image_note(obs), history=history_text, failures=failures)
         return self._ask(goal, obs, user, first_id=len(hist), min_steps=0)
 
     def refine(self, sub_action: SubAction, feedback: str) -> str:

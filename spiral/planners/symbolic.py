@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import Field
 
 from spiral.options import BackendOptions
-from spiral.types import Plan, SubAction
+from spiral.types import Plan, StepFailure, SubAction
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
 from spiral.world.goals import Goal, GoalParseError, RelativeGoalError, parse_goal, resolve_relative
@@ -352,8 +352,10 @@ class SearchStats:
     generated: int = 0
 
 
-def _astar(start: Enc, t: _Target, stats: SearchStats, max_expansions: int) -> tuple[list[tuple[int, int]], Enc]:
-    """Fewest-action path from ``start`` to a state satisfying ``t`` (t must be satisfiable)."""
+def _astar(start: Enc, t: _Target, stats: SearchStats, max_expansions: int,
+           avoid: frozenset[tuple[int, int]] = frozenset()) -> tuple[list[tuple[int, int]], Enc]:
+    """Fewest-action path from ``start`` to a state satisfying ``t`` (t must be satisfiable), using no action
+    in ``avoid``; without them the goal may be out of reach, which raises :class:`PlanningError`."""
     h0 = _heuristic(start, t)
     if h0 == 0:
         return [], start
@@ -379,6 +381,8 @@ def _astar(start: Enc, t: _Target, stats: SearchStats, max_expansions: int) -> t
             break
         ng = g + 1
         for key, nxt in _successors(s):
+            if key in avoid:
+                continue
             if ng < best.get(nxt, 1 << 30):
                 best[nxt] = ng
                 parent[nxt] = (s, key)
@@ -387,6 +391,9 @@ def _astar(start: Enc, t: _Target, stats: SearchStats, max_expansions: int) -> t
                     hn = hcache[nxt] = _heuristic(nxt, t)
                 stats.generated += 1
                 heapq.heappush(heap, (ng + hn, hn, next(counter), nxt))
+    if not heap and avoid:
+        raise PlanningError(f"no plan reaches {list(t.literals)} without the avoided actions", list(t.literals),
+                            "avoided")
     raise PlanningError(f"search gave up after {stats.expanded} expansions for {list(t.literals)}",
                         list(t.literals), "search limit")
 
@@ -407,6 +414,40 @@ def _as_state(observation: Any) -> State:
         "the symbolic planner needs a symbolic state: pass a State, a dict {'loc': ..., 'box_open', 'lamp_on'} "
         "or an Observation whose .state is set (read one from the frame with the critic's observe())"
     )
+
+
+def _action_key(verb: str, objects: Sequence[str]) -> tuple[int, int] | None:
+    """The search's key of a ground action (None when it names no action of the domain)."""
+    if verb == "move" and len(objects) == 2 and objects[0] in _BIDX and objects[1] in _CODE:
+        return (_BIDX[objects[0]], _CODE[objects[1]])
+    key = {("open", BOX): _OPEN_KEY, ("close", BOX): _CLOSE_KEY, ("switch_on", LAMP): _ON_KEY,
+           ("switch_off", LAMP): _OFF_KEY}.get((verb, objects[0] if len(objects) == 1 else ""))
+    return (key, 0) if key is not None else None
+
+
+def _necessary(s: Enc, targets: Sequence[_Target], key: tuple[int, int]) -> bool:
+    """Whether every plan from ``s`` through ``targets`` must use the action ``key``: a target fixes the fluent
+    that only this action changes to a value it does not have now (a cheap proof that saves a full search)."""
+    i, d = key
+    for t in targets:
+        if i >= 0 and t.single[i] == d and s[i] != d:
+            return True
+        if i in (_OPEN_KEY, _CLOSE_KEY) and t.box == int(i == _OPEN_KEY) and s[NB] != t.box:
+            return True
+        if i in (_ON_KEY, _OFF_KEY) and t.lamp == int(i == _ON_KEY) and s[NB + 1] != t.lamp:
+            return True
+    return False
+
+
+def _failed_keys(failed: Iterable[Any]) -> dict[tuple[int, int], str]:
+    """Search keys of failed sub-actions (StepFailure or SubAction), the latest first, with their text."""
+    out: dict[tuple[int, int], str] = {}
+    for f in reversed(list(failed)):
+        sub = f.sub_action if isinstance(f, StepFailure) else f
+        key = _action_key(sub.verb, list(sub.objects))
+        if key is not None and key not in out:
+            out[key] = _action(*key).text()
+    return out
 
 
 def _as_goal(goal: str | Goal) -> Goal:
@@ -508,17 +549,40 @@ class SymbolicPlanner:
                                 core, why)
         return t
 
-    def solve_stages(self, state: State, goal: Goal, start_stage: int = 0) -> list[list[Action]]:
-        """Optimal action lists, one per stage from ``start_stage`` on."""
+    def solve_stages(self, state: State, goal: Goal, start_stage: int = 0,
+                     avoid: frozenset[tuple[int, int]] = frozenset()) -> list[list[Action]]:
+        """Optimal action lists, one per stage from ``start_stage`` on, using no action in ``avoid``."""
         self.stats = SearchStats()
         targets = goal.targets()
         compiled = [self._target(lits, k, len(targets)) for k, lits in enumerate(targets)]
         s = _encode(state)
         out = []
         for t in compiled[start_stage:]:
-            keys, s = _astar(s, t, self.stats, self.max_expansions)
+            keys, s = _astar(s, t, self.stats, self.max_expansions, avoid)
             out.append([_action(*k) for k in keys])
         return out
+
+    def _avoidable(self, state: State, goal: Goal, start_stage: int, keys: list[tuple[int, int]]
+                   ) -> frozenset[tuple[int, int]]:
+        """The largest set of ``keys`` (greedily, in order) that some plan can do without."""
+        def solves(avoid: frozenset[tuple[int, int]]) -> bool:
+            try:
+                self.solve_stages(state, goal, start_stage, avoid)
+                return True
+            except PlanningError as e:
+                if e.reason not in ("avoided", "search limit"):
+                    raise
+                return False
+
+        targets = [_compile(lits) for lits in goal.targets()[start_stage:]]
+        keys = [k for k in keys if not _necessary(_encode(state), targets, k)]
+        if solves(frozenset(keys)):
+            return frozenset(keys)
+        kept: frozenset[tuple[int, int]] = frozenset()
+        for k in keys:
+            if solves(kept | {k}):
+                kept = kept | {k}
+        return kept
 
     def solve(self, state: State, goal: Goal) -> list[Action]:
         """Fewest actions achieving each stage in order (stage target = merged stages 0..k); a scene-relative
@@ -591,8 +655,17 @@ class SymbolicPlanner:
         read = " ; then ".join(" & ".join(st) for st in got.stages)
         return got, f"{note}read as {read}; "
 
-    def _plan(self, goal: Goal, state: State, start_stage: int, first_id: int, note: str) -> Plan:
-        stages = self.solve_stages(state, goal, start_stage)
+    def _plan(self, goal: Goal, state: State, start_stage: int, first_id: int, note: str,
+              failed: dict[tuple[int, int], str] | None = None) -> Plan:
+        avoid: frozenset[tuple[int, int]] = frozenset()
+        if failed:
+            avoid = self._avoidable(state, goal, start_stage, list(failed))
+            could = [failed[k] for k in failed if k in avoid]
+            could_not = [failed[k] for k in failed if k not in avoid]
+            note += (f"avoiding {'; '.join(could)} (failed); " if could else "") + (
+                f"not avoiding {'; '.join(could_not)} (failed, but no plan reaches the goal without it); "
+                if could_not else "")
+        stages = self.solve_stages(state, goal, start_stage, avoid)
         steps: list[SubAction] = []
         s = state
         for a in (a for st in stages for a in st):
@@ -630,6 +703,16 @@ class SymbolicPlanner:
         perturbation undid are restored anyway, since they stay in the merged targets. New
         step ids continue after the history.
         """
+        return self.replan_avoiding(goal, observation, history, [])
+
+    def replan_avoiding(self, goal: str | Goal, observation: State | dict | Any, history: Iterable[Any] | None,
+                        failed: Iterable[StepFailure | SubAction]) -> Plan:
+        """:meth:`replan` without the sub-actions the generator failed, when another plan reaches the goal.
+
+        A failed action is avoided in every state (the generator could not draw it), the most recent failures
+        first; one that every plan needs is used anyway, and the rationale names both kinds. The plan stays
+        optimal among the plans that avoid what it avoids.
+        """
         g0, state = _as_goal(goal), _as_state(observation)
         hist = list(history or [])
         g, read_note = self._reading(g0, state, hist)
@@ -651,4 +734,4 @@ class SymbolicPlanner:
         if done == len(g.stages) and not g.satisfied(state):
             done = len(g.stages) - 1  # everything was done once, but the final target was disturbed
         note = f"replanned after {len(hist)} executed step(s), from stage {done + 1} of {len(g.stages)}: {read_note}"
-        return self._plan(g, state, done, len(hist), note)
+        return self._plan(g, state, done, len(hist), note, _failed_keys(failed))
