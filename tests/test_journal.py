@@ -17,15 +17,16 @@ from spiral.rundir import CREATING, RunDir, load_frames
 
 ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 GOAL = "turn on the lamp and open the box"
-ARGS = dict(scene=4, seed=0, config=ORACLE, overrides=["generator.options.failure_rate=0.5", "output.report=false"])
+ARGS = dict(scene=4, seed=9, config=ORACLE, overrides=["generator.options.failure_rate=0.5", "output.report=false"])
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, one_thread):
-    """One finished run whose journal holds a re-plan and two plan versions (3 lines, ~3.5 kB)."""
+    """One finished run whose journal holds a refine, a re-plan and two plan versions (5 lines)."""
     out = tmp_path_factory.mktemp("tear") / "ref"
     rec = run(GOAL, out=out, **ARGS)
-    assert rec.status == "success" and [a.decision for a in rec.attempts] == ["replan", "accept", "accept"]
+    assert rec.status == "success" and [a.decision for a in rec.attempts] == ["refine", "replan", "regenerate", "accept",
+                                                                               "accept"]
     return out
 
 

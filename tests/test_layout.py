@@ -39,11 +39,17 @@ def test_every_docs_page_is_in_the_docs_index():
 def test_no_file_names_a_config_that_is_not_in_the_tree():
     """Withdrawn recipes leave configs/; a line may still cite one at a commit (git show COMMIT:configs/...)."""
     named = re.compile(r"(?<![:\w/])configs/[\w./-]+\.ya?ml")
+    joined = re.compile(r'"configs"((?:\s*/\s*"[\w.-]+")*\s*/\s*"[\w.-]+\.ya?ml")')
     missing = []
     for path in _files("README.md", "docs", "configs", "spiral", "scripts", "benchmarks", "tests", "Makefile"):
-        for m in named.finditer(path.read_text(errors="ignore")):
+        text = path.read_text(errors="ignore")
+        for m in named.finditer(text):
             if not (ROOT / m.group(0)).is_file():
                 missing.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+        for m in joined.finditer(text):  # paths joined in code: ROOT / configs / run / x.yaml
+            rel = "/".join(["configs", *re.findall(r'"([^"]+)"', m.group(1))])
+            if not (ROOT / rel).is_file():
+                missing.append(f"{path.relative_to(ROOT)}: {rel}")
     assert missing == []
     assert sorted(p.parent.name for p in (ROOT / "configs").rglob("*.yaml")) and \
         {p.parent.name for p in (ROOT / "configs").rglob("*.yaml")} == {"run", "train"}
