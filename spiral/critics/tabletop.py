@@ -287,17 +287,20 @@ def _change_text(obj: str, a: State, b: State) -> str:
 
 
 def end_locations(loc: np.ndarray) -> np.ndarray:
-    """Where each block is in the last frame (4×C): the valid-layout marginals over the rest locations,
-    weighted by the probability that the block is at rest at all; held and elsewhere keep their raw readings.
+    """Where each block is in the last frame (4×C, or N×4×C for N frames): the valid-layout marginals over the
+    rest locations, weighted by the probability that the block is at rest at all; held and elsewhere keep their
+    raw readings.
 
     Why: a block still in the gripper above the box is not *in* the box. The layout marginals alone are
     conditional on every block being at rest, so they would score it as a likely success.
     """
     loc = np.asarray(loc, np.float64)
-    rest = np.clip(1.0 - loc[:, HELD] - loc[:, ELSEWHERE], 0.0, 1.0)
-    out = layout_marginals(loc[None])[0] * rest[:, None]
-    out[:, HELD], out[:, ELSEWHERE] = loc[:, HELD], loc[:, ELSEWHERE]
-    return out
+    one = loc.ndim == 2
+    loc = loc[None] if one else loc
+    rest = np.clip(1.0 - loc[..., HELD] - loc[..., ELSEWHERE], 0.0, 1.0)
+    out = layout_marginals(loc) * rest[..., None]
+    out[..., HELD], out[..., ELSEWHERE] = loc[..., HELD], loc[..., ELSEWHERE]
+    return out[0] if one else out
 
 
 # ---------------------------------------------------------------- the critic
