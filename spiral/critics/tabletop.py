@@ -400,7 +400,13 @@ class TabletopCritic:
         else:
             changed = _changed(s0, s_end)
             others = [o for o in changed if o != target]
-            if target in changed:
+            if target in changed and all(s_end.holds(p) for p in post):
+                # the most likely reading meets the goal, but not with probability >= the threshold: say so, rather
+                # than "moved onto X instead; it must end on X" (re-planning from the observed state keeps it)
+                cause = "wrong_result"
+                feedback = (f"{_change_text(target, s0, s_end)}, but it cannot be seen clearly there (probability "
+                            f"{scores['action']:.2f}); {_goal_phrase(action)}, drawn whole and in place")
+            elif target in changed:
                 cause = "wrong_result"
                 feedback = (f"{_change_text(target, s0, s_end)} instead; {_goal_phrase(action)}")
             elif others:
