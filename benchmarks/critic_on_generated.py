@@ -14,7 +14,9 @@ Every kept segment is then judged twice:
 False-reject rate FR = critic rejects / reference-good segments; false-accept rate FA = critic accepts /
 reference-bad segments (Wilson 95 % intervals). Every disagreement gets a strip row (first frame, last
 frame, a render of what the judge read, a render of what the critic read) and both texts in the markdown page.
-For the oracle ``world`` generator the renderer's own failure label is a third opinion (the truth).
+For the oracle ``world`` generator the truth is known (no failure rendered on purpose, and the post-conditions
+hold in the state it really reached): a third opinion, which shows what the last-frame reference cannot see
+(a teleport, drift or another object sliding on its own ends in a state that reads right).
 
     python benchmarks/critic_on_generated.py --suite tabletop-v1 --generators tiny,tiny-evolved,world
     python benchmarks/critic_on_generated.py --suite tabletop-smoke --runs /tmp/cog-smoke --doc /tmp/cog.md
@@ -96,6 +98,8 @@ def judge_run(case: Any, run_dir: Path, critic: TabletopCritic, judge: Any) -> l
     memory = Memory.start(view.anchor, critic.observe(view.anchor).to_dict(),
                           hints={"scene_seed": view.scene} if view.scene is not None else {})
     by_file = {a["segment_file"]: a for a in view.attempts}
+    true_start = json.loads((run_dir / "meta.json").read_text()).get("initial_state")
+    prev_clean = True
     rows = []
     for k, (frames, step) in enumerate(zip(view.segments, view.steps, strict=True)):
         sub = SubAction.model_validate(step)
@@ -106,6 +110,19 @@ def judge_run(case: Any, run_dir: Path, critic: TabletopCritic, judge: Any) -> l
         faithful = area is not None and area <= FAITHFUL_AREA
         halluc = hallucinated_motion(sub.verb, sub.objects, states[k], states[k + 1])
         meta = by_file.get(view.record["accepted"][k], {}).get("generator_meta") or {}
+        # the oracle's label is the truth only when it rendered from the true start in the scene's look: it read
+        # the conditioning frame right (its own recogniser) and that frame is a clean picture of a state (not drifted,
+        # not a block left hanging or dropped between slots by an incomplete step)
+        clean_start = meta.get("state") is not None and meta.get("state") == true_start and prev_clean
+        # truth: no failure rendered on purpose and the step's post-conditions hold in the state really reached (a
+        # plan-only plan can meet another start than it was made for; a step already done needs no motion)
+        true_good = (meta.get("failure") in (None, "not_applicable") and meta.get("end_state") is not None
+                     and holds_all(State.from_dict(meta["end_state"]), sub.postconditions))
+        true_start = meta.get("end_state")
+        # the next start frame is clean unless this segment drifted or stopped half-way (a not-applicable step
+        # repeats its start frame, clean or not)
+        prev_clean = prev_clean if meta.get("failure") == "not_applicable" else meta.get("failure") not in (
+            "drift", "incomplete")
         rows.append({
             "case": case.id, "step": k, "text": sub.text, "verb": sub.verb, "objects": sub.objects,
             "scene": view.scene, "run_dir": str(run_dir), "segment": view.record["accepted"][k],
@@ -117,7 +134,7 @@ def judge_run(case: Any, run_dir: Path, critic: TabletopCritic, judge: Any) -> l
             "critic_passed": bool(verdict.passed), "critic_failure": verdict.failure, "critic_feedback": verdict.feedback,
             "critic_scores": verdict.scores, "critic_state_dict": verdict.observed_state,
             "critic_state": None if verdict.observed_state is None else str(State.from_dict(verdict.observed_state)),
-            "generator_failure": meta.get("failure"),
+            "generator_failure": meta.get("failure"), "clean_start": bool(clean_start), "true_good": bool(true_good),
         })
     return rows
 
@@ -213,8 +230,16 @@ def write_doc(result: dict[str, Any], doc: Path, strip_paths: dict[str, list[Pat
                   f"false accepts by why the reference says bad: {r['false_accepts_by_reference_reason'] or 'none'}."]
         if g.get("truth"):
             t = g["truth"]
-            lines.append(f"Against the renderer's own labels (the truth): critic FR {t['critic_fr']}, FA "
-                         f"{t['critic_fa']}; reference FR {t['reference_fr']}, FA {t['reference_fa']}.")
+            lines.append(f"Against the truth (no failure rendered on purpose, post-conditions hold in the state the "
+                         f"renderer really reached; {t['segments']} segments rendered from a clean start, "
+                         f"{t['excluded']} after a drifted, half-done or misread start left out): critic FR "
+                         f"{t['critic_fr']}, FA {t['critic_fa']}; reference FR {t['reference_fr']}, FA "
+                         f"{t['reference_fa']}.")
+            for d in t["critic_disagrees"]:
+                verdict = "accept" if d["critic_passed"] else f"reject, {d['critic_failure']}: {d['critic_feedback']}"
+                lines.append(f"- critic vs truth: {d['case']} / {d['step'] + 1} {d['text']}: rendered "
+                             f"{d['generator_failure'] or 'success'} (truth: {'good' if d['true_good'] else 'bad'}); "
+                             f"critic {verdict}")
         if not g["disagreements"]:
             continue
         lines += [""] + [f"![{gen} disagreements, page {i + 1}]({p.relative_to(doc.parent).as_posix()})"
@@ -233,19 +258,25 @@ def write_doc(result: dict[str, Any], doc: Path, strip_paths: dict[str, list[Pat
 
 
 def truth_rates(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """For the oracle generator: FR/FA of the critic and of the reference against the renderer's labels."""
-    if not any("generator_failure" in r for r in rows) or not rows:
+    """For the oracle generator: FR/FA of the critic and of the reference against the truth (``true_good``: no
+    failure rendered on purpose, post-conditions hold in the true end state), on the
+    segments it rendered from a clean start (``clean_start``; after a drifted or half-done frame or a misread start
+    its success label is not the truth: the colours snap back, or it rendered another state than frame 0 shows)."""
+    clean = [r for r in rows if r["clean_start"]]
+    if not clean:
         return None
-    ok = [r for r in rows if r["generator_failure"] is None]
-    bad = [r for r in rows if r["generator_failure"] is not None]
+    ok = [r for r in clean if r["true_good"]]
+    bad = [r for r in clean if not r["true_good"]]
 
     def fmt(k: int, n: int) -> str:
         return f"{k}/{n}" if n else "–"
 
-    return {"critic_fr": fmt(sum(not r["critic_passed"] for r in ok), len(ok)),
+    return {"segments": len(clean), "excluded": len(rows) - len(clean),
+            "critic_fr": fmt(sum(not r["critic_passed"] for r in ok), len(ok)),
             "critic_fa": fmt(sum(r["critic_passed"] for r in bad), len(bad)),
             "reference_fr": fmt(sum(not r["reference_good"] for r in ok), len(ok)),
-            "reference_fa": fmt(sum(r["reference_good"] for r in bad), len(bad))}
+            "reference_fa": fmt(sum(r["reference_good"] for r in bad), len(bad)),
+            "critic_disagrees": [r for r in clean if r["critic_passed"] != r["true_good"]]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

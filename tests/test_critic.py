@@ -172,6 +172,18 @@ def test_an_unsure_reading_of_the_goal_is_not_called_a_wrong_result(critic):
     assert critic.judge(Segment(frames=res.frames), _sub(S0, stack), None).passed  # the real reading is sure
 
 
+def test_a_stale_post_condition_is_named_not_the_move(critic):
+    """Plan-only runs meet plans made for another start: the block got where the step takes it, but the plan's
+    post-conditions also expected a slot to be freed that another block stands on. The verdict names that literal
+    instead of "moved to X instead; it must end on X"."""
+    res = render_action(S0, MOVE, appearance=APP, seed=2)
+    stale = SubAction(text=MOVE.text(), verb=MOVE.verb, objects=list(MOVE.args),
+                      postconditions=["at(blue_block, far_left)", "free(left)"])  # red_block stands on left in S0
+    v = critic.judge(Segment(frames=res.frames), stale, Memory.start(res.frames[0], S0.to_dict()))
+    assert (v.failure, v.decision) == ("incomplete_action", "replan")
+    assert "free(left) is false" in v.feedback and "instead" not in v.feedback, v.feedback
+
+
 def test_observe_reads_the_state(critic):
     res = render_action(S0, MOVE, appearance=APP, seed=2)
     assert critic.observe(res.frames[0]) == S0

@@ -268,6 +268,13 @@ def _obj_state(s: State, obj: str) -> str:
     return s.where(obj)
 
 
+def _goal_state(action: Action) -> str:
+    """What ``action`` makes of the object it acts on (as :func:`_obj_state` words it)."""
+    if action.verb == "move":
+        return action.args[1]
+    return {"open": "open", "close": "closed", "switch_on": "on", "switch_off": "off"}[action.verb]
+
+
 def _changed(a: State, b: State) -> list[str]:
     return [o for o in (*BLOCKS, BOX, LAMP) if _obj_state(a, o) != _obj_state(b, o)]
 
@@ -406,6 +413,13 @@ class TabletopCritic:
                 cause = "wrong_result"
                 feedback = (f"{_change_text(target, s0, s_end)}, but it cannot be seen clearly there (probability "
                             f"{scores['action']:.2f}); {_goal_phrase(action)}, drawn whole and in place")
+            elif target in changed and _obj_state(s_end, target) == _goal_state(action):
+                # it got where the action takes it, yet a post-condition fails (e.g. the plan expected it to free
+                # a slot that something else stands on): name the literal, not the move
+                cause = "wrong_result"
+                false = [str(p) for p in post if not s_end.holds(p)]
+                feedback = (f"{_change_text(target, s0, s_end)}, but the step's post-condition "
+                            f"{' and '.join(false)} is false at the end; re-plan from what is now on the table")
             elif target in changed:
                 cause = "wrong_result"
                 feedback = (f"{_change_text(target, s0, s_end)} instead; {_goal_phrase(action)}")
