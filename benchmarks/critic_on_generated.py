@@ -18,7 +18,7 @@ For the oracle ``world`` generator the truth is known (no failure rendered on pu
 hold in the state it really reached): a third opinion, which shows what the last-frame reference cannot see
 (a teleport, drift or another object sliding on its own ends in a state that reads right).
 
-    python benchmarks/critic_on_generated.py --suite tabletop-v1 --generators tiny,tiny-evolved,world
+    python benchmarks/critic_on_generated.py --suite tabletop-v1 --generators tiny,tiny-evolved,world --seeds 0,1
     python benchmarks/critic_on_generated.py --suite tabletop-smoke --runs /tmp/cog-smoke --doc /tmp/cog.md
 
 Runs go to ``--runs`` (default ``runs/critic_on_generated/SUITE``, git-ignored) and are reused: a case whose
@@ -237,7 +237,8 @@ def write_doc(result: dict[str, Any], doc: Path, strip_paths: dict[str, list[Pat
                          f"{t['reference_fa']}.")
             for d in t["critic_disagrees"]:
                 verdict = "accept" if d["critic_passed"] else f"reject, {d['critic_failure']}: {d['critic_feedback']}"
-                lines.append(f"- critic vs truth: {d['case']} / {d['step'] + 1} {d['text']}: rendered "
+                seed = f" (seed {d['seed']})" if d["seed"] else ""
+                lines.append(f"- critic vs truth: {d['case']} / {d['step'] + 1}{seed} {d['text']}: rendered "
                              f"{d['generator_failure'] or 'success'} (truth: {'good' if d['true_good'] else 'bad'}); "
                              f"critic {verdict}")
         if not g["disagreements"]:
@@ -251,7 +252,9 @@ def write_doc(result: dict[str, Any], doc: Path, strip_paths: dict[str, list[Pat
             ref = ("good" if d["reference_good"] else "post-conditions fail" if not d["post_ok"] else "unfaithful")
             ref += ", another object moved" if d["hallucinated_motion"] else ""
             area = "–" if d["artifact_area"] is None else f"{100 * d['artifact_area']:.2f} %"
-            lines.append(f"| {i + 1} | {d['case']} / {d['step'] + 1} | {d['text']} | {verdict} | {ref} "
+            where = f"{d['case']} / {d['step'] + 1}" + (f" (seed {d['seed']})" if d["seed"] else "")
+            lines.append(f"| {i + 1} | {where} | "
+                         f"{d['text']} | {verdict} | {ref} "
                          f"({d['judge_state']} · {area}) |")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
@@ -285,7 +288,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--generators", default="tiny,tiny-evolved,world", help=f"comma-separated: {', '.join(GENERATORS)}")
     ap.add_argument("--runs", type=Path, default=None, help="run folders (default runs/critic_on_generated/SUITE)")
     ap.add_argument("--limit", type=int, default=None, help="first N cases only")
-    ap.add_argument("--seed", type=int, default=0, help="bench seed (case seeds as `spiral bench --seed`)")
+    ap.add_argument("--seeds", default="0", help="bench seeds, comma-separated (case seeds as `spiral bench --seed`); "
+                    "each seed is one more plan-only run of every case, for more segments (and more failures to "
+                    "measure false accepts on)")
     ap.add_argument("--critic-weights", type=Path, default=None, help="critic recogniser weights (default: shipped)")
     ap.add_argument("--judge", default="recognizer", help="reference judge spec (spiral.bench.judge.make_judge)")
     ap.add_argument("--out", type=Path, default=None,
@@ -293,6 +298,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--doc", type=Path, default=None, help="markdown page (default docs/critic_on_generated_SUITE.md)")
     args = ap.parse_args(argv)
     gens = [g.strip() for g in args.generators.split(",") if g.strip()]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     unknown = [g for g in gens if g not in GENERATORS]
     if unknown:
         ap.error(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
@@ -306,13 +315,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     critic = TabletopCritic(recognizer=args.critic_weights)
     judge = make_judge(args.judge)
     result: dict[str, Any] = {"suite": suite.name, "cases": len(suite.cases[:args.limit] if args.limit else suite.cases),
-                              "seed": args.seed, "judge": args.judge, "json": out.as_posix(),
+                              "seeds": seeds, "judge": args.judge, "json": out.as_posix(),
                               "critic_weights": str(critic.recognizer.path), "generators": {}}
     strip_paths: dict[str, list[Path]] = {}
     for gen in gens:
         t = time.perf_counter()
-        done = generate(suite, gen, runs, args.limit, args.seed, console.print)
-        rows = [row for case, rd in done for row in judge_run(case, rd, critic, judge)]
+        rows = []
+        for sd in seeds:
+            for case, rd in generate(suite, gen, runs / f"seed{sd}" if sd else runs, args.limit, sd, console.print):
+                rows += [{**row, "seed": sd} for row in judge_run(case, rd, critic, judge)]
         dis = [r for r in rows if r["critic_passed"] != r["reference_good"]]
         by_kind: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
