@@ -52,8 +52,8 @@ KEYS = ("tower", "in_box", "lid", "lamp", "tower_slot")
 CLIP_SEED_OFFSET = 40_000  # clip looks: COVERAGE_SEEDS.start + 40_000 + k, apart from the stills' looks
 
 
-def stills(roles: dict[str, Any], looks: int) -> dict[str, Any]:
-    states = domain.all_states()
+def stills(roles: dict[str, Any], looks: int, every: int = 1) -> dict[str, Any]:
+    states = domain.all_states()[::every]
     all_states = [s for s in states for _ in range(looks)]
     seeds = [COVERAGE_SEEDS.start + i for i in range(len(all_states))]
     t = time.perf_counter()
@@ -120,15 +120,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--critic-weights", type=Path, default=None, help="recogniser weights (default: shipped)")
     ap.add_argument("--judge-weights", type=Path, default=None, help="judge weights (default: shipped)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the clips' predecessor and motion choices")
+    ap.add_argument("--every", type=int, default=1, help="stills: every k-th valid state only (quick checks)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/recognizer_coverage.json"))
     args = ap.parse_args(argv)
-    if args.looks < 1:
-        ap.error("--looks must be >= 1")
+    if args.looks < 1 or args.every < 1:
+        ap.error("--looks and --every must be >= 1")
     n_clips = None if args.clips == "all" else int(args.clips)
     torch.set_num_threads(1)
     roles = {"critic": load_recognizer(args.critic_weights, role="critic"),
              "judge": load_recognizer(args.judge_weights, role="judge")}
-    result: dict[str, Any] = {"stills": stills(roles, args.looks)}
+    result: dict[str, Any] = {"stills": stills(roles, args.looks, args.every)}
     if n_clips != 0:
         critic = TabletopCritic(recognizer=roles["critic"])
         result["clips"] = clips(critic, n_clips, args.seed)
