@@ -9,8 +9,11 @@ Pipeline (sized for a shared 2-core CPU):
 
 1. a frame pool is rendered once and cached in the checkpoint folder: frames of
    ``render_action`` clips (successes and every failure kind, per-frame labels from
-   ``RenderResult.frame_labels``) and still frames of ``sample_state`` scenes with the
-   gripper parked, hidden or posed (sometimes holding a block); random look
+   ``RenderResult.frame_labels``) and still frames with the gripper parked, hidden or posed
+   (sometimes holding a block). States cover the whole state space (``TrainConfig.state_mix``:
+   ``sample_state``, uniform over every valid layout, stratified by tower height and box
+   contents), and half the clips are drawn by the state they END in, so a clip stacking the
+   fourth block is as common as one switching the lamp; random look
    (``Appearance.sample``, plus wall/table colour shifts like scene drift), some rendered larger
    and area-resized, some passed through H.264;
 2. batches are drawn from the pool and augmented on the fly (blur, noise, colour, warps,
@@ -75,15 +78,15 @@ class TrainConfig:
 
     role: str = "critic"
     out: Path | None = None
-    steps: int = 2000
-    minutes: float = 20.0
+    steps: int = 4000
+    minutes: float = 120.0
     seed: int = 0
     arch: str = "cnn"
     batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     pool_clips: int = 2600
-    pool_stills: int = 5000
+    pool_stills: int = 8000
     calib_clips: int = 250
     test_clips: int = 400
     aug: AugConfig = field(default_factory=AugConfig)
@@ -94,7 +97,7 @@ class TrainConfig:
     #: where scene states come from: shares of ``sample_state`` (the tasks' own mix), uniform over every valid
     #: layout, and stratified by tallest tower × blocks in the box (``spiral.critics.coverage.sample_layout``).
     #: ``sample_state`` alone shows a four-block tower in 2 % of scenes, too few to read one (issue 21).
-    state_mix: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    state_mix: tuple[float, float, float] = (0.25, 0.25, 0.5)
     #: after training, read every valid state in this many looks for the model card (0: skip; ~1 min per look)
     coverage_looks: int = 1
     coverage_every: int = 1  # read every k-th valid state only (tests)
@@ -109,8 +112,9 @@ class TrainConfig:
 
 
 def judge_config(**kw: Any) -> TrainConfig:
-    """The independent judge: another architecture, seed and augmentations than the critic's recogniser."""
-    base = {"role": "judge", "arch": "cnn-wide", "seed": 1, "aug": JUDGE_AUG, "steps": 1400}
+    """The independent judge: another architecture, seed (so another stream of states, looks and motions) and
+    augmentations than the critic's recogniser."""
+    base = {"role": "judge", "arch": "cnn-wide", "seed": 1, "aug": JUDGE_AUG, "steps": 3000}
     return TrainConfig(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
@@ -206,7 +210,7 @@ def _state(rng: np.random.Generator, mix: tuple[float, float, float]) -> State:
     return sample_state(rng) if k == 0 else sample_layout(rng, stratified=k == 2)
 
 
-def _clip_items(rng: np.random.Generator, mix: tuple[float, float, float] = (1, 0, 0), end_first: float = 0.0
+def _clip_items(rng: np.random.Generator, mix: tuple[float, float, float], end_first: float
                 ) -> tuple[np.ndarray, list[dict]]:
     if rng.random() < end_first:  # a clip that ends in a drawn state: every end state (tall towers too) is seen
         state, action = pick_predecessor(_state(rng, mix), rng)
@@ -228,7 +232,7 @@ def _clip_items(rng: np.random.Generator, mix: tuple[float, float, float] = (1, 
     return frames[keep], labs
 
 
-def _still_item(rng: np.random.Generator, mix: tuple[float, float, float] = (1, 0, 0)) -> tuple[np.ndarray, dict]:
+def _still_item(rng: np.random.Generator, mix: tuple[float, float, float]) -> tuple[np.ndarray, dict]:
     state = _state(rng, mix)
     app = _appearance(rng)
     r = rng.random()
@@ -293,7 +297,7 @@ class Pool:
 
 
 def build_pool(seed: int, split: str, clips: int, stills: int, progress: Callable[[int, int], None] | None = None,
-               mix: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), end_first: float = 0.5) -> Pool:
+               mix: tuple[float, float, float] = (0.25, 0.25, 0.5), end_first: float = 0.5) -> Pool:
     """Render a pool of labelled frames; ``split`` selects an independent random stream (train/calib/test);
     ``mix`` and ``end_first`` as ``TrainConfig.state_mix`` / ``end_first``."""
     rng = np.random.default_rng([int(seed), _STREAMS[split], 7])
@@ -627,6 +631,9 @@ def write_card(cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
         "hidden or posed, sometimes holding a block); appearance seeds in [2^31, 2^32) (disjoint from every "
         "`spiral data build` scene seed); 25 % of looks get a wall/table colour shift of 20–75; 20 % of items "
         "rendered at 96/128 px and area-resized; 25 % of clips passed through H.264 (CRF 16–33)",
+        f"- states: {_mix_text(cfg.state_mix)}; {100 * cfg.end_first:.0f} % of clips drawn by their end state (a "
+        "one-step way into it, action kind first: stacking onto every tower level, slot, box, lid, lamp), the rest "
+        "by their start state and a random applicable action",
         f"- augmentation on the fly: {_aug_text(cfg.aug)}",
         "- calibration: temperature per head fit on a separate augmented pool: "
         + ", ".join(f"{k} T={v:.2f}" for k, v in metrics["temperature"].items()),
@@ -665,6 +672,13 @@ def write_card(cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
     path = Path(cfg.out).with_suffix(".md")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _mix_text(mix: tuple[float, float, float]) -> str:
+    w = np.asarray(mix, float) / sum(mix)
+    return (f"{100 * w[0]:.0f} % from `sample_state` (the tasks' mix), {100 * w[1]:.0f} % uniform over the 2,721 valid "
+            f"layouts, {100 * w[2]:.0f} % stratified by tallest tower × blocks in the box "
+            "(`spiral.critics.coverage.sample_layout`); lid and lamp uniform")
 
 
 def _aug_text(a: AugConfig) -> str:
