@@ -13,7 +13,9 @@ state (2,721 block layouts × lid × lamp = 10,884). A state counts as *read rig
 
 Frames are rendered with the gripper parked at home, as the first and last frame of every clip are.
 ``benchmarks/recognizer_coverage.py`` runs this over every state; ``tests/test_recognizer_coverage.py``
-over a sample.
+over a sample. The samplers that make the recognisers' training data cover the same space live here too:
+:func:`sample_layout` (uniform, or stratified by tallest tower × blocks in the box) and
+:func:`pick_predecessor` (a clip that ends in a given state, action kind first).
 """
 
 from __future__ import annotations
