@@ -12,8 +12,9 @@ Every kept segment is then judged twice:
   the scene seed), its memory replayed as if every earlier segment had been accepted.
 
 False-reject rate FR = critic rejects / reference-good segments; false-accept rate FA = critic accepts /
-reference-bad segments (Wilson 95 % intervals). Every disagreement gets a strip row (first frame, last
-frame, a render of what the judge read, a render of what the critic read) and both texts in the markdown page.
+reference-bad segments (Wilson 95 % intervals). Every disagreement is listed with both texts in the markdown
+page; the first ``--strip-rows`` of each generator also get a strip row (first frame, last frame, a render of
+what the judge read, a render of what the critic read).
 For the oracle ``world`` generator the truth is known (no failure rendered on purpose, and the post-conditions
 hold in the state it really reached): a third opinion, which shows what the last-frame reference cannot see
 (a teleport, drift or another object sliding on its own ends in a state that reads right).
@@ -164,12 +165,13 @@ def _render(state: dict | None, scene: int | None, size: int) -> np.ndarray:
     return render_state(State.from_dict(state), appearance=look, size=size)
 
 
-def strips(gen: str, rows: list[dict[str, Any]], folder: Path, stem: str) -> list[Path]:
+def strips(gen: str, rows: list[dict[str, Any]], folder: Path, stem: str, limit: int) -> list[Path]:
     """PNG pages of disagreements: per row first frame, last frame, render of the judge's / critic's reading."""
     from spiral.rundir import load_frames
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
+    rows = rows[:limit]
     for page in range(0, len(rows), ROWS_PER_STRIP):
         chunk = rows[page:page + ROWS_PER_STRIP]
         size = 64 * SCALE
@@ -245,6 +247,9 @@ def write_doc(result: dict[str, Any], doc: Path, strip_paths: dict[str, list[Pat
             continue
         lines += [""] + [f"![{gen} disagreements, page {i + 1}]({p.relative_to(doc.parent).as_posix()})"
                          for i, p in enumerate(strip_paths.get(gen, []))]
+        if len(g["disagreements"]) > result["strip_rows"]:
+            lines += ["", f"(strips: the first {result['strip_rows']} of {len(g['disagreements'])}; "
+                      "`--strip-rows` draws more)"]
         lines += ["", "| # | case / step | sub-action | critic | reference (judge read · artifact area) |",
                   "| --- | --- | --- | --- | --- |"]
         for i, d in enumerate(g["disagreements"]):
@@ -296,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON (default benchmarks/results/critic_on_generated_SUITE.json)")
     ap.add_argument("--doc", type=Path, default=None, help="markdown page (default docs/critic_on_generated_SUITE.md)")
+    ap.add_argument("--strip-rows", type=int, default=ROWS_PER_STRIP,
+                    help="disagreements drawn per generator (the page lists them all; PNG strips are ~7 kB a row)")
     args = ap.parse_args(argv)
     gens = [g.strip() for g in args.generators.split(",") if g.strip()]
     try:
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     critic = TabletopCritic(recognizer=args.critic_weights)
     judge = make_judge(args.judge)
     result: dict[str, Any] = {"suite": suite.name, "cases": len(suite.cases[:args.limit] if args.limit else suite.cases),
-                              "seeds": seeds, "judge": args.judge, "json": out.as_posix(),
+                              "seeds": seeds, "judge": args.judge, "json": out.as_posix(), "strip_rows": args.strip_rows,
                               "critic_weights": str(critic.recognizer.path), "generators": {}}
     strip_paths: dict[str, list[Path]] = {}
     for gen in gens:
@@ -332,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rates": rates(rows), "rates_strict": rates(rows, "strict_good"), "by_verb": {k: rates(v) for k, v in sorted(by_kind.items())},
             "truth": truth_rates(rows) if gen == "world" else None,
             "disagreements": dis, "seconds": round(time.perf_counter() - t, 1)}
-        strip_paths[gen] = strips(gen, dis, doc.parent / "critic_on_generated", stem) if dis else []
+        strip_paths[gen] = strips(gen, dis, doc.parent / "critic_on_generated", stem, args.strip_rows) if dis else []
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=str))

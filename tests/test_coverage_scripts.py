@@ -26,7 +26,7 @@ def test_recognizer_coverage_script(bench_script, tmp_path, one_thread):
 def test_critic_on_generated_script(bench_script, tmp_path, one_thread):
     mod = bench_script("critic_on_generated")
     doc = tmp_path / "docs" / "cog.md"
-    res = mod.main(["--suite", "tabletop-smoke", "--generators", "world", "--limit", "3", "--runs", str(tmp_path / "runs"),
+    res = mod.main(["--suite", "tabletop-smoke", "--generators", "world", "--limit", "4", "--runs", str(tmp_path / "runs"),
                     "--out", str(tmp_path / "cog.json"), "--doc", str(doc)])
     g = res["generators"]["world"]
     r = g["rates"]
@@ -39,8 +39,13 @@ def test_critic_on_generated_script(bench_script, tmp_path, one_thread):
     text = doc.read_text()
     assert "| world | " in text and "Against the truth" in text
     assert len(list((doc.parent / "critic_on_generated").glob("*.png"))) == (1 if dis else 0)
-    again = mod.main(["--suite", "tabletop-smoke", "--generators", "world", "--limit", "3", "--runs",
-                      str(tmp_path / "runs"), "--out", str(tmp_path / "cog2.json"), "--doc", str(doc)])
+    again = mod.main(["--suite", "tabletop-smoke", "--generators", "world", "--limit", "4", "--runs",
+                      str(tmp_path / "runs"), "--out", str(tmp_path / "cog2.json"), "--doc", str(doc),
+                      "--strip-rows", "0"])
     assert again["generators"]["world"]["rates"] == r  # runs are reused: same segments, same verdicts
+    # no strip drawn, yet every disagreement is still listed
+    text = doc.read_text()
+    assert ("(strips: the first 0 of" in text) == bool(dis) and "world disagreements, page" not in text
+    assert all(f"| {i + 1} | {d['case']} / {d['step'] + 1} |" in text for i, d in enumerate(dis))
     with pytest.raises(SystemExit):
         mod.main(["--generators", "sora", "--out", str(tmp_path / "x.json")])
