@@ -49,7 +49,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see benchmarks/tiny_generator.py)
 
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
+from spiral.bench.stats import wilson
 from spiral.critics.tabletop import TabletopCritic
 from spiral.generators.tiny import DEFAULT_WEIGHTS, TinyGenerator
 from spiral.loop import derive_seed
@@ -174,16 +174,6 @@ class Runner:
         segs = self.generate(mems, subs, [it.text for it in items], [it.seed for it in items])
         for it, m, s, seg in zip(items, mems, subs, segs):
             it.segment, it.verdict = seg, self.judge(seg, s, m)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    if n == 0:
-        return None
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [round(mid - half, 4), round(mid + half, 4)]
 
 
 def summarize(items: list[Item]) -> dict[str, Any]:

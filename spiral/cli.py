@@ -520,8 +520,8 @@ def train_aligner_cmd(
 @friendly
 def train_recognizer(
     out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/recognizer.safetensors)"),
-    steps: int | None = typer.Option(None, help="optimiser steps (default 2000: ~13 min on a shared 2-core CPU)"),
-    minutes: float | None = typer.Option(None, help="wall-time budget for the optimisation (default 20); stops "
+    steps: int | None = typer.Option(None, help="optimiser steps (default 4000: ~50 min on a shared 2-core CPU)"),
+    minutes: float | None = typer.Option(None, help="wall-time budget for the optimisation (default 120); stops "
                                          "early and checkpoints"),
     seed: int | None = typer.Option(None, help="seed of data, init and augmentation (default 0)"),
     arch: str | None = typer.Option(None, help="network: cnn (default) or cnn-wide"),
@@ -536,8 +536,8 @@ def train_recognizer(
 @friendly
 def train_judge(
     out: Path | None = typer.Option(None, help="weights file (default: spiral/models/weights/judge.safetensors)"),
-    steps: int | None = typer.Option(None, help="optimiser steps"),
-    minutes: float | None = typer.Option(None, help="wall-time budget for the optimisation (default 20)"),
+    steps: int | None = typer.Option(None, help="optimiser steps (default 3000: ~55 min on a shared 2-core CPU)"),
+    minutes: float | None = typer.Option(None, help="wall-time budget for the optimisation (default 120)"),
     seed: int | None = typer.Option(None, help="seed (default 1, unlike the critic's 0)"),
     arch: str | None = typer.Option(None, help="network (default cnn-wide, unlike the critic's cnn)"),
     resume: bool = typer.Option(False, help="continue from checkpoints/judge/ckpt.pt"),

@@ -122,3 +122,39 @@ def test_action_text():
     assert texts["move(red_block, box)"] == "move the red block into the box"
     assert texts["move(red_block, blue_block)"] == "stack the red block on the blue block"
     assert texts["move(red_block, far_left)"] == "move the red block to the far left slot"
+
+
+def test_valid_layouts_are_exactly_the_valid_states():
+    from spiral.planners.symbolic import valid_layouts as planner_count
+
+    lay = d.valid_layouts()
+    assert len(lay) == len(set(lay)) == planner_count() == 2721
+    for row in lay:  # every listed layout is valid ...
+        State(tuple(zip(d.BLOCKS, row))).validate()
+    # ... and every valid one is listed (brute force over all 10^4 assignments)
+    n_valid = 0
+    for row in itertools.product(*[[w for w in d.LOCATIONS if w != b] for b in d.BLOCKS]):
+        try:
+            State(tuple(zip(d.BLOCKS, row))).validate()
+            n_valid += 1
+        except DomainError:
+            pass
+    assert n_valid == len(lay)
+    states = d.all_states()
+    assert len(states) == len(set(states)) == 4 * len(lay)
+    four_high = [s for s in states if max(s.height(b) for b in d.BLOCKS) == 3]
+    assert len(four_high) == 4 * 5 * 24  # four-block towers: every slot, every order, lid × lamp
+
+
+def test_predecessors_are_every_one_step_way_in():
+    everything = d.all_states()
+    for s in random_states(12, seed=3) + [S(green="red_block", blue="green_block", yellow="blue_block")]:
+        preds = d.predecessors(s)
+        assert preds and all(d.apply(s0, a) == s for s0, a in preds)
+        # brute force: every valid state from which one applicable action lands in s
+        near = [s0 for s0 in everything
+                if sum(x != y for x, y in zip(s0.loc, s.loc)) + (s0.box_open != s.box_open) + (s0.lamp_on != s.lamp_on) == 1]
+        brute = {(s0, a) for s0 in near for a in d.applicable_actions(s0) if d.apply(s0, a) == s}
+        assert set(preds) == brute
+        for s0, a in preds:
+            assert d.inverse(s0, a) in d.applicable_actions(s)

@@ -135,7 +135,8 @@ def test_training_is_reproducible_and_resumable(tmp_path):
 
     def cfg(name: str, **kw) -> TrainConfig:
         return TrainConfig(out=tmp_path / name / "w.safetensors", ckpt_dir=tmp_path / name / "ckpt", steps=4, batch=8,
-                           pool_clips=4, pool_stills=8, calib_clips=2, test_clips=2, eval_kinds=("clean",), **kw)
+                           pool_clips=4, pool_stills=8, calib_clips=2, test_clips=2, eval_kinds=("clean",),
+                           coverage_every=400, **kw)
 
     quiet = lambda msg: None  # noqa: E731
     train(cfg("straight"), log=quiet)
@@ -144,6 +145,8 @@ def test_training_is_reproducible_and_resumable(tmp_path):
     train(cfg("resumed", resume=True), log=quiet)
     a, b = load_file(str(tmp_path / "straight" / "w.safetensors")), load_file(str(tmp_path / "resumed" / "w.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "straight" / "w.md").read_text().startswith("# w: tabletop state recogniser")
+    card = (tmp_path / "straight" / "w.md").read_text()
+    assert card.startswith("# w: tabletop state recogniser") and "## Coverage of the state space" in card
+    assert "| all | 28 |" in card  # every 400th of the 10,884 valid states
     with pytest.raises(ValueError, match="checkpoint"):
         train(cfg("resumed", resume=True, seed=3), log=quiet)

@@ -56,3 +56,17 @@ def paired_delta(a: Sequence[float | None], b: Sequence[float | None], n_boot: i
         raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
     d = [y - x for x, y in zip(a, b) if x is not None and y is not None]
     return bootstrap_ci(d, n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson score interval (95 % by default) of a proportion k/n, rounded to 4 digits; None when n = 0.
+
+    Used for rates near 0 or 1 (false rejects, read accuracy), where a bootstrap interval collapses to a point.
+    """
+    if n == 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / den
+    return [round(max(0.0, mid - half), 4), round(min(1.0, mid + half), 4)]

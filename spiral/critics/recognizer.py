@@ -31,7 +31,7 @@ from spiral.models.recognizer import (
     to_input,
 )
 from spiral.types import check_frames
-from spiral.world.domain import BLOCKS, BOX, LOCATIONS, DomainError, State
+from spiral.world.domain import BLOCKS, BOX, State, valid_layouts
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "models" / "weights"
 ROLES = {"critic": "recognizer.safetensors", "judge": "judge.safetensors"}
@@ -56,17 +56,15 @@ def save_weights(model: RecognizerNet, path: str | Path, info: dict[str, Any]) -
 
 @lru_cache(maxsize=1)
 def _valid_layouts() -> np.ndarray:
-    """Every legal assignment of the four blocks to locations, as class indices (K×4)."""
-    opts = [[LOC_CLASSES.index(w) for w in LOCATIONS if w != b] for b in BLOCKS]
-    grid = np.stack(np.meshgrid(*opts, indexing="ij"), -1).reshape(-1, len(BLOCKS))
-    keep = []
-    for row in grid:
-        try:
-            State.make({b: LOC_CLASSES[c] for b, c in zip(BLOCKS, row, strict=True)}).validate()
-            keep.append(row)
-        except DomainError:
-            pass
-    return np.array(keep, np.int64)
+    """Every legal assignment of the four blocks to locations (``domain.valid_layouts``), as class indices (K×4)."""
+    return np.array([[LOC_CLASSES.index(w) for w in row] for row in valid_layouts()], np.int64)
+
+
+@lru_cache(maxsize=1)
+def _layout_onehots() -> np.ndarray:
+    """4×K×C: for each block, which location class each valid layout puts it at."""
+    lay = _valid_layouts()
+    return np.stack([np.eye(len(LOC_CLASSES))[lay[:, i]] for i in range(len(BLOCKS))])
 
 
 def _as_np(p: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -96,15 +94,11 @@ def layout_marginals(loc: np.ndarray) -> np.ndarray:
     than the raw ones (two blocks cannot both be read on one slot). Held/elsewhere get 0.
     """
     layouts = _valid_layouts()
-    logp = np.log(np.asarray(loc) + 1e-9)
+    logp = np.log(np.asarray(loc, np.float64) + 1e-9)
     scores = sum(logp[:, i, layouts[:, i]] for i in range(len(BLOCKS)))  # N×K
     w = np.exp(scores - scores.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
-    out = np.zeros_like(np.asarray(loc, np.float64))
-    for i in range(len(BLOCKS)):
-        for n in range(len(out)):
-            out[n, i] = np.bincount(layouts[:, i], weights=w[n], minlength=len(LOC_CLASSES))
-    return out
+    return np.einsum("nk,bkc->nbc", w, _layout_onehots())
 
 
 class Recognizer:

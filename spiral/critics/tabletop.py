@@ -268,6 +268,13 @@ def _obj_state(s: State, obj: str) -> str:
     return s.where(obj)
 
 
+def _goal_state(action: Action) -> str:
+    """What ``action`` makes of the object it acts on (as :func:`_obj_state` words it)."""
+    if action.verb == "move":
+        return action.args[1]
+    return {"open": "open", "close": "closed", "switch_on": "on", "switch_off": "off"}[action.verb]
+
+
 def _changed(a: State, b: State) -> list[str]:
     return [o for o in (*BLOCKS, BOX, LAMP) if _obj_state(a, o) != _obj_state(b, o)]
 
@@ -287,17 +294,20 @@ def _change_text(obj: str, a: State, b: State) -> str:
 
 
 def end_locations(loc: np.ndarray) -> np.ndarray:
-    """Where each block is in the last frame (4×C): the valid-layout marginals over the rest locations,
-    weighted by the probability that the block is at rest at all; held and elsewhere keep their raw readings.
+    """Where each block is in the last frame (4×C, or N×4×C for N frames): the valid-layout marginals over the
+    rest locations, weighted by the probability that the block is at rest at all; held and elsewhere keep their
+    raw readings.
 
     Why: a block still in the gripper above the box is not *in* the box. The layout marginals alone are
     conditional on every block being at rest, so they would score it as a likely success.
     """
     loc = np.asarray(loc, np.float64)
-    rest = np.clip(1.0 - loc[:, HELD] - loc[:, ELSEWHERE], 0.0, 1.0)
-    out = layout_marginals(loc[None])[0] * rest[:, None]
-    out[:, HELD], out[:, ELSEWHERE] = loc[:, HELD], loc[:, ELSEWHERE]
-    return out
+    one = loc.ndim == 2
+    loc = loc[None] if one else loc
+    rest = np.clip(1.0 - loc[..., HELD] - loc[..., ELSEWHERE], 0.0, 1.0)
+    out = layout_marginals(loc) * rest[..., None]
+    out[..., HELD], out[..., ELSEWHERE] = loc[..., HELD], loc[..., ELSEWHERE]
+    return out[0] if one else out
 
 
 # ---------------------------------------------------------------- the critic
@@ -399,7 +409,20 @@ class TabletopCritic:
         else:
             changed = _changed(s0, s_end)
             others = [o for o in changed if o != target]
-            if target in changed:
+            if target in changed and all(s_end.holds(p) for p in post):
+                # the most likely reading meets the goal, but not with probability >= the threshold: say so, rather
+                # than "moved onto X instead; it must end on X" (re-planning from the observed state keeps it)
+                cause = "wrong_result"
+                feedback = (f"{_change_text(target, s0, s_end)}, but it cannot be seen clearly there (probability "
+                            f"{scores['action']:.2f}); {_goal_phrase(action)}, drawn whole and in place")
+            elif target in changed and _obj_state(s_end, target) == _goal_state(action):
+                # it got where the action takes it, yet a post-condition fails (e.g. the plan expected it to free
+                # a slot that something else stands on): name the literal, not the move
+                cause = "wrong_result"
+                false = [str(p) for p in post if not s_end.holds(p)]
+                feedback = (f"{_change_text(target, s0, s_end)}, but the step's post-condition "
+                            f"{' and '.join(false)} is false at the end; re-plan from what is now on the table")
+            elif target in changed:
                 cause = "wrong_result"
                 feedback = (f"{_change_text(target, s0, s_end)} instead; {_goal_phrase(action)}")
             elif others:

@@ -9,8 +9,11 @@ Pipeline (sized for a shared 2-core CPU):
 
 1. a frame pool is rendered once and cached in the checkpoint folder: frames of
    ``render_action`` clips (successes and every failure kind, per-frame labels from
-   ``RenderResult.frame_labels``) and still frames of ``sample_state`` scenes with the
-   gripper parked, hidden or posed (sometimes holding a block); random look
+   ``RenderResult.frame_labels``) and still frames with the gripper parked, hidden or posed
+   (sometimes holding a block). States cover the whole state space (``TrainConfig.state_mix``:
+   ``sample_state``, uniform over every valid layout, stratified by tower height and box
+   contents), and half the clips are drawn by the state they END in, so a clip stacking the
+   fourth block is as common as one switching the lamp; random look
    (``Appearance.sample``, plus wall/table colour shifts like scene drift), some rendered larger
    and area-resized, some passed through H.264;
 2. batches are drawn from the pool and augmented on the fly (blur, noise, colour, warps,
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spiral.critics.coverage import pick_predecessor, sample_layout
 from spiral.models.recognizer import (
     BOX_CLASS,
     ELSEWHERE,
@@ -74,15 +78,15 @@ class TrainConfig:
 
     role: str = "critic"
     out: Path | None = None
-    steps: int = 2000
-    minutes: float = 20.0
+    steps: int = 4000
+    minutes: float = 120.0
     seed: int = 0
     arch: str = "cnn"
     batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     pool_clips: int = 2600
-    pool_stills: int = 5000
+    pool_stills: int = 8000
     calib_clips: int = 250
     test_clips: int = 400
     aug: AugConfig = field(default_factory=AugConfig)
@@ -90,6 +94,15 @@ class TrainConfig:
     resume: bool = False
     stop_after: int | None = None  # end this call after so many steps (checkpointed), e.g. to test --resume
     eval_kinds: tuple[str, ...] = ("clean", "generator", "blur", "noise", "jpeg", "h264", "color")
+    #: where scene states come from: shares of ``sample_state`` (the tasks' own mix), uniform over every valid
+    #: layout, and stratified by tallest tower × blocks in the box (``spiral.critics.coverage.sample_layout``).
+    #: ``sample_state`` alone shows a four-block tower in 2 % of scenes, too few to read one (issue 21).
+    state_mix: tuple[float, float, float] = (0.25, 0.25, 0.5)
+    #: after training, read every valid state in this many looks for the model card (0: skip; ~1 min per look)
+    coverage_looks: int = 1
+    coverage_every: int = 1  # read every k-th valid state only (tests)
+    #: share of clips drawn by their END state (a one-step predecessor, action kind first) rather than by their start
+    end_first: float = 0.5
     threads: int = 1  # on a shared 2-core CPU one thread trained 2.5× faster than two (no spinning)
 
     def __post_init__(self) -> None:
@@ -99,8 +112,9 @@ class TrainConfig:
 
 
 def judge_config(**kw: Any) -> TrainConfig:
-    """The independent judge: another architecture, seed and augmentations than the critic's recogniser."""
-    base = {"role": "judge", "arch": "cnn-wide", "seed": 1, "aug": JUDGE_AUG, "steps": 1400}
+    """The independent judge: another architecture, seed (so another stream of states, looks and motions) and
+    augmentations than the critic's recogniser."""
+    base = {"role": "judge", "arch": "cnn-wide", "seed": 1, "aug": JUDGE_AUG, "steps": 3000}
     return TrainConfig(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
@@ -190,10 +204,21 @@ def _resize(frames: np.ndarray, size: int = 64) -> np.ndarray:
     return to_input(torch.from_numpy(frames)).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _clip_items(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    state = sample_state(rng)
-    app = _appearance(rng)
-    action = _pick_action(state, rng)
+def _state(rng: np.random.Generator, mix: tuple[float, float, float]) -> State:
+    """A scene state from the mix of samplers in ``TrainConfig.state_mix``."""
+    k = int(rng.choice(3, p=np.asarray(mix) / sum(mix)))
+    return sample_state(rng) if k == 0 else sample_layout(rng, stratified=k == 2)
+
+
+def _clip_items(rng: np.random.Generator, mix: tuple[float, float, float], end_first: float
+                ) -> tuple[np.ndarray, list[dict]]:
+    if rng.random() < end_first:  # a clip that ends in a drawn state: every end state (tall towers too) is seen
+        state, action = pick_predecessor(_state(rng, mix), rng)
+        app = _appearance(rng)
+    else:
+        state = _state(rng, mix)
+        app = _appearance(rng)
+        action = _pick_action(state, rng)
     failure = None if rng.random() < 0.4 else FAILURES[int(rng.integers(len(FAILURES)))]
     n = int(rng.choice([9, 9, 9, 5, 13, 17]))
     size = 64 if rng.random() < 0.8 else int(rng.choice([96, 128]))
@@ -207,8 +232,8 @@ def _clip_items(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     return frames[keep], labs
 
 
-def _still_item(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    state = sample_state(rng)
+def _still_item(rng: np.random.Generator, mix: tuple[float, float, float]) -> tuple[np.ndarray, dict]:
+    state = _state(rng, mix)
     app = _appearance(rng)
     r = rng.random()
     held = None
@@ -271,22 +296,24 @@ class Pool:
         return torch.from_numpy(w)
 
 
-def build_pool(seed: int, split: str, clips: int, stills: int, progress: Callable[[int, int], None] | None = None) -> Pool:
-    """Render a pool of labelled frames; ``split`` selects an independent random stream (train/calib/test)."""
+def build_pool(seed: int, split: str, clips: int, stills: int, progress: Callable[[int, int], None] | None = None,
+               mix: tuple[float, float, float] = (0.25, 0.25, 0.5), end_first: float = 0.5) -> Pool:
+    """Render a pool of labelled frames; ``split`` selects an independent random stream (train/calib/test);
+    ``mix`` and ``end_first`` as ``TrainConfig.state_mix`` / ``end_first``."""
     rng = np.random.default_rng([int(seed), _STREAMS[split], 7])
     frames: list[np.ndarray] = []
     labs: list[dict] = []
     clip_ids: list[int] = []
     total = clips + stills
     for k in range(clips):
-        f, ls = _clip_items(rng)
+        f, ls = _clip_items(rng, mix, end_first)
         frames.append(f)
         labs += ls
         clip_ids += [k] * len(ls)
         if progress and k % 50 == 0:
             progress(k, total)
     for k in range(stills):
-        f, lab = _still_item(rng)
+        f, lab = _still_item(rng, mix)
         frames.append(f[None])
         labs.append(lab)
         clip_ids.append(clips + k)
@@ -305,11 +332,12 @@ def build_pool(seed: int, split: str, clips: int, stills: int, progress: Callabl
 
 
 def _pool(cfg: TrainConfig, split: str, clips: int, stills: int, log: Callable[[str], None]) -> Pool:
-    path = cfg.ckpt_dir / f"pool-{split}-s{cfg.seed}-c{clips}-t{stills}.npz"
+    mix = "-".join(f"{x:.3g}" for x in cfg.state_mix)
+    path = cfg.ckpt_dir / f"pool-{split}-s{cfg.seed}-c{clips}-t{stills}-m{mix}-e{cfg.end_first:.3g}.npz"
     if path.is_file():
         return Pool.load(path)
     t = time.perf_counter()
-    pool = build_pool(cfg.seed, split, clips, stills)
+    pool = build_pool(cfg.seed, split, clips, stills, mix=cfg.state_mix, end_first=cfg.end_first)
     pool.save(path)
     log(f"rendered {split} pool: {len(pool)} frames in {time.perf_counter() - t:.0f} s")
     return pool
@@ -414,6 +442,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     temps = calibrate(model, calib, cfg)
     test = _pool(cfg, "test", cfg.test_clips, cfg.test_clips * 2, log)
     metrics = evaluate(model, test, cfg.eval_kinds)
+    if cfg.coverage_looks:
+        metrics["coverage"] = coverage(model, cfg.coverage_looks, cfg.coverage_every)
     metrics["train"] = {"steps_done": step, "steps": cfg.steps, "stopped_early": stopped_early, "resumed_at": start,
                         "train_seconds": round(train_seconds, 1), "pool_frames": len(pool),
                         "wall_seconds_this_call": round(time.perf_counter() - t_wall, 1)}
@@ -530,6 +560,24 @@ def attribute_metrics(model: RecognizerNet, pool: Pool, frames: np.ndarray | Non
     return res
 
 
+def coverage(model: RecognizerNet, looks: int = 1, every: int = 1) -> dict[str, Any]:
+    """Every valid state (``domain.all_states``; every ``every``-th) in ``looks`` looks each (``COVERAGE_SEEDS``,
+    never trained on), read as the critic reads it: the fraction exactly right and right-and-sure, overall and by
+    tallest tower."""
+    from spiral.critics.coverage import COVERAGE_SEEDS, breakdown, read_states, render_states
+    from spiral.critics.recognizer import Recognizer
+
+    states = domain.all_states()[::every]
+    rows = [s for s in states for _ in range(looks)]
+    frames = render_states(rows, [COVERAGE_SEEDS.start + i for i in range(len(rows))])
+    r = read_states(Recognizer(model.eval()), frames, rows)
+    exact, sure = r.exact.reshape(-1, looks).all(1), r.sure.reshape(-1, looks).all(1)
+    return {"states": len(states), "looks": looks, "exact": float(exact.mean()), "sure": float(sure.mean()),
+            "by_tower_exact": breakdown(states, exact, ("tower",))["tower"],
+            "by_tower_sure": breakdown(states, sure, ("tower",))["tower"],
+            "misses": [str(rows[i]) for i in np.nonzero(~r.sure)[0][:50]]}
+
+
 def _state_matches(s: State, pool: Pool, i: int) -> bool:
     want = [LOC_CLASSES[c] for c in pool.loc[i]]
     return ([s.where(b) for b in BLOCKS] == want and s.box_open == (pool.lid[i] == 2)
@@ -583,6 +631,9 @@ def write_card(cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
         "hidden or posed, sometimes holding a block); appearance seeds in [2^31, 2^32) (disjoint from every "
         "`spiral data build` scene seed); 25 % of looks get a wall/table colour shift of 20–75; 20 % of items "
         "rendered at 96/128 px and area-resized; 25 % of clips passed through H.264 (CRF 16–33)",
+        f"- states: {_mix_text(cfg.state_mix)}; {100 * cfg.end_first:.0f} % of clips drawn by their end state (a "
+        "one-step way into it, action kind first: stacking onto every tower level, slot, box, lid, lamp), the rest "
+        "by their start state and a random applicable action",
         f"- augmentation on the fly: {_aug_text(cfg.aug)}",
         "- calibration: temperature per head fit on a separate augmented pool: "
         + ", ".join(f"{k} T={v:.2f}" for k, v in metrics["temperature"].items()),
@@ -603,12 +654,31 @@ def write_card(cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
         lines.append(f"| {kind}: {desc} | {m['loc_acc']:.4f} | {m['lid_acc']:.4f} | {m['light_acc']:.4f} | "
                      f"{m['pull_acc']:.4f} | {m.get('state_acc', float('nan')):.4f} | "
                      f"{m.get('state_acc', 0) - c.get('state_acc', 0):+.4f} |")
+    cov = metrics.get("coverage")
+    if cov:
+        lines += ["", "## Coverage of the state space", "",
+                  f"Every valid state ({cov['states']}: 2,721 block layouts × lid × lamp), rendered with the gripper "
+                  f"at home in {cov['looks']} look(s) each (`Appearance.sample` seeds in "
+                  "`spiral.critics.coverage.COVERAGE_SEEDS`, never trained on), decoded as the critic decodes "
+                  "(`decode_states`); *sure*: besides, every fact of the state read with probability ≥ 0.5 where the "
+                  "critic asks (`benchmarks/recognizer_coverage.py` runs the same with more looks and judges clips).", "",
+                  "| tallest tower | states | exact | exact and sure |", "| --- | --- | --- | --- |",
+                  f"| all | {cov['states']} | {cov['exact']:.4f} | {cov['sure']:.4f} |"]
+        for h, g in cov["by_tower_exact"].items():
+            lines.append(f"| {h} | {g['n']} | {g['right']:.4f} | {cov['by_tower_sure'][h]['right']:.4f} |")
     extra = metrics.get("card_extra")
     if extra:
         lines += ["", extra]
     path = Path(cfg.out).with_suffix(".md")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _mix_text(mix: tuple[float, float, float]) -> str:
+    w = np.asarray(mix, float) / sum(mix)
+    return (f"{100 * w[0]:.0f} % from `sample_state` (the tasks' mix), {100 * w[1]:.0f} % uniform over the 2,721 valid "
+            f"layouts, {100 * w[2]:.0f} % stratified by tallest tower × blocks in the box "
+            "(`spiral.critics.coverage.sample_layout`); lid and lamp uniform")
 
 
 def _aug_text(a: AugConfig) -> str:

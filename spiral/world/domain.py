@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import product
 
 BLOCKS: tuple[str, ...] = ("red_block", "green_block", "blue_block", "yellow_block")
 SLOTS: tuple[str, ...] = ("far_left", "left", "center", "right", "far_right")
@@ -381,6 +382,51 @@ def changed_objects(before: State, after: State) -> set[str]:
         out.add(BOX)
     if before.lamp_on != after.lamp_on:
         out.add(LAMP)
+    return out
+
+
+@lru_cache(maxsize=1)
+def valid_layouts() -> tuple[tuple[str, ...], ...]:
+    """Every physically valid block layout: one location per block, in ``BLOCKS`` order (2,721 of them).
+
+    With the lid and the lamp (:func:`all_states`) this is the whole state space; the recognisers'
+    valid-layout decoding, their coverage benchmark and their training sampler all draw on it.
+    """
+    out = []
+    for row in product(*[[w for w in LOCATIONS if w != b] for b in BLOCKS]):
+        try:
+            State(tuple(zip(BLOCKS, row, strict=True))).validate()
+        except DomainError:
+            continue
+        out.append(row)
+    return tuple(out)
+
+
+def all_states() -> list[State]:
+    """Every valid state: each layout of :func:`valid_layouts` with the lid closed/open and the lamp off/on."""
+    return [State(tuple(zip(BLOCKS, row, strict=True)), o, on)
+            for row in valid_layouts() for o in (False, True) for on in (False, True)]
+
+
+def inverse(state: State, action: Action) -> Action:
+    """The action that undoes ``action`` applied in ``state`` (every tabletop action can be undone)."""
+    if action.verb == "move":
+        return Action("move", (action.args[0], state.where(action.args[0])))
+    return Action({"open": "close", "close": "open", "switch_on": "switch_off", "switch_off": "switch_on"}[action.verb],
+                  action.args)
+
+
+def predecessors(state: State) -> list[tuple[State, Action]]:
+    """Every (start, action) with ``apply(start, action) == state``: the one-step ways of reaching ``state``.
+
+    Each applicable action undone is one of them (a move can always be reversed: the block stays clear and its
+    old support stays free; the lid is the same both ways), so this lists them all.
+    """
+    out = []
+    for back in applicable_actions(state):
+        start = apply(state, back)
+        fwd = inverse(state, back)
+        out.append((start, fwd))
     return out
 
 
