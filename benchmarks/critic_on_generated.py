@@ -28,7 +28,6 @@ run finished is not generated again, a killed one resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter, defaultdict
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
@@ -62,9 +62,9 @@ from spiral.world.render import Appearance, render_state
 
 #: generator name → (config, overrides); the learned generators run with the embedded default's settings
 GENERATORS: dict[str, tuple[str, list[str]]] = {
-    "tiny": ("configs/tabletop.yaml", ["generator.name=tiny"]),
-    "tiny-evolved": ("configs/tabletop.yaml", ["generator.name=tiny-evolved"]),
-    "world": ("configs/tabletop-oracle.yaml", []),  # the renderer with injected failures (failure_rate 0.3)
+    "tiny": ("configs/run/tabletop.yaml", ["generator.name=tiny"]),
+    "tiny-evolved": ("configs/run/tabletop.yaml", ["generator.name=tiny-evolved"]),
+    "world": ("configs/run/tabletop-oracle.yaml", []),  # the renderer with injected failures (failure_rate 0.3)
 }
 SCALE, GAP, CAPTION = 2, 3, 13
 ROWS_PER_STRIP = 40
@@ -288,7 +288,7 @@ def truth_rates(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "critic_on_generated_SUITE.json")  # SUITE: the suite's name
     ap.add_argument("--suite", default="tabletop-v1", help="suite name or path (tabletop-v1, tabletop-v2, tabletop-smoke)")
     ap.add_argument("--generators", default="tiny,tiny-evolved,world", help=f"comma-separated: {', '.join(GENERATORS)}")
     ap.add_argument("--runs", type=Path, default=None, help="run folders (default runs/critic_on_generated/SUITE)")
@@ -298,8 +298,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "measure false accepts on)")
     ap.add_argument("--critic-weights", type=Path, default=None, help="critic recogniser weights (default: shipped)")
     ap.add_argument("--judge", default="recognizer", help="reference judge spec (spiral.bench.judge.make_judge)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON (default benchmarks/results/critic_on_generated_SUITE.json)")
     ap.add_argument("--doc", type=Path, default=None, help="markdown page (default docs/critic_on_generated_SUITE.md)")
     ap.add_argument("--strip-rows", type=int, default=ROWS_PER_STRIP,
                     help="disagreements drawn per generator (the page lists them all; PNG strips are ~7 kB a row)")
@@ -315,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     suite = load_suite(args.suite)
     stem = f"critic_on_generated_{suite.name}"
     runs = args.runs or Path("runs") / "critic_on_generated" / suite.name
-    out = args.out or Path("benchmarks/results") / f"{stem}.json"
+    out = Path(str(args.json).replace("SUITE", suite.name))
     doc = args.doc or Path("docs") / f"{stem}.md"
     torch.set_num_threads(1)
     console = Console()
@@ -340,10 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "truth": truth_rates(rows) if gen == "world" else None,
             "disagreements": dis, "seconds": round(time.perf_counter() - t, 1)}
         strip_paths[gen] = strips(gen, dis, doc.parent / "critic_on_generated", stem, args.strip_rows) if dis else []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(out)
+    write_result(out, result, indent=1)
     write_doc(result, doc, strip_paths)
     table = Table(title=f"critic vs reference on generated segments ({suite.name})")
     for col in ("generator", "segments", "good/bad", "FR [95 % CI]", "FA [95 % CI]"):

@@ -19,8 +19,6 @@ Two parts (``spiral.critics.coverage`` says what "read right" means):
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchlib import parser, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -114,14 +113,13 @@ def clips(critic: TabletopCritic, n: int | None, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "recognizer_coverage.json")
     ap.add_argument("--looks", type=int, default=2, help="appearances per state for the stills (each a new look)")
     ap.add_argument("--clips", default="all", help="success clips to judge: 'all' (one per valid end state), N, or 0")
     ap.add_argument("--critic-weights", type=Path, default=None, help="recogniser weights (default: shipped)")
     ap.add_argument("--judge-weights", type=Path, default=None, help="judge weights (default: shipped)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the clips' predecessor and motion choices")
     ap.add_argument("--every", type=int, default=1, help="stills: every k-th valid state only (quick checks)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/recognizer_coverage.json"))
     args = ap.parse_args(argv)
     if args.looks < 1 or args.every < 1:
         ap.error("--looks and --every must be >= 1")
@@ -133,10 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     if n_clips != 0:
         critic = TabletopCritic(recognizer=roles["critic"])
         result["clips"] = clips(critic, n_clips, args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
+    write_result(args.json, result, indent=1)
     report(result)
     return result
 
