@@ -1,7 +1,8 @@
 """Test helpers for the OpenAI-compatible agents: a tiny random GGUF, a llama.cpp server, a fault proxy.
 
 Nothing is downloaded at test time. ``make llama-cpp`` puts the llama-cpp-python source
-distribution in ``.cache/sdist`` and builds its wheel once into ``.cache/wheels``; from the sdist
+distribution in ``.cache/sdist`` and builds its wheel once into ``.cache/wheels``, both mirrored to
+``~/.cache/spiral-video`` (``SPIRAL_SHARED_CACHE``), and the sdist is looked up in either; from the sdist
 we take the converter that llama.cpp ships (``vendor/llama.cpp/convert_hf_to_gguf.py`` with its
 ``conversion`` and ``gguf-py`` folders). The model is a 2-layer transformers Llama with random
 weights and a SentencePiece tokenizer trained here on a few sentences (byte fallback, so any JSON
@@ -58,10 +59,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPIRAL_CACHE", REPO / ".cache"))
 
 
+def shared_cache_dir() -> Path:
+    """The per-user mirror that ``scripts/llama_cpp.sh`` copies sdists and wheels to (``SPIRAL_SHARED_CACHE``)."""
+    return Path(os.environ.get("SPIRAL_SHARED_CACHE", Path.home() / ".cache" / "spiral-video"))
+
+
 def find_sdist() -> Path | None:
-    """The llama-cpp-python sdist fetched by ``make llama-cpp``, if present."""
-    p = cache_dir() / "sdist" / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    return p if p.is_file() else None
+    """The llama-cpp-python sdist fetched by ``make llama-cpp``: in the project cache or its per-user mirror,
+    wherever the install step left it."""
+    name = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
+    for folder in (cache_dir(), shared_cache_dir()):
+        if (folder / "sdist" / name).is_file():
+            return folder / "sdist" / name
+    return None
 
 
 def converter_dir() -> Path:
