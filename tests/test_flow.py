@@ -170,5 +170,102 @@ def test_masked_logprob_is_the_mean_over_the_kept_elements_and_needs_plain_noise
     moved = torch.where(mask.expand_as(x), x, x + 3.0)  # outside the mask: not seen
     torch.testing.assert_close(gaussian_logprob(moved, mean, std, mask), want)
     torch.testing.assert_close(ExplorationNoise().logprob(x, mean, std, mask), want)
-    with pytest.raises(ValueError, match="plain white noise"):
+    with pytest.raises(ValueError, match=r"^a masked log-probability needs plain white noise \(coarse_noise 0, white_noise 1\)$"):
         ExplorationNoise(white=0.5, coarse=1.0).logprob(x, mean, std, mask)
+
+
+# ---- edges and bad input (each assertion kills a mutant that survived tests above: benchmarks/mutation.py)
+def test_schedule_defaults_dtypes_and_bad_arguments():
+    torch.testing.assert_close(flow.sigma_schedule(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))  # no shift
+    assert flow.sigma_schedule(1).tolist() == [1.0, 0.0]  # one step is a valid schedule
+    assert flow.time_shift(0.5, 3.0).dtype == torch.float64  # a float is computed in double, like a tensor
+    for steps in (0, -2):
+        with pytest.raises(ValueError, match=f"steps must be ≥ 1, got {steps}"):
+            flow.sigma_schedule(steps)
+    for shift in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"shift must be > 0, got {shift}"):
+            flow.time_shift(0.5, shift)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_steps_keep_the_state_dtype_with_float_sigmas(dtype):
+    x, v = (t.to(dtype) for t in _state(7))
+    assert flow.euler_step(x, v, 0.5, 0.25).dtype == dtype
+    mean, std = flow.sde_mean_std(x, v, 0.5, 0.25, 0.7)
+    assert mean.dtype == dtype
+
+
+def test_sigma_shape_zero_sigma_and_zero_noise_are_refused_by_name():
+    x, v = _state(8)
+    with pytest.raises(ValueError, match=r"sigma must be a scalar or have shape \(3,\), got \(2,\)"):
+        flow.euler_step(x, v, torch.tensor([0.5, 0.4]), 0.3)
+    with pytest.raises(ValueError, match=r"^an SDE step needs σ > 0 \(σ = 0 is already clean data\)$"):
+        flow.sde_mean_std(x, v, torch.tensor([0.5, 0.0, 0.4]), 0.0, 0.7)
+    with pytest.raises(ValueError, match="^step_logprob needs noise_level > 0: a deterministic step has no density$"):
+        flow.step_logprob(x, x, v, 0.5, 0.4, 0.0)
+    with pytest.raises(ValueError, match=r"sde_window \(2, 2\) must satisfy 0 ≤ start < end ≤ 6"):
+        flow.sde_mask(6, "sde", (2, 2))  # an empty window
+    mask = flow.sde_mask(3, "sde")
+    assert mask.dtype == torch.bool and mask.tolist() == [True] * 3 and not flow.sde_mask(3, "ode").any()
+
+
+def test_sde_step_at_noise_level_one_is_stochastic():
+    x, v = _state(9)
+    x1, lp = flow.sde_step(x, v, 0.5, 0.25, 1.0, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(x1, flow.euler_step(x, v, 0.5, 0.25)) and bool((lp != 0).all())
+
+
+def test_masked_logprob_of_a_single_kept_element_is_its_density():
+    g = torch.Generator().manual_seed(1)
+    x, mean = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 3], mask[1, 0] = True, True
+    want = torch.distributions.Normal(mean, 0.5).log_prob(x)[mask]
+    torch.testing.assert_close(flow.gaussian_logprob(x, mean, torch.tensor(0.5), mask), want)
+
+
+def test_plain_noise_kl_hand_worked():
+    """Same std s: KL(N(m, s²) ‖ N(m', s²)) = (m − m')² / (2s²) per element, averaged per sample."""
+    mean = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    ref = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    std = torch.tensor([[0.5], [2.0]])
+    want = torch.tensor([(1 / 0.5 + 4 / 0.5) / 2, (9 / 8) / 2])
+    torch.testing.assert_close(flow.ExplorationNoise().kl(mean, ref, std), want)
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((2, 3, 2, 8, 16), 2), ((2, 2, 8, 16), 1)])
+def test_coarse_noise_on_non_square_frames(shape, channel_dim):
+    """H ≠ W and H/p ≠ p; a (B, C, H, W) state has no whole-averaged dims. Density against the dense Gaussian,
+    draws constant over every p×p cell (and over frames), and the same generator seed gives the same draw."""
+    noise = flow.ExplorationNoise(white=0.5, coarse=1.0, patch=4, channel_dim=channel_dim)
+    g = torch.Generator().manual_seed(3)
+    z = noise.sample(shape, torch.Generator().manual_seed(0))
+    assert z.shape == shape and torch.equal(z, noise.sample(shape, torch.Generator().manual_seed(0)))
+    assert not torch.equal(z, noise.sample(shape, torch.Generator().manual_seed(1)))
+    coarse_only = flow.ExplorationNoise(white=1e-9, coarse=1.0, patch=4, channel_dim=channel_dim).sample(shape, g)
+    cells = coarse_only.unflatten(-1, (4, 4)).unflatten(-3, (2, 4))  # (..., H/p, p, W/p, p)
+    assert torch.allclose(cells, cells[..., :1, :, :1], atol=1e-6)  # constant inside a cell
+    mean, x_next = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    std = torch.tensor([0.5, 2.0]).view(2, *([1] * (len(shape) - 1)))
+    cov = _dense_cov(shape[1:], 0.5, 1.0, 4, channel_dim)
+    D = cov.shape[0]
+    for b in range(2):
+        mvn = torch.distributions.MultivariateNormal(mean[b].flatten().double(), cov * float(std[b]) ** 2)
+        torch.testing.assert_close(noise.logprob(x_next, mean, std)[b].double(),
+                                   mvn.log_prob(x_next[b].flatten().double()) / D, rtol=1e-5, atol=1e-5)
+
+
+def test_exploration_noise_defaults_fit_the_tiny_generator_and_bad_values_are_named():
+    """Defaults: 8×8 cells over the channel dim 2 of (B, T, C, 64, 64) states; a 1×1 cell is allowed."""
+    z = flow.ExplorationNoise(white=1e-9, coarse=1.0).sample((1, 2, 3, 64, 64), torch.Generator().manual_seed(0))
+    assert torch.allclose(z[:, :1], z[:, 1:], atol=1e-6)  # shared by the frames (dim 1), not by the channels
+    assert not torch.allclose(z[:, :, :1], z[:, :, 1:2])
+    cells = z.unflatten(-1, (8, 8)).unflatten(-3, (8, 8))
+    assert torch.allclose(cells, cells[..., :1, :, :1], atol=1e-6)
+    flow.ExplorationNoise(coarse=1.0, patch=1).sample((1, 1, 1, 3, 5))
+    with pytest.raises(ValueError, match="coarse ≥ 0, patch ≥ 1; got white=1.0, coarse=-1.0, patch=8"):
+        flow.ExplorationNoise(coarse=-1.0)
+    with pytest.raises(ValueError, match="patch=0"):
+        flow.ExplorationNoise(coarse=1.0, patch=0)
+    with pytest.raises(ValueError, match="patch 4 must divide the spatial size 8×6"):
+        flow.ExplorationNoise(coarse=1.0, patch=4).sample((1, 1, 1, 8, 6))
