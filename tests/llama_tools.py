@@ -225,6 +225,8 @@ class ProxyStats:
     faults: dict[str, int] = field(default_factory=lambda: {k: 0 for k in FAULTS})
     sequence: list[str] = field(default_factory=list)  # per request: the fault injected, or "ok"
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # per POST, in arrival order: (the fault injected or "ok", the JSON body), to compare a retry with its original
+    exchanges: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
     @property
     def injected(self) -> int:
@@ -264,7 +266,7 @@ class FaultProxy:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _pick(self) -> str | None:
+    def _pick(self, body: dict[str, Any] | None) -> str | None:
         with self.lock:
             self.stats.requests += 1
             kind = None
@@ -274,6 +276,7 @@ class FaultProxy:
                     self.rng.shuffle(self._bag)
                 kind = self._bag.pop()
             self.stats.sequence.append(kind or "ok")
+            self.stats.exchanges.append((kind or "ok", body))
             return kind
 
     def _count(self, kind: str) -> None:
@@ -316,13 +319,15 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 fwd = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                parsed = None
                 if body:
                     try:
+                        parsed = json.loads(body)
                         with proxy.lock:
-                            proxy.stats.bodies.append(json.loads(body))
+                            proxy.stats.bodies.append(parsed)
                     except ValueError:
                         pass
-                kind = proxy._pick() if method == "POST" else None
+                kind = proxy._pick(parsed) if method == "POST" else None
                 if kind in ("timeout", "429", "500", "truncated"):
                     proxy._count(kind)
                 if kind == "timeout":
