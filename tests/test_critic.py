@@ -39,37 +39,48 @@ def _judge(critic: TabletopCritic, state: State, action: Action, failure: str | 
 
 
 CASES = [
-    # (state, action, failure, render seed, expected failure kind, expected decision)
-    (S0, MOVE, None, 2, None, "accept"),
-    (S_OPEN, Action.parse("move(yellow_block, box)"), None, 4, None, "accept"),
-    (S0, OPEN, None, 2, None, "accept"),
-    (S0, LAMP, None, 2, None, "accept"),
-    (S0, MOVE, "incomplete", 2, "incomplete_action", "refine"),  # stall: block left hanging in the gripper
-    (S0, MOVE, "incomplete", 3, "incomplete_action", "refine"),  # drop: put down between two slots
-    (S0, OPEN, "incomplete", 2, "incomplete_action", "refine"),  # lid left part-way
-    (S0, LAMP, "incomplete", 2, "incomplete_action", "refine"),  # cord pulled, light unchanged
-    (S0, MOVE, "wrong_object", 2, "missing_action", "replan"),
-    (S0, MOVE, "no_motion", 2, "missing_action", "refine"),
-    (S0, LAMP, "no_motion", 5, "missing_action", "refine"),
-    (S0, MOVE, "extra_motion", 2, "physical_violation", "regenerate"),
-    (S0, LAMP, "extra_motion", 2, "physical_violation", "regenerate"),
-    (S0, MOVE, "teleport", 2, "sudden_switch", "regenerate"),
-    (S0, OPEN, "teleport", 2, "sudden_switch", "regenerate"),
-    (S0, LAMP, "teleport", 2, "sudden_switch", "regenerate"),
-    (S0, MOVE, "drift", 2, "scene_drift", "regenerate"),
+    # (state, action, failure, expected failure kind, expected decision)
+    (S0, MOVE, None, None, "accept"),
+    (S_OPEN, Action.parse("move(yellow_block, box)"), None, None, "accept"),
+    (S0, OPEN, None, None, "accept"),
+    (S0, LAMP, None, None, "accept"),
+    (S0, MOVE, "incomplete", "incomplete_action", "refine"),  # stall in the gripper or drop between slots (by seed)
+    (S0, OPEN, "incomplete", "incomplete_action", "refine"),  # lid left part-way
+    (S0, LAMP, "incomplete", "incomplete_action", "refine"),  # cord pulled, light unchanged
+    (S0, MOVE, "wrong_object", "missing_action", "replan"),
+    (S0, MOVE, "no_motion", "missing_action", "refine"),
+    (S0, LAMP, "no_motion", "missing_action", "refine"),
+    (S0, MOVE, "extra_motion", "physical_violation", "regenerate"),
+    (S0, LAMP, "extra_motion", "physical_violation", "regenerate"),
+    (S0, MOVE, "teleport", "sudden_switch", "regenerate"),
+    (S0, OPEN, "teleport", "sudden_switch", "regenerate"),
+    (S0, LAMP, "teleport", "sudden_switch", "regenerate"),
+    (S0, MOVE, "drift", "scene_drift", "regenerate"),
 ]
 
 
-@pytest.mark.parametrize("state,action,failure,seed,kind,decision", CASES,
-                         ids=[f"{a}-{f or 'success'}-{s}" for _, a, f, s, _, _ in CASES])
-def test_failure_kind_and_decision(critic, state, action, failure, seed, kind, decision):
-    v = _judge(critic, state, action, failure, seed)
-    assert (v.failure, v.decision) == (kind, decision), v.feedback
-    assert v.passed == (kind is None)
-    assert v.feedback and v.feedback.count(".") <= 1  # one sentence
-    assert all(0.0 <= x <= 1.0 for x in v.scores.values()) and set(v.scores) == {"action", "preservation",
-                                                                                 "continuity", "consistency"}
-    State.from_dict(v.observed_state)
+SAMPLES = 8  # renders per case: seeds 1000.. with scene looks 100.. (the same fixed ranges for every case)
+
+
+@pytest.mark.parametrize("state,action,failure,kind,decision", CASES,
+                         ids=[f"{a}-{f or 'success'}" for _, a, f, _, _ in CASES])
+def test_failure_kind_and_decision(critic, state, action, failure, kind, decision):
+    """Each case over SAMPLES renders (seed and scene look vary together): the right failure kind and decision on
+    at least SAMPLES - 1 of them (every render when measured), so that a retrained recogniser with the same accuracy
+    cannot flip the test on one unlucky render, while a wrong rule still fails every render."""
+    wrong = []
+    for k in range(SAMPLES):
+        res = render_action(state, action, appearance=Appearance.sample(100 + k), seed=1000 + k, failure=failure)
+        v = critic.judge(Segment(frames=res.frames), _sub(state, action),
+                         Memory.start(res.frames[0], state.to_dict()))
+        if (v.failure, v.decision) != (kind, decision):
+            wrong.append((k, v.failure, v.decision, v.feedback))
+        assert v.passed == (v.failure is None)
+        assert v.feedback and v.feedback.count(".") <= 1  # one sentence
+        assert all(0.0 <= x <= 1.0 for x in v.scores.values()) and set(v.scores) == {
+            "action", "preservation", "continuity", "consistency"}
+        State.from_dict(v.observed_state)
+    assert len(wrong) <= 1, wrong
 
 
 def test_noise_the_recogniser_reads_past_is_an_artifact_when_the_scene_look_is_known(critic):
