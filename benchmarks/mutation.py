@@ -150,13 +150,15 @@ def _function_of(key: str) -> str:
 
 
 def _variants(mutated_source: str) -> dict[str, list[str]]:
-    """Every function variant mutmut wrote (``x…__mutmut_N`` and ``…_orig``) by short name, as source lines."""
-    tree = ast.parse(mutated_source)
+    """Every function variant mutmut wrote (``x…__mutmut_N`` and ``…_orig``) by short name, as stripped source
+    lines; the def line's name is blanked (default-argument mutants change the def line, nothing else)."""
+    lines = mutated_source.splitlines()
     out: dict[str, list[str]] = {}
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(mutated_source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _NAME.match(node.name):
-            body = ast.get_source_segment(mutated_source, node) or ""
-            out[node.name] = [line.strip() for line in body.splitlines()[1:]]  # the def line holds the name
+            body = [line.strip() for line in lines[node.lineno - 1:node.end_lineno]]
+            body[0] = body[0].replace(f"def {node.name}(", "def (", 1)
+            out[node.name] = body
     return out
 
 
@@ -168,17 +170,6 @@ def _diff(orig: list[str], mutant: list[str]) -> tuple[list[str], list[str]]:
         elif line.startswith("+ "):
             after.append(line[2:])
     return before, after
-
-
-def _signature_change(mutated_source: str, key: str) -> tuple[list[str], list[str]]:
-    """Default-argument mutants change the def line itself: compare the two def lines."""
-    tree = ast.parse(mutated_source)
-    short = key.rsplit(".", 1)[-1]
-    orig = short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
-    defs = {n.name: ast.get_source_segment(mutated_source, n).splitlines()[0]
-            for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name in (short, orig)}
-    strip = [re.sub(r"\bdef \S+?\(", "def (", defs.get(k, "")).strip() for k in (orig, short)]
-    return ([strip[0]], [strip[1]]) if strip[0] != strip[1] else ([], [])
 
 
 def _equivalent(target: Target, function: str, before: list[str], after: list[str]) -> Equivalent | None:
@@ -203,8 +194,6 @@ def collect(work: Path, name: str, target: Target) -> dict:
         short = key.rsplit(".", 1)[-1]
         orig = variants.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", [])
         before, after = _diff(orig, variants.get(short, []))
-        if not before and not after:
-            before, after = _signature_change(source, key)
         status = status_by_exit_code[code]
         eq = _equivalent(target, function, before, after) if status not in KILLED else None
         rows.append({"mutant": key, "function": function, "status": status, "before": before, "after": after,
