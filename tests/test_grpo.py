@@ -234,8 +234,10 @@ def test_advantages_hand_worked():
                                torch.tensor([-1.0, 0.0, 1.0, -2.0, -2.0, 4.0]) / (g + 1e-4))
     # a higher reward in a group always gets the higher advantage (the direction GRPO pushes in)
     assert group_advantages(torch.tensor([0.2, 0.9]), 2)[1] > 0 > group_advantages(torch.tensor([0.2, 0.9]), 2)[0]
-    # the clamp bounds both sides at exactly ±clip
+    # the clamp bounds both sides at exactly ±clip, 5 by default: one success among 50 failures is ~6.9 std out
     torch.testing.assert_close(group_advantages(r, 3, clip=0.5), want.clamp(-0.5, 0.5))
+    lone = group_advantages(torch.tensor([0.0] * 49 + [1.0]), 50, clip=100.0)
+    assert float(lone[-1]) > 6 and float(group_advantages(torch.tensor([0.0] * 49 + [1.0]), 50)[-1]) == 5.0
 
 
 def test_clipped_objective_hand_worked():
@@ -428,6 +430,9 @@ def test_log_action_reward_ranks_rollouts_that_all_fail():
     # other scores keep their linear weight
     w2 = {"action": 1.0, "preservation": 1.0, "continuity": 0.0, "consistency": 0.0}
     assert combine_reward({"action": 1e-3, **rest}, w2, 6) == pytest.approx((0.5 + 1.0) / 2)
+    # a score left out of the weights counts for nothing (weight 0), not as weight 1
+    assert combine_reward({"action": 0.2, "preservation": 0.4, "continuity": 0.9, "consistency": 0.9},
+                          {"action": 1.0, "preservation": 3.0}) == pytest.approx((0.2 + 3 * 0.4) / 4)
 
 
 # -------------------------------------------------------------------------------------------- KL, gradients
