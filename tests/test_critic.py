@@ -214,8 +214,12 @@ def test_accuracy_with_ties_with_ties():
     assert r["without_ties"] == pytest.approx(0.75)
     # ε=0: tie,A,B → 1/3 (only the B pair); ε=0.5: tie,tie,tie → 1/3 (only the tie pair)
     assert r["with_ties"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^1 margins for 2 labels$"):
         accuracy_with_ties([1.0], ["A", "B"])
+    with pytest.raises(ValueError, match="^no pairs to score$"):
+        accuracy_with_ties([], [])
+    one = accuracy_with_ties([0.5], ["A"])  # a single pair is scored
+    assert (one["with_ties"], one["without_ties"], one["n"], one["n_ties"]) == (1.0, 1.0, 1, 0)
 
 
 def _row(label: str, kind: str, passed: bool, pred_kind: str, decision: str) -> dict:
@@ -256,6 +260,22 @@ def test_labelled_summary_hand_worked():
     assert s["by_label"]["wrong_object"] == {"n": 1, "kind_recall": 1.0, "decision_accuracy": 0.0}
     assert s["by_label"]["success"] == {"n": 2, "kind_recall": 0.5, "decision_accuracy": 0.5}
     assert s["judge_ms"]["mean"] == 2.0
+    assert s["judge_ms"]["p95"] == pytest.approx(2.9)  # numpy's linear percentile of (1, 3)
+    assert s["recognizer"] == {"first_frame_state_acc": None, "last_frame_state_acc": None, "attribute_acc": {}}
+    # the recogniser's reads where the rows have them: 1 of 2 first frames, 2 of 2 last frames, per attribute
+    read = [{**rows[0], "start_ok": True, "end_ok": True, "attr": {"lamp": [1.0], "lid": [1.0, 0.0]}},
+            {**rows[1], "start_ok": False, "end_ok": True, "attr": {"lamp": [0.0]}}, rows[2]]
+    assert LabelledResult(n=3, rows=read).summary()["recognizer"] == {
+        "first_frame_state_acc": 0.5, "last_frame_state_acc": 1.0, "attribute_acc": {"lamp": 0.5, "lid": 0.5}}
+    # rates over an empty side are None (not 0), an empty result is n = 0, an empty mean is NaN
+    only_fail = LabelledResult(n=1, rows=rows[2:3]).summary()
+    assert only_fail["false_reject_rate"] is None and only_fail["detection_rate"] == 1.0
+    only_succ = LabelledResult(n=1, rows=rows[:1]).summary()
+    assert only_succ["detection_rate"] is None and only_succ["false_reject_rate"] == 0.0
+    assert LabelledResult().summary() == {"n": 0}
+    from spiral.bench.critic_eval import _mean
+
+    assert np.isnan(_mean([]))
     # the same rows all judged right score 1 everywhere, all judged as the opposite score 0
     from spiral.bench.critic_eval import EXPECTED_DECISION
 
