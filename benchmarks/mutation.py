@@ -277,8 +277,17 @@ def prepare(work: Path, target: Target) -> None:
         f.write(toml)
 
 
+def _commit() -> str:
+    """The commit the copy was made from, +dirty when tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True).stdout.strip())
+    return commit.strip() + ("+dirty" if dirty else "")
+
+
 def run_target(name: str, target: Target, scratch: Path, max_children: int) -> dict:
     work = scratch / name
+    commit = _commit()
     prepare(work, target)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win over the tree
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -293,10 +302,7 @@ def run_target(name: str, target: Target, scratch: Path, max_children: int) -> d
     res = collect(work, name, target)
     import mutmut
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                capture_output=True, text=True).stdout.strip())
-    res.update(wall_seconds=round(wall, 1), mutmut=mutmut.__version__, commit=commit.strip() + ("+dirty" * dirty),
+    res.update(wall_seconds=round(wall, 1), mutmut=mutmut.__version__, commit=commit,
                date=time.strftime("%Y-%m-%d"), equivalent_rules=[asdict(e) for e in target.equivalent])
     return res
 
