@@ -136,8 +136,8 @@ TARGETS: dict[str, Target] = {
     ),
     "metrics": Target(
         file="spiral/bench/metrics.py",
-        tests=["tests/test_bench.py", "-k", "flicker or consistency_and_smoothness or drift_reference or "
-               "action_quality or known_outcomes or faithful_step_success"],
+        tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "-k", "flicker or consistency_and_smoothness or "
+               "drift_reference or action_quality or known_outcomes or faithful_step_success or metric"],
     ),
     "loop": Target(
         file="spiral/loop.py",
