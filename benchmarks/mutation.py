@@ -12,6 +12,12 @@ a table and writes ``benchmarks/results/mutation_<target>.json``.
     python benchmarks/mutation.py                      # every target but those marked rerun_after_merge
     python benchmarks/mutation.py flow grpo_objective  # some targets
     python benchmarks/mutation.py --list
+    python benchmarks/mutation.py --resume flow       # re-test only what the last run in --scratch did not kill
+
+``--resume`` keeps the scratch copy of an earlier run, refreshes its files from the tree, and re-tests only the
+target's mutants that run did not kill (survivors and unchecked ones); the killed verdicts carry over. That is
+sound only while the mutated file is unchanged and its tests were only added or tightened since (a killed
+mutant cannot then come back); the results file says how many verdicts were carried.
 
 Score = killed / (mutants - equivalent); killed includes a timeout (the tests noticed a hang). A surviving
 mutant that matters gets a test (docs/mutation.md); an equivalent one gets an entry in ``equivalent``. Mutants
@@ -22,7 +28,6 @@ Needs the ``mutation`` extra (``pip install -e '.[mutation]'``).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import difflib
 import json
@@ -34,6 +39,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from benchlib import parser, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -250,11 +257,12 @@ def _patterns(target: Target) -> list[str]:
     return out
 
 
-def prepare(work: Path, target: Target) -> None:
-    """A scratch copy of the working tree with mutmut's settings for ``target`` in its pyproject.toml."""
-    if work.exists():
+def prepare(work: Path, target: Target, resume: bool = False) -> None:
+    """A scratch copy of the working tree with mutmut's settings for ``target`` in its pyproject.toml (with
+    ``resume`` an earlier copy keeps mutmut's state and gets the tree's files copied over it)."""
+    if work.exists() and not resume:
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
                            capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, files):
@@ -285,26 +293,63 @@ def _commit() -> str:
     return commit.strip() + ("+dirty" if dirty else "")
 
 
-def run_target(name: str, target: Target, scratch: Path, max_children: int) -> dict:
+def _meta_path(work: Path, target: Target) -> Path:
+    return work / "mutants" / f"{target.file}.meta"
+
+
+def _verdicts(work: Path, target: Target) -> dict[str, int | None]:
+    """mutmut's exit code per mutant of the target's functions, from an earlier run in ``work`` ({} if none)."""
+    path = _meta_path(work, target)
+    if not path.is_file():
+        return {}
+    codes = json.loads(path.read_text())["exit_code_by_key"]
+    return {k: c for k, c in codes.items() if target.functions is None or _function_of(k) in target.functions}
+
+
+def _killed(code: int | None) -> bool:
+    from mutmut.stats import status_by_exit_code
+
+    return code is not None and status_by_exit_code[code] in KILLED
+
+
+def run_target(name: str, target: Target, scratch: Path, max_children: int, resume: bool = False) -> dict:
     work = scratch / name
     commit = _commit()
-    prepare(work, target)
+    before = _verdicts(work, target) if resume else {}
+    if resume and not before:
+        raise SystemExit(f"{name}: nothing to resume in {work}; run it without --resume first")
+    prepare(work, target, resume=resume)
+    rerun = sorted(k for k, c in before.items() if not _killed(c))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win over the tree
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = Path(sys.executable).with_name("mutmut")
-    cmd = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(max_children), *_patterns(target)]
+    cmd = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(max_children),
+           *(rerun if resume else _patterns(target))]
     t0 = time.time()
-    with open(work / "mutmut.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if not resume or rerun:
+        with open(work / "mutmut.log", "w") as log:
+            rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise SystemExit(f"{name}: mutmut exited {rc}; see {work / 'mutmut.log'}")
     wall = time.time() - t0
-    if rc != 0:
-        raise SystemExit(f"{name}: mutmut exited {rc}; see {work / 'mutmut.log'}")
-    res = collect(work, name, target)
+    carried = 0
+    if resume:  # mutmut may have reset verdicts it cannot vouch for (changed settings): put the kills back
+        meta = json.loads(_meta_path(work, target).read_text())
+        for key, code in before.items():
+            if _killed(code) and not _killed(meta["exit_code_by_key"].get(key)):
+                meta["exit_code_by_key"][key] = code
+            carried += _killed(code)
+        _meta_path(work, target).write_text(json.dumps(meta))
     import mutmut
 
-    res.update(wall_seconds=round(wall, 1), mutmut=mutmut.__version__, commit=commit,
-               date=time.strftime("%Y-%m-%d"), equivalent_rules=[asdict(e) for e in target.equivalent])
-    return res
+    run = {"wall_seconds": round(wall, 1), "mutmut": mutmut.__version__, "commit": commit,
+           "date": time.strftime("%Y-%m-%d")}
+    if resume:
+        previous = json.loads((work / "run.json").read_text()) if (work / "run.json").is_file() else {}
+        run["resumed"] = {"carried_killed": carried, "retested": len(rerun),  # wall_seconds: this part only
+                          "earlier_run": {k: previous.get(k) for k in ("commit", "date", "wall_seconds", "note")}}
+    (work / "run.json").write_text(json.dumps(run))
+    return collect(work, name, target) | run
 
 
 def table(results: list[dict]) -> None:
@@ -325,14 +370,17 @@ def table(results: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "mutation_{target}.json")
     ap.add_argument("targets", nargs="*", help=f"default: every target not marked rerun_after_merge ({', '.join(TARGETS)})")
     ap.add_argument("--list", action="store_true", help="print the targets and exit")
     ap.add_argument("--max-children", type=int, default=1, help="parallel mutant workers (1 on the shared 2 cores)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/spiral-mutation"), help="where the copies go")
     ap.add_argument("--collect-only", action="store_true", help="re-read finished runs in --scratch, run nothing")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true",
+                    help="re-test only what the last run in --scratch did not kill (module docstring: when it is sound)")
     args = ap.parse_args(argv)
+    if "{target}" not in str(args.json) and len(args.targets) != 1:
+        raise SystemExit("--json names one file: give one target, or put {target} in the path")
     if args.list:
         for n, t in TARGETS.items():
             print(f"{n}: {t.file} {t.functions or 'all functions'} tests={' '.join(t.tests)}"
@@ -344,10 +392,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     names = args.targets or [n for n, t in TARGETS.items() if not t.rerun_after_merge]
     results = []
     for n in names:
-        res = collect(args.scratch / n, n, TARGETS[n]) if args.collect_only else run_target(
-            n, TARGETS[n], args.scratch, args.max_children)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"mutation_{n}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+        work = args.scratch / n
+        if args.collect_only:
+            res = collect(work, n, TARGETS[n])
+            res.update(json.loads((work / "run.json").read_text()) if (work / "run.json").is_file() else {})
+        else:
+            res = run_target(n, TARGETS[n], args.scratch, args.max_children, resume=args.resume)
+        res["equivalent_rules"] = [asdict(e) for e in TARGETS[n].equivalent]
+        write_result(str(args.json).replace("{target}", n), res, indent=1)
         results.append(res)
     table(results)
     return results
