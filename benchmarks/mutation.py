@@ -132,6 +132,10 @@ TARGETS: dict[str, Target] = {
             Equivalent("_mean", 'if v else float("nan")', 'if (v) or True else float("nan")',
                        "np.mean of an empty list is NaN too (with a warning)"),
             Equivalent("_mean", 'float("nan")', 'float("NAN")', 'float("NAN") is NaN as well'),
+            Equivalent("accuracy_with_ties", 'without = float("nan")', 'without = float("NAN")',
+                       'float("NAN") is NaN as well'),
+            Equivalent("accuracy_with_ties", "(s == lab[nt]).astype(float)", "(s == lab[nt]).astype(None)",
+                       "astype(None) is numpy's default dtype, float64, the same as astype(float)"),
         ],
     ),
     "critic_rules": Target(

@@ -222,6 +222,16 @@ def test_accuracy_with_ties_with_ties():
     assert (one["with_ties"], one["without_ties"], one["n"], one["n_ties"]) == (1.0, 1.0, 1, 0)
 
 
+def test_accuracy_with_ties_plateau_and_all_ties():
+    # ε=0: A,B → 1/2 (the B pair); ε=0.5: tie,tie → 1/2 (the tie pair): the smallest ε that reaches the best is kept
+    r = accuracy_with_ties([0.5, -0.5], ["tie", "B"])
+    assert (r["with_ties"], r["epsilon"]) == (0.5, 0.0)
+    # only ties: accuracy without ties is undefined (NaN, a float), with ties ε=0.3 calls both a tie
+    r = accuracy_with_ties([0.0, 0.3], ["tie", "tie"])
+    assert isinstance(r["without_ties"], float) and np.isnan(r["without_ties"])
+    assert (r["with_ties"], r["epsilon"], r["n_ties"]) == (1.0, 0.3, 2)
+
+
 def _row(label: str, kind: str, passed: bool, pred_kind: str, decision: str) -> dict:
     return {"id": f"{label}-{len(label)}", "label": label, "kind": kind, "passed": passed, "pred_kind": pred_kind,
             "decision": decision}
