@@ -225,17 +225,19 @@ def test_masked_logprob_of_a_single_kept_element_is_its_density():
 
 
 def test_plain_noise_kl_hand_worked():
-    """Same std s: KL(N(m, s²) ‖ N(m', s²)) = (m − m')² / (2s²) per element, averaged per sample."""
-    mean = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
-    ref = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    """Same std s: KL(N(m, s²) ‖ N(m', s²)) = (m − m')² / (2s²) per element, averaged per sample (the second
+    sample has both means non-zero, so m + m' or a missing m' would show)."""
+    mean = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    ref = torch.tensor([[0.0, 0.0], [3.0, -1.0]])
     std = torch.tensor([[0.5], [2.0]])
-    want = torch.tensor([(1 / 0.5 + 4 / 0.5) / 2, (9 / 8) / 2])
+    want = torch.tensor([(1 / 0.5 + 4 / 0.5) / 2, (9 / 8 + 4 / 8) / 2])
     torch.testing.assert_close(flow.ExplorationNoise().kl(mean, ref, std), want)
 
 
-@pytest.mark.parametrize("shape,channel_dim", [((2, 3, 2, 8, 16), 2), ((2, 2, 8, 16), 1)])
+@pytest.mark.parametrize("shape,channel_dim", [((2, 3, 2, 8, 24), 2), ((2, 2, 8, 24), 1)])
 def test_coarse_noise_on_non_square_frames(shape, channel_dim):
-    """H ≠ W and H/p ≠ p; a (B, C, H, W) state has no whole-averaged dims. Density against the dense Gaussian,
+    """H ≠ W, H/p ≠ p and W/p ≠ p (a cell grid of the wrong size shows); a (B, C, H, W) state has no
+    whole-averaged dims. Density against the dense Gaussian,
     draws constant over every p×p cell (and over frames), and the same generator seed gives the same draw."""
     noise = flow.ExplorationNoise(white=0.5, coarse=1.0, patch=4, channel_dim=channel_dim)
     g = torch.Generator().manual_seed(3)
@@ -243,7 +245,7 @@ def test_coarse_noise_on_non_square_frames(shape, channel_dim):
     assert z.shape == shape and torch.equal(z, noise.sample(shape, torch.Generator().manual_seed(0)))
     assert not torch.equal(z, noise.sample(shape, torch.Generator().manual_seed(1)))
     coarse_only = flow.ExplorationNoise(white=1e-9, coarse=1.0, patch=4, channel_dim=channel_dim).sample(shape, g)
-    cells = coarse_only.unflatten(-1, (4, 4)).unflatten(-3, (2, 4))  # (..., H/p, p, W/p, p)
+    cells = coarse_only.unflatten(-1, (6, 4)).unflatten(-3, (2, 4))  # (..., H/p, p, W/p, p)
     assert torch.allclose(cells, cells[..., :1, :, :1], atol=1e-6)  # constant inside a cell
     mean, x_next = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     std = torch.tensor([0.5, 2.0]).view(2, *([1] * (len(shape) - 1)))
