@@ -13,13 +13,15 @@ a table and writes ``benchmarks/results/mutation_<target>.json``.
     python benchmarks/mutation.py flow grpo_objective  # some targets
     python benchmarks/mutation.py --list
     python benchmarks/mutation.py --resume flow       # re-test only what the last run in --scratch did not kill
+    python benchmarks/mutation.py --survivors metrics  # re-test only its survivors (after a test was added)
 
 ``--resume`` keeps the scratch copy of an earlier run, refreshes its files from the tree, and re-tests only the
 target's mutants that run did not kill (survivors and unchecked ones); the killed verdicts carry over. That is
 sound only while the mutated file is unchanged and its tests were only added or tightened since (a killed
 mutant cannot then come back); the results file says how many verdicts were carried.
 
-Score = killed / (mutants - equivalent); killed includes a timeout (the tests noticed a hang). A surviving
+Score = killed / (mutants - equivalent); killed includes a timeout (the tests noticed a hang). A run stopped
+early (``complete: false``) is scored over the mutants it checked, and ``not_checked`` says how many remain. A surviving
 mutant that matters gets a test (docs/mutation.md); an equivalent one gets an entry in ``equivalent``. Mutants
 are matched to equivalents by function and changed line, so the entries survive renumbering. It is CPU-heavy:
 ``nice``, one torch thread, ``--max-children 1`` by default on the 2-core machine; ~5-30 min per target.
@@ -71,6 +73,8 @@ class Target:
 
 
 _CPU_ONLY = "equivalent on a CPU-only machine: every tensor is on the CPU already, so device=None is the same device"
+_ANCHOR_STATE = ("faithfulness asks its reference only for artifact_area, which renders the step's own state; the "
+                 "anchor state is read by drift() alone")
 _NOISE = "a different but equally distributed draw: the step stays an exact sample of the same Gaussian"
 
 TARGETS: dict[str, Target] = {
@@ -147,6 +151,12 @@ TARGETS: dict[str, Target] = {
     ),
     "metrics": Target(
         file="spiral/bench/metrics.py",
+        equivalent=[
+            Equivalent("faithfulness", "DriftReference(view.anchor, states[0], view.scene)",
+                       "DriftReference(view.anchor, None, view.scene)", _ANCHOR_STATE),
+            Equivalent("faithfulness", "DriftReference(view.anchor, states[0], view.scene)",
+                       "DriftReference(view.anchor, states[1], view.scene)", _ANCHOR_STATE),
+        ],
         tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "-k", "flicker or consistency_and_smoothness or "
                "drift_reference or action_quality or known_outcomes or faithful_step_success or metric"],
     ),
@@ -230,15 +240,18 @@ def collect(work: Path, name: str, target: Target) -> dict:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    killed = sum(r["status"] in KILLED for r in rows)
-    equivalent = [r for r in rows if r["equivalent"]]
-    scored = len(rows) - len(equivalent)
+    unchecked = counts.get("not checked", 0)  # a run stopped early: scored over the mutants it checked
+    checked = [r for r in rows if r["status"] != "not checked"]
+    killed = sum(r["status"] in KILLED for r in checked)
+    equivalent = [r for r in checked if r["equivalent"]]
+    scored = len(checked) - len(equivalent)
     return {
         "target": name, "file": target.file, "functions": target.functions, "tests": target.tests, "note": target.note,
-        "mutants": len(rows), "killed": killed, "equivalent": len(equivalent), "counts": counts,
+        "mutants": len(rows), "complete": unchecked == 0, "not_checked": unchecked, "killed": killed,
+        "equivalent": len(equivalent), "counts": counts,
         "score": round(killed / scored, 4) if scored else None,
-        "score_without_exclusions": round(killed / len(rows), 4) if rows else None,
-        "surviving": [r for r in rows if r["status"] not in KILLED and not r["equivalent"]],
+        "score_without_exclusions": round(killed / len(checked), 4) if checked else None,
+        "surviving": [r for r in checked if r["status"] not in KILLED and not r["equivalent"]],
         "excluded_equivalent": equivalent,
     }
 
@@ -282,6 +295,9 @@ def prepare(work: Path, target: Target, resume: bool = False) -> None:
         "pytest_add_cli_args": ["-p", "no:cacheprovider"],
         "process_isolation": "forkserver",  # torch is not fork-safe once a test ran in the parent
         "use_git_change_detection": False,
+        # mutmut's CPU-time limit scales the covering tests' own time, not their fixtures' (a real oracle run is
+        # built once per module): 60 CPU seconds more keeps a slow fixture from passing for a hang
+        "timeout_constant": 60.0,
         "also_copy": ["configs", "benchmarks"],
     }
     toml = "\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
@@ -310,20 +326,38 @@ def _verdicts(work: Path, target: Target) -> dict[str, int | None]:
     return {k: c for k, c in codes.items() if target.functions is None or _function_of(k) in target.functions}
 
 
-def _killed(code: int | None) -> bool:
+def _named_equivalent(work: Path, target: Target) -> set[str]:
+    """The mutants of an earlier run in ``work`` that match a named equivalent (not worth re-testing)."""
+    path = work / "mutants" / target.file
+    if not path.is_file() or not target.equivalent:
+        return set()
+    variants, out = _variants(path.read_text()), set()
+    for key in _verdicts(work, target):
+        short = key.rsplit(".", 1)[-1]
+        before, after = _diff(variants.get(short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", []), variants.get(short, []))
+        if _equivalent(target, _function_of(key), before, after):
+            out.add(key)
+    return out
+
+
+def _killed(code: int | None, timeout: bool = True) -> bool:
     from mutmut.stats import status_by_exit_code
 
-    return code is not None and status_by_exit_code[code] in KILLED
+    return code is not None and status_by_exit_code[code] in KILLED and (timeout or status_by_exit_code[code] != "timeout")
 
 
-def run_target(name: str, target: Target, scratch: Path, max_children: int, resume: bool = False) -> dict:
+def run_target(name: str, target: Target, scratch: Path, max_children: int, resume: bool = False,
+               survivors_only: bool = False) -> dict:
     work = scratch / name
     commit = _commit()
     before = _verdicts(work, target) if resume else {}
     if resume and not before:
         raise SystemExit(f"{name}: nothing to resume in {work}; run it without --resume first")
     prepare(work, target, resume=resume)
-    rerun = sorted(k for k, c in before.items() if not _killed(c))
+    # a timeout is re-tested too: under load a slow fixture can run out of CPU time where nothing hangs
+    equivalent = _named_equivalent(work, target)
+    rerun = sorted(k for k, c in before.items() if not _killed(c, timeout=False) and k not in equivalent
+                   and (c is not None or not survivors_only))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win over the tree
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = Path(sys.executable).with_name("mutmut")
@@ -340,9 +374,9 @@ def run_target(name: str, target: Target, scratch: Path, max_children: int, resu
     if resume:  # mutmut may have reset verdicts it cannot vouch for (changed settings): put the kills back
         meta = json.loads(_meta_path(work, target).read_text())
         for key, code in before.items():
-            if _killed(code) and not _killed(meta["exit_code_by_key"].get(key)):
+            if key not in rerun and _killed(code) and not _killed(meta["exit_code_by_key"].get(key)):
                 meta["exit_code_by_key"][key] = code
-            carried += _killed(code)
+            carried += key not in rerun and _killed(code)
         _meta_path(work, target).write_text(json.dumps(meta))
     import mutmut
 
@@ -361,11 +395,11 @@ def table(results: list[dict]) -> None:
     from rich.table import Table
 
     t = Table(title="mutation score (mutmut, covering tests only)")
-    for c in ("target", "file", "mutants", "killed", "equivalent", "surviving", "score", "wall s"):
+    for c in ("target", "file", "mutants", "killed", "equivalent", "surviving", "unchecked", "score", "wall s"):
         t.add_column(c)
     for r in results:
         t.add_row(r["target"], r["file"], str(r["mutants"]), str(r["killed"]), str(r["equivalent"]),
-                  str(len(r["surviving"])), f"{100 * r['score']:.1f} %" if r["score"] is not None else "-",
+                  str(len(r["surviving"])), str(r.get("not_checked", 0)), f"{100 * r['score']:.1f} %" if r["score"] is not None else "-",
                   str(r.get("wall_seconds", "")))
     Console().print(t)
     for r in results:
@@ -382,6 +416,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--collect-only", action="store_true", help="re-read finished runs in --scratch, run nothing")
     ap.add_argument("--resume", action="store_true",
                     help="re-test only what the last run in --scratch did not kill (module docstring: when it is sound)")
+    ap.add_argument("--survivors", action="store_true",
+                    help="like --resume, but re-test only the survivors (a stopped run's unchecked mutants stay so)")
     args = ap.parse_args(argv)
     if "{target}" not in str(args.json) and len(args.targets) != 1:
         raise SystemExit("--json names one file: give one target, or put {target} in the path")
@@ -401,7 +437,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             res = collect(work, n, TARGETS[n])
             res.update(json.loads((work / "run.json").read_text()) if (work / "run.json").is_file() else {})
         else:
-            res = run_target(n, TARGETS[n], args.scratch, args.max_children, resume=args.resume)
+            res = run_target(n, TARGETS[n], args.scratch, args.max_children, resume=args.resume or args.survivors,
+                             survivors_only=args.survivors)
         res["equivalent_rules"] = [asdict(e) for e in TARGETS[n].equivalent]
         write_result(str(args.json).replace("{target}", n), res, indent=1)
         results.append(res)

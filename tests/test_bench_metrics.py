@@ -223,6 +223,20 @@ def test_metric_score_run_counts_match_the_run_folder(oracle_run):
     assert c["generator_calls"] == c["critic_calls"] == len(journal) and c["accepted_steps"] == len(kept)
     assert c["planner_calls"] == len(record["plans"]) and c["seconds_per_video"] == record["costs"]["wall_seconds"]
     assert res["executed_steps"] == len(kept) and res["run_status"] == record["status"]
+    # the per-step lists sit beside the metrics, not in them, and are the ones the parts compute
+    view = M.load_run(oracle_run)
+    aq = M.action_quality(view, judge)
+    states = aq.pop("_states")
+    fa = M.faithfulness(view, states, aq["step_success_by_index"])
+    assert res["step_success_by_index"] == aq["step_success_by_index"] and len(aq["step_success_by_index"]) == len(kept)
+    assert res["faithful_step_success_by_index"] == fa["faithful_by_index"]
+    assert not {"step_success_by_index", "faithful_by_index", "_states"} & set(res["metrics"])
+    assert res["metrics"]["faithful_step_success"] == fa["faithful_step_success"]
+    # the interpolator given reaches motion smoothness (holding the previous frame is a worse guess than the mean)
+    held = M.score_run(oracle_run, judge, make_features(None, judge), make_features(None, judge, "background"),
+                       interpolate=lambda prev, nxt: prev)
+    assert held["metrics"]["motion_smoothness"] == M.motion_smoothness(view.video(), lambda prev, nxt: prev)
+    assert held["metrics"]["motion_smoothness"] != res["metrics"]["motion_smoothness"]
 
 
 def test_metric_load_run_reads_and_refuses(oracle_run, tmp_path):
