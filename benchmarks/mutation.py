@@ -385,7 +385,7 @@ def run_target(name: str, target: Target, scratch: Path, max_children: int, resu
     if resume:
         previous = json.loads((work / "run.json").read_text()) if (work / "run.json").is_file() else {}
         run["resumed"] = {"carried_killed": carried, "retested": len(rerun),  # wall_seconds: this part only
-                          "earlier_run": {k: previous.get(k) for k in ("commit", "date", "wall_seconds", "note")}}
+                          "earlier_run": previous}  # its own "resumed" names the run before it
     (work / "run.json").write_text(json.dumps(run))
     return collect(work, name, target) | run
 
