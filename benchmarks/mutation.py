@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -347,7 +348,7 @@ def _killed(code: int | None, timeout: bool = True) -> bool:
 
 
 def run_target(name: str, target: Target, scratch: Path, max_children: int, resume: bool = False,
-               survivors_only: bool = False) -> dict:
+               survivors_only: bool = False, stop_after: float | None = None) -> dict:
     work = scratch / name
     commit = _commit()
     before = _verdicts(work, target) if resume else {}
@@ -366,7 +367,13 @@ def run_target(name: str, target: Target, scratch: Path, max_children: int, resu
     t0 = time.time()
     if not resume or rerun:
         with open(work / "mutmut.log", "w") as log:
-            rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                rc = proc.wait(timeout=stop_after)
+            except subprocess.TimeoutExpired:  # stop cleanly: mutmut keeps every verdict it has, the rest stay unchecked
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
+                rc = 0
         if rc != 0:
             raise SystemExit(f"{name}: mutmut exited {rc}; see {work / 'mutmut.log'}")
     wall = time.time() - t0
@@ -418,6 +425,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="re-test only what the last run in --scratch did not kill (module docstring: when it is sound)")
     ap.add_argument("--survivors", action="store_true",
                     help="like --resume, but re-test only the survivors (a stopped run's unchecked mutants stay so)")
+    ap.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                    help="stop each target's mutmut after this long and score what it checked (resume it later)")
     args = ap.parse_args(argv)
     if "{target}" not in str(args.json) and len(args.targets) != 1:
         raise SystemExit("--json names one file: give one target, or put {target} in the path")
@@ -438,7 +447,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             res.update(json.loads((work / "run.json").read_text()) if (work / "run.json").is_file() else {})
         else:
             res = run_target(n, TARGETS[n], args.scratch, args.max_children, resume=args.resume or args.survivors,
-                             survivors_only=args.survivors)
+                             survivors_only=args.survivors, stop_after=args.stop_after)
         res["equivalent_rules"] = [asdict(e) for e in TARGETS[n].equivalent]
         write_result(str(args.json).replace("{target}", n), res, indent=1)
         results.append(res)
