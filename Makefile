@@ -41,9 +41,10 @@ llama-cpp: $(LLAMA_STAMP)
 demo: $(CORE)
 	$(BIN)/spiral demo
 
+# -rs lists every skip with its reason (under CI a skip fails: tests/conftest.py); --durations shows the slowest tests
 test: install llama-cpp
 	$(BIN)/ruff check spiral tests benchmarks docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs --durations=25
 
 lint: install
 	$(BIN)/ruff check spiral tests benchmarks docs

@@ -1,7 +1,8 @@
 """Test helpers for the OpenAI-compatible agents: a tiny random GGUF, a llama.cpp server, a fault proxy.
 
 Nothing is downloaded at test time. ``make llama-cpp`` puts the llama-cpp-python source
-distribution in ``.cache/sdist`` and builds its wheel once into ``.cache/wheels``; from the sdist
+distribution in ``.cache/sdist`` and builds its wheel once into ``.cache/wheels``, both mirrored to
+``~/.cache/spiral-video`` (``SPIRAL_SHARED_CACHE``), and the sdist is looked up in either; from the sdist
 we take the converter that llama.cpp ships (``vendor/llama.cpp/convert_hf_to_gguf.py`` with its
 ``conversion`` and ``gguf-py`` folders). The model is a 2-layer transformers Llama with random
 weights and a SentencePiece tokenizer trained here on a few sentences (byte fallback, so any JSON
@@ -58,10 +59,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPIRAL_CACHE", REPO / ".cache"))
 
 
+def shared_cache_dir() -> Path:
+    """The per-user mirror that ``scripts/llama_cpp.sh`` copies sdists and wheels to (``SPIRAL_SHARED_CACHE``)."""
+    return Path(os.environ.get("SPIRAL_SHARED_CACHE", Path.home() / ".cache" / "spiral-video"))
+
+
 def find_sdist() -> Path | None:
-    """The llama-cpp-python sdist fetched by ``make llama-cpp``, if present."""
-    p = cache_dir() / "sdist" / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    return p if p.is_file() else None
+    """The llama-cpp-python sdist fetched by ``make llama-cpp``: in the project cache or its per-user mirror,
+    wherever the install step left it."""
+    name = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
+    for folder in (cache_dir(), shared_cache_dir()):
+        if (folder / "sdist" / name).is_file():
+            return folder / "sdist" / name
+    return None
 
 
 def converter_dir() -> Path:
@@ -215,6 +225,8 @@ class ProxyStats:
     faults: dict[str, int] = field(default_factory=lambda: {k: 0 for k in FAULTS})
     sequence: list[str] = field(default_factory=list)  # per request: the fault injected, or "ok"
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # per POST, in arrival order: (the fault injected or "ok", the JSON body), to compare a retry with its original
+    exchanges: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
     @property
     def injected(self) -> int:
@@ -254,7 +266,7 @@ class FaultProxy:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _pick(self) -> str | None:
+    def _pick(self, body: dict[str, Any] | None) -> str | None:
         with self.lock:
             self.stats.requests += 1
             kind = None
@@ -264,6 +276,7 @@ class FaultProxy:
                     self.rng.shuffle(self._bag)
                 kind = self._bag.pop()
             self.stats.sequence.append(kind or "ok")
+            self.stats.exchanges.append((kind or "ok", body))
             return kind
 
     def _count(self, kind: str) -> None:
@@ -306,13 +319,15 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 fwd = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                parsed = None
                 if body:
                     try:
+                        parsed = json.loads(body)
                         with proxy.lock:
-                            proxy.stats.bodies.append(json.loads(body))
+                            proxy.stats.bodies.append(parsed)
                     except ValueError:
                         pass
-                kind = proxy._pick() if method == "POST" else None
+                kind = proxy._pick(parsed) if method == "POST" else None
                 if kind in ("timeout", "429", "500", "truncated"):
                     proxy._count(kind)
                 if kind == "timeout":

@@ -10,6 +10,7 @@ the ``truth`` judge (the states the world generator reported) because it checks 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -429,12 +430,24 @@ def test_process_workers_match_local_run(tmp_path, local_closed_loop):
     res = run_bench(_cfg(tmp_path / "pool", modes=["closed_loop"], limit=4, workers=2), progress=False)
     assert not res["errors"]
     assert [comparable(c) for c in res["cases"]] == [comparable(c) for c in local_closed_loop["cases"]]
+    # the local run ran in this process; the pool's cases ran in other processes, none of them a Ray worker
+    assert {c["worker"]["pid"] for c in local_closed_loop["cases"]} == {os.getpid()}
+    workers = [c["worker"] for c in res["cases"]]
+    assert all(w["pid"] != os.getpid() and "ray_task" not in w for w in workers), workers
 
 
 def test_ray_run_matches_local_run(tmp_path, local_closed_loop):
     res = run_bench(_cfg(tmp_path / "ray", modes=["closed_loop"], limit=4, ray="local", workers=2), progress=False)
     assert not res["errors"]
     assert [comparable(c) for c in res["cases"]] == [comparable(c) for c in local_closed_loop["cases"]]
+    # Ray itself ran every case: each result names the Ray task and node that ran it (a process pool standing in
+    # for Ray gives the same results, so equal results alone would not show it)
+    workers = [c["worker"] for c in res["cases"]]
+    assert all(w.get("ray_task") and w.get("ray_node") and w["pid"] != os.getpid() for w in workers), workers
+    assert len({w["ray_task"] for w in workers}) == len(workers) == 4
+    import ray
+
+    assert not ray.is_initialized()  # the runner shuts down the local cluster it started
 
 
 # ---- report and compare ------------------------------------------------------------------------------

@@ -39,37 +39,48 @@ def _judge(critic: TabletopCritic, state: State, action: Action, failure: str | 
 
 
 CASES = [
-    # (state, action, failure, render seed, expected failure kind, expected decision)
-    (S0, MOVE, None, 2, None, "accept"),
-    (S_OPEN, Action.parse("move(yellow_block, box)"), None, 4, None, "accept"),
-    (S0, OPEN, None, 2, None, "accept"),
-    (S0, LAMP, None, 2, None, "accept"),
-    (S0, MOVE, "incomplete", 2, "incomplete_action", "refine"),  # stall: block left hanging in the gripper
-    (S0, MOVE, "incomplete", 3, "incomplete_action", "refine"),  # drop: put down between two slots
-    (S0, OPEN, "incomplete", 2, "incomplete_action", "refine"),  # lid left part-way
-    (S0, LAMP, "incomplete", 2, "incomplete_action", "refine"),  # cord pulled, light unchanged
-    (S0, MOVE, "wrong_object", 2, "missing_action", "replan"),
-    (S0, MOVE, "no_motion", 2, "missing_action", "refine"),
-    (S0, LAMP, "no_motion", 5, "missing_action", "refine"),
-    (S0, MOVE, "extra_motion", 2, "physical_violation", "regenerate"),
-    (S0, LAMP, "extra_motion", 2, "physical_violation", "regenerate"),
-    (S0, MOVE, "teleport", 2, "sudden_switch", "regenerate"),
-    (S0, OPEN, "teleport", 2, "sudden_switch", "regenerate"),
-    (S0, LAMP, "teleport", 2, "sudden_switch", "regenerate"),
-    (S0, MOVE, "drift", 2, "scene_drift", "regenerate"),
+    # (state, action, failure, expected failure kind, expected decision)
+    (S0, MOVE, None, None, "accept"),
+    (S_OPEN, Action.parse("move(yellow_block, box)"), None, None, "accept"),
+    (S0, OPEN, None, None, "accept"),
+    (S0, LAMP, None, None, "accept"),
+    (S0, MOVE, "incomplete", "incomplete_action", "refine"),  # stall in the gripper or drop between slots (by seed)
+    (S0, OPEN, "incomplete", "incomplete_action", "refine"),  # lid left part-way
+    (S0, LAMP, "incomplete", "incomplete_action", "refine"),  # cord pulled, light unchanged
+    (S0, MOVE, "wrong_object", "missing_action", "replan"),
+    (S0, MOVE, "no_motion", "missing_action", "refine"),
+    (S0, LAMP, "no_motion", "missing_action", "refine"),
+    (S0, MOVE, "extra_motion", "physical_violation", "regenerate"),
+    (S0, LAMP, "extra_motion", "physical_violation", "regenerate"),
+    (S0, MOVE, "teleport", "sudden_switch", "regenerate"),
+    (S0, OPEN, "teleport", "sudden_switch", "regenerate"),
+    (S0, LAMP, "teleport", "sudden_switch", "regenerate"),
+    (S0, MOVE, "drift", "scene_drift", "regenerate"),
 ]
 
 
-@pytest.mark.parametrize("state,action,failure,seed,kind,decision", CASES,
-                         ids=[f"{a}-{f or 'success'}-{s}" for _, a, f, s, _, _ in CASES])
-def test_failure_kind_and_decision(critic, state, action, failure, seed, kind, decision):
-    v = _judge(critic, state, action, failure, seed)
-    assert (v.failure, v.decision) == (kind, decision), v.feedback
-    assert v.passed == (kind is None)
-    assert v.feedback and v.feedback.count(".") <= 1  # one sentence
-    assert all(0.0 <= x <= 1.0 for x in v.scores.values()) and set(v.scores) == {"action", "preservation",
-                                                                                 "continuity", "consistency"}
-    State.from_dict(v.observed_state)
+SAMPLES = 8  # renders per case: seeds 1000.. with scene looks 100.. (the same fixed ranges for every case)
+
+
+@pytest.mark.parametrize("state,action,failure,kind,decision", CASES,
+                         ids=[f"{a}-{f or 'success'}" for _, a, f, _, _ in CASES])
+def test_failure_kind_and_decision(critic, state, action, failure, kind, decision):
+    """Each case over SAMPLES renders (seed and scene look vary together): the right failure kind and decision on
+    at least SAMPLES - 1 of them (every render when measured), so that a retrained recogniser with the same accuracy
+    cannot flip the test on one unlucky render, while a wrong rule still fails every render."""
+    wrong = []
+    for k in range(SAMPLES):
+        res = render_action(state, action, appearance=Appearance.sample(100 + k), seed=1000 + k, failure=failure)
+        v = critic.judge(Segment(frames=res.frames), _sub(state, action),
+                         Memory.start(res.frames[0], state.to_dict()))
+        if (v.failure, v.decision) != (kind, decision):
+            wrong.append((k, v.failure, v.decision, v.feedback))
+        assert v.passed == (v.failure is None)
+        assert v.feedback and v.feedback.count(".") <= 1  # one sentence
+        assert all(0.0 <= x <= 1.0 for x in v.scores.values()) and set(v.scores) == {
+            "action", "preservation", "continuity", "consistency"}
+        State.from_dict(v.observed_state)
+    assert len(wrong) <= 1, wrong
 
 
 def test_noise_the_recogniser_reads_past_is_an_artifact_when_the_scene_look_is_known(critic):
@@ -251,21 +262,122 @@ def test_accuracy_with_ties_with_ties():
     assert r["without_ties"] == pytest.approx(0.75)
     # ε=0: tie,A,B → 1/3 (only the B pair); ε=0.5: tie,tie,tie → 1/3 (only the tie pair)
     assert r["with_ties"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^1 margins for 2 labels$"):
         accuracy_with_ties([1.0], ["A", "B"])
+    with pytest.raises(ValueError, match="^no pairs to score$"):
+        accuracy_with_ties([], [])
+    one = accuracy_with_ties([0.5], ["A"])  # a single pair is scored
+    assert (one["with_ties"], one["without_ties"], one["n"], one["n_ties"]) == (1.0, 1.0, 1, 0)
+
+
+def test_accuracy_with_ties_plateau_and_all_ties():
+    # ε=0: A,B → 1/2 (the B pair); ε=0.5: tie,tie → 1/2 (the tie pair): the smallest ε that reaches the best is kept
+    r = accuracy_with_ties([0.5, -0.5], ["tie", "B"])
+    assert (r["with_ties"], r["epsilon"]) == (0.5, 0.0)
+    # only ties: accuracy without ties is undefined (NaN, a float), with ties ε=0.3 calls both a tie
+    r = accuracy_with_ties([0.0, 0.3], ["tie", "tie"])
+    assert isinstance(r["without_ties"], float) and np.isnan(r["without_ties"])
+    assert (r["with_ties"], r["epsilon"], r["n_ties"]) == (1.0, 0.3, 2)
+
+
+def _row(label: str, kind: str, passed: bool, pred_kind: str, decision: str) -> dict:
+    return {"id": f"{label}-{len(label)}", "label": label, "kind": kind, "passed": passed, "pred_kind": pred_kind,
+            "decision": decision}
+
+
+def test_labelled_summary_hand_worked():
+    """Six judged cases by hand (truth → verdict):
+      success/success      passed, accept          right pass/fail, kind, decision
+      success/success      failed, scene_drift,
+                           regenerate              a false reject: wrong pass/fail, kind, decision
+      no_motion/missing    failed, missing, refine right on all three
+      no_motion/missing    failed, incomplete,
+                           refine                  right pass/fail and decision, wrong kind
+      teleport/sudden      passed, accept          a missed failure: wrong on all three
+      wrong_object/missing failed, missing, refine right pass/fail and kind, wrong decision (replan expected)
+    accuracy 4/6, kind accuracy 3/6, false-reject rate 1/2, detection rate 3/4, decision accuracy 3/6."""
+    from spiral.bench.critic_eval import LabelledResult
+
+    rows = [_row("success", "success", True, "success", "accept"),
+            _row("success", "success", False, "scene_drift", "regenerate"),
+            _row("no_motion", "missing_action", False, "missing_action", "refine"),
+            _row("no_motion", "missing_action", False, "incomplete_action", "refine"),
+            _row("teleport", "sudden_switch", True, "success", "accept"),
+            _row("wrong_object", "missing_action", False, "missing_action", "refine")]
+    s = LabelledResult(n=6, rows=rows, judge_ms=[1.0, 3.0]).summary()
+    assert (s["n"], s["n_success"], s["n_failure"]) == (6, 2, 4)
+    assert s["accuracy"] == pytest.approx(4 / 6) and s["kind_accuracy"] == pytest.approx(3 / 6)
+    assert s["false_reject_rate"] == pytest.approx(1 / 2) and s["detection_rate"] == pytest.approx(3 / 4)
+    assert s["decision_accuracy"] == pytest.approx(3 / 6)
+    assert s["recall"] == pytest.approx({"missing_action": 2 / 3, "sudden_switch": 0.0})
+    assert s["count"]["success"] == 2 and s["count"]["missing_action"] == 3 and s["count"]["sudden_switch"] == 1
+    assert s["confusion"]["success"]["scene_drift"] == 1 and s["confusion"]["sudden_switch"]["success"] == 1
+    assert s["confusion"]["missing_action"] == {**{k: 0 for k in s["confusion"]}, "missing_action": 2,
+                                                "incomplete_action": 1}
+    assert s["by_label"]["no_motion"] == {"n": 2, "kind_recall": 0.5, "decision_accuracy": 1.0}
+    assert s["by_label"]["wrong_object"] == {"n": 1, "kind_recall": 1.0, "decision_accuracy": 0.0}
+    assert s["by_label"]["success"] == {"n": 2, "kind_recall": 0.5, "decision_accuracy": 0.5}
+    assert s["judge_ms"]["mean"] == 2.0
+    assert s["judge_ms"]["p95"] == pytest.approx(2.9)  # numpy's linear percentile of (1, 3)
+    assert s["recognizer"] == {"first_frame_state_acc": None, "last_frame_state_acc": None, "attribute_acc": {}}
+    # the recogniser's reads where the rows have them: 1 of 2 first frames, 2 of 2 last frames, per attribute
+    read = [{**rows[0], "start_ok": True, "end_ok": True, "attr": {"lamp": [1.0], "lid": [1.0, 0.0]}},
+            {**rows[1], "start_ok": False, "end_ok": True, "attr": {"lamp": [0.0]}}, rows[2]]
+    assert LabelledResult(n=3, rows=read).summary()["recognizer"] == {
+        "first_frame_state_acc": 0.5, "last_frame_state_acc": 1.0, "attribute_acc": {"lamp": 0.5, "lid": 0.5}}
+    # rates over an empty side are None (not 0), an empty result is n = 0, an empty mean is NaN
+    only_fail = LabelledResult(n=1, rows=rows[2:3]).summary()
+    assert only_fail["false_reject_rate"] is None and only_fail["detection_rate"] == 1.0
+    only_succ = LabelledResult(n=1, rows=rows[:1]).summary()
+    assert only_succ["detection_rate"] is None and only_succ["false_reject_rate"] == 0.0
+    assert LabelledResult().summary() == {"n": 0}
+    from spiral.bench.critic_eval import _mean
+
+    assert np.isnan(_mean([]))
+    # the same rows all judged right score 1 everywhere, all judged as the opposite score 0
+    from spiral.bench.critic_eval import EXPECTED_DECISION
+
+    right = [{**r, "passed": r["kind"] == "success", "pred_kind": r["kind"], "decision": EXPECTED_DECISION[r["label"]]}
+             for r in rows]
+    s = LabelledResult(n=6, rows=right).summary()
+    assert s["accuracy"] == s["kind_accuracy"] == s["decision_accuracy"] == s["detection_rate"] == 1.0
+    assert s["false_reject_rate"] == 0.0
+    wrong = [{**r, "passed": r["kind"] != "success", "pred_kind": "success" if r["kind"] != "success" else
+              "scene_drift", "decision": "replan" if r["label"] != "wrong_object" else "accept"} for r in rows]
+    s = LabelledResult(n=6, rows=wrong).summary()
+    assert s["accuracy"] == s["kind_accuracy"] == s["decision_accuracy"] == s["detection_rate"] == 0.0
+    assert s["false_reject_rate"] == 1.0
+
+
+class _AcceptAll:
+    """A critic that passes every clip: the harness must score it by the labels alone."""
+
+    def judge(self, segment, sub_action, context):
+        return Verdict(scores={"action": 1.0}, passed=True, decision="accept", feedback="fine")
 
 
 def test_labelled_and_pair_harness_end_to_end(critic, tmp_path):
     from spiral.data.build import BuildConfig, build_tabletop
 
     root = tmp_path / "eval"
-    build_tabletop(root, BuildConfig(episodes=2, seed=777, failures=1.0, max_steps=2, split="test"), progress=False)
+    build_tabletop(root, BuildConfig(episodes=3, seed=777, failures=1.0, max_steps=2, split="test"), progress=False)
     res = evaluate_labelled(critic, root).summary()
-    assert res["n"] == res["n_success"] + res["n_failure"] and res["n_failure"] >= 1
+    assert res["n"] == res["n_success"] + res["n_failure"] and res["n_failure"] >= 2 and res["n_success"] >= 1
     assert set(res["confusion"]) == {"success", "physical_violation", "missing_action", "incomplete_action",
                                      "sudden_switch", "scene_drift"}
+    # the shipped critic on clean rendered clips (accuracy 1.0 on 1320 of them, benchmarks/results/critic_eval.json)
+    assert res["accuracy"] >= 0.8 and res["decision_accuracy"] >= 0.8, res
+    # a critic that accepts everything: right exactly on the successes, detects nothing
+    blind = evaluate_labelled(_AcceptAll(), root).summary()
+    share = res["n_success"] / res["n"]
+    assert blind["accuracy"] == pytest.approx(share) and blind["decision_accuracy"] == pytest.approx(share)
+    assert blind["detection_rate"] == 0.0 and blind["false_reject_rate"] == 0.0
+    assert blind["kind_accuracy"] == pytest.approx(share)
     pairs = build_pairs(root, seed=0, ties=1.0)
     lines = [json.loads(x) for x in pairs.read_text().splitlines()]
     assert {x["label"] for x in lines} >= {"tie"} and all({"a", "b", "sub_action"} <= x.keys() for x in lines)
     out = evaluate_pairs(critic, pairs)
-    assert 0 <= out["with_ties"] <= 1 and out["n"] == len(lines)
+    assert out["n"] == len(lines) and out["n_ties"] == sum(x["label"] == "tie" for x in lines)
+    # success-vs-failure pairs are what the critic is for: it orders them right; its score of two successes
+    # differs little, and a threshold ε finds those ties (1.0 and 1.0 on three such sets)
+    assert out["without_ties"] >= 0.8 and out["with_ties"] >= 0.8, out

@@ -149,3 +149,54 @@ def test_transition_kl_is_the_gaussian_kl_and_a_mask_keeps_only_its_elements():
     torch.testing.assert_close(flow.gaussian_kl(mean, mean_ref, std, mask).double(), want)
     moved = torch.where(mask.expand_as(mean), mean, mean + 3.0)  # outside the mask: not seen
     torch.testing.assert_close(flow.gaussian_kl(moved, mean_ref, std, mask), flow.gaussian_kl(mean, mean_ref, std, mask))
+
+
+# ---- edges and bad input (each assertion kills a mutant that survived the tests above: benchmarks/mutation.py)
+def test_schedule_defaults_dtypes_and_bad_arguments():
+    torch.testing.assert_close(flow.sigma_schedule(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))  # no shift
+    assert flow.sigma_schedule(1).tolist() == [1.0, 0.0]  # one step is a valid schedule
+    assert flow.time_shift(0.5, 3.0).dtype == torch.float64  # a float is computed in double, like a tensor
+    for steps in (0, -2):
+        with pytest.raises(ValueError, match=f"steps must be ≥ 1, got {steps}"):
+            flow.sigma_schedule(steps)
+    for shift in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"shift must be > 0, got {shift}"):
+            flow.time_shift(0.5, shift)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_steps_keep_the_state_dtype_with_float_sigmas(dtype):
+    x, v = (t.to(dtype) for t in _state(7))
+    assert flow.euler_step(x, v, 0.5, 0.25).dtype == dtype
+    mean, std = flow.sde_mean_std(x, v, 0.5, 0.25, 0.7)
+    assert mean.dtype == dtype
+
+
+def test_sigma_shape_zero_sigma_and_zero_noise_are_refused_by_name():
+    x, v = _state(8)
+    with pytest.raises(ValueError, match=r"sigma must be a scalar or have shape \(3,\), got \(2,\)"):
+        flow.euler_step(x, v, torch.tensor([0.5, 0.4]), 0.3)
+    with pytest.raises(ValueError, match=r"^an SDE step needs σ > 0 \(σ = 0 is already clean data\)$"):
+        flow.sde_mean_std(x, v, torch.tensor([0.5, 0.0, 0.4]), 0.0, 0.7)
+    with pytest.raises(ValueError, match="^step_logprob needs noise_level > 0: a deterministic step has no density$"):
+        flow.step_logprob(x, x, v, 0.5, 0.4, 0.0)
+    with pytest.raises(ValueError, match=r"sde_window \(2, 2\) must satisfy 0 ≤ start < end ≤ 6"):
+        flow.sde_mask(6, "sde", (2, 2))  # an empty window
+    mask = flow.sde_mask(3, "sde")
+    assert mask.dtype == torch.bool and mask.tolist() == [True] * 3 and not flow.sde_mask(3, "ode").any()
+
+
+def test_sde_step_at_noise_level_one_is_stochastic():
+    x, v = _state(9)
+    x1, lp = flow.sde_step(x, v, 0.5, 0.25, 1.0, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(x1, flow.euler_step(x, v, 0.5, 0.25)) and bool((lp != 0).all())
+
+
+def test_plain_noise_kl_hand_worked():
+    """Same std s: KL(N(m, s²) ‖ N(m', s²)) = (m − m')² / (2s²) per element, averaged per sample (the second
+    sample has both means non-zero, so m + m' or a missing m' would show)."""
+    mean = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    ref = torch.tensor([[0.0, 0.0], [3.0, -1.0]])
+    std = torch.tensor([[0.5], [2.0]])
+    want = torch.tensor([(1 / 0.5 + 4 / 0.5) / 2, (9 / 8 + 4 / 8) / 2])
+    torch.testing.assert_close(flow.gaussian_kl(mean, ref, std), want)

@@ -92,16 +92,37 @@ def _spiral(*args, **kw):
                             stderr=subprocess.PIPE, **kw)
 
 
+def _without_timings(x):
+    """A journal line or record without what a clock measured (seconds of each call, the costs' *_seconds)."""
+    if isinstance(x, dict):
+        return {k: _without_timings(v) for k, v in x.items() if k != "seconds" and not k.endswith("_seconds")}
+    if isinstance(x, list):
+        return [_without_timings(v) for v in x]
+    return x
+
+
 def _same_run(out: Path, ref: Path) -> None:
-    """What the loop writes losslessly is byte-identical; final.mp4 shows the same video. Its H.264 bytes are
-    not compared: on the 2-core CI machine libx264 encoded the same frames to different bytes in different
-    processes (2 of 6 runs of this test failed on that alone, session 10), so the decoded frames are compared
-    with the encoder's own tolerance instead, against the lossless composition of the kept segments."""
+    """A resumed run ends as the uninterrupted one: the journal line for line and the record field for field
+    (plans, attempts with their verdicts and decisions, accepted segments, counts, final state), all but the
+    timings; the kept segments byte for byte; final.mp4 the same video. Calls answered from the journal count
+    as replayed, so each *_calls count may move into replayed_calls, never appear or vanish. The H.264 bytes of
+    final.mp4 are not compared: on the 2-core CI machine libx264 encoded the same frames to different bytes in
+    different processes (2 of 6 runs of this test failed on that alone, session 10), so the decoded frames are
+    compared with the encoder's own tolerance instead, against the lossless composition of the kept segments."""
     from spiral.compose import compose
     from spiral.video import read_video
 
-    rec, rec_ref = (json.loads((d / "record.json").read_text()) for d in (out, ref))
-    assert rec["accepted"] == rec_ref["accepted"] and rec["status"] == rec_ref["status"]
+    journal, journal_ref = ([_without_timings(json.loads(x)) for x in _read(d)] for d in (out, ref))
+    assert journal == journal_ref
+    rec, rec_ref = (_without_timings(json.loads((d / "record.json").read_text())) for d in (out, ref))
+    counts, counts_ref = rec.pop("counts"), rec_ref.pop("counts")
+    assert rec == rec_ref
+    calls = {k for k in counts_ref if k.endswith("_calls") and k != "replayed_calls"}
+    assert {k: v for k, v in counts.items() if k not in calls | {"replayed_calls"}} == {
+        k: v for k, v in counts_ref.items() if k not in calls | {"replayed_calls"}}
+    assert counts_ref["replayed_calls"] == 0 and all(counts[k] <= counts_ref[k] for k in calls)
+    assert sum(counts[k] for k in calls if k != "judge_calls") + counts["replayed_calls"] == sum(
+        counts_ref[k] for k in calls if k != "judge_calls")  # each plan or generation ran once or was replayed
     for rel in rec_ref["accepted"]:
         assert (out / rel).read_bytes() == (ref / rel).read_bytes()
     frames = compose([load_frames(ref / rel) for rel in rec_ref["accepted"]], 0)[0]
@@ -112,7 +133,7 @@ def _same_run(out: Path, ref: Path) -> None:
 
 def test_resume_after_sigkill_is_byte_identical(tmp_path):
     """Kill `spiral run` with SIGKILL at ≥ 10 points over several runs; resumed runs end identical (the
-    journal, the kept segments and the record byte for byte; the final video frame for frame)."""
+    journal and the record but for timings, the kept segments byte for byte, the final video frame for frame)."""
     rng = np.random.default_rng(0)
     args = ["--config", str(ORACLE), "--set", "generator.options.failure_rate=0.4"]
     cases = [(GOAL, 4), ("tidy up: put every block in the box", 7),

@@ -132,9 +132,36 @@ def test_cli_report(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "not a SPIRAL run" in res.output
 
 
+# Appended to a copy of report.html: once the report's own <video> is playing and its clock has advanced, pause
+# it, draw the frame it shows on a canvas and write what the browser knows about the video into the DOM. (No seek,
+# and the frame shown may lag the clock: under virtual time the DOM can be dumped before a new frame is decoded.)
+PROBE_JS = """<script>
+(function () {
+  const v = document.getElementById('final-video'), out = document.createElement('pre');
+  out.id = 'probe'; document.body.appendChild(out);
+  const say = (o) => { out.textContent = JSON.stringify(o); };
+  v.addEventListener('error', () => say({error: v.error ? v.error.code : -1}));
+  const probe = () => {
+    if (v.paused || v.currentTime <= 0 || v.readyState < 2) { setTimeout(probe, 50); return; }
+    v.pause();
+    const c = document.createElement('canvas'); c.width = v.videoWidth; c.height = v.videoHeight;
+    const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+    say({readyState: v.readyState, duration: v.duration, width: v.videoWidth, height: v.videoHeight,
+         time: v.currentTime, error: v.error, rgba: Array.from(g.getImageData(0, 0, c.width, c.height).data)});
+  };
+  setTimeout(probe, 50);
+})();
+</script>"""
+
+
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    """A real browser opens the page offline: the DOM has the plan table and the video; the screenshot is a page."""
-    report, png = write_report(make_run(tmp_path / "run")), tmp_path / "shot.png"
+    """A real browser opens the page offline: the DOM has the plan table and the video; the screenshot is a page;
+    and final.mp4 plays in the page's own <video>: it has the file's duration and size, its clock advances, and the
+    frame the browser shows is a frame of the file (decoded, not blank)."""
+    from spiral.video import read_video
+
+    run = make_run(tmp_path / "run")
+    report, png = write_report(run), tmp_path / "shot.png"
     assert Path(find_chromium()).is_file(), "chromium is required (.ci/run installs it: apt-get install chromium)"
     subprocess.run(chromium_command(report, tmp_path / "profile", screenshot=png, window=(1200, 1600)),
                    check=True, timeout=60, capture_output=True)
@@ -146,6 +173,30 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         assert im.size == (1200, 1600)
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # a real page, not a blank or single-colour canvas
+
+    frames = read_video(run / "final.mp4")
+    probe = run / "probe.html"  # next to report.html, so that src="final.mp4" resolves the same way
+    probe.write_text(report.read_text().replace("</body>", PROBE_JS + "</body>"))
+    got = None
+    for budget_ms in (10000, 20000, 40000, 80000, 160000):  # virtual time; on a loaded machine playback may start late
+        cmd = chromium_command(probe, tmp_path / f"profile-{budget_ms}", dump_dom=True)
+        # file:// pages may read their own folder's pixels; virtual time lets the page play without waiting
+        cmd[-1:-1] = ["--allow-file-access-from-files", "--autoplay-policy=no-user-gesture-required",
+                      f"--virtual-time-budget={budget_ms}"]
+        dom = subprocess.run(cmd, check=True, timeout=90, capture_output=True, text=True).stdout
+        found = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+        if found and found.group(1):
+            got = json.loads(html.unescape(found.group(1)))
+            break
+    assert got is not None, "the report's video never started playing (nor reported an error)"
+    assert "rgba" in got, f"the browser cannot play final.mp4: MediaError {got}"
+    assert got["readyState"] >= 2 and got["error"] is None and got["time"] > 0
+    assert (got["width"], got["height"]) == (64, 64) and got["duration"] == pytest.approx(len(frames) / 8.0, abs=0.01)
+    # the frame on screen is a frame of the file, no later than its clock (random frames: any other is ~60 off)
+    shown = np.array(got["rgba"], dtype=np.int16).reshape(64, 64, 4)[..., :3]
+    errors = [float(np.abs(shown - f).mean()) for f in frames.astype(np.int16)]
+    assert min(errors) < 8 and int(np.argmin(errors)) <= got["time"] * 8.0 + 1, (got["time"], errors)
+    assert shown.std() > 40  # make_run's frames are uniform noise (std ~74): not a blank or single-colour frame
 
 
 def test_record_json_is_valid(tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ again. A bad case never stops the others: its error is recorded in its result.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 import time
 import traceback
 import zlib
@@ -32,6 +35,7 @@ from spiral.bench.suite import Case, Suite, SuiteError, load_suite
 
 MODES = ("closed_loop", "plan_only", "single_shot")
 _TIMING_KEYS = ("seconds", "seconds_per_video", "finished_at", "score_seconds")
+_PLACE_KEYS = ("worker",)  # where a case ran: differs between local, process-pool and Ray runs
 
 
 @dataclass
@@ -101,7 +105,20 @@ def run_case(task: dict[str, Any]) -> dict[str, Any]:
                    traceback=traceback.format_exc(limit=-4))
     res["seconds"] = round(time.perf_counter() - t0, 4)
     res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    res["worker"] = _worker()
     return res
+
+
+def _worker() -> dict[str, Any]:
+    """Where this case ran: host and process, plus the Ray node and task when a Ray worker ran it (to find the
+    machine of a failing case on a cluster, and for tests to see that Ray really ran the cases)."""
+    out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    ray = sys.modules.get("ray")  # imported in a Ray worker; never imported here just to ask
+    if ray is not None and ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        if ctx.worker.mode == ray.WORKER_MODE:
+            out.update(ray_node=ctx.get_node_id(), ray_task=ctx.get_task_id())
+    return out
 
 
 def score(run_dir: Path, task: dict[str, Any]) -> dict[str, Any]:
@@ -352,14 +369,14 @@ class _Progress:
 
 
 def comparable(res: dict[str, Any]) -> dict[str, Any]:
-    """A case result without its timings: what must be equal across local, process-pool and Ray runs.
+    """A case result without its timings and its worker: what must be equal across local, process-pool and Ray runs.
 
     Floats are rounded to 6 decimals: workers run torch on one thread, the driver may not, and a
     different thread count changes the summation order of feature sums in the last bits.
     """
     def strip(x: Any) -> Any:
         if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in _TIMING_KEYS and k != "traceback"}
+            return {k: strip(v) for k, v in x.items() if k not in _TIMING_KEYS + _PLACE_KEYS and k != "traceback"}
         if isinstance(x, list):
             return [strip(v) for v in x]
         if isinstance(x, float):

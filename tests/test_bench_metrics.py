@@ -1,0 +1,265 @@
+"""Bench metrics of one run (spiral.bench.metrics) on hand-built run views and one real oracle run: each part of
+``score_run`` (action quality, failure counts, temporal coherence, faithfulness, cost, reading a run folder) on
+inputs whose answers are worked out by hand, including the empty and unreadable edges. The formulas themselves
+(flicker, consistency, smoothness, drift) are checked in tests/test_bench.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spiral.bench import metrics as M
+from spiral.bench import seeds
+from spiral.world.domain import State
+from spiral.world.render import FAILURE_KIND, Appearance, render_state
+
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+S0 = State.make({"red_block": "left", "green_block": "center", "blue_block": "box", "yellow_block": "right"})
+S1 = S0.with_loc("red_block", "far_left")
+S2 = S1.with_loc("yellow_block", "far_right")
+SCENE = 5
+
+
+def _frame(state: State) -> np.ndarray:
+    return render_state(state, appearance=Appearance.sample(SCENE), size=64)
+
+
+class _Table:
+    """A judge that reads frames it was shown (by bytes); others are unreadable. ``batch`` offers read_states."""
+
+    def __init__(self, states: list[State], batch: bool = True, batch_fails: bool = False):
+        self.known = {_frame(s).tobytes(): s for s in states}
+        self.single = self.batched = 0
+        if batch:
+            self.read_states = self._read_states
+        self.batch_fails = batch_fails
+
+    def read_state(self, frame: np.ndarray) -> State:
+        self.single += 1
+        return self.known[frame.tobytes()]
+
+    def _read_states(self, frames: np.ndarray) -> list[State]:
+        self.batched += 1
+        if self.batch_fails:
+            raise RuntimeError("batch reader broke")
+        return [self.known[f.tobytes()] for f in frames]
+
+
+class _Mean:
+    """Features: each frame's mean colour (enough for feature_consistency)."""
+
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        return frames.reshape(len(frames), -1, 3).mean(axis=1) + 1.0
+
+
+def _segment(a: State, b: State, n: int = 3) -> np.ndarray:
+    return np.stack([_frame(a)] * (n - 1) + [_frame(b)])
+
+
+def _view(steps: list[dict], ends: list[State], goal: str = "put the red block in the far left slot",
+          scene: int | None = SCENE, attempts: list[dict] | None = None, record: dict | None = None) -> M.RunView:
+    segs, prev = [], S0
+    for s in ends:
+        segs.append(_segment(prev, s))
+        prev = s
+    return M.RunView(root=Path("."), goal=goal, scene=scene, anchor=_frame(S0), segments=segs, steps=steps,
+                     record=record or {}, attempts=attempts or [])
+
+
+MOVE_RED = {"verb": "move", "objects": ["red_block", "far_left"], "postconditions": ["at(red_block, far_left)"]}
+MOVE_YELLOW = {"verb": "move", "objects": ["yellow_block", "far_right"],
+               "postconditions": ["at(yellow_block, far_right)"]}
+
+
+def test_metric_action_quality_on_hand_built_runs():
+    judge = _Table([S0, S1, S2])
+    aq = M.action_quality(_view([MOVE_RED, MOVE_YELLOW], [S1, S2]), judge)
+    assert (aq["task_completion"], aq["step_success"], aq["step_success_by_index"]) == (1.0, 1.0, [1.0, 1.0])
+    assert (aq["order_correctness"], aq["hallucinated_motion"], aq["unreadable_frames"]) == (1.0, 0.0, 0)
+    assert judge.batched == 1 and judge.single == 0  # one batched read when the judge offers it
+    # the second step "moves the yellow block" but the frame shows the red one moved: failed step, extra motion
+    bad = M.action_quality(_view([MOVE_RED, MOVE_YELLOW], [S1, S1.with_loc("green_block", "far_right")]),
+                           _Table([S0, S1, S1.with_loc("green_block", "far_right")]))
+    assert bad["step_success_by_index"] == [1.0, 0.0] and bad["hallucinated_motion"] == 0.5
+    # the goal needs the red block at far left and then nothing else: order 1 of 1, but not completed when undone
+    undone = M.action_quality(_view([MOVE_RED, {}], [S1, S0], goal="put the red block in the far left slot"),
+                              _Table([S0, S1]))
+    assert undone["task_completion"] == 0.0 and undone["order_correctness"] == 1.0
+    assert undone["step_success_by_index"] == [1.0, 1.0]  # a step without post-conditions or verb holds trivially
+    # a goal outside the grammar: no task completion or order; no steps: no step success
+    free = M.action_quality(_view([], [], goal="dance the robot dance"), _Table([S0]))
+    assert free["task_completion"] is None and free["order_correctness"] is None
+    assert free["step_success"] is None and free["hallucinated_motion"] is None and free["step_success_by_index"] == []
+    # unreadable frames: counted, fail their step, and give no hallucination verdict
+    blind = M.action_quality(_view([MOVE_RED], [S1]), _Table([S0]))
+    assert blind["unreadable_frames"] == 1 and blind["step_success"] == 0.0 and blind["hallucinated_motion"] is None
+    assert blind["task_completion"] == 0.0
+
+
+def test_metric_read_states_batches_and_falls_back():
+    frames = [_frame(S0), _frame(S1), np.zeros((64, 64, 3), np.uint8)]
+    single = _Table([S0, S1], batch=False)
+    assert M.read_states(single, frames) == [S0, S1, None] and single.single == 3
+    broken = _Table([S0, S1], batch_fails=True)  # the batch fails on the unknown frame: frame by frame instead
+    assert M.read_states(broken, frames) == [S0, S1, None] and broken.batched == 1 and broken.single == 3
+    ok = _Table([S0, S1])
+    assert M.read_states(ok, frames[:2]) == [S0, S1] and (ok.batched, ok.single) == (1, 0)
+    assert M.read_states(ok, []) == [] and ok.batched == 1  # nothing to read: no batch call
+
+
+def test_metric_failure_counts_by_hand():
+    attempts = [
+        {"segment_file": "a", "generator_meta": {"failure": "teleport"}, "verdict": {"failure": "sudden_switch"}},
+        {"segment_file": "b", "generator_meta": {"failure": "teleport"}, "verdict": None},
+        {"segment_file": "c", "generator_meta": {"failure": None}, "verdict": {"failure": None}},
+        {"segment_file": "d", "generator_meta": {"failure": "made_up"}, "verdict": {"failure": "scene_drift"}},
+        {"segment_file": "e", "verdict": {"failure": "scene_drift"}},
+    ]
+    view = _view([], [], attempts=attempts, record={"accepted": ["b", "c", "d"]})
+    assert M.failure_counts(view) == {
+        "generator_all": {FAILURE_KIND["teleport"]: 2, "made_up": 1},  # an unknown label is kept as it is
+        "generator_kept": {FAILURE_KIND["teleport"]: 1, "made_up": 1},
+        "critic": {"sudden_switch": 1, "scene_drift": 2}}
+    assert M.failure_counts(_view([], [])) == {"generator_all": {}, "generator_kept": {}, "critic": {}}
+
+
+def test_metric_cost_by_hand():
+    record = {"counts": {"generations": 5, "accepted": 2}, "costs": {"wall_seconds": 3.5},
+              "attempts": [{"verdict": {"failure": None}}, {"verdict": None}, {"verdict": {"failure": "x"}}],
+              "plans": [{}, {}], "accepted": ["a", "b", "c"]}
+    assert M.cost(record) == {"generator_calls": 5.0, "critic_calls": 2.0, "planner_calls": 2.0, "accepted_steps": 2.0,
+                              "seconds_per_video": 3.5, "generations_per_accepted_step": 2.5,
+                              "calls_per_accepted_step": 3.5}
+    # an older record without counts: generations = attempts, kept = accepted list; plan calls from counts
+    bare = {"attempts": [{"verdict": None}] * 4, "accepted": ["a", "b"], "counts": {"plan_calls": 3}}
+    c = M.cost(bare)
+    assert (c["generator_calls"], c["accepted_steps"], c["planner_calls"], c["critic_calls"]) == (4.0, 2.0, 3.0, 0.0)
+    assert M.cost({}) == {"generator_calls": 0.0, "critic_calls": 0.0, "planner_calls": 0.0, "accepted_steps": 0.0,
+                          "seconds_per_video": 0.0, "generations_per_accepted_step": None,
+                          "calls_per_accepted_step": None}
+
+
+def test_metric_temporal_coherence_edges():
+    keys = {"temporal_flickering", "subject_consistency", "background_consistency", "motion_smoothness",
+            "drift_mean", "drift_last"}
+    none = M.temporal_coherence(_view([], []), [S0], _Mean(), _Mean())
+    assert none == dict.fromkeys(keys)  # the anchor alone: one frame, nothing to measure
+    two = _view([MOVE_RED], [S1])
+    two.segments = [two.segments[0][1:]]  # 2 frames: flicker and consistency, no smoothness (needs 3)
+    t2 = M.temporal_coherence(two, [S0, S1], _Mean(), _Mean())
+    assert set(t2) == keys and t2["temporal_flickering"] is not None and t2["motion_smoothness"] is None
+    assert t2["subject_consistency"] is not None and t2["background_consistency"] is not None
+    view = _view([MOVE_RED, MOVE_YELLOW, {}], [S1, S2, S2])
+    last = view.segments[-1].copy()
+    last[-1] = np.clip(last[-1].astype(int) + 60, 0, 255)  # only the last step's end drifts
+    view.segments[-1] = last
+    t = M.temporal_coherence(view, [S0, S1, S2, S2], _Mean(), _Mean())
+    assert t["motion_smoothness"] is not None and t["drift_last"] > 0.1
+    assert t["drift_mean"] == pytest.approx(t["drift_last"] / 3)  # the two clean steps drift 0
+    # the interpolator is the one passed (a "previous frame" interpolator scores a still video perfectly)
+    still = M.temporal_coherence(_view([{}], [S0]), [S0, S0], _Mean(), _Mean(), interpolate=lambda a, b: a)
+    assert still["motion_smoothness"] == 1.0
+    moving = _view([MOVE_RED], [S1])
+    lin = M.temporal_coherence(moving, [S0, S1], _Mean(), _Mean())["motion_smoothness"]
+    prev = M.temporal_coherence(moving, [S0, S1], _Mean(), _Mean(), interpolate=lambda a, b: b)["motion_smoothness"]
+    assert lin != prev
+    # an unreadable first frame: no drift reference at all
+    blind = M.temporal_coherence(view, [None, S1, S2, S2], _Mean(), _Mean())
+    assert blind["drift_mean"] is None and blind["drift_last"] is None
+
+
+def test_metric_faithfulness_edges():
+    view = _view([MOVE_RED, MOVE_YELLOW], [S1, S2])
+    empty = {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": []}
+    assert M.faithfulness(view, [S0, S1, S2], [1.0, 1.0]) == {"artifact_area": 0.0, "faithful_step_success": 1.0,
+                                                              "faithful_by_index": [1.0, 1.0]}
+    assert M.faithfulness(view, [S0, S1, S2], [1.0, 0.0])["faithful_by_index"] == [1.0, 0.0]  # judged failure
+    half = M.faithfulness(view, [S0, None, S2], [1.0, 1.0])  # an unreadable end: not faithful, not averaged
+    assert half == {"artifact_area": 0.0, "faithful_step_success": 0.5, "faithful_by_index": [0.0, 1.0]}
+    assert M.faithfulness(view, [S0, None, None], [1.0, 1.0])["artifact_area"] is None
+    assert M.faithfulness(view, [None, S1, S2], [1.0, 1.0]) == empty  # no anchor state
+    assert M.faithfulness(view, [], []) == empty
+    assert M.faithfulness(_view([MOVE_RED], [S1], scene=None), [S0, S1], [1.0]) == empty  # the scene's look unknown
+    assert M.faithfulness(_view([], []), [S0], []) == empty
+    assert M.faithfulness(view, [S0, S1, S2], [])["faithful_step_success"] is None
+    ref = M.DriftReference(_frame(S0), S0, None)
+    assert ref.artifact_area(_frame(S1), S1) is None and M.DriftReference(_frame(S0), S0, SCENE).artifact_area(
+        _frame(S1), S1) == 0.0
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory) -> Path:
+    """A finished closed-loop oracle run with injected failures (the world generator reports each one)."""
+    from spiral.api import run
+
+    out = tmp_path_factory.mktemp("metrics") / "run"
+    run("put the red block in the box, then switch on the lamp", scene=seeds.TESTS.start + 14, out=out, seed=3,
+        config=ORACLE, overrides=["output.report=false", "output.segment_videos=false", "video.crossfade=2",
+                                  "generator.options.failure_rate=0.5", "loop.max_replans=6"])
+    return out
+
+
+def test_metric_score_run_counts_match_the_run_folder(oracle_run):
+    from spiral import atomic
+    from spiral.bench.judge import make_features, make_judge
+
+    judge = make_judge("truth", oracle_run)
+    res = M.score_run(oracle_run, judge, make_features(None, judge), make_features(None, judge, "background"))
+    record = json.loads((oracle_run / "record.json").read_text())
+    journal = atomic.read_jsonl(oracle_run / "attempts.jsonl")
+    kept = set(record["accepted"])
+    labels = [(a["segment_file"], (a.get("generator_meta") or {}).get("failure")) for a in journal]
+    assert res["failures"]["generator_all"] == dict(Counter(FAILURE_KIND[f] for _, f in labels if f))
+    assert res["failures"]["generator_kept"] == dict(Counter(FAILURE_KIND[f] for s, f in labels if f and s in kept))
+    assert res["failures"]["critic"] == dict(Counter(a["verdict"]["failure"] for a in journal
+                                                     if a.get("verdict") and a["verdict"]["failure"]))
+    assert sum(res["failures"]["generator_all"].values()) >= 2  # the run really had failures to count
+    c = res["cost"]
+    assert c["generator_calls"] == c["critic_calls"] == len(journal) and c["accepted_steps"] == len(kept)
+    assert c["planner_calls"] == len(record["plans"]) and c["seconds_per_video"] == record["costs"]["wall_seconds"]
+    assert res["executed_steps"] == len(kept) and res["run_status"] == record["status"]
+    # the per-step lists sit beside the metrics, not in them, and are the ones the parts compute
+    view = M.load_run(oracle_run)
+    aq = M.action_quality(view, judge)
+    states = aq.pop("_states")
+    fa = M.faithfulness(view, states, aq["step_success_by_index"])
+    assert res["step_success_by_index"] == aq["step_success_by_index"] and len(aq["step_success_by_index"]) == len(kept)
+    assert res["faithful_step_success_by_index"] == fa["faithful_by_index"]
+    assert not {"step_success_by_index", "faithful_by_index", "_states"} & set(res["metrics"])
+    assert res["metrics"]["faithful_step_success"] == fa["faithful_step_success"]
+    # the interpolator given reaches motion smoothness (holding the previous frame is a worse guess than the mean)
+    held = M.score_run(oracle_run, judge, make_features(None, judge), make_features(None, judge, "background"),
+                       interpolate=lambda prev, nxt: prev)
+    assert held["metrics"]["motion_smoothness"] == M.motion_smoothness(view.video(), lambda prev, nxt: prev)
+    assert held["metrics"]["motion_smoothness"] != res["metrics"]["motion_smoothness"]
+
+
+def test_metric_load_run_reads_and_refuses(oracle_run, tmp_path):
+    from spiral.compose import compose
+    from spiral.rundir import load_frames
+
+    view = M.load_run(oracle_run)
+    record = json.loads((oracle_run / "record.json").read_text())
+    assert view.root == oracle_run and view.crossfade == 2 and view.scene == seeds.TESTS.start + 14
+    assert len(view.segments) == len(record["accepted"]) and view.anchor.shape == (64, 64, 3)
+    assert np.array_equal(view.video(), compose([load_frames(oracle_run / r) for r in record["accepted"]], 2)[0])
+    run = tmp_path / "run"
+    shutil.copytree(oracle_run, run)
+    (run / "config.yaml").write_text("loop:\n  mode: closed_loop\n")  # no video section: no crossfade
+    assert M.load_run(run).crossfade == 0
+    rec = json.loads((run / "record.json").read_text())
+    (run / "record.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "accepted"}))
+    assert M.load_run(run).segments == []  # a record without kept segments
+    (run / "record.json").write_text(json.dumps(rec))
+    (run / rec["accepted"][-1]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"^{run}: kept segment {rec['accepted'][-1]} is missing from "
+                                                "attempts.jsonl or segments/$"):
+        M.load_run(run)
+    (run / "record.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"^{run} has no record.json: the run did not finish$"):
+        M.load_run(run)
