@@ -18,7 +18,7 @@ from spiral.bench import seeds
 from spiral.world.domain import State
 from spiral.world.render import FAILURE_KIND, Appearance, render_state
 
-ORACLE = Path(__file__).resolve().parents[1] / "configs" / "tabletop-oracle.yaml"
+ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 S0 = State.make({"red_block": "left", "green_block": "center", "blue_block": "box", "yellow_block": "right"})
 S1 = S0.with_loc("red_block", "far_left")
 S2 = S1.with_loc("yellow_block", "far_right")
