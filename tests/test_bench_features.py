@@ -5,12 +5,17 @@ hand computation written down below."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from spiral.bench import features as F
 from spiral.bench import metrics as M
+from spiral.cli import app
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 
@@ -210,10 +215,55 @@ def test_imaging_quality_says_clearly_that_musiq_is_not_available():
         F.make_extractor("imaging", "brisque:x")
 
 
-# ---- bad input -------------------------------------------------------------------------------------------------
+# ---- bad input: one clear line, nothing written ------------------------------------------------------------------
+@pytest.mark.parametrize("features, message", [
+    ("subject=dino:/no/such/dino", "dino features: no model folder at /no/such/dino"),
+    ("background=clip:/no/such/clip", "clip features: no model folder at /no/such/clip"),
+    ("aesthetic=laion:/no/clip,/no/head.pth", "aesthetic clip: no model folder at /no/clip"),
+    ("imaging=musiq:/no/musiq.pth", "pyiqa"),
+    ("colour=clip:/x", "unknown metric 'colour'"),
+    ("motion", "expected METRIC=SPEC"),
+])
+def test_bad_feature_specs_fail_with_one_line_before_anything_is_written(tmp_path, features, message):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["bench", "--suite", "tabletop-smoke", "--out", str(out), "--features", features,
+                                 "--quiet"])
+    assert r.exit_code != 0 and message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_a_config_folder_that_is_not_the_model_asked_for_is_refused(models, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(F.FeatureUnavailable, match="holds no config.json"):
         F.make_extractor("subject", f"dino:{tmp_path / 'empty'}")
     with pytest.raises(F.FeatureUnavailable, match="is a 'clip' model; expected a ViT"):
         F.make_extractor("subject", f"dino:{models['clip']}")
+
+
+# ---- the benchmark records which features made each number, and whether it is VBench-comparable -----------------
+def test_bench_scores_with_vbench_features_and_reports_comparability(models, tmp_path):
+    from spiral.bench.runner import BenchConfig, run_bench
+
+    root = Path(__file__).resolve().parents[1]
+    feats = {"subject": f"dino:{models['dino']}", "background": f"clip:{models['clip']}", "motion": "vbench",
+             "aesthetic": f"laion:{models['clip']},{models['head']}"}
+    res = run_bench(BenchConfig(suite="tabletop-smoke", out=str(tmp_path / "b"), modes=["plan_only"], limit=1,
+                                config=str(root / "configs" / "run" / "tabletop-oracle.yaml"), judge="truth",
+                                overrides=["output.report=false", "output.segment_videos=false"], features=feats),
+                    progress=False)
+    case = res["cases"][0]
+    assert case["status"] == "ok", case.get("error")
+    assert case["features"] == {"subject": feats["subject"], "background": feats["background"],
+                                "motion": "vbench:linear", "aesthetic": f"laion:{models['clip']},{models['head']}"}
+    m = case["metrics"]
+    assert 0 < m["subject_consistency"] <= 1 and 0 < m["background_consistency"] <= 1
+    assert 0 < m["motion_smoothness"] <= 1 and m["aesthetic_quality"] is not None
+    comp = case["vbench_comparable"]
+    assert comp["temporal_flickering"]["comparable"] is True
+    assert all(comp[k]["comparable"] is False for k in ("subject_consistency", "background_consistency",
+                                                        "motion_smoothness", "aesthetic_quality"))
+    summary = (tmp_path / "b" / "summary.md").read_text()
+    assert "## Comparable to published VBench?" in summary and "## Quality (VBench scorers)" in summary
+    assert "| smoothness | no | VBench's even→odd protocol, but linear interpolation stands in" in summary
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert saved["identity"]["features"] == feats
