@@ -341,6 +341,18 @@ class AestheticScorer:
         return float((x[:, 0] / 10.0).mean())
 
 
+def _musiq_class(weights: str) -> Any:
+    """pyiqa's MUSIQ class, once its package and the weights file are known to be there."""
+    try:
+        from pyiqa.archs.musiq_arch import MUSIQ
+    except ImportError:
+        raise FeatureUnavailable("imaging quality needs MUSIQ from the pyiqa package, which is not installed "
+                                 "(pip install pyiqa); leave --features imaging unset to skip it") from None
+    if not Path(weights).expanduser().is_file():
+        raise FeatureUnavailable(f"imaging quality: no MUSIQ weights at {weights} (e.g. musiq_spaq_ckpt.pth)")
+    return MUSIQ
+
+
 class MusiqScorer:
     """VBench's imaging quality: MUSIQ (pyiqa's ``MUSIQ(pretrained_model_path=...)``) on every frame, frames whose
     longer side exceeds 512 resized to 512 (VBench's default ``longer`` mode), the mean score / 100.
@@ -349,13 +361,7 @@ class MusiqScorer:
     metric = "imaging_quality"
 
     def __init__(self, path: str):
-        try:
-            from pyiqa.archs.musiq_arch import MUSIQ
-        except ImportError:
-            raise FeatureUnavailable("imaging quality needs MUSIQ from the pyiqa package, which is not installed "
-                                     "(pip install pyiqa); leave --features imaging unset to skip it") from None
-        if not Path(path).expanduser().is_file():
-            raise FeatureUnavailable(f"imaging quality: no MUSIQ weights at {path} (e.g. musiq_spaq_ckpt.pth)")
+        MUSIQ = _musiq_class(path)
         self.model = MUSIQ(pretrained_model_path=str(Path(path).expanduser())).eval()
         self.name = f"musiq:{path}"
         self.vbench = Comparability(True, "VBench's protocol with pyiqa's MUSIQ (weights: the SPAQ checkpoint)")
@@ -425,13 +431,23 @@ def _build(metric: str, spec: str | None, judge: Any) -> Any:
             return MotionScorer("vbench", fn, getattr(obj, "name", rest))
         raise ValueError(f"motion features {spec!r}: all-frames | vbench | vbench:module:factory")
     if metric == "aesthetic":
-        clip_path, comma, head_path = rest.partition(",")
-        if head != "laion" or not comma or not clip_path or not head_path:
-            raise ValueError(f"aesthetic features {spec!r}: expected laion:CLIP_PATH,HEAD_FILE")
-        return AestheticScorer(clip_path, head_path)
+        return AestheticScorer(*_laion_paths(spec or ""))
+    return MusiqScorer(_musiq_path(spec or ""))
+
+
+def _laion_paths(spec: str) -> tuple[str, str]:
+    head, _, rest = spec.partition(":")
+    clip_path, comma, head_path = rest.partition(",")
+    if head != "laion" or not comma or not clip_path or not head_path:
+        raise ValueError(f"aesthetic features {spec!r}: expected laion:CLIP_PATH,HEAD_FILE")
+    return clip_path, head_path
+
+
+def _musiq_path(spec: str) -> str:
+    head, _, rest = spec.partition(":")
     if head != "musiq" or not rest:
         raise ValueError(f"imaging features {spec!r}: expected musiq:WEIGHTS")
-    return MusiqScorer(rest)
+    return rest
 
 
 def check_specs(cfg: FeaturesConfig) -> None:
@@ -445,23 +461,12 @@ def check_specs(cfg: FeaturesConfig) -> None:
         if head in ("dino", "clip") and metric in ("subject", "background"):
             _model_dir(rest, f"{head} features")
         elif metric == "aesthetic":
-            clip_path, comma, head_path = rest.partition(",")
-            if head != "laion" or not comma:
-                raise ValueError(f"aesthetic features {spec!r}: expected laion:CLIP_PATH,HEAD_FILE")
+            clip_path, head_path = _laion_paths(spec)
             _model_dir(clip_path, "aesthetic clip")
             if not Path(head_path).expanduser().is_file():
                 raise FeatureUnavailable(f"aesthetic head: no file at {head_path}; pass the LAION predictor's weights")
         elif metric == "imaging":
-            if head != "musiq" or not rest:
-                raise ValueError(f"imaging features {spec!r}: expected musiq:WEIGHTS")
-            try:
-                import pyiqa  # noqa: F401
-            except ImportError:
-                raise FeatureUnavailable("imaging quality needs MUSIQ from the pyiqa package, which is not "
-                                         "installed (pip install pyiqa); leave --features imaging unset to skip "
-                                         "it") from None
-            if not Path(rest).expanduser().is_file():
-                raise FeatureUnavailable(f"imaging quality: no MUSIQ weights at {rest} (e.g. musiq_spaq_ckpt.pth)")
+            _musiq_class(_musiq_path(spec))
         elif metric == "motion" and spec not in ("all-frames", "vbench"):
             _build(metric, spec, None)
 
