@@ -471,8 +471,8 @@ def check_specs(cfg: FeaturesConfig) -> None:
             _build(metric, spec, None)
 
 
-FLICKER = Comparability(True, "VBench's formula on every pair of frames (VBench scores it on static-camera prompts "
-                              "only; here the camera is static)")
+FLICKER = Comparability(None, "VBench's formula on every pair of frames; VBench scores it on static-scene prompts "
+                              "only, so it compares only on videos of static scenes (not the benchmark's action videos)")
 
 
 @dataclass
