@@ -40,6 +40,9 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | module:factory"),
         subject_features: str | None = typer.Option(None, help="judge | pixels | module:factory (DINO, …)"),
         background_features: str | None = typer.Option(None, help="colour-layout | pixels | module:factory (CLIP, …)"),
+        features: list[str] = typer.Option([], "--features", help="METRIC=SPEC (repeatable): subject=dino:PATH, "
+                                           "background=clip:PATH, motion=vbench, aesthetic=laion:CLIP_PATH,HEAD, "
+                                           "imaging=musiq:WEIGHTS (docs/bench.md, VBench comparability)"),
         set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ) -> None:
@@ -49,6 +52,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         if suite is None:
             typer.echo(ctx.get_help())
             raise typer.Exit(2)
+        from spiral.bench.features import FeaturesConfig
         from spiral.bench.runner import BenchConfig, run_bench
 
         mode_list = [m.strip() for m in (modes or mode).split(",") if m.strip()]
@@ -57,6 +61,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         cfg = BenchConfig(suite=suite, out=str(out), modes=mode_list, config=str(config) if config else None,
                           overrides=list(set_), limit=limit, seed=seed, judge=judge,
                           subject_features=subject_features, background_features=background_features,
+                          features=FeaturesConfig.parse(features).model_dump(exclude_none=True),
                           workers=workers, ray=ray, resume=resume)
         results = run_bench(cfg, progress=not quiet)
         errors = results["errors"]
@@ -98,9 +103,9 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
     ) -> None:
         """Per-metric deltas B − A with paired 95 % bootstrap intervals (cases paired by id, per mode)."""
-        from spiral.bench.report import ACTION, COST, LABELS, TEMPORAL, compare
+        from spiral.bench.report import ACTION, COST, LABELS, QUALITY, TEMPORAL, compare
 
-        metrics = tuple(metric) or ACTION + TEMPORAL + COST
+        metrics = tuple(metric) or ACTION + TEMPORAL + QUALITY + COST
         unknown = [m for m in metrics if m not in LABELS]
         if unknown:
             raise ValueError(f"unknown metric {unknown[0]!r}; metrics: {', '.join(LABELS)}")

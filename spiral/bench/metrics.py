@@ -34,6 +34,11 @@ Temporal coherence (VBench formulas where VBench has one)
 - motion smoothness :math:`\mathrm{MS} = (255 - \frac{1}{T-2}\sum_{t=2}^{T-1}\mathrm{mean}|I_t -
   \hat I_t|)/255` with :math:`\hat I_t` interpolated from :math:`I_{t-1}, I_{t+1}` (their mean by
   default; a frame-interpolation model can be plugged in, as VBench does with AMT).
+  Under VBench's protocol (``vbench_motion_smoothness``) only the odd frames are scored, each
+  interpolated from the even frames around it: :math:`(255 - \mathrm{mean}_i\,\mathrm{mean}|I_{2i+1} -
+  \lfloor\hat I_{2i+1}\rfloor|)/255`.
+- aesthetic / imaging quality (optional scorers, :mod:`spiral.bench.features`): VBench's LAION predictor
+  on CLIP ViT-L/14 embeddings / 10 and MUSIQ / 100, averaged over the frames.
 - cross-segment drift :math:`D_k = \mathrm{mean}_{x \in M_k} |B_k(x) - A_k(x)| / 255`, where
   :math:`M_k` is the set of pixels no step touched — pixels where renders of :math:`s_0` and
   :math:`s_k` agree (the changed region dilated by one pixel) — and :math:`A_k` is the anchor
@@ -129,6 +134,23 @@ def motion_smoothness(frames: np.ndarray, interpolate: Interpolator | None = Non
     interp = interpolate or linear_interpolation
     errs = [np.abs(f[t].astype(np.float64) - np.asarray(interp(f[t - 1], f[t + 1]), np.float64)).mean()
             for t in range(1, len(f) - 1)]
+    return float((255.0 - np.mean(errs)) / 255.0)
+
+
+def vbench_motion_smoothness(frames: np.ndarray, interpolate: Interpolator | None = None) -> float:
+    """Motion smoothness under VBench's frame protocol: keep the even frames I_0, I_2, …, interpolate a frame
+    between each consecutive pair, and score it against the odd frame it replaces,
+    (255 − mean_i mean|I_{2i+1} − Î_{2i+1}|) / 255 over i = 0 .. ⌈T/2⌉ − 2 (with an even T the last odd frame
+    has no right neighbour and is not scored, as in VBench). Î is made uint8 the way VBench's AMT output is
+    (``clip(0, 255)`` then truncation, not rounding) before the uint8 absolute difference. VBench interpolates
+    with AMT-S; ``interpolate`` (float 0..255 frames in, one out) defaults to the labelled linear stand-in."""
+    f = _check_video(frames, 3)
+    interp = interpolate or linear_interpolation
+    even, odd = f[0::2], f[1::2]
+    errs = []
+    for i in range(len(even) - 1):
+        guess = np.clip(np.asarray(interp(even[i], even[i + 1]), np.float64), 0, 255).astype(np.uint8)
+        errs.append(np.abs(odd[i].astype(np.int16) - guess.astype(np.int16)).mean())
     return float((255.0 - np.mean(errs)) / 255.0)
 
 
@@ -398,8 +420,11 @@ def failure_counts(view: RunView) -> dict[str, dict[str, int]]:
 
 
 def temporal_coherence(view: RunView, states: Sequence[State | None], subject: Any, background: Any,
-                       interpolate: Interpolator | None = None) -> dict[str, float | None]:
-    """Flicker, subject/background consistency, motion smoothness and cross-segment drift of one run."""
+                       interpolate: Interpolator | None = None, motion: Any = None,
+                       scorers: Sequence[Any] = ()) -> dict[str, float | None]:
+    """Flicker, subject/background consistency, motion smoothness and cross-segment drift of one run, plus one
+    value per extra video scorer (``scorer.metric``: ``scorer.score(video)``, e.g. aesthetic quality). ``motion``
+    (``score(video)``, :class:`spiral.bench.features.MotionScorer`) replaces the default all-frames protocol."""
     video = view.video()
     out: dict[str, float | None] = {"temporal_flickering": None, "subject_consistency": None,
                                     "background_consistency": None, "motion_smoothness": None,
@@ -409,7 +434,9 @@ def temporal_coherence(view: RunView, states: Sequence[State | None], subject: A
         out["subject_consistency"] = feature_consistency(subject.features(video))
         out["background_consistency"] = feature_consistency(background.features(video))
     if len(video) >= 3:
-        out["motion_smoothness"] = motion_smoothness(video, interpolate)
+        out["motion_smoothness"] = motion.score(video) if motion is not None else motion_smoothness(video, interpolate)
+    for scorer in scorers:
+        out[scorer.metric] = scorer.score(video)
     if view.segments and states and states[0] is not None:
         ref = DriftReference(view.anchor, states[0], view.scene)
         d = [ref.drift(seg[-1], s) for seg, s in zip(view.segments, states[1:])]
@@ -439,12 +466,13 @@ def cost(record: dict) -> dict[str, float | None]:
 
 
 def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
-              interpolate: Interpolator | None = None) -> dict[str, Any]:
+              interpolate: Interpolator | None = None, motion: Any = None,
+              scorers: Sequence[Any] = ()) -> dict[str, Any]:
     """Every metric of one finished run, as a flat JSON-friendly dict (+ per-step lists and counts)."""
     view = load_run(run_dir)
     aq = action_quality(view, judge)
     states = aq.pop("_states")
-    tc = temporal_coherence(view, states, subject, background, interpolate)
+    tc = temporal_coherence(view, states, subject, background, interpolate, motion, scorers)
     fa = faithfulness(view, states, aq["step_success_by_index"])
     faithful_by_index = fa.pop("faithful_by_index")
     ftc = faithful_task_completion(aq["task_completion"], fa.pop("faithful_frames"), len(view.steps),

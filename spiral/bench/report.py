@@ -20,6 +20,7 @@ ACTION = ("task_completion", "faithful_task_completion", "step_success", "faithf
           "hallucinated_motion", "artifact_area")
 TEMPORAL = ("temporal_flickering", "subject_consistency", "background_consistency", "motion_smoothness",
             "drift_mean")
+QUALITY = ("aesthetic_quality", "imaging_quality")  # VBench's per-frame quality scorers, when asked for (--features)
 COST = ("generator_calls", "critic_calls", "calls_per_accepted_step", "generations_per_accepted_step",
         "unverified_steps", "seconds_per_video")
 LABELS = {
@@ -31,7 +32,7 @@ LABELS = {
     "generator_calls": "gen. calls / video", "critic_calls": "critic calls / video",
     "calls_per_accepted_step": "calls / accepted step", "generations_per_accepted_step": "gens / accepted step",
     "unverified_steps": "unverified steps / video",
-    "seconds_per_video": "s / video",
+    "seconds_per_video": "s / video", "aesthetic_quality": "aesthetic", "imaging_quality": "imaging",
 }
 MAX_STEPS = max(hi for _, hi in LENGTH_CLASSES.values())
 BY_INDEX_CLASSES = ("long", "xlong")  # classes whose per-step success is tabulated by step index
@@ -53,7 +54,7 @@ def summarize(cases: Sequence[dict[str, Any]], modes: Sequence[str]) -> dict[str
                                                                  and r.get("status") != "ok")}
         for cls in (*LENGTH_CLASSES, "all"):
             group = ok if cls == "all" else [r for r in ok if r["length_class"] == cls]
-            per[cls] = {m: bootstrap_ci([value(r, m) for r in group]).to_dict() for m in ACTION + TEMPORAL + COST}
+            per[cls] = {m: bootstrap_ci([value(r, m) for r in group]).to_dict() for m in ACTION + TEMPORAL + QUALITY + COST}
         for cls in BY_INDEX_CLASSES:
             cls_ok = [r for r in ok if r["length_class"] == cls]
             for key in ("step_success_by_index", "faithful_step_success_by_index"):  # a vanished block stays vanished
@@ -71,7 +72,7 @@ def _iv(d: dict | None) -> Interval:
 def present_classes(summary: dict, modes: Sequence[str]) -> list[str]:
     """The length classes that hold at least one scored case in some mode (a v1 run shows no ``xlong`` row)."""
     return [cls for cls in LENGTH_CLASSES
-            if any(_iv(summary.get(m, {}).get(cls, {}).get(x)).n for m in modes for x in ACTION + TEMPORAL + COST)]
+            if any(_iv(summary.get(m, {}).get(cls, {}).get(x)).n for m in modes for x in ACTION + TEMPORAL + QUALITY + COST)]
 
 
 def _table(summary: dict, modes: Sequence[str], metrics: Sequence[str], digits: int = 2) -> list[str]:
@@ -86,6 +87,17 @@ def _table(summary: dict, modes: Sequence[str], metrics: Sequence[str], digits: 
     return lines
 
 
+def _vbench_lines(cases: Sequence[dict[str, Any]]) -> list[str]:
+    """Which temporal/quality numbers can be set beside published VBench numbers (from the first scored case)."""
+    comp = next((r.get("vbench_comparable") for r in cases if r.get("vbench_comparable")), None)
+    if not comp:
+        return []
+    mark = {True: "yes", False: "no", None: "unchecked"}
+    return ["## Comparable to published VBench?", "", "| metric | comparable | why |", "|---|---|---|",
+            *[f"| {LABELS.get(m, m)} | {mark[c.get('comparable')]} | {c.get('why', '')} |" for m, c in comp.items()],
+            ""]
+
+
 def summary_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """The ``summary.md`` text: settings, three tables by mode × length class, step success by index, failures."""
     b, s = results["bench"], results["summary"]
@@ -93,19 +105,22 @@ def summary_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     judge = next((r.get("judge") for r in results["cases"] if r.get("judge")), b.get("judge"))
     feats = next((r.get("features") for r in results["cases"] if r.get("features")), {}) or {}
     limit = f" (limit {b['limit']})" if b.get("limit") else ""
+    quality = tuple(m for m in QUALITY if any(_iv(s[mode].get("all", {}).get(m)).n for mode in modes))
     lines = [
         f"# ActVideoGen-Bench: {b.get('suite_name') or b['suite']} v{b.get('suite_version') or '?'}",
         "",
         f"- config: `{b.get('config') or 'configs/run/tabletop.yaml (embedded default)'}`"
         + (f" with `{' '.join(b['overrides'])}`" if b.get("overrides") else ""),
-        f"- judge: `{judge}`; features: subject `{feats.get('subject', '?')}`, background "
-        f"`{feats.get('background', '?')}`; bench seed {b.get('seed')}",
+        f"- judge: `{judge}`; features: " + (", ".join(f"{k} `{v}`" for k, v in feats.items()) or "?")
+        + f"; bench seed {b.get('seed')}",
         f"- cases: {b.get('n_cases')} valid{limit}, "
         f"{len(results.get('invalid_cases', []))} invalid; modes: {', '.join(modes)}; written {b.get('written')}",
         "- cells: mean [95 % bootstrap interval] over cases; ↓ = lower is better",
         "",
         "## Action quality", "", *_table(s, modes, ACTION), "",
         "## Temporal coherence", "", *_table(s, modes, TEMPORAL, 3), "",
+        *(["## Quality (VBench scorers)", "", *_table(s, modes, quality, 3), ""] if quality else []),
+        *_vbench_lines(results["cases"]),
         "## Cost", "", *_table(s, modes, COST), "",
     ]
     present = present_classes(s, modes)
@@ -224,7 +239,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def compare(a: str | Path, b: str | Path, metrics: Sequence[str] = ACTION + TEMPORAL + COST,
+def compare(a: str | Path, b: str | Path, metrics: Sequence[str] = ACTION + TEMPORAL + QUALITY + COST,
             mode_a: str | None = None, mode_b: str | None = None, by_length: bool = False) -> list[dict[str, Any]]:
     """Per-metric mean of B − A over the cases scored in both (paired by case id), with paired bootstrap intervals.
 

@@ -52,6 +52,7 @@ class BenchConfig:
     judge: str = "recognizer"
     subject_features: str | None = None
     background_features: str | None = None
+    features: dict[str, str] = field(default_factory=dict)  # METRIC -> spec (spiral.bench.features.FeaturesConfig)
     workers: int = 1
     ray: str | None = None
     resume: bool = False
@@ -59,7 +60,7 @@ class BenchConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for ``--resume`` to reuse earlier results."""
         return {k: getattr(self, k) for k in ("suite", "config", "overrides", "seed", "judge", "subject_features",
-                                              "background_features")}
+                                              "background_features", "features")}
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -123,16 +124,18 @@ def _worker() -> dict[str, Any]:
 
 def score(run_dir: Path, task: dict[str, Any]) -> dict[str, Any]:
     """Score one finished run directory with the task's judge and feature extractors."""
-    from spiral.bench.judge import make_features, make_judge
+    from spiral.bench.features import make_extractors
+    from spiral.bench.judge import make_judge
     from spiral.bench.metrics import score_run
 
     t = time.perf_counter()
     judge = make_judge(task["judge"], run_dir)
-    subject = make_features(task.get("subject_features"), judge, "subject")
-    background = make_features(task.get("background_features"), judge, "background")
-    out = score_run(run_dir, judge, subject, background)
+    specs = {**(task.get("features") or {}), **{k: task[f"{k}_features"] for k in ("subject", "background")
+                                                 if task.get(f"{k}_features")}}
+    ex = make_extractors(specs, judge)
+    out = score_run(run_dir, judge, ex.subject, ex.background, motion=ex.motion, scorers=ex.scorers)
     out["judge"] = getattr(judge, "name", task["judge"])
-    out["features"] = {"subject": subject.name, "background": background.name}
+    out["features"], out["vbench_comparable"] = ex.names(), ex.comparability()
     out["score_seconds"] = round(time.perf_counter() - t, 4)
     return out
 
@@ -152,6 +155,9 @@ class Bench:
                 raise ValueError(f"unknown mode {m!r}; modes: {', '.join(MODES)}")
         if cfg.workers < 1:
             raise ValueError(f"--workers must be ≥ 1, got {cfg.workers}")
+        from spiral.bench.features import check_specs, features_config
+
+        check_specs(features_config(cfg.features, cfg.subject_features, cfg.background_features))
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.results: dict[tuple[str, str], dict] = {}
@@ -169,8 +175,8 @@ class Bench:
             if not self.cfg.resume:
                 raise FileExistsError(f"{self.out} already holds a benchmark; add --resume to continue it "
                                       "or pick another --out")
-            mismatch = {k: (old.get("identity", {}).get(k), v) for k, v in self.cfg.identity().items()
-                        if old.get("identity", {}).get(k) != v}
+            was = {"features": {}, **old.get("identity", {})}  # folders from before --features had none
+            mismatch = {k: (was.get(k), v) for k, v in self.cfg.identity().items() if was.get(k) != v}
             if mismatch:
                 k, (a, b) = next(iter(mismatch.items()))
                 raise ValueError(f"--resume: {self.out} was run with {k}={a!r}, now {b!r}; "
@@ -206,7 +212,7 @@ class Bench:
         return {"case": case.to_dict(), "mode": mode, "run_dir": str(self.out / rel), "run_rel": rel,
                 "seed": case_seed(cfg.seed, case.id), "config": cfg.config, "overrides": list(cfg.overrides),
                 "judge": cfg.judge, "subject_features": cfg.subject_features,
-                "background_features": cfg.background_features}
+                "background_features": cfg.background_features, "features": dict(cfg.features)}
 
     def record(self, res: dict[str, Any]) -> None:
         """Keep one finished case and write its result file atomically."""
