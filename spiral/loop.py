@@ -81,6 +81,7 @@ from spiral.types import (
     StepFailure,
     SubAction,
     Verdict,
+    combine_scores,
 )
 
 Event = dict[str, Any]
@@ -462,7 +463,7 @@ def _score(critic: CriticAgent, verdict: Verdict | None) -> float:
         return 0.0
     if isinstance(critic, CombinesScores):
         return float(critic.combine(verdict.scores))
-    return float(np.mean(list(verdict.scores.values())))
+    return combine_scores(verdict.scores)
 
 
 def _action_key(sub: SubAction) -> tuple[str, tuple[str, ...]]:

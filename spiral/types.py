@@ -21,6 +21,23 @@ Decision = Literal["accept", "refine", "regenerate", "replan"]
 #: what the loop did after an attempt: the critic's decision, a higher rung of the escalation ladder, or give_up
 Response = Literal["accept", "regenerate", "refine", "replan", "give_up"]
 
+#: the critic's score dimensions (DESIGN §5): every critic scores these, the loop ranks attempts and GRPO rewards
+#: rollouts by their weighted mean (:func:`combine_scores`)
+SCORES: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
+
+
+def combine_scores(scores: dict[str, float], weights: dict[str, float] | None = None) -> float:
+    """One number for a verdict's scores: their weighted mean over :data:`SCORES` (a missing weight counts 0; a
+    non-positive total gives 0), or without weights the plain mean of whatever scores are given.
+
+    The one reward combination: the tabletop critic's ``combine`` (its configured weights), the loop's keep_best
+    ranking (the critic's ``combine``, else this mean) and the GRPO reward (``reward_weights``) all call it.
+    """
+    if weights is None:
+        return float(np.mean(list(scores.values()))) if scores else 0.0
+    total = sum(weights.get(k, 0.0) for k in SCORES)
+    return float(sum(weights.get(k, 0.0) * scores[k] for k in SCORES) / total) if total > 0 else 0.0
+
 
 def _array_to_json(a: np.ndarray) -> dict[str, Any]:
     a = np.ascontiguousarray(a)

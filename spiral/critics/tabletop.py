@@ -41,11 +41,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spiral.critics.recognizer import Recognizer, decode_states, layout_marginals, load_recognizer
 from spiral.models.recognizer import ELSEWHERE, HELD, LID_CLASSES, LIGHT_CLASSES, LOC_CLASSES
-from spiral.types import Decision, FailureKind, Segment, SubAction, Verdict, check_frame, check_frames
+from spiral.types import (
+    SCORES,
+    Decision,
+    FailureKind,
+    Segment,
+    SubAction,
+    Verdict,
+    check_frame,
+    check_frames,
+    combine_scores,
+)
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
 
-SCORES = ("action", "preservation", "continuity", "consistency")
 _N_LOC = len(LOC_CLASSES)
 _REST = [i for i in range(_N_LOC) if i not in (HELD, ELSEWHERE)]
 
@@ -332,10 +341,8 @@ class TabletopCritic:
         return self.combine(self.judge(segment, sub_action, context).scores)
 
     def combine(self, scores: dict[str, float]) -> float:
-        """Weighted mean of scores with the configured weights."""
-        w = self.config.weights
-        total = sum(w[k] for k in SCORES)
-        return float(sum(w[k] * scores[k] for k in SCORES) / total) if total > 0 else 0.0
+        """Weighted mean of scores with the configured weights (:func:`spiral.types.combine_scores`)."""
+        return combine_scores(scores, self.config.weights)
 
     def judge(self, segment: Segment, sub_action: SubAction, context: Any = None) -> Verdict:
         """Judge one segment against its sub-action and the memory context (anchor frame, state)."""

@@ -23,9 +23,8 @@ from spiral.llm.client import ChatClient, JsonTask, make_client
 from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, text_part, video_input
 from spiral.options import BackendOptions, merged_model
-from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
+from spiral.types import FAILURE_KINDS, SCORES, Segment, SubAction, Verdict
 
-DIMENSIONS: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
 DECISIONS: tuple[str, ...] = ("accept", "refine", "regenerate", "replan")
 FEEDBACK_MAX = 300
 _SECTIONS = ("system", "judge", "repair", "format")
@@ -42,8 +41,8 @@ def verdict_schema(score_levels: int = 21) -> dict[str, Any]:
         "type": "object", "additionalProperties": False,
         "required": ["scores", "passed", "failure", "decision", "feedback"],
         "properties": {
-            "scores": {"type": "object", "additionalProperties": False, "required": list(DIMENSIONS),
-                       "properties": {d: score for d in DIMENSIONS}},
+            "scores": {"type": "object", "additionalProperties": False, "required": list(SCORES),
+                       "properties": {d: score for d in SCORES}},
             "passed": {"type": "boolean"},
             "failure": {"anyOf": [{"type": "string", "enum": list(FAILURE_KINDS)}, {"type": "null"}]},
             "decision": {"type": "string", "enum": list(DECISIONS)},
@@ -74,10 +73,10 @@ def _to_verdict(data: Any) -> Verdict:
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     scores = data.get("scores")
     if not isinstance(scores, dict):
-        raise ValueError("'scores' must be an object with " + ", ".join(DIMENSIONS))
-    missing = [d for d in DIMENSIONS if d not in scores]
+        raise ValueError("'scores' must be an object with " + ", ".join(SCORES))
+    missing = [d for d in SCORES if d not in scores]
     if missing:
-        raise ValueError(f"'scores' lacks {missing}; give all of {list(DIMENSIONS)} in [0, 1]")
+        raise ValueError(f"'scores' lacks {missing}; give all of {list(SCORES)} in [0, 1]")
     return Verdict.model_validate({**data, "observed_state": None})
 
 

@@ -9,7 +9,7 @@ One step (``GRPOTrainer.step``):
 2. **Rollouts.** G SDE samples per prompt through ``spiral.flow.sample`` (the one sampler of every generator),
    its exploration noise drawn from a CPU generator so that rollouts do not depend on the device;
    log-probabilities kept per step.
-3. **Rewards.** ``CriticAgent.judge`` scores, combined with ``reward_weights`` (:func:`combine_reward`).
+3. **Rewards.** ``CriticAgent.judge`` scores, combined with ``reward_weights`` (:func:`spiral.types.combine_scores`, the critic's own combination).
 4. **Advantages.** (r − mean_group) / std (group std, or the std of the whole batch with
    ``global_std``), clamped to ±``adv_clip``; groups quieter than ``min_group_std`` get none.
 5. **Update.** On a random ``timestep_fraction`` of the SDE steps: PPO-clipped ratio of the new and
@@ -42,20 +42,15 @@ from pydantic import BaseModel, ConfigDict
 from spiral import flow
 from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, save_tensors, set_rng_state
 from spiral.train.grpo_config import RUNTIME_FIELDS, SCORES, GRPOConfig, Stage, load_config
-from spiral.types import GenerationRequest, Segment, SubAction
+from spiral.types import GenerationRequest, Segment, SubAction, combine_scores
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Prompt", "Stage", "RUNTIME_FIELDS", "SCORES", "background_noise",
-           "build_policy", "clipped_objective", "combine_reward", "group_advantages", "load_config", "train_grpo"]
+           "build_policy", "clipped_objective", "group_advantages", "load_config", "train_grpo"]
 
 CKPT = "checkpoint"
 
 
 # ------------------------------------------------------------------------------------------- math
-
-
-def combine_reward(scores: dict[str, float], weights: dict[str, float]) -> float:
-    """Weighted mean of the critic's scores."""
-    return sum(weights.get(k, 0.0) * scores[k] for k in SCORES) / sum(weights.values())
 
 
 def background_noise(frames: np.ndarray) -> float:
@@ -310,7 +305,7 @@ class GRPOTrainer:
             seg = segments[len(rewards)]
             verdict = self.critic.judge(seg, p.sub_action, self.context(p))
             noise.append(background_noise(seg.frames))
-            rewards.append(combine_reward(verdict.scores, cfg.reward_weights))
+            rewards.append(combine_scores(verdict.scores, cfg.reward_weights))
             passed.append(float(verdict.passed))
             scores.append(verdict.scores)
         r = torch.tensor(rewards, dtype=torch.float32)
