@@ -40,9 +40,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from spiral import flow
+from spiral.agents import FixedClipShape, GRPOPolicy
 from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, save_tensors, set_rng_state
 from spiral.train.grpo_config import RUNTIME_FIELDS, SCORES, GRPOConfig, Stage, load_config
-from spiral.types import GenerationRequest, Segment, SubAction, combine_scores
+from spiral.types import GenerationRequest, JudgeContext, Segment, SubAction, combine_scores
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Prompt", "Stage", "RUNTIME_FIELDS", "SCORES", "background_noise",
            "build_policy", "clipped_objective", "group_advantages", "load_config", "train_grpo"]
@@ -96,7 +97,7 @@ class Prompt(BaseModel):
     scene_seed: int | None = None  # the scene's look (spiral.world.render.Appearance.sample)
 
 
-def build_policy(cfg: GRPOConfig) -> Any:
+def build_policy(cfg: GRPOConfig) -> GRPOPolicy:
     from spiral.train.policy import DiffusersPolicy, TinyPolicy
 
     if cfg.generator == "tiny":
@@ -147,7 +148,10 @@ class GRPOTrainer:
             write_text(saved, cfg.model_dump_json(indent=2))
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.policy = policy or build_policy(cfg)
+        self.policy: GRPOPolicy = policy or build_policy(cfg)
+        if not isinstance(self.policy, GRPOPolicy):
+            raise TypeError(f"the policy {type(self.policy).__name__} lacks what GRPO needs (spiral.agents.GRPOPolicy)")
+        self._judge: Any = None  # the benchmark's judge, loaded on the first score_prompts
         from spiral import registry
 
         self.critic = critic or registry.create("critic", cfg.critic)
@@ -251,13 +255,11 @@ class GRPOTrainer:
                 for i, (ts, plan, k, first, scene) in enumerate(chains)]
 
     def _size(self) -> int:
-        cfg = getattr(getattr(self.policy, "gen", None), "config", None)
-        return cfg.resolution if cfg is not None else 64
+        return self.policy.clip_shape()[0] if isinstance(self.policy, FixedClipShape) else 64
 
     def request(self, text: str, cond: np.ndarray, anchor: np.ndarray, seed: int) -> GenerationRequest:
         """One generation request at the policy's clip length and the conditioning frame's size."""
-        cfg = getattr(getattr(self.policy, "gen", None), "config", None)
-        frames = cfg.num_frames + 1 if cfg is not None else 9
+        frames = self.policy.clip_shape()[1] if isinstance(self.policy, FixedClipShape) else 9
         return GenerationRequest(prompt=text, cond_frame=cond, anchor_frame=anchor, seed=seed, num_frames=frames,
                                  height=cond.shape[0], width=cond.shape[1])
 
@@ -317,10 +319,11 @@ class GRPOTrainer:
                 "quiet_groups": float(quiet.float().mean()), "scores": scores, "noise": float(np.mean(noise))}
 
     @staticmethod
-    def context(p: Prompt) -> dict[str, Any]:
-        """What the critic knows of a prompt, as the loop's memory gives it: anchor frame, state, the scene's look."""
-        return {"anchor_frame": p.anchor_frame, "state": p.state,
-                "hints": {"scene_seed": p.scene_seed} if p.scene_seed is not None else {}}
+    def context(p: Prompt) -> JudgeContext:
+        """What the critic knows of a prompt, as the loop's memory gives it: conditioning and anchor frames, state,
+        the scene's look."""
+        return JudgeContext(cond_frame=p.cond_frame, anchor_frame=p.anchor_frame, state=p.state,
+                            hints={"scene_seed": p.scene_seed} if p.scene_seed is not None else {})
 
     def artifact(self, frame: np.ndarray, prompt: Prompt, state: Any) -> float:
         """Artifact area of ``frame`` against a render of ``state`` (what it is read as) in the prompt's look."""
@@ -515,8 +518,7 @@ class GRPOTrainer:
         from spiral.bench.judge import RecognizerJudge
         from spiral.world import domain
 
-        judge = getattr(self, "_judge", None) or RecognizerJudge()
-        self._judge = judge
+        judge = self._judge = self._judge or RecognizerJudge()
         reqs = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, seed + i) for i, p in enumerate(prompts)]
         segs = self.generate(reqs, mode="ode")
         critic_ok, judge_ok = [], []
