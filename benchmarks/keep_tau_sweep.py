@@ -25,7 +25,7 @@ from rich.table import Table
 from spiral.bench.runner import BenchConfig, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "tabletop.yaml"  # the embedded default; each generator is chosen by name on top of it
+CONFIG = ROOT / "configs" / "run" / "tabletop.yaml"  # the embedded default; each generator is chosen by name on top of it
 GENERATORS = ("tiny", "tiny-evolved")
 METRICS = ("step_success", "task_completion", "drift_mean", "temporal_flickering", "motion_smoothness",
            "subject_consistency", "background_consistency")
