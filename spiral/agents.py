@@ -1,8 +1,13 @@
-"""The three agent interfaces (DESIGN §2), as plain Protocols, and the optional capabilities the loop uses.
+"""The three agent interfaces (DESIGN §2), as plain Protocols, and the optional capabilities the loop, the
+benchmarks and the trainers use.
 
 A user plugs in their own planner, generator or critic with a class that has these
 methods and registers it by name (``spiral.registry``). An agent that also has one of the
-small capability Protocols below gets used for more; the loop tests for them with ``isinstance``.
+small capability Protocols below gets used for more; the loop, the benchmarks and GRPO test for them with
+``isinstance`` (runtime-checkable Protocols: the methods' presence is checked, not their signatures). The data
+they exchange are typed in :mod:`spiral.types`: the goal read once (``TaskGoal``), the request with the
+instruction and the critic's feedback apart (``GenerationRequest``), the critic's context (``JudgeContext``), the
+score names and their one combination (``SCORES``, ``combine_scores``).
 """
 
 from __future__ import annotations
