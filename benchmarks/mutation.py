@@ -105,9 +105,14 @@ TARGETS: dict[str, Target] = {
     ),
     "grpo_objective": Target(
         file="spiral/train/grpo.py",
-        functions=["combine_reward", "group_advantages", "clipped_objective"],
+        functions=["group_advantages", "clipped_objective"],
         tests=["tests/test_grpo.py", "-k",
-               "advantages or clipped_objective or raises_the_log_prob or combine_reward"],
+               "advantages or clipped_objective or raises_the_log_prob"],
+    ),
+    "score_combination": Target(
+        file="spiral/types.py",
+        functions=["combine_scores"],
+        tests=["tests/test_contracts.py", "tests/test_grpo.py", "-k", "combin"],
     ),
     "critic_eval_accuracy": Target(
         file="spiral/bench/critic_eval.py",

@@ -1,8 +1,13 @@
-"""The three agent interfaces (DESIGN §2), as plain Protocols, and the optional capabilities the loop uses.
+"""The three agent interfaces (DESIGN §2), as plain Protocols, and the optional capabilities the loop, the
+benchmarks and the trainers use.
 
 A user plugs in their own planner, generator or critic with a class that has these
 methods and registers it by name (``spiral.registry``). An agent that also has one of the
-small capability Protocols below gets used for more; the loop tests for them with ``isinstance``.
+small capability Protocols below gets used for more; the loop, the benchmarks and GRPO test for them with
+``isinstance`` (runtime-checkable Protocols: the methods' presence is checked, not their signatures). The data
+they exchange are typed in :mod:`spiral.types`: the goal read once (``TaskGoal``), the request with the
+instruction and the critic's feedback apart (``GenerationRequest``), the critic's context (``JudgeContext``), the
+score names and their one combination (``SCORES``, ``combine_scores``).
 """
 
 from __future__ import annotations
@@ -11,16 +16,30 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from spiral.types import GenerationRequest, Observation, Plan, Segment, StepFailure, SubAction, Verdict
+from spiral.types import (
+    GenerationRequest,
+    Instruction,
+    JudgeContext,
+    Observation,
+    Plan,
+    Segment,
+    StepFailure,
+    SubAction,
+    TaskGoal,
+    Verdict,
+)
 
 
 @runtime_checkable
 class PlanAgent(Protocol):
-    """Turns a goal and what is observed into ordered sub-actions with pre/post-conditions."""
+    """Turns a goal and what is observed into ordered sub-actions with pre/post-conditions.
 
-    def plan(self, goal: str, observation: Observation) -> Plan: ...
+    ``goal`` is the run's goal read once (``spiral.types.TaskGoal``: the text, and its tabletop reading when the
+    grammar reads it); the built-in planners also take a plain string and read it themselves."""
 
-    def replan(self, goal: str, observation: Observation, history: list[SubAction]) -> Plan:
+    def plan(self, goal: TaskGoal, observation: Observation) -> Plan: ...
+
+    def replan(self, goal: TaskGoal, observation: Observation, history: list[SubAction]) -> Plan:
         """Plan again from what is observed; ``history`` is the sub-actions executed so far."""
         ...
 
@@ -36,7 +55,10 @@ class VideoGenerator(Protocol):
 class CriticAgent(Protocol):
     """Judges a segment against its sub-action and the memory context."""
 
-    def judge(self, segment: Segment, sub_action: SubAction, context: Any) -> Verdict: ...
+    def judge(self, segment: Segment, sub_action: SubAction, context: JudgeContext | None) -> Verdict:
+        """``context``: what the critic knows besides the segment (``spiral.types.JudgeContext``; a critic also
+        accepts the loop's ``Memory`` through ``JudgeContext.of``), or None."""
+        ...
 
 
 # ---- optional capabilities ---------------------------------------------------------------------------------
@@ -52,10 +74,11 @@ class ChecksRequests(Protocol):
 
 @runtime_checkable
 class RefinesInstructions(Protocol):
-    """A planner that rewrites a step's instruction from the critic's feedback (the loop's "refine" rung);
-    without it the loop appends the feedback to the step's text."""
+    """A planner that rewrites a step's instruction from the critic's feedback (the loop's "refine" rung): the
+    rewrite, with whatever feedback it leaves to be carried beside it. Without it the loop keeps the step's text
+    and carries the feedback beside it (``GenerationRequest.feedback``)."""
 
-    def refine(self, sub_action: SubAction, feedback: str) -> str: ...
+    def refine(self, sub_action: SubAction, feedback: str) -> Instruction: ...
 
 
 @runtime_checkable
@@ -63,7 +86,7 @@ class ChecksGoal(Protocol):
     """A planner that tells whether an observed state meets the goal (the loop's check at the end of a plan);
     without it the loop takes a finished plan as having reached the goal."""
 
-    def achieved(self, goal: str, observation: Observation) -> bool: ...
+    def achieved(self, goal: TaskGoal, observation: Observation) -> bool: ...
 
 
 @runtime_checkable
@@ -71,15 +94,90 @@ class AvoidsFailures(Protocol):
     """A planner that re-plans around sub-actions the generator failed (the loop's "re-plan" rung): it avoids
     them when another plan reaches the goal. Without it the loop calls ``replan``."""
 
-    def replan_avoiding(self, goal: str, observation: Observation, history: list[SubAction],
+    def replan_avoiding(self, goal: TaskGoal, observation: Observation, history: list[SubAction],
                         failed: list[StepFailure]) -> Plan: ...
 
 
 @runtime_checkable
 class ObservesState(Protocol):
-    """A critic that reads a frame as a symbolic state (for re-planning from what is really on screen)."""
+    """A critic that reads a frame as a symbolic state (for re-planning from what is really on screen); the state
+    is a dict or an object with ``to_dict()`` (:class:`StateRecord`, e.g. ``spiral.world.domain.State``)."""
 
     def observe(self, frame: np.ndarray) -> Any: ...
+
+
+@runtime_checkable
+class StateRecord(Protocol):
+    """A symbolic state that serialises itself (``spiral.world.domain.State``): what an observation carries."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class RewardsSegments(Protocol):
+    """A critic with a scalar reward of its own for one segment (the critic benchmark's preference pairs rank
+    clips by it; without it, the mean of the verdict's scores)."""
+
+    def reward(self, segment: Segment, sub_action: SubAction, context: JudgeContext | None = None) -> float: ...
+
+
+@runtime_checkable
+class ChoosesSteps(Protocol):
+    """A planner that answers the planner benchmark's multiple-choice questions itself (``spiral.bench.planner_eval``:
+    a question dict with the goal, the scene and four candidate next steps → the index 0–3 of its choice); without
+    it the benchmark plans and matches the plan's first step to a candidate."""
+
+    def choose(self, question: dict[str, Any]) -> int: ...
+
+
+@runtime_checkable
+class ReadsStatesBatched(Protocol):
+    """A benchmark judge that reads many frames in one call (``spiral.bench.metrics.read_states``); without it
+    the frames are read one by one with ``read_state``."""
+
+    def read_states(self, frames: np.ndarray) -> list[Any]: ...
+
+
+# ---- the generator a trainer improves ------------------------------------------------------------------------
+@runtime_checkable
+class GRPOPolicy(Protocol):
+    """A generator as GRPO trains it (``spiral.train.policy``: TinyPolicy, DiffusersPolicy): batches of requests,
+    the flow's velocity (live and reference weights), decoding, and the trainable parameters. ``batch`` is the
+    policy's own batch object (``spiral.train.policy.Batch``)."""
+
+    batches_groups: bool  # whether one batch may hold several prompts' groups (else one prompt per batch)
+
+    def trainable(self) -> dict[str, Any]: ...
+
+    def sigmas(self) -> Any: ...
+
+    def prepare(self, requests: list[GenerationRequest]) -> Any: ...
+
+    def initial_noise(self, batch: Any) -> Any: ...
+
+    def subset(self, batch: Any, sl: slice) -> Any: ...
+
+    def velocity(self, x: Any, sigma: Any, batch: Any) -> Any: ...
+
+    def unguided(self, batch: Any) -> Any: ...
+
+    def reference_velocity(self, x: Any, sigma: Any, batch: Any) -> Any: ...
+
+    def decode(self, x0: Any, batch: Any) -> list[Segment]: ...
+
+    def train(self, mode: bool = True) -> None: ...
+
+    def export_model(self) -> Any: ...
+
+
+@runtime_checkable
+class FixedClipShape(Protocol):
+    """A policy whose model makes one clip shape only (the tiny model): GRPO asks for exactly that; without it the
+    requests take the conditioning frame's size and 9 frames."""
+
+    def clip_shape(self) -> tuple[int, int]:
+        """(frame size in pixels, frames per clip including the conditioning frame)."""
+        ...
 
 
 @runtime_checkable
@@ -95,4 +193,4 @@ def observe(critic: CriticAgent, frame: np.ndarray) -> dict | None:
     if not isinstance(critic, ObservesState):
         return None
     state = critic.observe(frame)
-    return state.to_dict() if hasattr(state, "to_dict") else state
+    return state.to_dict() if isinstance(state, StateRecord) else state

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from spiral import registry
+from spiral.agents import ObservesState
 from spiral.config import DEFAULT_CONFIG, Config, config_with_overrides, dump_config, load_config
 from spiral.loop import Agents, Event, run_loop
 from spiral.rundir import RunDir
-from spiral.types import RunRecord
+from spiral.types import RunRecord, TaskGoal
 
 _LAST_RUN: list[Path] = []
 
@@ -137,7 +138,7 @@ def run(
                                     mode=mode, overrides=overrides or [])
         rd = RunDir.open(resume)
         meta = rd.meta
-        goal, first, state0 = meta["goal"], rd.first_frame(), meta.get("initial_state")
+        task, first, state0 = TaskGoal.read(meta["goal"]), rd.first_frame(), meta.get("initial_state")
         agents = build_agents(cfg)
         if changes:
             rd.record_resume(changes, dump_config(cfg))
@@ -158,7 +159,7 @@ def run(
         else:
             scene = 0 if scene is None else scene
             first, state0 = scene_frame(scene, size)
-        _validate_goal(cfg, goal)
+        task = read_goal(cfg, goal)
         out = Path(out) if out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(goal)}"
         RunDir.check_new(out)
         agents = build_agents(cfg)
@@ -168,10 +169,10 @@ def run(
         rd = RunDir.create(out, meta, dump_config(cfg), first)
     _LAST_RUN.append(rd.path)
     # The loop reads the start state from the frame when the critic can; the scene's truth is a fallback.
-    observed = None if hasattr(agents.critic, "observe") else state0
+    observed = None if isinstance(agents.critic, ObservesState) else state0
     scene_seed = rd.meta.get("scene")
     hints = {"scene_seed": scene_seed} if scene_seed is not None else {}
-    record, video = run_loop(goal, first, agents, cfg, rd, initial_state=observed, on_event=on_event, hints=hints)
+    record, video = run_loop(task, first, agents, cfg, rd, initial_state=observed, on_event=on_event, hints=hints)
     if record.status == "success" and not record.attempts and not record.stop_reason:
         record.stop_reason = "the goal already holds in the first frame: nothing to generate"
     record.resumes = rd.meta.get("resumes", [])
@@ -246,12 +247,10 @@ def _preflight(agents: Agents, cfg: Config, first: np.ndarray) -> None:
             height=cfg.video.height, width=cfg.video.width))
 
 
-def _validate_goal(cfg: Config, goal: str) -> None:
-    """Fail before anything is written when the symbolic planner cannot read the goal."""
-    if cfg.planner.name == "symbolic":
-        from spiral.world.goals import parse_goal
-
-        parse_goal(goal)
+def read_goal(cfg: Config, goal: str) -> TaskGoal:
+    """The goal read once, for every later plan, re-plan and goal check; fails before anything is written when the
+    symbolic planner cannot read it (GoalParseError names the clause)."""
+    return TaskGoal.read(goal, required=cfg.planner.name == "symbolic")
 
 
 def finish(rd: RunDir, record: RunRecord, video: np.ndarray, cfg: Config) -> None:

@@ -1,34 +1,40 @@
 """The think → act → reflect loop (DESIGN §1): one explicit loop over sub-actions, in numbered sections.
 
+:func:`run_loop` reads as the pipeline: **plan**, then per step **request → generate → judge → decide →
+commit / retry / re-plan / give up**, then **compose** and **record**. Where the run stands lives in one
+:class:`RunState`; what each call cost in one :class:`Costs`; the goal arrives read once (``TaskGoal``).
+
 1. **Plan**: the PlanAgent plans the goal from the first frame.
-2. **Budgets**: before each generation; the total budget holds back one generation for each later step.
-3. **Act and reflect**: the generator renders the step conditioned on the memory; the critic judges it
-   (closed loop only). A journaled attempt is replayed instead (resume).
-4. **Respond**: accept and go on, or retry (``regenerate``: new seed; ``refine``: instruction rewritten by the
-   planner from the feedback, new seed), re-plan, or give the step up. The critic's decision is followed the
-   first time a failure is seen. When the step fails *the same way again* (same failure kind and feedback,
-   numbers aside) the loop escalates instead of repeating: it takes the lowest rung of the ladder
-   ``regenerate → refine → replan → give_up`` not yet tried against this failure. So a step is given up only
-   once the same failure came back from a new seed, a refined instruction and a re-plan (three attempts at
-   least): on tabletop-v1 a failure that a generator makes by chance (the oracle's injected ones) came back at
-   most twice in a row before the step passed, one it cannot avoid (a move it cannot draw) 8–16 times. A re-plan
-   after a step failure tells the planner which
-   sub-actions failed (a planner with :class:`~spiral.agents.AvoidsFailures` avoids them when another plan
-   reaches the goal); if the re-plan after a repeated failure brings the same sub-action straight back, it
-   changed nothing and the step is given up at once. A sub-action given up once is not tried again in the run
-   (a later plan that asks for it again skips it). When the critic asks for a re-plan because the segment
-   left a valid but unexpected state, the segment is kept as what happened and the plan continues from there.
-   The inner budget (``max_refines_per_step``) turns a retry into a re-plan, the outer one (``max_replans``)
-   turns a re-plan into giving up.
-5. **Give up**: the exhausted-budget policy ``loop.on_budget_exhausted`` decides. ``keep_best`` keeps the step's
-   best-scoring attempt (the critic's combined score; the earliest wins ties) as an *unverified* step and goes on
-   with the plan; ``stop`` ends the run there with what was accepted (``budget_exhausted``). A later step whose
-   first attempt fails with the very failure the unverified step was kept with (a drifted background, a patch
-   the critic cannot read) inherited it with its conditioning frame, which no retry changes: it is given up at
-   once, until a step passes again.
-6. **End of plan**: a planner with :class:`~spiral.agents.ChecksGoal` checks the observed state against the goal
-   and the loop re-plans if it is not met (not after a step was given up: the new plan would only try it again).
-7. **Compose** the kept segments into the final video and account for every call and second.
+2. **Step**: the next step of the plan. At the end of a plan, a planner with :class:`~spiral.agents.ChecksGoal`
+   checks the observed state against the goal and the loop re-plans if it is not met (not after a step was given
+   up: the new plan would only try it again). Before each generation the total budget is checked; it holds back
+   one generation for each later step.
+3. **Request**: the step's instruction, the critic's feedback beside it after a refine
+   (``GenerationRequest.feedback``), and the memory (last kept frame, anchor, state, history).
+4. **Generate** the segment; 5. **judge** it (closed loop only). A journaled attempt is replayed instead (resume).
+6. **Decide**: the critic's decision is followed the first time a failure is seen. When the step fails *the same
+   way again* (same failure kind and feedback, numbers aside) the loop escalates instead of repeating: it takes
+   the lowest rung of the ladder ``regenerate → refine → replan → give_up`` not yet tried against this failure.
+   So a step is given up only once the same failure came back from a new seed, a refined instruction and a
+   re-plan (three attempts at least): on tabletop-v1 a failure that a generator makes by chance (the oracle's
+   injected ones) came back at most twice in a row before the step passed, one it cannot avoid (a move it cannot
+   draw) 8–16 times. The inner budget (``max_refines_per_step``) turns a retry into a re-plan, the outer one
+   (``max_replans``) turns a re-plan into giving up.
+7. **Commit, retry, re-plan or give up**: accept keeps the segment and goes on; ``regenerate`` retries with a
+   new seed, ``refine`` also with the instruction rewritten by the planner from the feedback (a planner with
+   :class:`~spiral.agents.RefinesInstructions`), else the step's text with the feedback beside it. A re-plan
+   after a step failure tells the planner which sub-actions failed (a planner with
+   :class:`~spiral.agents.AvoidsFailures` avoids them when another plan reaches the goal); if the re-plan after a
+   repeated failure brings the same sub-action straight back, it changed nothing and the step is given up at
+   once. A sub-action given up once is not tried again in the run (a later plan that asks for it again skips
+   it). When the critic asks for a re-plan because the segment left a valid but unexpected state, the segment is
+   kept as what happened and the plan continues from there. Giving up applies the exhausted-budget policy
+   ``loop.on_budget_exhausted``: ``keep_best`` keeps the step's best-scoring attempt (the critic's combined
+   score; the earliest wins ties) as an *unverified* step and goes on with the plan; ``stop`` ends the run there
+   with what was accepted (``budget_exhausted``). A later step whose first attempt fails with the very failure
+   the unverified step was kept with (a drifted background, a patch the critic cannot read) inherited it with its
+   conditioning frame, which no retry changes: it is given up at once, until a step passes again.
+8. **Compose** the kept segments into the final video; 9. **record** the status and every call and second.
 
 Status: ``success`` (every kept step passed the critic and the goal check), ``completed_unverified`` (the end of
 the plan was reached with unverified steps, or the goal check failed with the re-plans spent; open-loop runs,
@@ -47,6 +53,7 @@ the plan has steps).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -71,7 +78,9 @@ from spiral.memory import Memory
 from spiral.rundir import RunDir
 from spiral.types import (
     Attempt,
+    GenerationRequest,
     GivenUpStep,
+    Instruction,
     Observation,
     Plan,
     Response,
@@ -80,10 +89,14 @@ from spiral.types import (
     Segment,
     StepFailure,
     SubAction,
+    TaskGoal,
     Verdict,
+    combine_scores,
 )
 
 Event = dict[str, Any]
+ActionKey = tuple[str, tuple[str, ...]]
+Signature = tuple[str, str]
 
 #: the escalation ladder: each rung is tried once for a failure that repeats, in this order
 LADDER: tuple[Response, ...] = ("regenerate", "refine", "replan", "give_up")
@@ -99,9 +112,36 @@ class Agents:
 
 
 @dataclass
-class _Costs:
+class Costs:
+    """What a run spent: seconds and calls per kind of work (plan, generate, judge; journal entries replayed)."""
+
     seconds: dict[str, float] = field(default_factory=lambda: {"plan": 0.0, "generate": 0.0, "judge": 0.0, "other": 0.0})
     calls: dict[str, int] = field(default_factory=lambda: {"plan": 0, "generate": 0, "judge": 0, "replayed": 0})
+    started: float = field(default_factory=time.perf_counter)
+
+    def timed(self, kind: str, fn: Callable[[], Any]) -> Any:
+        """Call ``fn`` and count it, with its seconds, as one call of ``kind``."""
+        t = time.perf_counter()
+        out = fn()
+        self.seconds[kind] += time.perf_counter() - t
+        self.calls[kind] += 1
+        return out
+
+    def replayed(self) -> None:
+        """Count one plan or attempt read back from the journal instead of being made again."""
+        self.calls["replayed"] += 1
+
+    def close(self, compose_seconds: float) -> None:
+        """At the end of the run: the compose time, the wall time and what no call accounts for."""
+        wall = time.perf_counter() - self.started
+        self.seconds["compose"] = compose_seconds
+        self.seconds["other"] = max(0.0, wall - sum(v for k, v in self.seconds.items() if k != "other"))
+        self.seconds["wall"] = wall
+
+    def record(self, generations: int, kept: int) -> dict[str, float]:
+        """``RunRecord.costs``: every kind's seconds and the generations per kept step."""
+        return {**{f"{k}_seconds": round(v, 6) for k, v in self.seconds.items()},
+                "generations_per_accepted_step": round(generations / kept, 4) if kept else float(generations)}
 
 
 @dataclass
@@ -123,11 +163,49 @@ class _Step:
     step this one starts from: the same failure here comes with the conditioning frame, and no retry can fix it.
     """
 
-    action: tuple[str, tuple[str, ...]]
-    inherited: tuple[str, str] | None = None  # the failure of the unverified step just before, if any
+    action: ActionKey
+    inherited: Signature | None = None  # the failure of the unverified step just before, if any
     candidates: list[_Candidate] = field(default_factory=list)
-    signature: tuple[str, str] | None = None
+    signature: Signature | None = None
     tried: set[str] = field(default_factory=set)
+
+
+@dataclass
+class RunState:
+    """Where a run stands between two sections of the loop."""
+
+    plan: Plan
+    version: int = 0  # the plan version being executed
+    step: int = 0  # the index of the current step in that plan
+    attempt: int = 0  # the attempt at that step in this plan version (the journal's key with version and step)
+    total: int = 0  # generations made in the run
+    here: _Step | None = None  # the attempts at the current step of the video
+    n_here: int = 0  # attempts at the current step of the video, across plan versions (their seeds)
+    stuck: ActionKey | None = None  # the action whose repeated failure made the last re-plan
+    inherited: Signature | None = None  # the failure kept with the last unverified step, until one passes
+    gave_up: dict[ActionKey, str] = field(default_factory=dict)  # actions given up in this run → where
+    failures: list[StepFailure] = field(default_factory=list)  # every failed sub-action, for re-planning around
+    instruction: Instruction = field(default_factory=lambda: Instruction(text=""))  # what the generator is told
+    kept_frames: list[np.ndarray] = field(default_factory=list)  # the kept segments, in video order
+    status: RunStatus = "running"
+    stop_reason: str = ""
+
+    def next_step(self, inherited: Signature | None) -> None:
+        """Move on to the next step of the plan, starting it from ``inherited`` (see :class:`_Step`)."""
+        self.step, self.attempt, self.here, self.n_here, self.inherited = self.step + 1, 0, None, 0, inherited
+
+    def stop(self, status: RunStatus, reason: str) -> None:
+        self.status, self.stop_reason = status, reason
+
+
+@dataclass
+class _Outcome:
+    """One attempt made (or replayed): its frames, the critic's verdict, seconds, and how to journal it."""
+
+    frames: np.ndarray
+    verdict: Verdict | None
+    seconds: dict[str, float]
+    log: Callable[[Attempt], None] | None = None  # journals a fresh attempt once its response is known
 
 
 def derive_seed(base: int, version: int, step: int, attempt: int) -> int:
@@ -139,24 +217,10 @@ def derive_seed(base: int, version: int, step: int, attempt: int) -> int:
     return int(np.random.SeedSequence([base, version, step, attempt]).generate_state(1)[0] >> 1)
 
 
-REFINE_MARK = ". Important: "
-
-
-def base_instruction(text: str) -> str:
-    """An instruction without the feedback :func:`refine_instruction` appended to it."""
-    return text.split(REFINE_MARK)[0]
-
-
-def refine_instruction(text: str, feedback: str) -> str:
-    """Deterministic prompt rewriter: the step's own text plus the critic's latest feedback."""
-    base = base_instruction(text)
-    return f"{base}{REFINE_MARK}{feedback}" if feedback else base
-
-
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
-def failure_signature(verdict: Verdict | None) -> tuple[str, str]:
+def failure_signature(verdict: Verdict | None) -> Signature:
     """What makes two failures "the same": the failure kind and the feedback with its numbers blanked out
     (a drift of 31/255 and one of 33/255 are the same failure)."""
     if verdict is None:
@@ -165,7 +229,7 @@ def failure_signature(verdict: Verdict | None) -> tuple[str, str]:
 
 
 def run_loop(
-    goal: str,
+    goal: TaskGoal | str,
     first_frame: np.ndarray,
     agents: Agents,
     cfg: Config,
@@ -174,220 +238,330 @@ def run_loop(
     on_event: Callable[[Event], None] | None = None,
     hints: dict[str, Any] | None = None,
 ) -> tuple[RunRecord, np.ndarray]:
-    """Run one goal to the end of its plan (or until it stops); returns the record and the final video."""
-    loop, vid = cfg.loop, cfg.video
-    mode = loop.mode
-    closed = mode == "closed_loop"
-    emit = on_event or (lambda e: None)
-    costs = _Costs()
-    t_start = time.perf_counter()
+    """Run one goal to the end of its plan (or until it stops); returns the record and the final video.
 
-    def timed(kind: str, fn: Callable[[], Any]) -> Any:
-        t = time.perf_counter()
-        out = fn()
-        costs.seconds[kind] += time.perf_counter() - t
-        costs.calls[kind] += 1
-        return out
+    ``goal``: the goal read once (``spiral.api`` reads it; a string is read here).
+    """
+    # ---- 1. plan (the plan of version 0, or its replay from the journal) --------------------------------------
+    run = _Run(TaskGoal.of(goal), first_frame, agents, cfg, run_dir, initial_state, on_event, hints)
+    s = run.state
+    while s.status == "running":
+        # ---- 2. step: the end of a plan (goal check, re-plan), steps given up before any attempt, the budget --
+        sub = run.current_step()
+        if sub is None or not run.within_budget(sub):
+            continue
+        s.stuck = None
+        seed = derive_seed(run.loop.seed, 0, len(run.memory.history), s.n_here)
+        outcome = run.replay()  # a resumed run reads the attempt back from its journal
+        if outcome is None:
+            # ---- 3. request ----------------------------------------------------------------------------------
+            request = run.request(sub, seed)
+            # ---- 4. generate ---------------------------------------------------------------------------------
+            generated = run.generate(request)
+            # ---- 5. judge ------------------------------------------------------------------------------------
+            outcome = run.judge(generated, sub)
+        s.total += 1
+        s.n_here += 1
+        # ---- 6. decide --------------------------------------------------------------------------------------
+        verdict = outcome.verdict
+        decision = verdict.decision if verdict is not None else "accept"
+        response, note, repeated = run.decide(decision, verdict)
+        path = run.record_attempt(sub, seed, outcome, decision, response, note)
+        # ---- 7. commit / retry / refine / re-plan / give up -------------------------------------------------
+        if response == "accept":
+            run.keep(outcome.frames, sub, verdict, path, unverified=not run.closed)
+            s.next_step(None)
+        elif response in ("regenerate", "refine"):
+            run.retry(sub, verdict, response, repeated)
+        elif response == "give_up":
+            run.note_failure(verdict, response, repeated)
+            run.give_up(sub, note, f"step {s.step + 1} ({sub.text}) given up: {note}")
+        else:
+            run.replan_after(sub, outcome, path, decision, note, repeated)
+    # ---- 8. compose -------------------------------------------------------------------------------------------
+    video = run.compose()
+    # ---- 9. record --------------------------------------------------------------------------------------------
+    return run.finish(), video
 
-    state0 = initial_state if initial_state is not None else observe(agents.critic, first_frame)
-    memory = Memory.start(first_frame, state0, hints=hints)
-    record = RunRecord(goal=goal, mode=mode)
-    kept_frames: list[np.ndarray] = []
-    failures: list[StepFailure] = []  # every sub-action that failed, for planners that re-plan around them
 
-    def get_plan(version: int, make: Callable[[], Plan], reason: str = "") -> Plan:
-        logged = run_dir.logged_plan(version) if run_dir else None
+class _Run:
+    """One run's agents, memory, record, costs and state, and the loop's sections as methods."""
+
+    def __init__(self, goal: TaskGoal, first_frame: np.ndarray, agents: Agents, cfg: Config, run_dir: RunDir | None,
+                 initial_state: dict | None, on_event: Callable[[Event], None] | None, hints: dict[str, Any] | None):
+        self.goal, self.first_frame, self.agents, self.cfg, self.run_dir = goal, first_frame, agents, cfg, run_dir
+        self.loop, self.mode = cfg.loop, cfg.loop.mode
+        self.closed = self.mode == "closed_loop"
+        self.emit = on_event or (lambda e: None)
+        self.costs = Costs()
+        state0 = initial_state if initial_state is not None else observe(agents.critic, first_frame)
+        self.memory = Memory.start(first_frame, state0, hints=hints)
+        self.record = RunRecord(goal=goal.text, mode=self.mode)
+        # ---- 1. plan ------------------------------------------------------------------------------------------
+        plan = self._get_plan(0, lambda: agents.planner.plan(goal, Observation(frame=first_frame, state=state0)))
+        self.state = RunState(plan=plan)
+
+    # -- plans
+    def _get_plan(self, version: int, make: Callable[[], Plan], reason: str = "") -> Plan:
+        logged = self.run_dir.logged_plan(version) if self.run_dir else None
         if logged is not None:
-            costs.calls["replayed"] += 1
+            self.costs.replayed()
             plan = logged
         else:
-            plan = timed("plan", make)
-            if run_dir:
-                run_dir.log_plan(version, plan, reason)
-        record.plans.append(plan)
-        emit({"type": "plan", "version": version, "plan": plan, "reason": reason})
+            plan = self.costs.timed("plan", make)
+            if self.run_dir:
+                self.run_dir.log_plan(version, plan, reason)
+        self.record.plans.append(plan)
+        self.emit({"type": "plan", "version": version, "plan": plan, "reason": reason})
         return plan
 
-    def replan(version: int, reason: str) -> Plan:
-        obs, done, failed = _obs(memory), _executed(memory), list(failures)
-        if failed and isinstance(agents.planner, AvoidsFailures):
-            return get_plan(version, lambda: agents.planner.replan_avoiding(goal, obs, done, failed), reason)
-        return get_plan(version, lambda: agents.planner.replan(goal, obs, done), reason)
+    def _replan(self, reason: str) -> None:
+        """A new plan version from what is observed; the plan starts again at its first step."""
+        s, planner = self.state, self.agents.planner
+        s.version += 1
+        obs, done, failed = self._observation(), [e.sub_action for e in self.memory.history], list(s.failures)
+        if failed and isinstance(planner, AvoidsFailures):
+            s.plan = self._get_plan(s.version, lambda: planner.replan_avoiding(self.goal, obs, done, failed), reason)
+        else:
+            s.plan = self._get_plan(s.version, lambda: planner.replan(self.goal, obs, done), reason)
+        s.step = s.attempt = 0
 
-    def keep(frames: np.ndarray, sub: SubAction, verdict: Verdict | None, path: str, unverified: bool) -> None:
-        memory.commit(frames, sub, verdict, verdict.observed_state if verdict else None)
-        kept_frames.append(frames)
-        record.accepted.append(path)
+    def _observation(self) -> Observation:
+        return Observation(frame=self.memory.last_frame, state=self.memory.state)
+
+    # -- section 2
+    def current_step(self) -> SubAction | None:
+        """The sub-action to attempt now; None when the run moved on without an attempt (end of plan, a step
+        given up earlier in the run or whose re-plan brought it straight back)."""
+        s = self.state
+        if s.step >= len(s.plan.steps):
+            self._end_of_plan()
+            return None
+        sub = s.plan.steps[s.step]
+        key = _action_key(sub)
+        if s.attempt == 0 and key in s.gave_up:
+            # a sub-action given up earlier in this run is not tried again: what it made is already kept
+            entry = GivenUpStep(sub_action=sub, attempts=0, plan_version=s.version, step=s.step,
+                                reason=f"given up earlier in this run ({s.gave_up[key]}); not tried again")
+            self.record.given_up.append(entry)
+            self.emit({"type": "give_up", "version": s.version, "step": s.step, "given_up": entry,
+                       "policy": self.loop.on_budget_exhausted})
+            s.step += 1
+            return None
+        if s.here is None or s.here.action != key:
+            s.here = _Step(key, s.inherited)
+        if s.attempt == 0 and s.stuck == key:
+            # the re-plan after a repeated failure brought the same sub-action straight back: it changed nothing
+            s.stuck = None
+            why = "it failed the same way again and the re-plan could not avoid it"
+            self.give_up(sub, why, f"step {s.step + 1} ({sub.text}) given up: {why}")
+            return None
+        if s.attempt == 0:
+            s.instruction = Instruction(text=self.goal.text if self.mode == "single_shot" else sub.text)
+        return sub
+
+    def _end_of_plan(self) -> None:
+        """The end of a plan: check the goal on what is observed, re-plan if it is not met, else end the run."""
+        s = self.state
+        s.stuck = None
+        reached = not self.closed or bool(self.record.given_up) or self._goal_reached()
+        if not reached and s.version < self.loop.max_replans:
+            self._replan("the plan is done but the observed state does not meet the goal")
+            if s.plan.steps:
+                return
+        why = f"max_replans={self.loop.max_replans} spent" if s.plan.steps else "the planner has nothing left to do"
+        s.stop(*_final_status(self.record, self.mode, reached, why))
+
+    def _goal_reached(self) -> bool:
+        """Ask the planner whether the observed state meets the goal; planners that can't tell say yes."""
+        planner = self.agents.planner
+        if not isinstance(planner, ChecksGoal) or self.memory.state is None:
+            return True
+        return bool(planner.achieved(self.goal, self._observation()))
+
+    def within_budget(self, sub: SubAction) -> bool:
+        """Whether one more generation fits the total budget, less one held back for each later step of the plan;
+        when it does not, the step is given up."""
+        s, limit = self.state, self.loop.max_total_generations
+        later = len(s.plan.steps) - s.step - 1
+        if s.total < limit and not (s.n_here > 0 and s.total + 1 + later > limit):
+            return True
+        why = (f"max_total_generations={limit} reached" if s.total >= limit
+               else f"max_total_generations={limit}: the generations left are held back for the {later} later step(s)")
+        self.give_up(sub, why, f"{why} at step {s.step + 1} ({sub.text})")
+        return False
+
+    # -- sections 3 to 5: request → generate → judge
+    def replay(self) -> _Outcome | None:
+        """The current attempt read back from the journal (a resumed run), if it is there."""
+        s = self.state
+        logged = self.run_dir.logged_attempt(s.version, s.step, s.attempt) if self.run_dir else None
+        if logged is None:
+            return None
+        line, frames = logged
+        self.costs.replayed()
+        verdict = Verdict.model_validate(line["verdict"]) if line.get("verdict") else None
+        return _Outcome(frames, verdict, line.get("seconds", {}))
+
+    def request(self, sub: SubAction, seed: int) -> GenerationRequest:
+        """The generation request: the instruction (and the critic's feedback beside it) with the memory."""
+        vid, ins = self.cfg.video, self.state.instruction
+        return self.memory.context(sub if self.mode != "single_shot" else None, ins.text, seed, vid.frames_per_step,
+                                   vid.height, vid.width, feedback=ins.feedback)
+
+    def generate(self, request: GenerationRequest) -> tuple[Segment, float]:
+        t = time.perf_counter()
+        segment: Segment = self.costs.timed("generate", lambda: self.agents.generator.generate(request))
+        return segment, time.perf_counter() - t
+
+    def judge(self, generated: tuple[Segment, float], sub: SubAction) -> _Outcome:
+        """The critic's verdict on a fresh segment (none in an open loop), and how to journal the attempt."""
+        segment, gen_seconds = generated
+        t = time.perf_counter()
+        context = self.memory.judge_context(self.goal.text)
+        verdict = (self.costs.timed("judge", lambda: self.agents.critic.judge(segment, sub, context))
+                   if self.closed else None)
+        seconds = {"generate": round(gen_seconds, 6), "judge": round(time.perf_counter() - t, 6)}
+        if self.run_dir is None:
+            return _Outcome(segment.frames, verdict, seconds)
+        run_dir, version = self.run_dir, self.state.version
+
+        def log(entry: Attempt) -> None:
+            run_dir.log_attempt(version, entry, segment.frames, segment.fps,
+                                {"backend": segment.backend, "sub_action": sub.model_dump(mode="json"),
+                                 "generator_meta": _jsonable(segment.meta)}, video=self.cfg.output.segment_videos)
+
+        return _Outcome(segment.frames, verdict, seconds, log)
+
+    # -- sections 6 and 7
+    def decide(self, decision: str, verdict: Verdict | None) -> tuple[Response, str, bool]:
+        """What to do after the attempt (:func:`_respond`: the escalation ladder and the budgets)."""
+        s = self.state
+        assert s.here is not None
+        return _respond(decision, verdict, s.here, s.attempt, s.version, self.loop.max_refines_per_step,
+                        self.loop.max_replans)
+
+    def record_attempt(self, sub: SubAction, seed: int, outcome: _Outcome, decision: str, response: Response,
+                       note: str) -> str:
+        """Journal the attempt with the response decided on it; it becomes a candidate of its step. Returns the
+        segment's path (a label without a run directory)."""
+        s = self.state
+        assert s.here is not None
+        entry = Attempt(step=s.step, attempt=s.attempt, prompt=s.instruction.prompt(), seed=seed,
+                        verdict=outcome.verdict, decision=decision, response=response, note=note,
+                        seconds=outcome.seconds,
+                        segment_path=self.run_dir.segment_file(s.version, s.step, s.attempt) if self.run_dir else None)
+        if outcome.log is not None:
+            outcome.log(entry)
+        self.record.attempts.append(entry)
+        path = entry.segment_path or f"v{s.version}_s{s.step}_a{s.attempt}"
+        s.here.candidates.append(_Candidate(_score(self.agents.critic, outcome.verdict), path, outcome.frames,
+                                            outcome.verdict))
+        self.emit({"type": "attempt", "version": s.version, "step": s.step, "n_steps": len(s.plan.steps),
+                   "attempt": s.attempt, "decision": decision, "response": response, "note": note,
+                   "verdict": outcome.verdict, "text": sub.text})
+        return path
+
+    def keep(self, frames: np.ndarray, sub: SubAction, verdict: Verdict | None, path: str, unverified: bool) -> None:
+        """Commit a segment to the memory and the video."""
+        self.memory.commit(frames, sub, verdict, verdict.observed_state if verdict else None)
+        self.state.kept_frames.append(frames)
+        self.record.accepted.append(path)
         if unverified:
-            record.unverified.append(path)
+            self.record.unverified.append(path)
 
-    def give_up(here: _Step | None, sub: SubAction, version: int, step: int, reason: str) -> _Candidate | None:
-        """Section 5: apply the exhausted-budget policy to a step; the attempt kept unverified, None to stop."""
-        tried = here.candidates if here is not None else []
-        best = _best(tried) if loop.on_budget_exhausted == "keep_best" else None
+    def note_failure(self, verdict: Verdict | None, response: Response, repeated: bool) -> None:
+        """The escalation's memory of the step's latest failure and the rungs spent on it."""
+        here = self.state.here
+        assert here is not None
+        here.signature = failure_signature(verdict)
+        here.tried = (here.tried | {response}) if repeated else {response}
+
+    def retry(self, sub: SubAction, verdict: Verdict | None, response: Response, repeated: bool) -> None:
+        """Another attempt at the step: a new seed, and on ``refine`` an instruction rewritten from the feedback
+        (the planner's, else the step's text with the feedback beside it)."""
+        s = self.state
+        self.note_failure(verdict, response, repeated)
+        s.attempt += 1
+        if response == "refine":
+            feedback = verdict.feedback if verdict else ""
+            planner = self.agents.planner
+            s.instruction = (planner.refine(sub, feedback) if isinstance(planner, RefinesInstructions)
+                             else Instruction(text=s.instruction.text, feedback=feedback))
+
+    def replan_after(self, sub: SubAction, outcome: _Outcome, path: str, decision: str, note: str,
+                     repeated: bool) -> None:
+        """A re-plan after a failed step; the failed sub-action is recorded for the planner. A segment that left a
+        valid but unexpected state is kept as what happened, and the plan goes on from it."""
+        s, verdict = self.state, outcome.verdict
+        assert verdict is not None and s.here is not None  # open-loop runs accept everything
+        self.note_failure(verdict, "replan", repeated)
+        here = s.here
+        s.failures.append(StepFailure(sub_action=sub, failure=verdict.failure, feedback=verdict.feedback,
+                                      attempts=len(here.candidates)))
+        as_happened = decision == "replan" and verdict.observed_state is not None
+        if as_happened:
+            self.keep(outcome.frames, _as_happened(sub, verdict), verdict, path, unverified=False)
+            s.here, s.n_here = None, 0
+        why = (f"critic asked to re-plan at step {s.step + 1}: {verdict.feedback}" if as_happened else
+               f"step {s.step + 1} ({sub.text}) failed {len(s.here.candidates) if s.here else 1} time(s)"
+               + (f", the same way again ({verdict.failure}: {verdict.feedback})" if repeated else
+                  f" ({note or verdict.feedback})"))
+        self._replan(why)
+        s.stuck = here.action if repeated and not as_happened else None
+
+    def give_up(self, sub: SubAction, reason: str, stop_reason: str) -> None:
+        """Apply the exhausted-budget policy to the current step: keep its best attempt unverified and go on, or
+        stop the run (``stop_reason``)."""
+        s, policy = self.state, self.loop.on_budget_exhausted
+        tried = s.here.candidates if s.here is not None else []
+        best = _best(tried) if policy == "keep_best" else None
         last = tried[-1].verdict if tried else None
         kept = best.path if best is not None else None
         entry = GivenUpStep(sub_action=sub, failure=last.failure if last else None, feedback=last.feedback if last else "",
-                            attempts=len(tried), plan_version=version, step=step, reason=reason, kept=kept)
-        record.given_up.append(entry)
-        gave_up[_action_key(sub)] = f"step {step + 1} of plan v{version}"
-        emit({"type": "give_up", "version": version, "step": step, "given_up": entry,
-              "policy": loop.on_budget_exhausted})
-        if best is not None:
-            keep(best.frames, sub, best.verdict, kept, unverified=True)
-        return best
+                            attempts=len(tried), plan_version=s.version, step=s.step, reason=reason, kept=kept)
+        self.record.given_up.append(entry)
+        s.gave_up[_action_key(sub)] = f"step {s.step + 1} of plan v{s.version}"
+        self.emit({"type": "give_up", "version": s.version, "step": s.step, "given_up": entry, "policy": policy})
+        if best is None:
+            s.stop("budget_exhausted", stop_reason)
+            return
+        self.keep(best.frames, sub, best.verdict, best.path, unverified=True)
+        s.next_step(failure_signature(best.verdict))
 
-    # ---- 1. plan ---------------------------------------------------------------------------------------------
-    plan = get_plan(0, lambda: agents.planner.plan(goal, Observation(frame=first_frame, state=state0)))
-    version = step = attempt = total = 0
-    here: _Step | None = None  # the attempts at the current step
-    n_here = 0  # attempts at the current step of the video, across plan versions (seeds)
-    stuck: tuple[str, tuple[str, ...]] | None = None  # the action whose repeated failure made the last re-plan
-    inherited: tuple[str, str] | None = None  # the failure kept with the last unverified step, until one passes
-    gave_up: dict[tuple[str, tuple[str, ...]], str] = {}  # actions given up in this run → where
-    instruction = ""
-    status: RunStatus = "running"
-    stop_reason = ""
+    # -- sections 8 and 9
+    def compose(self) -> np.ndarray:
+        """The kept segments as one video (the first frame alone when none was kept)."""
+        t = time.perf_counter()
+        frames = self.state.kept_frames
+        if frames:
+            video, bounds = compose(frames, self.cfg.video.crossfade)
+        else:
+            video, bounds = self.first_frame[None], []
+        self.record.step_boundaries = [b for pair in bounds for b in pair]
+        self.costs.close(time.perf_counter() - t)
+        return video
 
-    while status == "running":
-        # ---- 6. end of plan: check the goal on what is observed, re-plan if it is not met --------------------
-        if step >= len(plan.steps):
-            stuck = None
-            reached = not closed or bool(record.given_up) or _goal_reached(agents.planner, goal, memory)
-            if not reached and version < loop.max_replans:
-                version += 1
-                plan = replan(version, "the plan is done but the observed state does not meet the goal")
-                step = attempt = 0
-                if plan.steps:
-                    continue
-            why = f"max_replans={loop.max_replans} spent" if plan.steps else "the planner has nothing left to do"
-            status, stop_reason = _final_status(record, mode, reached, why)
-            break
-        sub = plan.steps[step]
-        key = _action_key(sub)
-        if attempt == 0 and key in gave_up:
-            # a sub-action given up earlier in this run is not tried again: what it made is already kept
-            entry = GivenUpStep(sub_action=sub, attempts=0, plan_version=version, step=step,
-                                reason=f"given up earlier in this run ({gave_up[key]}); not tried again")
-            record.given_up.append(entry)
-            emit({"type": "give_up", "version": version, "step": step, "given_up": entry,
-                  "policy": loop.on_budget_exhausted})
-            step += 1
-            continue
-        if here is None or here.action != key:
-            here = _Step(key, inherited)
-        if attempt == 0 and stuck == key:
-            # the re-plan after a repeated failure brought the same sub-action straight back: it changed nothing
-            stuck = None
-            why = "it failed the same way again and the re-plan could not avoid it"
-            kept = give_up(here, sub, version, step, why)
-            if kept is None:
-                status, stop_reason = "budget_exhausted", f"step {step + 1} ({sub.text}) given up: {why}"
-                break
-            step, here, n_here, inherited = step + 1, None, 0, failure_signature(kept.verdict)
-            continue
-        if attempt == 0:
-            instruction = goal if mode == "single_shot" else sub.text
-
-        # ---- 2. budgets: the total, less one generation held back for each later step of the plan ------------
-        later = len(plan.steps) - step - 1
-        if total >= loop.max_total_generations or (n_here > 0 and total + 1 + later > loop.max_total_generations):
-            why = (f"max_total_generations={loop.max_total_generations} reached" if total >= loop.max_total_generations
-                   else f"max_total_generations={loop.max_total_generations}: the generations left are held back "
-                        f"for the {later} later step(s)")
-            kept = give_up(here, sub, version, step, why)
-            if kept is None:
-                status, stop_reason = "budget_exhausted", f"{why} at step {step + 1} ({sub.text})"
-                break
-            step, attempt, here, n_here, inherited = step + 1, 0, None, 0, failure_signature(kept.verdict)
-            continue
-
-        # ---- 3. act and reflect: one generation and its judgement (or their replay from the journal) ----------
-        stuck = None
-        seed = derive_seed(loop.seed, 0, len(memory.history), n_here)
-        frames, verdict, seconds, log = _attempt(agents, cfg, memory, sub, instruction, seed, mode, run_dir,
-                                                 version, step, attempt, costs, timed)
-        total += 1
-        n_here += 1
-        decision = verdict.decision if verdict is not None else "accept"
-        response, note, repeated = _respond(decision, verdict, here, attempt, version, loop.max_refines_per_step,
-                                            loop.max_replans)
-        entry = Attempt(step=step, attempt=attempt, prompt=instruction, seed=seed, verdict=verdict, decision=decision,
-                        response=response, note=note, seconds=seconds,
-                        segment_path=run_dir.segment_file(version, step, attempt) if run_dir else None)
-        if log is not None:
-            log(entry)
-        record.attempts.append(entry)
-        path = entry.segment_path or f"v{version}_s{step}_a{attempt}"
-        here.candidates.append(_Candidate(_score(agents.critic, verdict), path, frames, verdict))
-        emit({"type": "attempt", "version": version, "step": step, "n_steps": len(plan.steps), "attempt": attempt,
-              "decision": decision, "response": response, "note": note, "verdict": verdict, "text": sub.text})
-
-        # ---- 4. respond ------------------------------------------------------------------------------------------
-        if response == "accept":
-            keep(frames, sub, verdict, path, unverified=not closed)
-            step, attempt, here, n_here, inherited = step + 1, 0, None, 0, None
-            continue
-        here.signature = failure_signature(verdict)
-        here.tried = (here.tried | {response}) if repeated else {response}
-        if response in ("regenerate", "refine"):
-            attempt += 1
-            if response == "refine":
-                instruction = _refine(agents.planner, instruction, sub, verdict)
-            continue
-        if response == "give_up":
-            kept = give_up(here, sub, version, step, note)
-            if kept is None:
-                status, stop_reason = "budget_exhausted", f"step {step + 1} ({sub.text}) given up: {note}"
-                break
-            step, attempt, here, n_here, inherited = step + 1, 0, None, 0, failure_signature(kept.verdict)
-            continue
-        # response == "replan": the failed sub-action is recorded for the planner
-        assert verdict is not None  # open-loop runs accept everything
-        failures.append(StepFailure(sub_action=sub, failure=verdict.failure, feedback=verdict.feedback,
-                                    attempts=len(here.candidates)))
-        as_happened = decision == "replan" and verdict.observed_state is not None
-        if as_happened:  # a valid but unexpected state: keep the segment as what happened, plan on from it
-            keep(frames, _as_happened(sub, verdict), verdict, path, unverified=False)
-            here, n_here = None, 0
-        version += 1
-        why = (f"critic asked to re-plan at step {step + 1}: {verdict.feedback}" if as_happened else
-               f"step {step + 1} ({sub.text}) failed {len(here.candidates) if here else 1} time(s)"
-               + (f", the same way again ({verdict.failure}: {verdict.feedback})" if repeated else
-                  f" ({note or verdict.feedback})"))
-        plan = replan(version, why)
-        step = attempt = 0
-        stuck = here.action if repeated and not as_happened and here is not None else None
-
-    # ---- 7. compose and account ------------------------------------------------------------------------------
-    record.status = status
-    record.stop_reason = stop_reason
-    record.final_state = memory.state
-    t = time.perf_counter()
-    if kept_frames:
-        video, bounds = compose(kept_frames, vid.crossfade)
-    else:
-        video, bounds = first_frame[None], []
-    record.step_boundaries = [b for pair in bounds for b in pair]
-    wall = time.perf_counter() - t_start
-    costs.seconds["compose"] = time.perf_counter() - t
-    costs.seconds["other"] = max(0.0, wall - sum(v for k, v in costs.seconds.items() if k != "other"))
-    costs.seconds["wall"] = wall
-    n_kept = len(kept_frames)
-    record.counts = {
-        "generations": total, "accepted": n_kept, "unverified": len(record.unverified),
-        "given_up": len(record.given_up), "replans": version, "plan_steps": len(plan.steps),
-        **{f"{k}_calls": v for k, v in costs.calls.items()},
-    }
-    record.costs = {**{f"{k}_seconds": round(v, 6) for k, v in costs.seconds.items()},
-                    "generations_per_accepted_step": round(total / n_kept, 4) if n_kept else float(total)}
-    emit({"type": "done", "record": record})
-    return record, video
+    def finish(self) -> RunRecord:
+        """The record's status, final state, counts and costs."""
+        s, record = self.state, self.record
+        record.status = s.status
+        record.stop_reason = s.stop_reason
+        record.final_state = self.memory.state
+        n_kept = len(s.kept_frames)
+        record.counts = {
+            "generations": s.total, "accepted": n_kept, "unverified": len(record.unverified),
+            "given_up": len(record.given_up), "replans": s.version, "plan_steps": len(s.plan.steps),
+            **{f"{k}_calls": v for k, v in self.costs.calls.items()},
+        }
+        record.costs = self.costs.record(s.total, n_kept)
+        self.emit({"type": "done", "record": record})
+        return record
 
 
 def _respond(decision: str, verdict: Verdict | None, here: _Step, attempt: int, version: int, max_refines: int,
              max_replans: int) -> tuple[Response, str, bool]:
-    """Section 4: what to do after an attempt, why (when it is not the critic's decision), and whether the
+    """Section 6: what to do after an attempt, why (when it is not the critic's decision), and whether the
     attempt failed the same way as the one before it at this step."""
     if decision == "accept":
         return "accept", "", False
@@ -419,36 +593,6 @@ def _final_status(record: RunRecord, mode: str, reached: bool, why_not: str) -> 
     return "success", ""
 
 
-def _attempt(agents: Agents, cfg: Config, memory: Memory, sub: SubAction, instruction: str, seed: int, mode: str,
-             run_dir: RunDir | None, version: int, step: int, attempt: int, costs: _Costs, timed: Callable
-             ) -> tuple[np.ndarray, Verdict | None, dict[str, float], Callable[[Attempt], None] | None]:
-    """One generation + judgement, or its replay from the journal; the last item journals a fresh attempt once
-    the loop has decided its response (None when replayed or without a run directory)."""
-    logged = run_dir.logged_attempt(version, step, attempt) if run_dir else None
-    if logged is not None:
-        line, frames = logged
-        costs.calls["replayed"] += 1
-        verdict = Verdict.model_validate(line["verdict"]) if line.get("verdict") else None
-        return frames, verdict, line.get("seconds", {}), None
-    vid = cfg.video
-    request = memory.context(sub if mode != "single_shot" else None, instruction, seed, vid.frames_per_step,
-                             vid.height, vid.width)
-    t0 = time.perf_counter()
-    segment: Segment = timed("generate", lambda: agents.generator.generate(request))
-    t1 = time.perf_counter()
-    verdict = timed("judge", lambda: agents.critic.judge(segment, sub, memory)) if mode == "closed_loop" else None
-    seconds = {"generate": round(t1 - t0, 6), "judge": round(time.perf_counter() - t1, 6)}
-    if run_dir is None:
-        return segment.frames, verdict, seconds, None
-
-    def log(entry: Attempt) -> None:
-        run_dir.log_attempt(version, entry, segment.frames, segment.fps,
-                            {"backend": segment.backend, "sub_action": sub.model_dump(mode="json"),
-                             "generator_meta": _jsonable(segment.meta)}, video=cfg.output.segment_videos)
-
-    return segment.frames, verdict, seconds, log
-
-
 def _best(candidates: list[_Candidate]) -> _Candidate | None:
     """The best-scoring attempt; the earliest wins ties (the first attempt is the one plan-only makes)."""
     if not candidates:
@@ -462,10 +606,10 @@ def _score(critic: CriticAgent, verdict: Verdict | None) -> float:
         return 0.0
     if isinstance(critic, CombinesScores):
         return float(critic.combine(verdict.scores))
-    return float(np.mean(list(verdict.scores.values())))
+    return combine_scores(verdict.scores)
 
 
-def _action_key(sub: SubAction) -> tuple[str, tuple[str, ...]]:
+def _action_key(sub: SubAction) -> ActionKey:
     return (sub.verb, tuple(sub.objects))
 
 
@@ -474,33 +618,8 @@ def _as_happened(sub: SubAction, verdict: Verdict) -> SubAction:
     return SubAction(id=sub.id, text=f"unplanned: {verdict.feedback}", verb="unplanned", objects=list(sub.objects))
 
 
-def _executed(memory: Memory) -> list[SubAction]:
-    """The sub-actions whose segments were kept, in order: what has happened so far."""
-    return [e.sub_action for e in memory.history]
-
-
-def _obs(memory: Memory) -> Observation:
-    return Observation(frame=memory.last_frame, state=memory.state)
-
-
-def _refine(planner: PlanAgent, instruction: str, sub: SubAction, verdict: Verdict | None) -> str:
-    feedback = verdict.feedback if verdict else ""
-    if isinstance(planner, RefinesInstructions):
-        return planner.refine(sub, feedback)
-    return refine_instruction(instruction, feedback)
-
-
-def _goal_reached(planner: PlanAgent, goal: str, memory: Memory) -> bool:
-    """Ask the planner whether the observed state meets the goal; planners that can't tell say yes."""
-    if not isinstance(planner, ChecksGoal) or memory.state is None:
-        return True
-    return bool(planner.achieved(goal, _obs(memory)))
-
-
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
     """The JSON-friendly part of a segment's meta (the journal is JSON lines)."""
-    import json
-
     out = {}
     for k, v in meta.items():
         try:

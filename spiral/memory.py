@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from spiral.types import GenerationRequest, SubAction, Verdict, check_frame
+from spiral.types import (
+    GenerationRequest,
+    JudgeContext,
+    SubAction,
+    Verdict,
+    check_frame,
+    compose_prompt,
+    memory_prompt,
+)
 
 
 @dataclass
@@ -44,15 +52,21 @@ class Memory:
 
     def prompt(self, instruction: str) -> str:
         """Prompt for text-conditioned backends: scene, what is done, what to do now."""
-        done = "; ".join(e.sub_action.text for e in self.history) or "nothing yet"
-        scene = f"Scene: {self.scene}. " if self.scene else ""
-        return f"{scene}Done so far: {done}. Now: {instruction}."
+        return memory_prompt(self.scene, [e.sub_action.text for e in self.history], instruction)
+
+    def judge_context(self, goal: str = "") -> JudgeContext:
+        """What a critic knows of the next attempt: goal, steps kept so far, conditioning and anchor frames,
+        observed state, hints."""
+        return JudgeContext(goal=goal, history=[e.sub_action.text for e in self.history], scene=self.scene,
+                            cond_frame=self.last_frame, anchor_frame=self.anchor_frame, state=self.state,
+                            hints=self.hints)
 
     def context(self, sub_action: SubAction | None, instruction: str, seed: int, num_frames: int, height: int,
-                width: int) -> GenerationRequest:
-        """The generation request for one attempt at ``sub_action``."""
+                width: int, feedback: str = "") -> GenerationRequest:
+        """The generation request for one attempt at ``sub_action`` (``feedback``: the critic's, on a refine)."""
         return GenerationRequest(
-            prompt=instruction, context=self.prompt(instruction), sub_action=sub_action, cond_frame=self.last_frame, anchor_frame=self.anchor_frame,
+            prompt=instruction, feedback=feedback, context=self.prompt(compose_prompt(instruction, feedback)),
+            sub_action=sub_action, cond_frame=self.last_frame, anchor_frame=self.anchor_frame,
             history=[e.sub_action.text for e in self.history], state=self.state, hints=self.hints, seed=seed,
             num_frames=num_frames, height=height, width=width,
         )

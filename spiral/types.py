@@ -8,10 +8,14 @@ they travel as base64 of the raw bytes with shape and dtype, so a round trip is 
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
+
+if TYPE_CHECKING:
+    from spiral.world.goals import Goal
 
 FailureKind = Literal[
     "physical_violation", "missing_action", "incomplete_action", "sudden_switch", "scene_drift"
@@ -20,6 +24,23 @@ FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defin
 Decision = Literal["accept", "refine", "regenerate", "replan"]
 #: what the loop did after an attempt: the critic's decision, a higher rung of the escalation ladder, or give_up
 Response = Literal["accept", "regenerate", "refine", "replan", "give_up"]
+
+#: the critic's score dimensions (DESIGN §5): every critic scores these, the loop ranks attempts and GRPO rewards
+#: rollouts by their weighted mean (:func:`combine_scores`)
+SCORES: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
+
+
+def combine_scores(scores: dict[str, float], weights: dict[str, float] | None = None) -> float:
+    """One number for a verdict's scores: their weighted mean over :data:`SCORES` (a missing weight counts 0; a
+    non-positive total gives 0), or without weights the plain mean of whatever scores are given.
+
+    The one reward combination: the tabletop critic's ``combine`` (its configured weights), the loop's keep_best
+    ranking (the critic's ``combine``, else this mean) and the GRPO reward (``reward_weights``) all call it.
+    """
+    if weights is None:
+        return float(np.mean(list(scores.values()))) if scores else 0.0
+    total = sum(weights.get(k, 0.0) for k in SCORES)
+    return float(sum(weights.get(k, 0.0) * scores[k] for k in SCORES) / total) if total > 0 else 0.0
 
 
 def _array_to_json(a: np.ndarray) -> dict[str, Any]:
@@ -69,6 +90,37 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
+@dataclass(frozen=True)
+class TaskGoal:
+    """A run's goal, read once where it enters (``spiral.api``): the text as given and, when the tabletop goal
+    grammar reads it, its reading (``spiral.world.goals.Goal``). Every planner takes this object: the symbolic
+    planner plans the reading, text planners (LLM) use the text and check their plans against the reading."""
+
+    text: str
+    tabletop: Goal | None = None  # None: the grammar does not read the text (a goal for another world)
+
+    @classmethod
+    def read(cls, text: str, required: bool = False) -> TaskGoal:
+        """Read ``text`` with the tabletop grammar; ``required``: raise its GoalParseError (which names the clause
+        it could not read) instead of keeping the text alone."""
+        from spiral.world.goals import parse_goal
+
+        try:
+            return cls(text, parse_goal(text))
+        except ValueError:
+            if required:
+                raise
+            return cls(text)
+
+    @classmethod
+    def of(cls, goal: TaskGoal | str) -> TaskGoal:
+        """``goal`` as a TaskGoal (a plain string is read here; the loop and the API pass one read already)."""
+        return goal if isinstance(goal, TaskGoal) else cls.read(goal)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class SubAction(_Model):
     """One object-centric step of a plan, with STRIPS-style pre/post-conditions."""
 
@@ -95,10 +147,36 @@ class Plan(_Model):
     rationale: str = ""
 
 
-class GenerationRequest(_Model):
-    """What a VideoGenerator is asked to render: prompt + memory context + seed."""
+#: what joins an instruction and the critic's feedback in one text (:func:`compose_prompt`)
+FEEDBACK_MARK = ". Important: "
 
-    prompt: str
+
+def compose_prompt(instruction: str, feedback: str = "") -> str:
+    """The one text of an instruction and the critic's feedback to address ("<instruction>. Important:
+    <feedback>"; the instruction alone without feedback). Generators that take the feedback literally show the
+    model this text; a run's attempts.jsonl records it as each attempt's ``prompt``."""
+    return f"{instruction}{FEEDBACK_MARK}{feedback}" if feedback else instruction
+
+
+class Instruction(_Model):
+    """What a step tells the generator: the instruction, and beside it the critic's feedback to address (the loop's
+    "refine" rung; empty when a planner rewrote the instruction from it, or on a first attempt)."""
+
+    text: str = Field(description="the step's instruction: its own text, or a planner's rewrite")
+    feedback: str = Field("", description="the critic's feedback the instruction should address, if not in the text")
+
+    def prompt(self) -> str:
+        """The two as one text (:func:`compose_prompt`)."""
+        return compose_prompt(self.text, self.feedback)
+
+
+class GenerationRequest(_Model):
+    """What a VideoGenerator is asked to render: instruction (+ the critic's feedback) + memory context + seed."""
+
+    prompt: str = Field(description="the instruction: the step's text (a planner's rewrite on a refine), or the goal")
+    feedback: str = Field("", description=(
+        "the critic's feedback to address on a refined attempt (kept apart from the instruction: a generator "
+        "chooses whether to show it; compose both with prompt_text())"))
     context: str = ""  # memory-composed prompt ("Scene: …; done so far: …; now: …") for text-heavy backends
     sub_action: SubAction | None = None
     cond_frame: NDArray | None = None
@@ -110,6 +188,56 @@ class GenerationRequest(_Model):
     num_frames: int = 9
     height: int = 64
     width: int = 64
+
+    def prompt_text(self) -> str:
+        """The instruction with the critic's feedback, as one text (:func:`compose_prompt`)."""
+        return compose_prompt(self.prompt, self.feedback)
+
+
+def memory_prompt(scene: str, done: list[str], instruction: str) -> str:
+    """The memory as one sentence for text-conditioned backends and text critics: scene, what is done, what to do
+    now ("Scene: …. Done so far: …. Now: ….")."""
+    scene_text = f"Scene: {scene}. " if scene else ""
+    return f"{scene_text}Done so far: {'; '.join(done) or 'nothing yet'}. Now: {instruction}."
+
+
+class JudgeContext(_Model):
+    """What a critic knows of an attempt besides the segment and its sub-action: the memory at that point.
+
+    The loop builds one per judgement (``Memory.judge_context``); GRPO and the critic benchmark build theirs from
+    a prompt or a labelled case. Every critic reads only these fields.
+    """
+
+    goal: str = Field("", description="the run's goal text (empty outside a run)")
+    history: list[str] = Field(default_factory=list, description="the texts of the steps kept so far, in order")
+    scene: str = Field("", description="a description of the scene in the first frame (empty when unknown)")
+    cond_frame: NDArray | None = Field(None, description="the frame the segment was generated from (the last kept one)")
+    anchor_frame: NDArray | None = Field(None, description="the scene anchor: the run's first frame")
+    state: dict[str, Any] | None = Field(None, description="the symbolic state observed before the segment, if known")
+    hints: dict[str, Any] = Field(default_factory=dict, description=(
+        "what a world-aware critic may use, e.g. {'scene_seed': 3}: the scene's look, for the artifact check"))
+
+    def summary(self, instruction: str) -> str:
+        """The memory as one sentence (:func:`memory_prompt`), ending with ``instruction``."""
+        return memory_prompt(self.scene, self.history, instruction)
+
+    @classmethod
+    def of(cls, context: JudgeContext | SuppliesJudgeContext | None) -> JudgeContext | None:
+        """The context a critic was given, as a JudgeContext: itself, a memory's (``spiral.memory.Memory``), or
+        None when there is none."""
+        if context is None or isinstance(context, JudgeContext):
+            return context
+        if isinstance(context, SuppliesJudgeContext):
+            return context.judge_context()
+        raise TypeError(f"a critic's context is a spiral.types.JudgeContext or a spiral.memory.Memory, not "
+                        f"{type(context).__name__}")
+
+
+@runtime_checkable
+class SuppliesJudgeContext(Protocol):
+    """What holds the memory of a run (``spiral.memory.Memory``) and can say what a critic should know of it."""
+
+    def judge_context(self, goal: str = "") -> JudgeContext: ...
 
 
 class Segment(_Model):

@@ -25,9 +25,8 @@ from spiral.api import run
 from spiral.bench import seeds
 from spiral.cli import app
 from spiral.generators.world import WorldGenerator
-from spiral.loop import base_instruction, refine_instruction
 from spiral.planners.symbolic import SymbolicPlanner
-from spiral.types import GenerationRequest, Observation, Segment, StepFailure, SubAction
+from spiral.types import FEEDBACK_MARK, GenerationRequest, Observation, Segment, StepFailure, SubAction, compose_prompt
 from spiral.world.domain import SLOTS
 from spiral.world.goals import parse_goal
 from spiral.world.tasks import sample_state
@@ -36,6 +35,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ORACLE = Path(__file__).resolve().parents[1] / "configs" / "run" / "tabletop-oracle.yaml"
 LIGHT = ["output.report=true", "output.segment_videos=false"]
+
+
+def base_instruction(prompt: str) -> str:
+    """The instruction of a journaled attempt's prompt (attempts.jsonl records it composed with the feedback)."""
+    return prompt.split(FEEDBACK_MARK)[0]
 
 
 class FailsOneAction:
@@ -108,7 +112,7 @@ def test_escalation_order_then_the_planner_goes_another_way(tmp_path):
     assert [a.step for a in failed] == [0, 0, 0] and len({a.seed for a in failed}) == 3  # a new seed every time
     assert all("same failure again" in a.note for a in failed[1:]) and failed[0].note == ""
     assert failed[0].prompt == failed[1].prompt == clear.text  # new seed, same instruction
-    assert failed[2].prompt == refine_instruction(clear.text, failed[1].verdict.feedback)  # refined from the feedback
+    assert failed[2].prompt == compose_prompt(clear.text, failed[1].verdict.feedback)  # refined from the feedback
     assert len(rec.plans) == 2 and all(_key(s) != _key(clear) for s in rec.plans[1].steps)
     assert f"avoiding {clear.text}" in rec.plans[1].rationale
     reasons = json.loads((tmp_path / "r" / "plan.json").read_text())["reasons"]

@@ -20,8 +20,9 @@ import torch
 from spiral import flow, registry
 from spiral.models.text import get_text_encoder
 from spiral.models.tiny_video import TinyVideoConfig, TinyVideoDiT
-from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, background_noise, combine_reward, group_advantages
+from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage, background_noise, group_advantages
 from spiral.train.policy import TinyPolicy
+from spiral.types import combine_scores
 
 # 64x64 (the critic's frame size), 16x16 patches, one tubelet of 4 new frames: 16 tokens per forward
 TINY = dict(resolution=64, num_frames=4, patch=16, tubelet=4, dim=32, depth=1, heads=1, text_tokens=2,
@@ -390,9 +391,10 @@ def test_faithful_gold_success_excludes_a_noise_patch_the_judge_reads_as_the_blo
     assert 0 <= gold["gold_judge_faithful"] <= gold["gold_judge_success"]
 
 
-def test_combine_reward_weighs_only_the_named_scores():
-    """A score left out of the weights counts for nothing (weight 0), not as weight 1."""
-    assert combine_reward({"action": 0.2, "preservation": 0.4, "continuity": 0.9, "consistency": 0.9},
+def test_combine_scores_weighs_only_the_named_scores():
+    """The GRPO reward's combination: a score left out of the weights counts for nothing (weight 0), not as
+    weight 1."""
+    assert combine_scores({"action": 0.2, "preservation": 0.4, "continuity": 0.9, "consistency": 0.9},
                           {"action": 1.0, "preservation": 3.0}) == pytest.approx((0.2 + 3 * 0.4) / 4)
 
 

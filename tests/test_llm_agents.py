@@ -206,7 +206,7 @@ def test_planner_against_server(server, key_env):
                                     feedback="nothing moved"))]
     again = p.replan(GOAL, Observation(frame=frame, state=state), hist)
     assert all(s.id >= 1 for s in again.steps)
-    text = p.refine(plan.steps[0], "the block must end inside the box")
+    text = p.refine(plan.steps[0], "the block must end inside the box").text
     assert isinstance(text, str) and text
 
 

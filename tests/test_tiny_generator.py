@@ -344,13 +344,11 @@ def test_minilm_encoder_loads_offline_and_places_paraphrases_near():
 
 
 def test_refinement_feedback_is_not_fed_to_the_model_by_default(gen):
-    from spiral.loop import refine_instruction
-
-    refined = refine_instruction("move the red block to the left slot", "the red block stopped halfway")
+    refined = {"prompt": "move the red block to the left slot", "feedback": "the red block stopped halfway"}
     plain = gen.generate(request(3)).frames
-    assert np.array_equal(plain, gen.generate(request(3, prompt=refined)).frames)
+    assert np.array_equal(plain, gen.generate(request(3, **refined)).frames)
     literal = TinyGenerator(model=gen.model, steps=4, text_encoder=gen.text_encoder, refinements=True)
-    assert not np.array_equal(plain, literal.generate(request(3, prompt=refined)).frames)
+    assert not np.array_equal(plain, literal.generate(request(3, **refined)).frames)
 
 
 def test_shipped_minilm_table_covers_every_wording_and_matches_the_model():

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from spiral.agents import ObservesState, RewardsSegments
 from spiral.data.format import Episode, StepRecord, check_dataset
-from spiral.memory import Memory
-from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
+from spiral.types import FAILURE_KINDS, JudgeContext, Segment, SubAction, Verdict, combine_scores
 from spiral.video import read_video, write_video
 
 KINDS_ROWS = ("success", *FAILURE_KINDS)
@@ -93,9 +93,9 @@ def iter_cases(root: str | Path, limit: int | None = None) -> Iterator[Case]:
                 return
 
 
-def _context(case: Case) -> Memory:
-    return Memory(anchor_frame=case.anchor if case.anchor is not None else case.frames[0], last_frame=case.frames[0],
-                  state=case.start_state)
+def _context(case: Case) -> JudgeContext:
+    return JudgeContext(anchor_frame=case.anchor if case.anchor is not None else case.frames[0],
+                        cond_frame=case.frames[0], state=case.start_state)
 
 
 def make_critic(name: str = "tabletop", weights: str | None = None, **options: Any) -> Any:
@@ -178,7 +178,7 @@ def evaluate_labelled(critic: Any, root: str | Path, degrade: str | None = None,
     from spiral.train.augment import degrade as apply_degrade
 
     res = LabelledResult()
-    observe = getattr(critic, "observe", None)
+    observe = critic.observe if isinstance(critic, ObservesState) else None
     for i, case in enumerate(iter_cases(root, limit)):
         frames = case.frames if not degrade or degrade == "clean" else apply_degrade(case.frames, degrade, seed=i)
         seg = Segment(frames=frames, fps=case.fps)
@@ -285,14 +285,13 @@ def _clip_ref(base: Path, ref: dict[str, Any], cache: dict[Path, np.ndarray]) ->
     return v[s: e + 1]
 
 
-def score_clip(critic: Any, frames: np.ndarray, sub: SubAction, context: Any) -> float:
+def score_clip(critic: Any, frames: np.ndarray, sub: SubAction, context: JudgeContext | None) -> float:
     """A critic's scalar score of one clip: ``reward`` when it has one, else the mean of its verdict's scores."""
     seg = Segment(frames=frames)
-    fn = getattr(critic, "reward", None)
-    if fn is not None:
-        return float(fn(seg, sub, context))
+    if isinstance(critic, RewardsSegments):
+        return float(critic.reward(seg, sub, context))
     v = critic.judge(seg, sub, context)
-    return float(np.mean(list(v.scores.values()))) if v.scores else float(v.passed)
+    return combine_scores(v.scores) if v.scores else float(v.passed)
 
 
 def evaluate_pairs(critic: Any, pairs_file: str | Path, degrade: str | None = None) -> dict[str, Any]:
@@ -322,7 +321,7 @@ def evaluate_pairs(critic: Any, pairs_file: str | Path, degrade: str | None = No
             clips = [apply_degrade(c, degrade, seed=n * 2 + j) for j, c in enumerate(clips)]
         scores = []
         for c in clips:
-            ctx = Memory(anchor_frame=anchor if anchor is not None else c[0], last_frame=c[0])
+            ctx = JudgeContext(anchor_frame=anchor if anchor is not None else c[0], cond_frame=c[0])
             scores.append(score_clip(critic, c, sub, ctx))
         margins.append(scores[0] - scores[1])
         labels.append(rec["label"])

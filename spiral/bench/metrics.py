@@ -79,6 +79,7 @@ from typing import Any
 
 import numpy as np
 
+from spiral.agents import ReadsStatesBatched
 from spiral.world.domain import DomainError, State, changed_objects
 from spiral.world.render import artifact_area
 
@@ -344,10 +345,9 @@ def _read(judge: Any, frame: np.ndarray) -> State | None:
 
 def read_states(judge: Any, frames: Sequence[np.ndarray]) -> list[State | None]:
     """The judge's reading of each frame, batched when it can (``read_states``), None where it cannot read."""
-    batch = getattr(judge, "read_states", None)
-    if batch is not None and len(frames):
+    if isinstance(judge, ReadsStatesBatched) and len(frames):
         try:
-            return list(batch(np.stack(frames)))
+            return list(judge.read_states(np.stack(frames)))
         except Exception:  # fall back to frame by frame, so one bad frame does not hide the others
             pass
     return [_read(judge, f) for f in frames]

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from spiral.agents import ChoosesSteps
 from spiral.bench import seeds
 from spiral.bench.suite import SUITES_DIR
 
@@ -304,9 +305,8 @@ def match_choice(step: Any, options: list[str]) -> int:
 
 def answer(planner: Any, q: dict[str, Any]) -> int:
     """The planner's choice (0–3): its ``choose`` hook, or the first step of its plan matched to a candidate."""
-    choose = getattr(planner, "choose", None)
-    if callable(choose):
-        idx = int(choose(q))
+    if isinstance(planner, ChoosesSteps):
+        idx = int(planner.choose(q))
         if not 0 <= idx < 4:
             raise ValueError(f"choose() returned {idx}; expected 0–3")
         return idx

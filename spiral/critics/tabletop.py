@@ -40,12 +40,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from spiral.critics.recognizer import Recognizer, decode_states, layout_marginals, load_recognizer
+from spiral.memory import Memory
 from spiral.models.recognizer import ELSEWHERE, HELD, LID_CLASSES, LIGHT_CLASSES, LOC_CLASSES
-from spiral.types import Decision, FailureKind, Segment, SubAction, Verdict, check_frame, check_frames
+from spiral.types import (
+    SCORES,
+    Decision,
+    FailureKind,
+    JudgeContext,
+    Segment,
+    SubAction,
+    Verdict,
+    check_frame,
+    check_frames,
+    combine_scores,
+)
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
 
-SCORES = ("action", "preservation", "continuity", "consistency")
 _N_LOC = len(LOC_CLASSES)
 _REST = [i for i in range(_N_LOC) if i not in (HELD, ELSEWHERE)]
 
@@ -337,21 +348,20 @@ class TabletopCritic:
         check_frame(frame, "frame")
         return self.recognizer.read_state(frame)
 
-    def reward(self, segment: Segment, sub_action: SubAction, context: Any = None) -> float:
+    def reward(self, segment: Segment, sub_action: SubAction, context: JudgeContext | Memory | None = None) -> float:
         """Weighted mean of the four scores (configured weights), for GRPO."""
         return self.combine(self.judge(segment, sub_action, context).scores)
 
     def combine(self, scores: dict[str, float]) -> float:
-        """Weighted mean of scores with the configured weights."""
-        w = self.config.weights
-        total = sum(w[k] for k in SCORES)
-        return float(sum(w[k] * scores[k] for k in SCORES) / total) if total > 0 else 0.0
+        """Weighted mean of scores with the configured weights (:func:`spiral.types.combine_scores`)."""
+        return combine_scores(scores, self.config.weights)
 
-    def judge(self, segment: Segment, sub_action: SubAction, context: Any = None) -> Verdict:
-        """Judge one segment against its sub-action and the memory context (anchor frame, state)."""
+    def judge(self, segment: Segment, sub_action: SubAction, context: JudgeContext | Memory | None = None) -> Verdict:
+        """Judge one segment against its sub-action and the memory context (anchor frame, state, scene look)."""
         frames = self._check_segment(segment)
         action, post = self._check_sub_action(sub_action)
-        anchor, mem_state = self._context(context, frames)
+        ctx = JudgeContext.of(context)
+        anchor, mem_state = self._context(ctx, frames)
         r = self.recognizer.predict(frames)
         s0, s_end = decode_states(self._start_end(r))
         if self.config.start_from == "memory" and mem_state is not None:
@@ -371,7 +381,7 @@ class TabletopCritic:
         drift_within, drift_anchor = self._drift(frames, r, anchor)
         steady = min(_sigmoid_score(drift_within / cfg.drift_units, 1.0, 6.0),
                      _sigmoid_score(drift_anchor / cfg.anchor_drift_units, 1.0, 6.0))
-        area = self._artifact_area(frames[-1], s_end, context)
+        area = self._artifact_area(frames[-1], s_end, ctx)
         faithful = _sigmoid_score(area / cfg.artifact_area, 1.0, 6.0) if area is not None else 1.0
         consistency = min(steady, faithful)
         scores = {"action": float(np.clip(action_score, 0, 1)), "preservation": float(np.clip(preservation, 0, 1)),
@@ -441,13 +451,12 @@ class TabletopCritic:
         return Verdict(scores={k: round(v, 6) for k, v in scores.items()}, passed=cause is None, decision=decision,
                        failure=failure, feedback=feedback, observed_state=s_end.to_dict())
 
-    def _artifact_area(self, frame: np.ndarray, state: State, context: Any) -> float | None:
+    def _artifact_area(self, frame: np.ndarray, state: State, context: JudgeContext | None) -> float | None:
         """spiral.world.render.artifact_area of the last frame against a render of the state read there, in the
         scene's own look; None when the look is unknown (no hints.scene_seed: an image case) or the check is off."""
         if context is None or not self.config.artifact_area:
             return None
-        get = context.get if isinstance(context, dict) else lambda k, d=None: getattr(context, k, d)
-        seed = (get("hints", None) or {}).get("scene_seed")
+        seed = context.hints.get("scene_seed")
         if seed is None:
             return None
         from spiral.world.render import Appearance, artifact_area, render_state
@@ -475,21 +484,20 @@ class TabletopCritic:
             raise ValueError(f"sub-action {sub.id} ({sub.text!r}) does not fit the tabletop world: {e}") from None
         return action, post
 
-    def _context(self, context: Any, frames: np.ndarray) -> tuple[np.ndarray | None, State | None]:
+    def _context(self, context: JudgeContext | None, frames: np.ndarray) -> tuple[np.ndarray | None, State | None]:
         if context is None:
             return None, None
-        get = context.get if isinstance(context, dict) else lambda k, d=None: getattr(context, k, d)
-        anchor = get("anchor_frame", None)
+        anchor = context.anchor_frame
         if anchor is not None:
             check_frame(anchor, "context anchor frame")
             if anchor.shape != frames.shape[1:]:
                 raise ValueError(f"the memory's anchor frame is {anchor.shape[0]}×{anchor.shape[1]} but the segment's "
                                  f"frames are {frames.shape[1]}×{frames.shape[2]}; generate at the anchor's size")
-        st = get("state", None)
+        st = context.state
         state = None
         if st is not None:
             try:
-                state = st if isinstance(st, State) else State.from_dict(st)
+                state = State.from_dict(st)
             except DomainError as e:
                 raise ValueError(f"the memory's state is not a valid tabletop state: {e}") from None
         return anchor, state

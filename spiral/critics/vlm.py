@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field
 from spiral.llm.client import ChatClient, JsonTask, make_client
 from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, text_part, video_input
+from spiral.memory import Memory
 from spiral.options import BackendOptions, merged_model
-from spiral.types import FAILURE_KINDS, Segment, SubAction, Verdict
+from spiral.types import FAILURE_KINDS, SCORES, JudgeContext, Segment, SubAction, Verdict
 
-DIMENSIONS: tuple[str, ...] = ("action", "preservation", "continuity", "consistency")
 DECISIONS: tuple[str, ...] = ("accept", "refine", "regenerate", "replan")
 FEEDBACK_MAX = 300
 _SECTIONS = ("system", "judge", "repair", "format")
@@ -42,8 +42,8 @@ def verdict_schema(score_levels: int = 21) -> dict[str, Any]:
         "type": "object", "additionalProperties": False,
         "required": ["scores", "passed", "failure", "decision", "feedback"],
         "properties": {
-            "scores": {"type": "object", "additionalProperties": False, "required": list(DIMENSIONS),
-                       "properties": {d: score for d in DIMENSIONS}},
+            "scores": {"type": "object", "additionalProperties": False, "required": list(SCORES),
+                       "properties": {d: score for d in SCORES}},
             "passed": {"type": "boolean"},
             "failure": {"anyOf": [{"type": "string", "enum": list(FAILURE_KINDS)}, {"type": "null"}]},
             "decision": {"type": "string", "enum": list(DECISIONS)},
@@ -74,24 +74,20 @@ def _to_verdict(data: Any) -> Verdict:
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     scores = data.get("scores")
     if not isinstance(scores, dict):
-        raise ValueError("'scores' must be an object with " + ", ".join(DIMENSIONS))
-    missing = [d for d in DIMENSIONS if d not in scores]
+        raise ValueError("'scores' must be an object with " + ", ".join(SCORES))
+    missing = [d for d in SCORES if d not in scores]
     if missing:
-        raise ValueError(f"'scores' lacks {missing}; give all of {list(DIMENSIONS)} in [0, 1]")
+        raise ValueError(f"'scores' lacks {missing}; give all of {list(SCORES)} in [0, 1]")
     return Verdict.model_validate({**data, "observed_state": None})
 
 
-def _memory_text(context: Any, sub_action: SubAction) -> str:
+def _memory_text(context: JudgeContext | None, sub_action: SubAction) -> str:
     if context is None:
         return "none"
-    prompt = getattr(context, "prompt", None)
-    if callable(prompt):
-        text = prompt(sub_action.text)
-        state = getattr(context, "state", None)
-        if state is not None:
-            text += f" State before this clip: {json.dumps(state, sort_keys=True, default=str)}."
-        return text
-    return str(context)[:2000]
+    text = context.summary(sub_action.text)
+    if context.state is not None:
+        text += f" State before this clip: {json.dumps(context.state, sort_keys=True, default=str)}."
+    return text
 
 
 class VLMCriticOptions(BackendOptions):
@@ -147,14 +143,15 @@ class VLMCritic:
         """Which template (file stem + content hash) produced this critic's prompts."""
         return self.prompts.id
 
-    def messages(self, segment: Segment, sub_action: SubAction, context: Any = None) -> list[dict[str, Any]]:
+    def messages(self, segment: Segment, sub_action: SubAction, context: JudgeContext | Memory | None = None
+                 ) -> list[dict[str, Any]]:
         """The chat messages for one judgement (public so tests and users can inspect the payload)."""
         frames = segment.frames
         idx = sample_indices(len(frames), self.frames)
         action = f"{sub_action.verb}({', '.join(sub_action.objects)})"
         text = self.prompts.render(
             "judge", text=sub_action.text, action=action, pre=", ".join(sub_action.preconditions) or "none given",
-            post=", ".join(sub_action.postconditions) or "none given", memory=_memory_text(context, sub_action),
+            post=", ".join(sub_action.postconditions) or "none given", memory=_memory_text(JudgeContext.of(context), sub_action),
             n_frames=len(idx), frame_ids=", ".join(str(i) for i in idx), total_frames=len(frames))
         system = self.prompts.render("system", failures=", ".join(FAILURE_KINDS))
         content: Any = text
@@ -162,6 +159,6 @@ class VLMCritic:
             content = [text_part(text), video_input(frames[idx], _sampled_fps(segment.fps, idx), self.image_size)]
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
-    def judge(self, segment: Segment, sub_action: SubAction, context: Any = None) -> Verdict:
+    def judge(self, segment: Segment, sub_action: SubAction, context: JudgeContext | Memory | None = None) -> Verdict:
         """Ask the model for a verdict on ``segment``; invalid replies are repaired, transient errors retried."""
         return complete_json(self.client, self.messages(segment, sub_action, context), self._task)

@@ -151,13 +151,11 @@ class TinyGenerator:
                                  f"{c.resolution}x{c.resolution} frames")
 
     def conditioning_text(self, request: GenerationRequest) -> str:
-        """The text the model sees: the prompt, without the loop's refinement feedback unless
+        """The text the model sees: the instruction, without the critic's feedback (``request.feedback``) unless
         ``refinements`` is on. The model learned one-sentence sub-action wordings; an appended
         "Important: …" sentence moves the embedding off that distribution and measurably lowers
         success, so by default a *refine* acts on this model as a retry with a new seed."""
-        from spiral.loop import base_instruction
-
-        return request.prompt if self.refinements else base_instruction(request.prompt)
+        return request.prompt_text() if self.refinements else request.prompt
 
     def prepare(self, requests: list[GenerationRequest], cfg_scale: float | None = None) -> TinyCond:
         """Batch the requests' text embeddings, conditioning and anchor frames."""

@@ -27,9 +27,8 @@ from pydantic import BaseModel, Field
 from spiral.llm.client import ChatClient, JsonTask, OutputError, make_client
 from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, image_input, text_part
-from spiral.loop import refine_instruction
 from spiral.options import BackendOptions, merged_model
-from spiral.types import Attempt, Observation, Plan, StepFailure, SubAction
+from spiral.types import Attempt, Instruction, Observation, Plan, StepFailure, SubAction, TaskGoal
 
 log = logging.getLogger("spiral.llm")
 
@@ -231,14 +230,14 @@ class LLMPlanner:
 
     # -- the PlanAgent protocol ----------------------------------------------------------------
 
-    def plan(self, goal: str, observation: Observation) -> Plan:
+    def plan(self, goal: TaskGoal | str, observation: Observation) -> Plan:
         """A plan for ``goal`` from what is observed (state text and/or first frame)."""
-        obs = _as_observation(observation)
-        user = self.prompts.render("plan", goal=goal, state=_describe_state(obs.state, self.domain),
+        goal, obs = TaskGoal.of(goal), _as_observation(observation)
+        user = self.prompts.render("plan", goal=goal.text, state=_describe_state(obs.state, self.domain),
                                    image_note=self._image_note(obs))
         return self._ask(goal, obs, user, first_id=0, min_steps=1)
 
-    def replan(self, goal: str, observation: Observation, history: list[SubAction] | list[Attempt] | None = None) -> Plan:
+    def replan(self, goal: TaskGoal | str, observation: Observation, history: list[SubAction] | list[Attempt] | None = None) -> Plan:
         """A new plan from the observed state, told what happened so far.
 
         ``history`` is what the loop executed (sub-actions whose segments were kept); attempts with
@@ -246,27 +245,28 @@ class LLMPlanner:
         """
         return self.replan_avoiding(goal, observation, history, [])
 
-    def replan_avoiding(self, goal: str, observation: Observation, history: list[SubAction] | list[Attempt] | None,
+    def replan_avoiding(self, goal: TaskGoal | str, observation: Observation, history: list[SubAction] | list[Attempt] | None,
                         failed: list[StepFailure]) -> Plan:
         """:meth:`replan`, also told which sub-actions the generator could not make and asked to find another way.
 
         The failures fill the template's ``$failures``; a template without it (v1, or a file of the user's own)
         gets them appended to ``$history``.
         """
-        obs = _as_observation(observation)
+        goal, obs = TaskGoal.of(goal), _as_observation(observation)
         hist = list(history or [])
         history_text = _describe_history(hist, self.history_limit)
         failures = _describe_failures(failed, self.history_limit)
         if "$failures" not in self.prompts.raw("replan") and failed:
             history_text += f"\nSteps that failed (find another way if there is one):\n{failures}"
-        user = self.prompts.render("replan", goal=goal, state=_describe_state(obs.state, self.domain),
+        user = self.prompts.render("replan", goal=goal.text, state=_describe_state(obs.state, self.domain),
                                    image_note=self._image_note(obs), history=history_text, failures=failures)
         return self._ask(goal, obs, user, first_id=len(hist), min_steps=0)
 
-    def refine(self, sub_action: SubAction, feedback: str) -> str:
-        """Rewrite a step's instruction from the critic's feedback (the template rewriter when the model fails)."""
+    def refine(self, sub_action: SubAction, feedback: str) -> Instruction:
+        """Rewrite a step's instruction from the critic's feedback; the step's text with the feedback beside it in
+        ``refine_mode: template`` or when the model fails."""
         if self.refine_mode == "template" or not feedback:
-            return refine_instruction(sub_action.text, feedback)
+            return Instruction(text=sub_action.text, feedback=feedback)
         action = f"{sub_action.verb}({', '.join(sub_action.objects)})"
         messages = [{"role": "system", "content": self.prompts.render("refine_system")},
                     {"role": "user", "content": self.prompts.render("refine", text=sub_action.text, action=action,
@@ -274,14 +274,14 @@ class LLMPlanner:
         task = JsonTask("instruction", REFINE_SCHEMA, _refine_text, self.prompts.raw("repair"),
                         self.prompts.raw("format"))
         try:
-            return complete_json(self.client, messages, task)
+            return Instruction(text=complete_json(self.client, messages, task))
         except OutputError as e:
             log.warning("planner %s: refine fell back to the template rewriter (%s)", self.name, e)
-            return refine_instruction(sub_action.text, feedback)
+            return Instruction(text=sub_action.text, feedback=feedback)
 
     # -- the validate_plan hook ----------------------------------------------------------------
 
-    def validate_plan(self, plan: Plan, observation: Observation, goal: str) -> list[str]:
+    def validate_plan(self, plan: Plan, observation: Observation, goal: TaskGoal) -> list[str]:
         """Problems that make ``plan`` unusable in the known domain (empty list: fine).
 
         Override to check plans for a domain of your own; each string is sent back to the model.
@@ -303,12 +303,12 @@ class LLMPlanner:
             content = [text_part(user), image_input(obs.frame, self.image_size)]
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
-    def _ask(self, goal: str, obs: Observation, user: str, first_id: int, min_steps: int) -> Plan:
+    def _ask(self, goal: TaskGoal, obs: Observation, user: str, first_id: int, min_steps: int) -> Plan:
         syntax_ok: list[Plan] = []
         problems: list[str] = []
 
         def validate(data: Any) -> Plan:
-            plan = _to_plan(data, goal, first_id)
+            plan = _to_plan(data, goal.text, first_id)
             issues = self.validate_plan(plan, obs, goal)
             hard = [i for i in issues if not i.startswith(_SOFT)]
             if hard:
@@ -372,7 +372,7 @@ def _refine_text(data: Any) -> str:
     return data["text"].strip()
 
 
-def _tabletop_issues(plan: Plan, state: dict[str, Any] | None, goal: str, simulate: bool) -> list[str]:
+def _tabletop_issues(plan: Plan, state: dict[str, Any] | None, goal: TaskGoal, simulate: bool) -> list[str]:
     """Syntax problems (hard) and, when simulating from a known state, execution problems (soft)."""
     from spiral.world import domain as d
 
@@ -402,12 +402,8 @@ def _tabletop_issues(plan: Plan, state: dict[str, Any] | None, goal: str, simula
             break
     if not soft:
         from spiral.planners.symbolic import goal_reached
-        from spiral.world.goals import parse_goal
 
-        try:
-            g = parse_goal(goal)
-        except ValueError:
-            g = None
+        g = goal.tabletop
         start = d.State.from_dict(state)  # a scene-relative goal ("swap …") is read against the state planned from
         if g is not None and not goal_reached(g, cur, start):
             missing = [p for p in g.final() if not cur.holds(p)] if not g.is_relative else [str(g)]

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import Field
 
 from spiral.options import BackendOptions
-from spiral.types import Plan, StepFailure, SubAction
+from spiral.types import Plan, StepFailure, SubAction, TaskGoal
 from spiral.world import domain
 from spiral.world.domain import BLOCKS, BOX, LAMP, SLOTS, Action, DomainError, Pred, State
 from spiral.world.goals import Goal, GoalParseError, RelativeGoalError, parse_goal, resolve_relative
@@ -450,8 +450,14 @@ def _failed_keys(failed: Iterable[Any]) -> dict[tuple[int, int], str]:
     return out
 
 
-def _as_goal(goal: str | Goal) -> Goal:
-    return goal if isinstance(goal, Goal) else parse_goal(goal)
+def _as_goal(goal: TaskGoal | str | Goal) -> Goal:
+    """The goal's tabletop reading: a run's TaskGoal carries it (read once, by spiral.api); a bare string is read
+    here (GoalParseError when the grammar cannot read it)."""
+    if isinstance(goal, Goal):
+        return goal
+    if isinstance(goal, TaskGoal):
+        return goal.tabletop if goal.tabletop is not None else parse_goal(goal.text)
+    return parse_goal(goal)
 
 
 @dataclass(frozen=True)
@@ -630,7 +636,7 @@ class SymbolicPlanner:
             partial = nxt[:1 if best_only and k == n - 1 else self.max_readings]
         return [Reading(Goal(goal.text, stages), acts) for stages, _, acts in partial]
 
-    def resolve(self, goal: str | Goal, state: State | dict | Any) -> Goal:
+    def resolve(self, goal: TaskGoal | str | Goal, state: State | dict | Any) -> Goal:
         """The concrete goal a scene-relative goal means in ``state`` (its cheapest reading); concrete goals
         come back unchanged."""
         g, s = _as_goal(goal), _as_state(state)
@@ -678,7 +684,7 @@ class SymbolicPlanner:
         rationale = f"{note}optimal A* plan, {n} action{plural}{per}; {self.stats.expanded} nodes expanded"
         return Plan(goal=goal.text or str(goal), steps=steps, rationale=rationale)
 
-    def achieved(self, goal: str | Goal, observation: State | dict | Any) -> bool:
+    def achieved(self, goal: TaskGoal | str | Goal, observation: State | dict | Any) -> bool:
         """Whether the observed state meets the goal's final literals (the loop's last check); a scene-relative
         goal this planner has not resolved yet counts as not reached (a re-plan resolves it)."""
         g = _as_goal(goal)
@@ -687,14 +693,14 @@ class SymbolicPlanner:
             return got is not None and got.satisfied(_as_state(observation))
         return g.satisfied(_as_state(observation))
 
-    def plan(self, goal: str | Goal, observation: State | dict | Any) -> Plan:
+    def plan(self, goal: TaskGoal | str | Goal, observation: State | dict | Any) -> Plan:
         """Plan every stage of ``goal`` from the observed state (which a scene-relative goal is read against)."""
         g, state = _as_goal(goal), _as_state(observation)
         self._resolved.pop(g.text or str(g), None)  # a new plan call starts from a new scene
         concrete, note = self._reading(g, state)
         return self._plan(concrete, state, 0, 0, note)
 
-    def replan(self, goal: str | Goal, observation: State | dict | Any, history: Iterable[Any] | None = None) -> Plan:
+    def replan(self, goal: TaskGoal | str | Goal, observation: State | dict | Any, history: Iterable[Any] | None = None) -> Plan:
         """Plan again from an observed (possibly perturbed) state, resuming at the first unfinished stage.
 
         ``history`` lists the sub-actions already executed. A stage counts as finished when
@@ -705,7 +711,7 @@ class SymbolicPlanner:
         """
         return self.replan_avoiding(goal, observation, history, [])
 
-    def replan_avoiding(self, goal: str | Goal, observation: State | dict | Any, history: Iterable[Any] | None,
+    def replan_avoiding(self, goal: TaskGoal | str | Goal, observation: State | dict | Any, history: Iterable[Any] | None,
                         failed: Iterable[StepFailure | SubAction]) -> Plan:
         """:meth:`replan` without the sub-actions the generator failed, when another plan reaches the goal.
 

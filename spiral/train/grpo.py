@@ -9,7 +9,7 @@ One step (``GRPOTrainer.step``):
 2. **Rollouts.** G SDE samples per prompt through ``spiral.flow.sample`` (the one sampler of every generator),
    its exploration noise drawn from a CPU generator so that rollouts do not depend on the device;
    log-probabilities kept per step.
-3. **Rewards.** ``CriticAgent.judge`` scores, combined with ``reward_weights`` (:func:`combine_reward`).
+3. **Rewards.** ``CriticAgent.judge`` scores, combined with ``reward_weights`` (:func:`spiral.types.combine_scores`, the critic's own combination).
 4. **Advantages.** (r − mean_group) / std (group std, or the std of the whole batch with
    ``global_std``), clamped to ±``adv_clip``; groups quieter than ``min_group_std`` get none.
 5. **Update.** On a random ``timestep_fraction`` of the SDE steps: PPO-clipped ratio of the new and
@@ -40,22 +40,18 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from spiral import flow
+from spiral.agents import FixedClipShape, GRPOPolicy
 from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, save_tensors, set_rng_state
 from spiral.train.grpo_config import RUNTIME_FIELDS, SCORES, GRPOConfig, Stage, load_config
-from spiral.types import GenerationRequest, Segment, SubAction
+from spiral.types import GenerationRequest, JudgeContext, Segment, SubAction, combine_scores
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Prompt", "Stage", "RUNTIME_FIELDS", "SCORES", "background_noise",
-           "build_policy", "clipped_objective", "combine_reward", "group_advantages", "load_config", "train_grpo"]
+           "build_policy", "clipped_objective", "group_advantages", "load_config", "train_grpo"]
 
 CKPT = "checkpoint"
 
 
 # ------------------------------------------------------------------------------------------- math
-
-
-def combine_reward(scores: dict[str, float], weights: dict[str, float]) -> float:
-    """Weighted mean of the critic's scores."""
-    return sum(weights.get(k, 0.0) * scores[k] for k in SCORES) / sum(weights.values())
 
 
 def background_noise(frames: np.ndarray) -> float:
@@ -101,7 +97,7 @@ class Prompt(BaseModel):
     scene_seed: int | None = None  # the scene's look (spiral.world.render.Appearance.sample)
 
 
-def build_policy(cfg: GRPOConfig) -> Any:
+def build_policy(cfg: GRPOConfig) -> GRPOPolicy:
     from spiral.train.policy import DiffusersPolicy, TinyPolicy
 
     if cfg.generator == "tiny":
@@ -152,7 +148,10 @@ class GRPOTrainer:
             write_text(saved, cfg.model_dump_json(indent=2))
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.policy = policy or build_policy(cfg)
+        self.policy: GRPOPolicy = policy or build_policy(cfg)
+        if not isinstance(self.policy, GRPOPolicy):
+            raise TypeError(f"the policy {type(self.policy).__name__} lacks what GRPO needs (spiral.agents.GRPOPolicy)")
+        self._judge: Any = None  # the benchmark's judge, loaded on the first score_prompts
         from spiral import registry
 
         self.critic = critic or registry.create("critic", cfg.critic)
@@ -256,13 +255,11 @@ class GRPOTrainer:
                 for i, (ts, plan, k, first, scene) in enumerate(chains)]
 
     def _size(self) -> int:
-        cfg = getattr(getattr(self.policy, "gen", None), "config", None)
-        return cfg.resolution if cfg is not None else 64
+        return self.policy.clip_shape()[0] if isinstance(self.policy, FixedClipShape) else 64
 
     def request(self, text: str, cond: np.ndarray, anchor: np.ndarray, seed: int) -> GenerationRequest:
         """One generation request at the policy's clip length and the conditioning frame's size."""
-        cfg = getattr(getattr(self.policy, "gen", None), "config", None)
-        frames = cfg.num_frames + 1 if cfg is not None else 9
+        frames = self.policy.clip_shape()[1] if isinstance(self.policy, FixedClipShape) else 9
         return GenerationRequest(prompt=text, cond_frame=cond, anchor_frame=anchor, seed=seed, num_frames=frames,
                                  height=cond.shape[0], width=cond.shape[1])
 
@@ -310,7 +307,7 @@ class GRPOTrainer:
             seg = segments[len(rewards)]
             verdict = self.critic.judge(seg, p.sub_action, self.context(p))
             noise.append(background_noise(seg.frames))
-            rewards.append(combine_reward(verdict.scores, cfg.reward_weights))
+            rewards.append(combine_scores(verdict.scores, cfg.reward_weights))
             passed.append(float(verdict.passed))
             scores.append(verdict.scores)
         r = torch.tensor(rewards, dtype=torch.float32)
@@ -322,10 +319,11 @@ class GRPOTrainer:
                 "quiet_groups": float(quiet.float().mean()), "scores": scores, "noise": float(np.mean(noise))}
 
     @staticmethod
-    def context(p: Prompt) -> dict[str, Any]:
-        """What the critic knows of a prompt, as the loop's memory gives it: anchor frame, state, the scene's look."""
-        return {"anchor_frame": p.anchor_frame, "state": p.state,
-                "hints": {"scene_seed": p.scene_seed} if p.scene_seed is not None else {}}
+    def context(p: Prompt) -> JudgeContext:
+        """What the critic knows of a prompt, as the loop's memory gives it: conditioning and anchor frames, state,
+        the scene's look."""
+        return JudgeContext(cond_frame=p.cond_frame, anchor_frame=p.anchor_frame, state=p.state,
+                            hints={"scene_seed": p.scene_seed} if p.scene_seed is not None else {})
 
     def artifact(self, frame: np.ndarray, prompt: Prompt, state: Any) -> float:
         """Artifact area of ``frame`` against a render of ``state`` (what it is read as) in the prompt's look."""
@@ -520,8 +518,7 @@ class GRPOTrainer:
         from spiral.bench.judge import RecognizerJudge
         from spiral.world import domain
 
-        judge = getattr(self, "_judge", None) or RecognizerJudge()
-        self._judge = judge
+        judge = self._judge = self._judge or RecognizerJudge()
         reqs = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, seed + i) for i, p in enumerate(prompts)]
         segs = self.generate(reqs, mode="ode")
         critic_ok, judge_ok = [], []

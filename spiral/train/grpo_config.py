@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCORES = ("action", "preservation", "continuity", "consistency")
+from spiral.types import SCORES
+
 GROUPS = ("run", "policy", "sampling", "prompts", "reward", "objective", "kl", "optimisation", "curriculum",
           "logging")
 # what may change between a run and its resume: where and how long it runs, how often it reports
@@ -124,7 +125,7 @@ class GRPOConfig(BaseModel):
     critic: str = _field("tabletop", group="reward", description="CriticAgent registry name whose scores are rewards")
     reward_weights: dict[str, float] = _field(
         default_factory=lambda: {k: 1.0 for k in SCORES}, group="reward",
-        description="weight of each critic score in the reward (a weighted mean; spiral.train.grpo.combine_reward)")
+        description="weight of each critic score in the reward (a weighted mean; spiral.types.combine_scores)")
 
     # ---- objective (advantages and the clipped ratio)
     global_std: bool = _field(True, group="objective", description="normalise advantages by the std of the whole "

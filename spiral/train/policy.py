@@ -95,6 +95,11 @@ class TinyPolicy:
     def sigmas(self) -> torch.Tensor:
         return self.gen.sigmas()
 
+    def clip_shape(self) -> tuple[int, int]:
+        """The one clip the model makes: (frame size, frames including the conditioning one)."""
+        c = self.gen.config
+        return c.resolution, c.num_frames + 1
+
     def prepare(self, requests: list[GenerationRequest]) -> Batch:
         return Batch(requests, self.gen.prepare(requests))
 

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from spiral.train.common import EMA, RunLog
-from spiral.types import Segment, SubAction
+from spiral.types import JudgeContext, Segment, SubAction
 from spiral.world import domain
 
 EXPORT_NAME = "tiny_reverse.safetensors"
@@ -125,8 +125,8 @@ def collect(trainer: Any, cfg: ReverseConfig) -> tuple[list[dict[str, Any]], dic
             frames = np.ascontiguousarray(seg.frames[::-1])
             start = trainer.critic.observe(frames[0])
             verdict = trainer.critic.judge(Segment(frames=frames, fps=seg.fps), p.sub_action,
-                                           {"anchor_frame": p.anchor_frame, "state": start.to_dict(),
-                                            "hints": {"scene_seed": p.scene_seed}})
+                                           JudgeContext(cond_frame=frames[0], anchor_frame=p.anchor_frame,
+                                                        state=start.to_dict(), hints={"scene_seed": p.scene_seed}))
             key = f"{p.sub_action.objects[0]}->{p.sub_action.objects[1]}"
             c = counts.setdefault(key, {"reversed": 0, "accepted": 0})
             c["reversed"] += 1

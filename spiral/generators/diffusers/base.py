@@ -452,8 +452,9 @@ class DiffusersI2V:
 
     def prompt_for(self, request: GenerationRequest) -> str:
         """The text the model sees: the memory-composed context or the step's instruction."""
-        text = request.context if self.prompt_source == "context" and request.context else request.prompt
-        return self.prompt_template.format(text=text, instruction=request.prompt, context=request.context)
+        instruction = request.prompt_text()  # the critic's feedback, on a refine, goes with the instruction
+        text = request.context if self.prompt_source == "context" and request.context else instruction
+        return self.prompt_template.format(text=text, instruction=instruction, context=request.context)
 
     def cond_image(self, request: GenerationRequest, size: ModelSize) -> Any:
         """The conditioning frame at the model's size, as a PIL image (what every pipeline accepts)."""
