@@ -64,7 +64,7 @@ class SegmentDataset(Dataset):
             "episode": ep.id,
             "step": j,
             "text": step.text,
-            "verb": step.verb,
+            "verb": step.verb or "",
             "objects": list(step.objects),
             "post": list(step.post),
             "label": step.label,
