@@ -170,8 +170,8 @@ def read_clip(path: str | Path, start: float, end: float, fps: float | None = No
 
     The container seeks to the keyframe before ``start`` and decoding stops just after ``end``, so a clip from an
     hour-long file costs its own length (plus at most one group of pictures), not the file's. Output frame ``j``
-    is the decoded frame whose timestamp is nearest to ``start + j / fps`` (``fps`` defaults to the video's own
-    rate: then every source frame in the range appears once, in order); ``size`` (height, width) resizes with
+    is the decoded frame whose timestamp is nearest to ``start + j / fps``, up to the ``j`` nearest ``end`` (``fps``
+    defaults to the video's own rate: then every source frame in the range appears once, in order); ``size`` (height, width) resizes with
     swscale. Times count from the stream's first frame. Ends early when the video does (the caller compares
     counts). A damaged file raises ValueError naming where decoding stopped.
     """
@@ -191,7 +191,7 @@ def _clip(path: str | Path, start: float, end: float, fps: float | None, size: t
     info = probe(path)
     src_period = 1.0 / info["fps"]
     out_fps = fps or info["fps"]
-    n_out = int(np.floor((end - start) * out_fps + 1e-6)) + 1
+    n_out = int(np.floor((end - start) * out_fps + 0.5 + 1e-9)) + 1  # up to the frame nearest ``end``
     stats.first_time = None
     try:
         with av.open(str(path)) as container:
