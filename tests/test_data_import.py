@@ -379,3 +379,23 @@ def test_check_accepts_text_only_steps_but_a_tabletop_step_needs_its_verb(tmp_pa
         s.pop("verb", None), s.pop("objects", None), s.pop("end_state", None)
     manifest.write_text(json.dumps({k: v for k, v in ep.items() if v is not None}) + "\n")
     assert check_dataset(tmp_path / "t").ok
+
+
+def test_segment_dataset_reads_a_large_videos_steps_by_seeking(tmp_path, monkeypatch):
+    from spiral.data import loaders
+
+    vids = tmp_path / "videos"
+    make_video(vids / "a.mp4", 120, fps=10)
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("video,goal,start,end,text\na,g,0.5,3.0,x\na,g,3.0,6.04,y\na,g,8.0,11.0,z\n")
+    import_dataset(ImportConfig(format="csv", source=csv_file, videos=vids, out=tmp_path / "ds"), progress=False)
+    whole = read_video(tmp_path / "ds" / "videos" / "a.mp4")
+    small = loaders.SegmentDataset(tmp_path / "ds")
+    monkeypatch.setattr(loaders, "WHOLE_VIDEO_BYTES", 0)  # every video counts as large: steps are read by seeking
+    large = loaders.SegmentDataset(tmp_path / "ds")
+    assert len(large) == 3
+    for k in range(3):
+        step = large.episodes[0].steps[k]
+        a, b = small[k]["clip"].numpy(), large[k]["clip"].numpy()
+        assert np.array_equal(a, b) and np.array_equal(b, whole[step.start_frame:step.end_frame + 1])
+        assert large[k]["text"] == "xyz"[k] and large[k]["verb"] == "xyz"[k]
