@@ -399,3 +399,21 @@ def test_segment_dataset_reads_a_large_videos_steps_by_seeking(tmp_path, monkeyp
         a, b = small[k]["clip"].numpy(), large[k]["clip"].numpy()
         assert np.array_equal(a, b) and np.array_equal(b, whole[step.start_frame:step.end_frame + 1])
         assert large[k]["text"] == "xyz"[k] and large[k]["verb"] == "xyz"[k]
+
+
+def test_ambiguous_names_are_reported_and_the_output_is_not_taken_for_a_source(tmp_path):
+    vids = tmp_path / "videos"
+    make_video(vids / "a.mp4", 30)
+    make_video(vids / "x" / "dup.mp4", 30)
+    make_video(vids / "y" / "dup.mp4", 30)
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("video,goal,start,end,text\na,g,0,2,s\ndup,g,0,2,s\n")
+    cfg = ImportConfig(format="csv", source=csv_file, videos=vids, out=vids / "ds")  # --out inside --videos
+    res = import_dataset(cfg, progress=False)
+    assert res.imported == ["a"] and [s["id"] for s in res.skipped] == ["dup"]
+    assert "ambiguous" in res.skipped[0]["reason"] and "x/dup.mp4" in res.skipped[0]["reason"]
+    # killed after a's clip was written but before its journal line: the rerun must take videos/a.mp4 as a's source,
+    # not also its own output ds/videos/a.mp4 (which would make "a" ambiguous)
+    (vids / "ds" / "import.jsonl").write_text("")
+    res = import_dataset(cfg, progress=False)
+    assert res.imported == ["a"] and [s["id"] for s in res.skipped] == ["dup"]

@@ -106,6 +106,10 @@ def locate_video(videos: Path, name: str, index: dict[str, list[Path]]) -> tuple
     if direct.is_file():
         return direct, ""
     hits = index.get(Path(name).name) or index.get(name, [])
+    if len(hits) > 1:
+        shown = ", ".join(str(p.relative_to(videos)) for p in hits[:3])
+        return None, (f"video {name!r} is ambiguous: {len(hits)} files match ({shown}); name the file's path "
+                      f"relative to --videos in the annotations")
     for p in hits:
         rp = p.resolve()
         if not rp.is_relative_to(root):
@@ -114,10 +118,14 @@ def locate_video(videos: Path, name: str, index: dict[str, list[Path]]) -> tuple
     return None, f"video {name!r} not found under {videos} (looked for {name} and {name}.{{{','.join(e[1:] for e in VIDEO_EXTS)}}})"
 
 
-def index_videos(videos: Path) -> dict[str, list[Path]]:
-    """Every video file below ``videos`` by its stem and by its name (one walk, so ids resolve without a glob each)."""
+def index_videos(videos: Path, exclude: Path | None = None) -> dict[str, list[Path]]:
+    """Every video file below ``videos`` by its stem and by its name (one walk, so ids resolve without a glob each),
+    leaving out what lies in ``exclude`` (the import's own output, when --out is inside --videos)."""
     out: dict[str, list[Path]] = {}
+    skip = exclude.resolve() if exclude is not None else None
     for p in sorted(videos.rglob("*")):
+        if skip is not None and p.resolve().is_relative_to(skip):
+            continue
         if p.suffix.lower() in VIDEO_EXTS and (p.is_file() or p.is_symlink()):
             out.setdefault(p.stem, []).append(p)
             out.setdefault(p.name, []).append(p)
@@ -140,7 +148,7 @@ def import_dataset(cfg: ImportConfig, progress: bool = True,
     done = _prepare_out(cfg)
     out = cfg.out
     result = ImportResult(out)
-    index = index_videos(cfg.videos)
+    index = index_videos(cfg.videos, exclude=out)
     jobs, order, used = [], [], set()
     for ep in episodes:
         eid = safe_id(ep.id)
