@@ -417,3 +417,42 @@ def test_ambiguous_names_are_reported_and_the_output_is_not_taken_for_a_source(t
     (vids / "ds" / "import.jsonl").write_text("")
     res = import_dataset(cfg, progress=False)
     assert res.imported == ["a"] and [s["id"] for s in res.skipped] == ["dup"]
+
+
+def test_killed_import_process_resumes_without_redoing_finished_videos(tmp_path):
+    """SIGKILL the real command once the first clip is journalled; the rerun keeps that clip and does the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    vids = tmp_path / "videos"
+    make_video(vids / "v0.mp4", 20, fps=10)
+    for k in range(1, 4):
+        make_video(vids / f"v{k}.mp4", 300, fps=10, h=96, w=160)  # slow enough to be killed while in flight
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("video,goal,start,end,text\nv0,g,0,1.5,s\n" + "".join(f"v{k},g,0,29,s\n" for k in range(1, 4)))
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "spiral.cli", "data", "import", "csv", str(csv_file), "--videos", str(vids), "--out",
+           str(out), "--quality", "data"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "import.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = [json.loads(x)["episode"]["id"] for x in journal.read_text().splitlines()]
+    assert finished and len(finished) < 4, finished  # killed in the middle
+    stats = {e: (out / "videos" / f"{e}.mp4").stat() for e in finished}
+    res = import_dataset(ImportConfig(format="csv", source=csv_file, videos=vids, out=out, quality="data"),
+                         progress=False)
+    assert res.resumed == finished and sorted(res.imported + res.resumed) == ["v0", "v1", "v2", "v3"]
+    for e, st in stats.items():
+        now = (out / "videos" / f"{e}.mp4").stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert not list((out / "videos").glob(".*.tmp"))
+    assert [e.id for e in check_dataset(out, decode=True).episodes] == ["v0", "v1", "v2", "v3"]
