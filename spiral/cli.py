@@ -194,10 +194,12 @@ def data_import(
     cfg = ImportConfig(format=format, source=source, videos=videos, out=out, fps=fps, size=_size(size),
                        quality=quality, level=level, parse_steps=parse, workers=workers, ray=ray, limit=limit)
     res = import_dataset(cfg)
-    for s in res.skipped:
-        err_console.print(f"[yellow]skipped[/] {s['id']}: {s['reason']}", highlight=False)
-    for n in res.notes:
-        err_console.print(f"[dim]note[/] {n['id']}: {n['note']}", highlight=False)
+    shown = 20  # a large source with many missing videos would flood the terminal: the report has every line
+    for kind, items, text in (("[yellow]skipped[/]", res.skipped, "reason"), ("[dim]note[/]", res.notes, "note")):
+        for s in items[:shown]:
+            err_console.print(f"{kind} {s['id']}: {s[text]}", highlight=False)
+        if len(items) > shown:
+            err_console.print(f"{kind} … and {len(items) - shown} more in {out / REPORT}", highlight=False)
     console.print(f"{len(res.imported)} episodes imported, {len(res.resumed)} already done, {len(res.skipped)} "
                   f"skipped → {out} (report: {out / REPORT}; check with `spiral data check {out}`)")
     if not res.imported and not res.resumed:

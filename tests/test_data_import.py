@@ -456,3 +456,18 @@ def test_killed_import_process_resumes_without_redoing_finished_videos(tmp_path)
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert not list((out / "videos").glob(".*.tmp"))
     assert [e.id for e in check_dataset(out, decode=True).episodes] == ["v0", "v1", "v2", "v3"]
+
+
+def test_ray_local_cluster_gives_the_same_dataset(tmp_path):
+    pytest.importorskip("ray")
+    vids = tmp_path / "videos"
+    for k in range(2):
+        make_video(vids / f"v{k}.mp4", 30, fps=10)
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("video,goal,start,end,text\n" + "".join(f"v{k},g,0.5,2.0,step {k}\n" for k in range(2)))
+    one = import_dataset(ImportConfig(format="csv", source=csv_file, videos=vids, out=tmp_path / "one"),
+                         progress=False)
+    ray = import_dataset(ImportConfig(format="csv", source=csv_file, videos=vids, out=tmp_path / "ray", ray="local",
+                                      workers=2), progress=False)
+    assert sorted(ray.imported) == sorted(one.imported) == ["v0", "v1"]
+    assert (tmp_path / "one" / "manifest.jsonl").read_text() == (tmp_path / "ray" / "manifest.jsonl").read_text()
