@@ -25,7 +25,10 @@ err_console = Console(stderr=True)
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may quote brackets ("'segment' must be [start, end]") that rich would eat as markup
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -189,6 +192,8 @@ def data_import(
 ) -> None:
     """Import annotated procedural videos (COIN, CrossTask, Ego4D GoalStep, CSV/JSONL) into an ActVideoGen-Dataset:
     each episode's span cut by seeking, resampled, checked; skipped videos are listed with their reason."""
+    from rich.markup import escape
+
     from spiral.data.import_videos import REPORT, ImportConfig, import_dataset
 
     cfg = ImportConfig(format=format, source=source, videos=videos, out=out, fps=fps, size=_size(size),
@@ -197,7 +202,7 @@ def data_import(
     shown = 20  # a large source with many missing videos would flood the terminal: the report has every line
     for kind, items, text in (("[yellow]skipped[/]", res.skipped, "reason"), ("[dim]note[/]", res.notes, "note")):
         for s in items[:shown]:
-            err_console.print(f"{kind} {s['id']}: {s[text]}", highlight=False)
+            err_console.print(f"{kind} {escape(s['id'])}: {escape(s[text])}", highlight=False)
         if len(items) > shown:
             err_console.print(f"{kind} … and {len(items) - shown} more in {out / REPORT}", highlight=False)
     console.print(f"{len(res.imported)} episodes imported, {len(res.resumed)} already done, {len(res.skipped)} "

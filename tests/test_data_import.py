@@ -314,6 +314,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     refused(["crosstask", str(goalstep)], "not a crosstask annotation source")
     refused(["csv", str(goalstep)], "not a csv annotation source")
     refused(["ego4d-goalstep", str(tmp_path / "nope.json")], "does not exist")
+    bad_coin = tmp_path / "COIN.json"
+    bad_coin.write_text(json.dumps({"database": {"v": {"class": "X", "annotation": [{"segment": [1.0], "label": "a"}]}}}))
+    refused(["coin", str(bad_coin)], "video v annotation 0", "'segment' must be [start, end]")
+    bad_csv = tmp_path / "a.csv"
+    bad_csv.write_text("video,goal,start,end,text\na,g,zero,2,s\n")
+    refused(["csv", str(bad_csv)], "a.csv line 2", "'zero' is not a number of seconds")
+    refused(["csv", str(bad_csv), "--size", "480x83"], "even")
     assert not out.exists()
     out.mkdir()
     (out / "notes.txt").write_text("mine")
