@@ -15,7 +15,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPIRAL: plan, generate, reflect.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded tabletop world.")
-data_app = typer.Typer(no_args_is_help=True, help="ActVideoGen-Dataset: build and check.")
+data_app = typer.Typer(no_args_is_help=True, help="ActVideoGen-Dataset: build, import, check, stats.")
 app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate agents (critic, planner).")
@@ -25,7 +25,10 @@ err_console = Console(stderr=True)
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may quote brackets ("'segment' must be [start, end]") that rich would eat as markup
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -159,6 +162,72 @@ def data_check(
                   + (" (videos not decoded: --fast)" if fast else ""))
     if report.errors:
         raise typer.Exit(1)
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--size {text!r} must be HEIGHTxWIDTH, e.g. 480x832")
+    return int(parts[0]), int(parts[1])
+
+
+@data_app.command("import")
+@friendly
+def data_import(
+    format: str = typer.Argument(..., help="coin | crosstask | ego4d-goalstep | csv | jsonl"),
+    source: Path = typer.Argument(..., help="annotation file (COIN.json, goalstep_*.json, .csv, .jsonl) or the "
+                                            "CrossTask release folder"),
+    videos: Path = typer.Option(..., help="folder of the source videos (<video id>.<ext> anywhere below it)"),
+    out: Path = typer.Option(..., help="dataset folder to write; run again with the same settings to resume"),
+    fps: float | None = typer.Option(None, help="frame rate of the clips (default: each video's own)"),
+    size: str | None = typer.Option(None, help="HEIGHTxWIDTH of the clips, e.g. 480x832 (default: the source's)"),
+    quality: str = typer.Option("web", help="clip encoding: web (H.264 4:2:0) or data (near-lossless 4:4:4)"),
+    level: str = typer.Option("step", help="ego4d-goalstep: step or substep"),
+    parse: bool = typer.Option(True, "--parse/--no-parse", help="fill verb/objects from each step's text"),
+    workers: int = typer.Option(1, help="parallel processes"),
+    ray: str | None = typer.Option(None, help="Ray cluster address (auto, ray://host:port) or 'local'"),
+    limit: int | None = typer.Option(None, help="only the first N episodes"),
+) -> None:
+    """Import annotated procedural videos (COIN, CrossTask, Ego4D GoalStep, CSV/JSONL) into an ActVideoGen-Dataset:
+    each episode's span cut by seeking, resampled, checked; skipped videos are listed with their reason."""
+    from rich.markup import escape
+
+    from spiral.data.import_videos import REPORT, ImportConfig, import_dataset
+
+    cfg = ImportConfig(format=format, source=source, videos=videos, out=out, fps=fps, size=_size(size),
+                       quality=quality, level=level, parse_steps=parse, workers=workers, ray=ray, limit=limit)
+    res = import_dataset(cfg)
+    shown = 20  # a large source with many missing videos would flood the terminal: the report has every line
+    for kind, items, text in (("[yellow]skipped[/]", res.skipped, "reason"), ("[dim]note[/]", res.notes, "note")):
+        for s in items[:shown]:
+            err_console.print(f"{kind} {escape(s['id'])}: {escape(s[text])}", highlight=False)
+        if len(items) > shown:
+            err_console.print(f"{kind} … and {len(items) - shown} more in {out / REPORT}", highlight=False)
+    console.print(f"{len(res.imported)} episodes imported, {len(res.resumed)} already done, {len(res.skipped)} "
+                  f"skipped → {out} (report: {out / REPORT}; check with `spiral data check {out}`)")
+    if not res.imported and not res.resumed:
+        raise typer.Exit(1)
+
+
+@data_app.command("stats")
+@friendly
+def data_stats(
+    root: Path = typer.Argument(..., help="dataset folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the numbers as JSON instead of tables"),
+) -> None:
+    """Counts, durations and step-length histograms of a dataset (from the manifest and video headers)."""
+    import json
+
+    from spiral.data.stats import dataset_stats, stats_tables
+
+    stats = dataset_stats(root)
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    for t in stats_tables(stats):
+        console.print(t)
 
 
 class _LiveView:

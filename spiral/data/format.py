@@ -25,13 +25,14 @@ Label = Literal["success", "incomplete", "wrong_object", "extra_motion", "telepo
 
 
 class StepRecord(BaseModel):
-    """One sub-action of an episode and the inclusive frame range that shows it."""
+    """One sub-action of an episode and the inclusive frame range that shows it. ``text`` is the step; ``verb`` and
+    ``objects`` are optional (imported real videos often carry text only), but a tabletop episode needs them."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: str
-    verb: str
-    objects: list[str]
+    verb: str | None = None
+    objects: list[str] = Field(default_factory=list)
     pre: list[str] = Field(default_factory=list)
     post: list[str] = Field(default_factory=list)
     start_frame: int = Field(ge=0)
@@ -234,6 +235,8 @@ def _world_problem(ep: Episode) -> str:
     try:
         now = state(ep.initial_state, "initial_state") if ep.initial_state is not None else None
         for i, s in enumerate(ep.steps):
+            if s.verb is None:
+                raise ValueError(f"step {i} ({s.text!r}) has no verb: tabletop steps need verb and objects")
             try:
                 action = domain.Action(s.verb, tuple(s.objects))
                 for lit in s.pre + s.post:

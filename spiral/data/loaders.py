@@ -11,24 +11,36 @@ import torch
 from torch.utils.data import Dataset
 
 from spiral.data.format import CheckReport, Episode, check_dataset
-from spiral.video import read_video
+from spiral.video import read_clip, read_video, video_info
+
+WHOLE_VIDEO_BYTES = 32 << 20  # videos whose decoded frames fit in this are decoded once and kept (tabletop clips)
 
 
 class _VideoCache:
-    """Keeps the most recently decoded videos; episodes are read step by step."""
+    """Keeps the most recently decoded small videos, whose steps are read one after another; a larger video (a real
+    one) is never decoded whole: each step's frames are read by seeking (:func:`spiral.video.read_clip`)."""
 
     def __init__(self, size: int = 64):
         self.size, self._d = size, OrderedDict[Path, np.ndarray]()
+        self._small: dict[Path, bool] = {}
 
-    def get(self, path: Path) -> np.ndarray:
+    def clip(self, path: Path, fps: float, start: int, end: int) -> np.ndarray:
+        """Frames ``start``..``end`` (inclusive) of the video."""
+        if path not in self._small:
+            info = video_info(path)
+            self._small[path] = info["frames"] * info["height"] * info["width"] * 3 <= WHOLE_VIDEO_BYTES
+        if not self._small[path]:
+            frames = list(read_clip(path, start / fps, end / fps))
+            if len(frames) != end - start + 1:
+                raise ValueError(f"{path} has no frames {start}..{end} (got {len(frames)})")
+            return np.stack(frames)
         if path in self._d:
             self._d.move_to_end(path)
-            return self._d[path]
-        v = read_video(path)
-        self._d[path] = v
-        if len(self._d) > self.size:
-            self._d.popitem(last=False)
-        return v
+        else:
+            self._d[path] = read_video(path)
+            if len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return self._d[path][start:end + 1]
 
 
 def _load(root: str | Path, split: str | None) -> tuple[Path, list[Episode], CheckReport]:
@@ -39,7 +51,8 @@ def _load(root: str | Path, split: str | None) -> tuple[Path, list[Episode], Che
 
 
 class SegmentDataset(Dataset):
-    """One item per annotated step: first frame, step text, clip and label.
+    """One item per annotated step: first frame, step text, clip and label (a large video's clip is read by seeking,
+    not by decoding the whole file).
 
     ``clip`` is a uint8 tensor T×H×W×3 (frame 0 is the conditioning frame);
     ``label`` is ``"success"`` or the rendered failure mode.
@@ -58,13 +71,13 @@ class SegmentDataset(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         i, j = self.index[k]
         ep, step = self.episodes[i], self.episodes[i].steps[j]
-        video = self._cache.get(self.root / ep.video)
-        clip = torch.from_numpy(np.ascontiguousarray(video[step.start_frame : step.end_frame + 1]))
+        frames = self._cache.clip(self.root / ep.video, ep.fps, step.start_frame, step.end_frame)
+        clip = torch.from_numpy(np.ascontiguousarray(frames))
         return {
             "episode": ep.id,
             "step": j,
             "text": step.text,
-            "verb": step.verb,
+            "verb": step.verb or "",
             "objects": list(step.objects),
             "post": list(step.post),
             "label": step.label,
