@@ -39,14 +39,12 @@ class Memory:
     def start(cls, first_frame: np.ndarray, state: dict[str, Any] | None = None, scene: str = "",
               hints: dict[str, Any] | None = None) -> Memory:
         check_frame(first_frame, "first frame")
-        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or _describe(state),
+        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or describe_state(state),
                    hints=dict(hints or {}))
 
     def prompt(self, instruction: str) -> str:
-        """Prompt for text-conditioned backends: scene, what is done, what to do now."""
-        done = "; ".join(e.sub_action.text for e in self.history) or "nothing yet"
-        scene = f"Scene: {self.scene}. " if self.scene else ""
-        return f"{scene}Done so far: {done}. Now: {instruction}."
+        """Prompt for text-conditioned backends: scene, what is done, what to do now (:func:`compose_prompt`)."""
+        return compose_prompt(instruction, [e.sub_action.text for e in self.history], self.scene)
 
     def context(self, sub_action: SubAction | None, instruction: str, seed: int, num_frames: int, height: int,
                 width: int) -> GenerationRequest:
@@ -65,7 +63,16 @@ class Memory:
         self.history.append(MemoryEntry(sub_action, verdict, self.state))
 
 
-def _describe(state: dict[str, Any] | None) -> str:
+def compose_prompt(instruction: str, done: list[str], scene: str = "") -> str:
+    """The memory-composed prompt ("Scene: …. Done so far: …. Now: ….") of the step ``instruction`` after the
+    steps ``done``; the one composition shared by the loop (through :meth:`Memory.prompt`) and the trainers
+    that fine-tune a generator on dataset steps (``spiral.train.sft``), so a model learns the text it is given."""
+    scene_part = f"Scene: {scene}. " if scene else ""
+    return f"{scene_part}Done so far: {'; '.join(done) or 'nothing yet'}. Now: {instruction}."
+
+
+def describe_state(state: dict[str, Any] | None) -> str:
+    """The scene sentence of a start state (tabletop states; empty for others): what :meth:`Memory.start` uses."""
     if not state:
         return ""
     try:

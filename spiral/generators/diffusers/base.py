@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from spiral.generators.diffusers.lora import LoraSpec, load_loras
 from spiral.options import BackendOptions
 from spiral.types import GenerationRequest, Segment, check_frame
 
@@ -76,17 +77,41 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 
 def _device(name: str) -> torch.device:
+    """The device an option names; CUDA that this torch cannot see is an error naming the fix, not a traceback
+    from deep inside the first ``.to()``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; fix: set generator.options.device to auto, cpu or cuda[:i]") \
+            from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {name!r} asked but {why}; fix: set generator.options.device: cpu (or auto), "
+                             "or install a CUDA build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked but only {torch.cuda.device_count()} CUDA device(s) are "
+                             f"visible; fix: use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def _dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The dtype an option names, checked against the device: half precision on a CPU (kernels missing or
+    emulated) or bfloat16 on a GPU without it is an error naming the dtype that works there."""
     if name is None or name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; use one of: auto, {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    dtype = _DTYPES[name]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError(f"dtype {name} does not run on the CPU (no float16 kernels for video models); fix: set "
+                         "generator.options.dtype: float32 (or auto), or device: cuda")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"dtype {name}: this GPU has no bfloat16 support; fix: set generator.options.dtype: "
+                         "float16 (or float32)")
+    return dtype
 
 
 def _execution_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
@@ -208,6 +233,9 @@ class DiffusersOptions(BackendOptions):
     local_files_only: bool | None = Field(None, description="never download (also on when HF_HUB_OFFLINE=1)")
     call_kwargs: dict[str, Any] | None = Field(None, description="passed to the pipeline call")
     load_kwargs: dict[str, Any] | None = Field(None, description="passed to from_pretrained")
+    lora: list[LoraSpec] = Field(default_factory=list, description=(
+        "LoRA adapters to load ({path, scale} each; a folder written by `spiral train sft` or any file "
+        "diffusers' load_lora_weights reads); one trained for another architecture is refused"))
 
 
 class DiffusersI2V:
@@ -224,7 +252,8 @@ class DiffusersI2V:
     ``{text}``, ``{instruction}``, ``{context}``; ``max_sequence_length``; ``scheduler`` a diffusers
     scheduler class name built ``from_config`` of the pipeline's (+ ``scheduler_kwargs``);
     ``local_files_only`` (also on when ``HF_HUB_OFFLINE=1``); ``call_kwargs`` passed to the pipeline;
-    ``load_kwargs`` passed to ``from_pretrained``. From Python, ``pipeline=`` wraps an already built
+    ``load_kwargs`` passed to ``from_pretrained``; ``lora`` a list of ``{path, scale}`` LoRA adapters
+    (:mod:`~spiral.generators.diffusers.lora`). From Python, ``pipeline=`` wraps an already built
     pipeline object (e.g. with a quantized transformer) instead of loading one.
     """
 
@@ -271,6 +300,7 @@ class DiffusersI2V:
         local_files_only: bool | None = None,
         call_kwargs: dict[str, Any] | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        lora: list[LoraSpec | dict[str, Any]] | None = None,
         pipeline: Any = None,
     ):
         self.diffusers = require_diffusers()
@@ -321,6 +351,8 @@ class DiffusersI2V:
         self.check_pipeline()
         if scheduler:
             self._swap_scheduler(scheduler, dict(scheduler_kwargs or {}))
+        self.loras = [s if isinstance(s, LoraSpec) else LoraSpec.model_validate(s) for s in (lora or [])]
+        self.lora_adapters = load_loras(self.pipe, self.loras, self.display)
         if self.vae_dtype is not None and self.pipe.vae.dtype != self.vae_dtype:
             self.pipe.vae.to(self.vae_dtype)
         if offload == "model":
@@ -462,11 +494,15 @@ class DiffusersI2V:
         if request.cond_frame is None:
             raise ValueError(f"{self.display} is image-to-video: the request has no conditioning frame "
                              "(request.cond_frame); the loop always sets it from memory")
-        frame = check_frame(request.cond_frame, "cond_frame")
+        return Image.fromarray(self.fit_frame(check_frame(request.cond_frame, "cond_frame"), size))
+
+    def fit_frame(self, frame: np.ndarray, size: ModelSize) -> np.ndarray:
+        """One H×W×3 uint8 frame at the model's size: center-cropped to its aspect (``resize="crop"``) or
+        stretched, then resized. The conditioning frame and the frames a trainer learns from go through it."""
         if self.resize == "crop":
             top, left, h, w = crop_box(frame.shape[0], frame.shape[1], size.width / size.height)
             frame = frame[top:top + h, left:left + w]
-        return Image.fromarray(np.ascontiguousarray(_resize(frame, size.height, size.width)))
+        return np.ascontiguousarray(_resize(frame, size.height, size.width))
 
     def make_generator(self, request: GenerationRequest) -> torch.Generator:
         """The one source of randomness for a request."""
@@ -563,10 +599,28 @@ class FlowAccess:
 
         return fn
 
-    def _request_inputs(self, request: GenerationRequest) -> tuple[ModelSize, Any, str, torch.Generator, Any, bool]:
+    def _request_inputs(self, request: GenerationRequest, guidance_scale: float | None = None
+                        ) -> tuple[ModelSize, Any, str, torch.Generator, Any, float]:
         """What every hand-driven ``prepare`` starts from: model size, conditioning image, prompt, seeded
-        generator, execution device and whether classifier-free guidance is on."""
+        generator, execution device and the guidance scale (the adapter's unless given; > 1 turns CFG on)."""
         size = self.model_size(request)  # type: ignore[attr-defined]
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)  # type: ignore[attr-defined]
         return (size, self.cond_image(request, size), self.prompt_for(request),  # type: ignore[attr-defined]
-                self.make_generator(request), self.pipe._execution_device,  # type: ignore[attr-defined]
-                self.guidance_scale > 1.0)  # type: ignore[attr-defined]
+                self.make_generator(request), self.pipe._execution_device, scale)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------------------------ training
+
+    def encode_video(self, frames: np.ndarray, inputs: FlowInputs) -> torch.Tensor:
+        """Clean latents x0 of ``frames`` (T×H×W×3 uint8 at the model's size) in the layout of ``inputs.latents``,
+        normalized as the model's sampler ends (the inverse of ``decode``): the flow-matching target's data end."""
+        raise NotImplementedError
+
+    def train_sigmas(self, u: torch.Tensor, inputs: FlowInputs) -> torch.Tensor:
+        """Noise levels for training from uniform-ish ``u`` in [0, 1], shifted the way the scheduler shifts its
+        inference schedule: a static ``flow_shift``/``shift`` s (Wan: σ = s·u / (1 + (s − 1)·u)) or the
+        resolution-dependent exponential shift ``mu`` of a dynamic-shifting scheduler (LTX)."""
+        cfg = self.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            return self.scheduler.time_shift(float(inputs.cond["mu"]), 1.0, u)
+        s = float(cfg.get("flow_shift", cfg.get("shift", 1.0)) or 1.0)
+        return s * u / (1 + (s - 1) * u)
