@@ -773,6 +773,7 @@ def test_shipped_trainer_configs_load():
     from spiral.train.generator import TrainConfig
     from spiral.train.grpo import load_config
     from spiral.train.reverse import ReverseConfig
+    from spiral.train.sft_config import SFTConfig
 
     root = Path(__file__).resolve().parents[1]
     paths = sorted((root / "configs/train").glob("*.yaml"))
@@ -784,7 +785,7 @@ def test_shipped_trainer_configs_load():
             assert cfg.group_size >= 2 and cfg.stages, p
             assert cfg.weights is None or (root / cfg.weights).is_file(), (p, cfg.weights)
         else:
-            cls = {"reverse": ReverseConfig, "generator": TrainConfig}[p.name.split("-")[0]]
+            cls = {"reverse": ReverseConfig, "generator": TrainConfig, "sft": SFTConfig}[p.name.split("-")[0]]
             load_yaml_model(cls, p)
 
 
@@ -798,7 +799,9 @@ def test_every_trainer_config_field_says_what_it_does():
 
     groups = {name: (f.json_schema_extra or {}).get("group") for name, f in GRPOConfig.model_fields.items()}
     assert set(groups.values()) == set(GROUPS), groups
-    for cls in (GRPOConfig, Stage, TrainConfig, ReverseConfig, AlignerConfig):
+    from spiral.train.sft_config import SFTConfig
+
+    for cls in (GRPOConfig, Stage, TrainConfig, ReverseConfig, AlignerConfig, SFTConfig):
         undescribed = [n for n, f in cls.model_fields.items() if not (f.description or "").strip()]
         assert not undescribed, (cls.__name__, undescribed)
 

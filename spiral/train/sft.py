@@ -240,7 +240,6 @@ class SFTTrainer:
 
     def _setup_params(self) -> None:
         """Freeze every pipeline component, then make the LoRA (or the whole transformer) trainable."""
-        from spiral.generators.diffusers.lora import ATTENTION_TARGETS
         from spiral.train.policy import add_lora
 
         cfg, pipe = self.cfg, self.adapter.pipe
@@ -248,7 +247,8 @@ class SFTTrainer:
             if isinstance(comp, torch.nn.Module):
                 comp.requires_grad_(False)
         if cfg.mode == "lora":
-            add_lora(self.model, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, cfg.lora_targets or ATTENTION_TARGETS)
+            torch.manual_seed(cfg.seed)  # peft draws lora_A from torch's global generator: the same start per seed
+            add_lora(self.model, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, cfg.lora_targets or self.adapter.lora_targets)
         else:
             self.model.requires_grad_(True)
         dtype = getattr(torch, cfg.trainable_dtype)
@@ -315,15 +315,21 @@ class SFTTrainer:
         self.model.train()
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step)
-        total, extras = 0.0, []
+        total, extras, used = 0.0, [], []
         for micro in range(cfg.batch_size):
-            inputs, x0 = self._inputs(self.order(self.step, micro))
+            k = self.order(self.step, micro)
+            inputs, x0 = self._inputs(k)
             loss, extra = loss_fn(self.adapter, inputs, x0, cfg, self.generator)
             (loss / cfg.batch_size).backward()
             total += float(loss.detach()) / cfg.batch_size
             extras.append(extra)
+            used.append(f"{self.examples[k].episode}/{self.examples[k].step}")
+        examples = [used]
         if self.world > 1:
             import torch.distributed as dist
+
+            examples = [None] * self.world
+            dist.all_gather_object(examples, used)
 
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
             for g in grads:
@@ -341,7 +347,7 @@ class SFTTrainer:
             self.ema.update(self.params, self.step)
         self.step += 1
         return {"step": self.step, "loss": total, "grad_norm": float(norm), "lr": self.lr_at(self.step - 1),
-                "seconds": round(time.perf_counter() - t0, 4), "rank_loss_terms": extras}
+                "seconds": round(time.perf_counter() - t0, 4), "draws": extras, "examples": examples}
 
     @torch.no_grad()
     def evaluate(self, draws: int = 4, seed: int = 12345) -> float:

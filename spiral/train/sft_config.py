@@ -64,8 +64,9 @@ class SFTConfig(BaseModel):
                                                               "projections; full: every transformer weight")
     lora_rank: int = Field(64, ge=1, description="LoRA rank; diffusers cogvideox: 128 (smaller files here)")
     lora_alpha: float | None = Field(None, description="LoRA alpha (None: the rank, as diffusers cogvideox)")
-    lora_targets: list[str] | None = Field(None, description="peft target modules (None: to_q, to_k, to_v, to_out.0, "
-                                                             "as diffusers cogvideox)")
+    lora_targets: list[str] | None = Field(None, description="peft target modules (None: the family's: to_q, to_k, "
+                                                             "to_v, to_out.0 as diffusers cogvideox; Wan adds the "
+                                                             "image cross-attention's add_k_proj, add_v_proj)")
     trainable_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of the trained parameters (diffusers' cast_training_params upcasts LoRA "
                                "weights to float32 when the model runs in bf16)")

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from spiral.generators.diffusers.lora import LoraSpec, load_loras
+from spiral.generators.diffusers.lora import ATTENTION_TARGETS, LoraSpec, load_loras
 from spiral.options import BackendOptions
 from spiral.types import GenerationRequest, Segment, check_frame
 
@@ -271,6 +271,8 @@ class DiffusersI2V:
     needs_ftfy = False
     spatial_multiple_fallback = 8
     frame_step_fallback = 4
+    #: the transformer's modules a LoRA adapts by default (``spiral train sft``, GRPO)
+    lora_targets: list[str] = ATTENTION_TARGETS
 
     def __init__(
         self,

@@ -83,6 +83,19 @@ def _adapted(model: torch.nn.Module, adapter: str) -> set[str]:
     return {n for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
+class _quiet:
+    """A logger silenced for the duration."""
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+
+    def __enter__(self) -> None:
+        self.was, self.log.disabled = self.log.disabled, True
+
+    def __exit__(self, *exc: object) -> None:
+        self.log.disabled = self.was
+
+
 def load_loras(pipe: Any, specs: list[LoraSpec], display: str) -> list[str]:
     """Load ``specs`` into ``pipe`` as adapters ``lora0, lora1, …`` with their scales; returns the adapter names.
 
@@ -103,7 +116,8 @@ def load_loras(pipe: Any, specs: list[LoraSpec], display: str) -> list[str]:
                 from None
         name = f"lora{i}"
         model = pipe.transformer
-        with warnings.catch_warnings():
+        peft_log = logging.getLogger("diffusers.loaders.peft")  # logs the error we re-raise as one line
+        with warnings.catch_warnings(), _quiet(peft_log):
             warnings.simplefilter("ignore", RuntimeWarning)  # peft's key-mismatch notice; checked below instead
             try:
                 pipe.load_lora_weights(str(path), adapter_name=name)

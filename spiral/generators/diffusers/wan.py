@@ -36,6 +36,9 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
     default_max_sequence_length = 512  # the I2V attention splits image/text tokens assuming 512 text tokens
     default_vae_dtype = "float32"  # the Wan VAE loses detail in bf16; it is small (~0.5 GB) in float32
     needs_ftfy = True
+    # the attention projections plus the image cross-attention's key/value (Wan 2.1 I2V; absent in TI2V, skipped):
+    # without them diffusers' load_lora_weights pads a Wan I2V LoRA with zero add_k_proj/add_v_proj entries
+    lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"]
 
     @property
     def denoiser(self) -> torch.nn.Module:
