@@ -95,6 +95,32 @@ def test_loss_falls_and_only_the_lora_changes(tiny, data, tmp_path, name):
     assert [r["step"] for r in log] == list(range(1, 41)) and all(np.isfinite(r["loss"]) for r in log)
 
 
+def test_targets_are_what_the_schedulers_integrate():
+    """The flow target is the velocity the pipeline's FlowMatchEuler step follows (a step from x_σ with it lands on
+    x_σ' of the same x0, ε); the v target is what CogVideoX's DDIM step reads back as the clean latents."""
+    from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from spiral.generators.diffusers.testing import build_cogvideox_i2v
+    from spiral.train.sft import flow_pair, v_pair
+
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(1, 4, 3, 4, 4, generator=gen), torch.randn(1, 4, 3, 4, 4, generator=gen)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(8)
+    for i in (0, 3, 6):
+        x, target = flow_pair(x0, noise, sched.sigmas[i:i + 1])
+        sched._step_index = None
+        sched._init_step_index(sched.timesteps[i])
+        nxt = sched.step(target, sched.timesteps[i], x).prev_sample
+        torch.testing.assert_close(nxt, flow_pair(x0, noise, sched.sigmas[i + 1:i + 2])[0], rtol=1e-4, atol=1e-5)
+    ddim = build_cogvideox_i2v().scheduler
+    assert isinstance(ddim, CogVideoXDDIMScheduler)
+    ddim.set_timesteps(10)
+    for t in ddim.timesteps[1:4]:
+        noisy, v = v_pair(ddim, x0, noise, t.reshape(1))
+        torch.testing.assert_close(ddim.step(v, t, noisy).pred_original_sample, x0, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["wan21-i2v", "cogvideox-i2v"])
 def test_resume_takes_exactly_the_next_step(tiny, data, tmp_path, name):
     """4 steps straight vs 2 steps + --resume to 4: the same losses for steps 3 and 4 (noise, timesteps, data order
@@ -221,6 +247,23 @@ def test_lora_of_another_architecture_is_one_line(tiny, trained, tmp_path):
     text = " ".join(res.output.split())
     assert "does not fit Wan 2.1 I2V" in text and "fix:" in text and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_lora_with_layers_the_model_lacks_is_refused(tiny, trained, tmp_path):
+    """A LoRA that fits only in part (here: a Wan LoRA plus layers of a deeper Wan) is refused, not half-loaded
+    with a warning as diffusers would."""
+    from safetensors.torch import load_file, save_file
+
+    from spiral import registry
+    from spiral.generators.diffusers.lora import WEIGHT_NAME
+
+    tensors = load_file(str(trained["wan21-i2v"] / WEIGHT_NAME))
+    deeper = {k.replace("transformer.blocks.1.", "transformer.blocks.7."): v.clone() for k, v in tensors.items()
+              if k.startswith("transformer.blocks.1.")}
+    (tmp_path / "deeper").mkdir()
+    save_file({**tensors, **deeper}, str(tmp_path / "deeper" / WEIGHT_NAME))
+    with pytest.raises(ValueError, match=r"does not fit Wan 2.1 I2V: \d+ of its \d+ layers are not in this model"):
+        registry.create("generator", "wan21-i2v", model=tiny["wan21-i2v"], lora=[{"path": str(tmp_path / "deeper")}])
 
 
 def test_bad_sft_configs_are_one_line(tiny, data, tmp_path):

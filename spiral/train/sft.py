@@ -40,8 +40,8 @@ import torch
 from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, save_tensors, set_rng_state
 from spiral.train.sft_config import RUNTIME_FIELDS, SFTConfig, load_config
 
-__all__ = ["SFTConfig", "SFTTrainer", "Example", "flow_matching_loss", "load_config", "load_examples",
-           "train_sft", "v_prediction_loss"]
+__all__ = ["SFTConfig", "SFTTrainer", "Example", "flow_matching_loss", "flow_pair", "load_config", "load_examples",
+           "train_sft", "v_pair", "v_prediction_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +136,24 @@ def flow_matching_loss(adapter: Any, inputs: Any, x0: torch.Tensor, cfg: SFTConf
                                               cfg.mode_scale, generator=generator)
     sigma = adapter.train_sigmas(u, inputs).to(x0.device, torch.float32)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
-    x = (1 - s) * x0 + s * noise
+    x, target = flow_pair(x0, noise, sigma)
     mask = inputs.free_mask
     if mask is not None:
         x = mask * x + (1 - mask) * inputs.latents
     v = adapter.flow_fn(inputs)(x, sigma)
-    return _masked_mse(v, noise - x0, mask), {"sigma": float(sigma[0])}
+    return _masked_mse(v, target, mask), {"sigma": float(sigma[0])}
+
+
+def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy input x_σ = (1 − σ)·x0 + σ·ε and the velocity target ε − x0 that the flow schedulers integrate
+    (a FlowMatchEuler step x + (σ' − σ)·v then lands on x_σ')."""
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - s) * x0 + s * noise, noise - x0
+
+
+def v_pair(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy input ``scheduler.add_noise(x0, ε, t)`` and the v target ``scheduler.get_velocity(x0, ε, t)``."""
+    return scheduler.add_noise(x0, noise, t), scheduler.get_velocity(x0, noise, t)
 
 
 def v_prediction_loss(adapter: Any, inputs: Any, x0: torch.Tensor, cfg: SFTConfig,
@@ -157,8 +168,7 @@ def v_prediction_loss(adapter: Any, inputs: Any, x0: torch.Tensor, cfg: SFTConfi
     t = torch.randint(0, int(sched.config.num_train_timesteps), (1,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     t_dev = t.to(x0.device)
-    noisy = sched.add_noise(x0, noise, t_dev)
-    target = sched.get_velocity(x0, noise, t_dev)
+    noisy, target = v_pair(sched, x0, noise, t_dev)
     pred = adapter.v_prediction(noisy, t_dev, inputs)
     return _masked_mse(pred, target, None), {"timestep": int(t[0])}
 
