@@ -135,6 +135,26 @@ def test_resume_takes_exactly_the_next_step(tiny, data, tmp_path, name):
     assert straight[2] != straight[3]
 
 
+def test_full_fine_tuning_with_ema_exports_a_pipeline_and_samples(tiny, data, tmp_path):
+    """mode: full trains every transformer weight (nothing else), exports the EMA weights as a pipeline folder
+    that loads as generator.options.model, and writes the validation samples it was asked for."""
+    from spiral import registry
+    from spiral.train.sft import SFTTrainer
+
+    tr = SFTTrainer(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "run", mode="full", steps=3, lr=1e-3,
+                           ema_decay=0.5, sample_every=3, sample_steps=1))
+    start = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    vae = {n: p.detach().clone() for n, p in tr.adapter.pipe.vae.named_parameters()}
+    assert tr.params.keys() == start.keys()
+    res = tr.run()
+    assert all(torch.equal(p, vae[n]) for n, p in tr.adapter.pipe.vae.named_parameters())
+    assert sum(not torch.equal(p, start[n]) for n, p in tr.model.named_parameters()) > len(start) // 2
+    assert (tmp_path / "run" / "samples" / "step_000003.mp4").is_file()
+    exported = registry.create("generator", "ltx-i2v", model=res["export"]).pipe.transformer.state_dict()
+    ema = tr.ema.state_dict()
+    assert all(torch.equal(exported[n], ema[n]) for n in ema) and any(not torch.equal(ema[n], start[n]) for n in ema)
+
+
 def test_prompt_is_composed_like_the_loop(tiny, data, tmp_path):
     """The trainer's text is Memory's composition of the step after the earlier steps, shaped by the adapter."""
     from spiral.memory import Memory
