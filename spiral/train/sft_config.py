@@ -71,7 +71,8 @@ class SFTConfig(BaseModel):
         "float32", description="dtype of the trained parameters (diffusers' cast_training_params upcasts LoRA "
                                "weights to float32 when the model runs in bf16)")
     gradient_checkpointing: bool = Field(True, description="transformer.enable_gradient_checkpointing(): recompute "
-                                                           "block activations in backward (less memory, ~30% slower)")
+                                                           "block activations in backward (less memory, one more "
+                                                           "forward per step)")
 
     # ---- objective
     timestep_sampling: Literal["logit_normal", "uniform", "mode"] = Field(
@@ -84,7 +85,7 @@ class SFTConfig(BaseModel):
     # ---- optimisation
     batch_size: int = Field(1, ge=1, description="examples per optimizer step per rank, run one at a time and "
                                                  "their gradients accumulated (the adapters condition one request "
-                                                 "per call); diffusers cogvideox: 1")
+                                                 "per call); diffusers cogvideox: 4 per device")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate; diffusers cogvideox: 1e-4 (LoRA)")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas; diffusers cogvideox")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay; diffusers cogvideox")
