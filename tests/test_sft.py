@@ -40,7 +40,7 @@ def make_dataset(root: Path, episodes: int = 1, frames: int = 12, size: int = 32
             video[t, 10:18, x:x + 8] = (230, 30, 30)
         write_video(root / "videos" / f"ep{e}.mp4", video, fps=8)
         steps = [StepRecord(text="move the red block right", verb="move", objects=["red block"], start_frame=0,
-                            end_frame=frames // 2),
+                            end_frame=frames // 2 - 1),
                  StepRecord(text="move the red block further right", verb="move", objects=["red block"],
                             start_frame=frames // 2, end_frame=frames - 1)]
         eps.append(Episode(id=f"ep{e}", goal="move the red block to the right", video=f"videos/ep{e}.mp4", fps=8,
@@ -162,14 +162,14 @@ def test_prompt_is_composed_like_the_loop(tiny, data, tmp_path):
     from spiral.types import SubAction
 
     cfg = config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "r")
-    second = load_examples(cfg, 9)[1]
+    second = load_examples(cfg)[1]
     mem = Memory.start(np.zeros((8, 8, 3), np.uint8))
     mem.commit(np.zeros((2, 8, 8, 3), np.uint8), SubAction(text="move the red block right", verb="move",
                                                             objects=["red block"]), None, None)
     assert second.context == mem.prompt("move the red block further right")
-    assert second.cond_index == 6 and second.frames[0] == 6 and second.frames[-1] == 11
-    prev = load_examples(config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "r", condition="previous_last"), 9)
-    assert prev[1].cond_index == 6 and prev[0].cond_index == 0  # step 0 ends at frame 6, where step 1 starts
+    assert second.cond_index == 6 and second.frames(9) == [6, 7, 7, 8, 8, 9, 10, 10, 11]
+    prev = load_examples(config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "r", condition="previous_last"))
+    assert prev[1].cond_index == 5 and prev[0].cond_index == 0  # step 0 ends at frame 5, step 1 starts at 6
 
 
 # ------------------------------------------------------------------------------------------------ the LoRA

@@ -41,7 +41,7 @@ from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, 
 from spiral.train.sft_config import RUNTIME_FIELDS, SFTConfig, load_config
 
 __all__ = ["SFTConfig", "SFTTrainer", "Example", "flow_matching_loss", "flow_pair", "load_config", "load_examples",
-           "train_sft", "v_pair", "v_prediction_loss"]
+           "read_frames", "train_sft", "v_pair", "v_prediction_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,18 @@ class Example:
     episode: str
     step: int
     video: Path
-    frames: list[int]  # the clip's frame indices in the video
+    start: int  # the step's annotated frame range in the video (inclusive)
+    end: int
     cond_index: int  # the conditioning frame's index in the video
     instruction: str
     context: str  # compose_prompt(instruction, earlier steps, scene)
 
+    def frames(self, n: int) -> list[int]:
+        """``n`` frame indices spread evenly over the step (repeats when the step is shorter than ``n``)."""
+        return np.round(np.linspace(self.start, self.end, n)).astype(int).tolist()
 
-def load_examples(cfg: SFTConfig, num_frames: int) -> list[Example]:
+
+def load_examples(cfg: SFTConfig) -> list[Example]:
     """The dataset's trainable steps as examples; a dataset with bad lines is refused with the first one."""
     from spiral.data.format import check_dataset
     from spiral.memory import compose_prompt, describe_state
@@ -83,30 +88,37 @@ def load_examples(cfg: SFTConfig, num_frames: int) -> list[Example]:
         for j, step in enumerate(ep.steps):
             if step.label not in cfg.labels:
                 continue
-            idx = np.round(np.linspace(step.start_frame, step.end_frame, num_frames)).astype(int).tolist()
             cond = ep.steps[j - 1].end_frame if cfg.condition == "previous_last" and j > 0 else step.start_frame
             done = [s.text for s in ep.steps[:j]]
-            out.append(Example(ep.id, j, root / ep.video, idx, cond, step.text, compose_prompt(step.text, done, scene)))
+            out.append(Example(ep.id, j, root / ep.video, step.start_frame, step.end_frame, cond, step.text,
+                               compose_prompt(step.text, done, scene)))
     if not out:
         raise ValueError(f"{root} has no steps with labels {cfg.labels} in split {cfg.split!r}; fix: check split: "
                          "and labels: in the config")
     return out
 
 
-class _Videos:
-    """Decoded videos, the most recent few kept (examples of one episode share a video)."""
+def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
+    """The frames ``indices`` of a video as H×W×3 uint8, decoding up to the last of them and keeping only those
+    (a step of a long video never holds the whole video in memory)."""
+    import av
 
-    def __init__(self, size: int = 8):
-        self.size, self.cache = size, {}
-
-    def get(self, path: Path) -> np.ndarray:
-        from spiral.video import read_video
-
-        if path not in self.cache:
-            if len(self.cache) >= self.size:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[path] = read_video(path)
-        return self.cache[path]
+    want, out = set(indices), {}
+    last = max(want)
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in want:
+                    out[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"cannot decode {path}: {str(e).splitlines()[0]}; fix: run `spiral data check` on the "
+                         "dataset") from None
+    if last not in out:
+        raise ValueError(f"{path} has {len(out) and max(out) + 1 or 0} frames or fewer, but frame {last} is "
+                         "annotated; fix: run `spiral data check` on the dataset")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- objectives
@@ -206,18 +218,21 @@ class SFTTrainer:
         self.cfg, self.out = cfg, Path(cfg.out)
         self.rank, self.world = _dist()
         self._check_out(resume)  # refuses a bad --resume / an occupied out before any weight loads
+        self.examples = load_examples(cfg)  # and a bad dataset
         self.adapter = registry.create("generator", cfg.generator.name, **_rank_device(cfg.generator.options))
+        if getattr(self.adapter.pipe, "transformer_2", None) is not None:
+            raise ValueError(f"{self.adapter.model} is a two-expert Wan 2.2 checkpoint; spiral train sft trains one "
+                             "transformer, so it is not supported yet; fix: fine-tune a single-transformer model "
+                             "(Wan 2.1 I2V, Wan 2.2 TI2V-5B)")
         from spiral.types import GenerationRequest
 
         probe = GenerationRequest(prompt="", num_frames=cfg.num_frames, height=cfg.height, width=cfg.width)
         self.size = self.adapter.model_size(probe)
-        self.examples = load_examples(cfg, self.size.num_frames)
         if self.rank == 0 and not resume:  # written once everything it names has been checked
             from spiral.atomic import write_text
 
             self.out.mkdir(parents=True, exist_ok=True)
             write_text(self.out / "config.json", self.cfg.model_dump_json(indent=2))
-        self.videos = _Videos()
         self.cache: dict[int, tuple[Any, torch.Tensor]] = {}
         self.model = self.adapter.denoiser
         self._setup_params()
@@ -283,10 +298,11 @@ class SFTTrainer:
         epoch, pos = divmod(slot, n)
         return int(np.random.default_rng([self.cfg.seed, epoch]).permutation(n)[pos])
 
-    def request(self, ex: Example, video: np.ndarray) -> Any:
+    def request(self, ex: Example, cond: np.ndarray) -> Any:
+        """The generation request the loop would make for this step: its text, memory context and frame."""
         from spiral.types import GenerationRequest
 
-        return GenerationRequest(prompt=ex.instruction, context=ex.context, cond_frame=video[ex.cond_index],
+        return GenerationRequest(prompt=ex.instruction, context=ex.context, cond_frame=cond,
                                  seed=self.cfg.seed, num_frames=self.cfg.num_frames, height=self.cfg.height,
                                  width=self.cfg.width)
 
@@ -295,12 +311,10 @@ class SFTTrainer:
         if k in self.cache:
             return self.cache[k]
         ex = self.examples[k]
-        video = self.videos.get(ex.video)
-        if max(ex.frames) >= len(video):
-            raise ValueError(f"episode {ex.episode} step {ex.step}: frame {max(ex.frames)} is past the end of "
-                             f"{ex.video} ({len(video)} frames); fix: run `spiral data check {self.cfg.data}`")
-        req = self.request(ex, video)
-        frames = np.stack([self.adapter.fit_frame(video[i], self.size) for i in ex.frames])
+        indices = ex.frames(self.size.num_frames)
+        video = read_frames(ex.video, [*indices, ex.cond_index])
+        req = self.request(ex, video[ex.cond_index])
+        frames = np.stack([self.adapter.fit_frame(video[i], self.size) for i in indices])
         with torch.no_grad():
             if self.cfg.objective == "flow_matching":
                 inputs = self.adapter.prepare(req, num_inference_steps=1, guidance_scale=1.0)
@@ -449,7 +463,7 @@ class SFTTrainer:
         from spiral.video import write_video
 
         ex = self.examples[0]
-        req = self.request(ex, self.videos.get(ex.video))
+        req = self.request(ex, read_frames(ex.video, [ex.cond_index])[ex.cond_index])
         steps, self.adapter.num_inference_steps = self.adapter.num_inference_steps, self.cfg.sample_steps
         self.model.eval()
         try:
