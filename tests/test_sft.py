@@ -313,6 +313,28 @@ def test_cuda_and_dtype_mistakes_name_the_fix(tiny):
         registry.create("generator", "ltx-i2v", model=tiny["ltx-i2v"], device="cpu", dtype="float16")
 
 
+def test_out_of_memory_is_one_line_and_the_run_resumes(tiny, tmp_path, monkeypatch):
+    """The GPU running out during a segment (raised here by the pipeline call, as CUDA raises it) ends `spiral run`
+    with one line naming the fixes, exit 2, and a run folder that --resume continues."""
+    from diffusers import WanImageToVideoPipeline
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"generator:\n  name: wan21-i2v\n  options:\n    model: {tiny['wan21-i2v']}\n"
+                   "    num_inference_steps: 1\nloop:\n  mode: plan_only\n")
+    with monkeypatch.context() as m:
+        m.setattr(WanImageToVideoPipeline, "__call__", out_of_memory)
+        res = _cli(["run", "switch on the lamp", "--scene", "3", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "out of GPU memory generating" in text and "fix: generator.options.cpu_offload" \
+        in text and "Traceback" not in res.output, res.output
+    res = _cli(["run", "--resume", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "final.mp4").is_file()
+
+
 # ------------------------------------------------------------------------------------------------ torchrun
 
 

@@ -342,9 +342,15 @@ class SFTTrainer:
         total, extras, used = 0.0, [], []
         for micro in range(cfg.batch_size):
             k = self.order(self.step, micro)
-            inputs, x0 = self._inputs(k)
-            loss, extra = loss_fn(self.adapter, inputs, x0, cfg, self.generator)
-            (loss / cfg.batch_size).backward()
+            try:
+                inputs, x0 = self._inputs(k)
+                loss, extra = loss_fn(self.adapter, inputs, x0, cfg, self.generator)
+                (loss / cfg.batch_size).backward()
+            except torch.OutOfMemoryError:
+                raise self.adapter.out_of_memory(self.size, (
+                    "gradient_checkpointing: true, mode: lora with a smaller lora_rank, smaller height/width/"
+                    "num_frames, generator.options.cpu_offload: model with cache_latents: true, or a larger GPU"
+                )) from None
             total += float(loss.detach()) / cfg.batch_size
             extras.append(extra)
             used.append(f"{self.examples[k].episode}/{self.examples[k].step}")

@@ -568,10 +568,24 @@ class DiffusersI2V:
         kwargs = self.call_arguments(request, size)
         generator = self.make_generator(request)
         t1 = time.perf_counter()
-        video = self.pipe(image=image, generator=generator, **kwargs).frames[0]
+        try:
+            video = self.pipe(image=image, generator=generator, **kwargs).frames[0]
+        except torch.OutOfMemoryError:
+            raise self.out_of_memory(size) from None
         t2 = time.perf_counter()
         return self._segment(np.asarray(video), request, size, kwargs["prompt"],
                              {"preprocess": t1 - t0, "pipeline": t2 - t1})
+
+
+    def out_of_memory(self, size: ModelSize, fixes: str = "") -> ValueError:
+        """The one-line error for an out-of-memory at ``size``, naming what lowers the peak (the cache is freed
+        first so that the process can go on, e.g. to write what it has)."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        hints = fixes or ("generator.options.cpu_offload: model (or sequential), vae_tiling: true, a smaller video "
+                          "(video.height/width/frames_per_step), or a GPU of its own for the generator")
+        return ValueError(f"out of GPU memory generating {size.height}x{size.width}x{size.num_frames} with "
+                          f"{self.display} on {self.device}; fix: {hints}")
 
 
 # ----------------------------------------------------------------------------------------------- flow access
