@@ -313,6 +313,25 @@ def test_cuda_and_dtype_mistakes_name_the_fix(tiny):
         registry.create("generator", "ltx-i2v", model=tiny["ltx-i2v"], device="cpu", dtype="float16")
 
 
+def test_group_offload_gives_the_same_video_and_compile_reaches_torch(tiny):
+    """cpu_offload: group installs diffusers' group-offloading hooks (on this CPU machine they onload to the CPU)
+    and changes nothing in the video; compile: true compiles the transformer in place (lazily: the first segment
+    compiles it, not timed here)."""
+    from spiral import registry
+    from spiral.types import GenerationRequest
+
+    req = GenerationRequest(prompt="open the box", cond_frame=np.full((32, 32, 3), 90, np.uint8), seed=5,
+                            num_frames=9, height=32, width=32)
+    plain = registry.create("generator", "ltx-i2v", model=tiny["ltx-i2v"], num_inference_steps=2)
+    grouped = registry.create("generator", "ltx-i2v", model=tiny["ltx-i2v"], num_inference_steps=2,
+                              cpu_offload="group")
+    assert any(hasattr(m, "_diffusers_hook") for m in grouped.pipe.transformer.modules())
+    assert np.array_equal(grouped.generate(req).frames, plain.generate(req).frames)
+    compiled = registry.create("generator", "ltx-i2v", model=tiny["ltx-i2v"], compile=True)
+    assert compiled.pipe.transformer._compiled_call_impl is not None and plain.pipe.transformer._compiled_call_impl \
+        is None
+
+
 def test_out_of_memory_is_one_line_and_the_run_resumes(tiny, tmp_path, monkeypatch):
     """The GPU running out during a segment (raised here by the pipeline call, as CUDA raises it) ends `spiral run`
     with one line naming the fixes, exit 2, and a run folder that --resume continues."""

@@ -219,7 +219,10 @@ class DiffusersOptions(BackendOptions):
     num_frames: int | None = Field(None, ge=2, description="model frames per segment (default: the run's)")
     snap: bool = Field(True, description="round sizes the model cannot make to ones it can (else refuse)")
     resize: Literal["crop", "stretch"] = Field("crop", description="how frames are mapped to the model's size")
-    cpu_offload: bool | Literal["none", "model", "sequential"] = Field(False, description="false | model | sequential")
+    cpu_offload: bool | Literal["none", "model", "sequential", "group"] = Field(False, description=(
+        "false | model (each component on the GPU while it runs) | sequential (each layer; lowest memory, slowest) | "
+        "group (diffusers' group offloading: the transformer's blocks one at a time, streamed ahead on CUDA)"))
+    compile: bool = Field(False, description="torch.compile the transformer (compiled at the first segment)")
     vae_tiling: bool = Field(False, description="decode the VAE in tiles (less memory)")
     fps: float | None = Field(None, gt=0, description="frame rate of the segments")
     seed_offset: int = Field(0, description="added to every request's seed")
@@ -247,7 +250,7 @@ class DiffusersI2V:
     ``device`` auto|cpu|cuda[:i]; ``num_inference_steps``; ``guidance_scale``; ``negative_prompt``;
     ``height``/``width``/``num_frames`` model-size overrides (the run's size otherwise);
     ``snap`` round invalid sizes to valid ones (else raise); ``resize`` crop|stretch;
-    ``cpu_offload`` false|model|sequential; ``vae_tiling``; ``fps``; ``seed_offset``;
+    ``cpu_offload`` false|model|sequential|group; ``compile``; ``vae_tiling``; ``fps``; ``seed_offset``;
     ``generator_device``; ``prompt_source`` context|instruction; ``prompt_template`` with
     ``{text}``, ``{instruction}``, ``{context}``; ``max_sequence_length``; ``scheduler`` a diffusers
     scheduler class name built ``from_config`` of the pipeline's (+ ``scheduler_kwargs``);
@@ -289,7 +292,8 @@ class DiffusersI2V:
         num_frames: int | None = None,
         snap: bool = True,
         resize: Literal["crop", "stretch"] = "crop",
-        cpu_offload: bool | Literal["none", "model", "sequential"] = False,
+        cpu_offload: bool | Literal["none", "model", "sequential", "group"] = False,
+        compile: bool = False,
         vae_tiling: bool = False,
         fps: float | None = None,
         seed_offset: int = 0,
@@ -320,8 +324,8 @@ class DiffusersI2V:
         if resize not in ("crop", "stretch"):
             raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
         offload = {False: "none", True: "model", None: "none"}.get(cpu_offload, cpu_offload)  # type: ignore[arg-type]
-        if offload not in ("none", "model", "sequential"):
-            raise ValueError(f"cpu_offload must be false, true/'model' or 'sequential', got {cpu_offload!r}")
+        if offload not in ("none", "model", "sequential", "group"):
+            raise ValueError(f"cpu_offload must be false, true/'model', 'sequential' or 'group', got {cpu_offload!r}")
         try:
             prompt_template.format(text="", instruction="", context="")
         except (KeyError, IndexError, ValueError) as e:
@@ -361,12 +365,19 @@ class DiffusersI2V:
             self.pipe.enable_model_cpu_offload(device=self.device)
         elif offload == "sequential":
             self.pipe.enable_sequential_cpu_offload(device=self.device)
+        elif offload == "group":
+            # diffusers' group offloading of every model component: block by block, prefetched on a CUDA stream
+            self.pipe.enable_group_offload(onload_device=self.device, offload_device=torch.device("cpu"),
+                                           offload_type="block_level", num_blocks_per_group=1,
+                                           use_stream=self.device.type == "cuda")
         else:
             self.pipe.to(self.device)
         if vae_tiling:
             if not hasattr(self.pipe.vae, "enable_tiling"):
                 raise ValueError(f"{type(self.pipe.vae).__name__} has no tiling; set vae_tiling: false")
             self.pipe.vae.enable_tiling()
+        if compile:
+            self.pipe.transformer.compile()  # nn.Module.compile: in place, so the pipeline keeps its module
         self.pipe.set_progress_bar_config(disable=True)
         self.max_sequence_length = max_sequence_length or self._default_max_sequence_length()
 
