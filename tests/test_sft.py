@@ -121,6 +121,19 @@ def test_targets_are_what_the_schedulers_integrate():
         torch.testing.assert_close(ddim.step(v, t, noisy).pred_original_sample, x0, rtol=1e-4, atol=1e-4)
 
 
+def test_bf16_model_trains_a_float32_lora(tiny, data, tmp_path):
+    """generator.options.dtype: bfloat16 keeps the model in bf16 and trains float32 LoRA weights (diffusers'
+    cast_training_params); the loss still falls."""
+    from spiral.train.sft import SFTTrainer
+
+    tr = SFTTrainer(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "run", steps=10, cache_latents=True,
+                           **{"generator.options.dtype": "bfloat16"}))
+    assert tr.model.dtype == torch.bfloat16 and {p.dtype for p in tr.params.values()} == {torch.float32}
+    before = tr.evaluate()
+    tr.run()
+    assert tr.evaluate() < 0.95 * before
+
+
 @pytest.mark.parametrize("name", ["wan21-i2v", "cogvideox-i2v"])
 def test_resume_takes_exactly_the_next_step(tiny, data, tmp_path, name):
     """4 steps straight vs 2 steps + --resume to 4: the same losses for steps 3 and 4 (noise, timesteps, data order
