@@ -443,7 +443,8 @@ def train_grpo_cmd(
     steps: int | None = typer.Option(None, help="total GRPO steps (overrides the config)"),
     minutes: float | None = typer.Option(None, help="stop after this much wall time (a checkpoint is written)"),
     device: str | None = typer.Option(None, help="cpu or cuda (overrides the config)"),
-    export: Path | None = typer.Option(None, help="where the evolved weights go (default OUT/evolved.safetensors)"),
+    export: Path | None = typer.Option(None, help="where the evolved weights go (default OUT/evolved.safetensors; a "
+                                  "diffusers LoRA: the folder OUT/evolved/, for generator.options.lora)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set prompts_per_step=16 or "
                                    "--set reward_weights.action=2 (YAML value)"),

@@ -705,6 +705,14 @@ def test_wan21_lora_grpo_step(tmp_path, critic):
     assert changed and all("lora_" in n for n in changed), changed
     assert any("lora_B" in n for n in changed)
     assert set(before) == {n for n, _ in model.named_parameters()}
+    assert model.is_gradient_checkpointing
+    # the evolved LoRA is a folder diffusers' load_lora_weights reads, which generator.options.lora loads
+    folder = tr.export(tmp_path / "run" / "evolved.safetensors")
+    assert folder == tmp_path / "run" / "evolved" and (folder / "pytorch_lora_weights.safetensors").is_file()
+    from spiral import registry
+
+    gen = registry.create("generator", "wan21-i2v", model=str(path), lora=[{"path": str(folder), "scale": 1.0}])
+    assert gen.lora_adapters == ["lora0"]
 
 
 # ------------------------------------------------------------------------------------------------- prompts

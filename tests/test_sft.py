@@ -370,6 +370,18 @@ def test_out_of_memory_is_one_line_and_the_run_resumes(tiny, tmp_path, monkeypat
 # ------------------------------------------------------------------------------------------------ torchrun
 
 
+def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch):
+    """LOCAL_RANK maps cuda (and auto on a CUDA machine) to cuda:<LOCAL_RANK>; cpu stays; no torchrun, no change.
+    (CUDA's presence is faked: this machine has none; the mapping is what is tested.)"""
+    from spiral.train.common import rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert rank_device("cuda") == "cuda" and rank_device("auto") == "auto"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert (rank_device("cuda"), rank_device("auto"), rank_device("cpu")) == ("cuda:3", "cuda:3", "cpu")
+
+
 def test_torchrun_two_ranks_train_on_different_examples(tiny, tmp_path):
     """``torchrun --nproc_per_node 2`` (gloo on CPU): each step the two ranks train on different examples, the
     run exports one LoRA."""

@@ -69,7 +69,8 @@ class GRPOConfig(BaseModel):
 
     # ---- run
     out: str = _field("runs/grpo", group="run", description="run folder: config.json, log.jsonl, checkpoint/, tb/, "
-                                                            "samples/, evolved.safetensors")
+                                                            "samples/, evolved.safetensors (a diffusers LoRA: "
+                                                            "evolved/, in load_lora_weights format)")
     seed: int = _field(0, group="run", description="every random draw is a function of (seed, rank, step)")
     steps: int = _field(60, group="run", description="GRPO steps (one batch of rollouts and its update each); ours")
     device: str = _field("cpu", group="run", description="cpu or cuda; under torchrun each rank takes its own")

@@ -37,7 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, save_tensors, set_rng_state
+from spiral.train.common import (
+    EMA,
+    RunLog,
+    load_state,
+    rank_device,
+    rng_state,
+    save_state,
+    save_tensors,
+    set_rng_state,
+)
 from spiral.train.sft_config import RUNTIME_FIELDS, SFTConfig, load_config
 
 __all__ = ["SFTConfig", "SFTTrainer", "Example", "flow_matching_loss", "flow_pair", "load_config", "load_examples",
@@ -201,12 +210,8 @@ def _dist() -> tuple[int, int]:
 
 
 def _rank_device(options: dict[str, Any]) -> dict[str, Any]:
-    """Under torchrun each rank takes ``cuda:LOCAL_RANK`` when the config asks for CUDA (or auto finds it)."""
-    device = str(options.get("device", "auto"))
-    local = os.environ.get("LOCAL_RANK")
-    if local is not None and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
-        return {**options, "device": f"cuda:{int(local)}"}
-    return options
+    """The generator's options with this rank's device (:func:`spiral.train.common.rank_device`)."""
+    return {**options, "device": rank_device(str(options.get("device", "auto")))}
 
 
 class SFTTrainer:

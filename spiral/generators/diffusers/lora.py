@@ -53,7 +53,12 @@ def save_lora(pipeline_class: type, transformer: torch.nn.Module, folder: str | 
     pipeline_class.save_lora_weights(tmp, transformer_lora_layers={k: v.detach().cpu().contiguous()
                                                                    for k, v in layers.items()},
                                      weight_name=WEIGHT_NAME, transformer_lora_adapter_metadata=meta)
-    if folder.exists():
+    if folder.exists():  # replace an earlier export, never a folder with anything else in it
+        extra = sorted(p.name for p in folder.iterdir() if p.name not in (WEIGHT_NAME, "spiral_sft.json"))
+        if extra:
+            shutil.rmtree(tmp)
+            raise FileExistsError(f"{folder} holds other files ({', '.join(extra[:3])}); fix: export the LoRA to an "
+                                  "empty or new folder")
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder / WEIGHT_NAME
