@@ -569,6 +569,10 @@ def test_bad_config_values_are_named():
         GRPOConfig(minibatches=3, grad_accum=2)
     with pytest.raises(ValueError, match="diffusers_model"):
         GRPOConfig(generator="diffusers")
+    with pytest.raises(ValueError, match="has no option 'heigth'"):
+        GRPOConfig(generator="diffusers", diffusers_model="x", diffusers_options={"heigth": 32})
+    with pytest.raises(ValueError, match="set by diffusers_model"):
+        GRPOConfig(generator="diffusers", diffusers_model="x", diffusers_options={"model": "y"})
     with pytest.raises(ValueError, match="lr_typo"):
         GRPOConfig(lr_typo=1.0)
     with pytest.raises(ValueError, match="cfg_max_sigma"):
@@ -689,9 +693,11 @@ def test_wan21_lora_grpo_step(tmp_path, critic):
 
     path = save_tiny("wan21-i2v", tmp_path / "wan")
     cfg = config(tmp_path / "run", generator="diffusers", diffusers_model=str(path), lora_rank=4, group_size=2,
-                 prompts_per_step=1, sample_steps=3, weight_decay=0.0, lr=1e-2)
+                 prompts_per_step=1, sample_steps=3, weight_decay=0.0, lr=1e-2,
+                 diffusers_options={"prompt_source": "instruction", "dtype": "float32"})
     tr = GRPOTrainer(cfg, critic=critic, progress=False)  # the policy from the config (build_policy)
     assert isinstance(tr.policy, DiffusersPolicy) and type(tr.policy.adapter).__name__ == "WanI2VAdapter"
+    assert tr.policy.adapter.prompt_source == "instruction"  # the options reach the adapter
     model = tr.policy.model
     assert tr.params and all("lora_" in n for n in tr.params)
     before = snapshot(model)

@@ -128,8 +128,8 @@ def build_policy(cfg: GRPOConfig, device: str | None = None) -> Any:
                           device=device, text_encoder=encoder)
     from spiral import registry
 
-    adapter = registry.create("generator", cfg.diffusers_backend, model=cfg.diffusers_model, device=device,
-                              num_inference_steps=cfg.sample_steps, guidance_scale=cfg.cfg_scale)
+    adapter = registry.create("generator", cfg.diffusers_backend, **cfg.diffusers_options, model=cfg.diffusers_model,
+                              device=device, num_inference_steps=cfg.sample_steps, guidance_scale=cfg.cfg_scale)
     return DiffusersPolicy(adapter, steps=cfg.sample_steps, lora_rank=cfg.lora_rank or 16,
                            lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets)
 
