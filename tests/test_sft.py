@@ -121,6 +121,17 @@ def test_targets_are_what_the_schedulers_integrate():
         torch.testing.assert_close(ddim.step(v, t, noisy).pred_original_sample, x0, rtol=1e-4, atol=1e-4)
 
 
+def test_a_run_folder_is_not_overwritten_but_one_without_a_checkpoint_starts_over(tiny, data, tmp_path):
+    from spiral.train.sft import SFTTrainer
+
+    SFTTrainer(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "run", steps=1)).run()
+    with pytest.raises(FileExistsError, match="--resume to continue it"):
+        SFTTrainer(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "run", steps=1))
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.json").write_text("{}")  # a run that died before its first checkpoint
+    assert SFTTrainer(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "fresh", steps=1)).run()["steps"] == 1
+
+
 def test_bf16_model_trains_a_float32_lora(tiny, data, tmp_path):
     """generator.options.dtype: bfloat16 keeps the model in bf16 and trains float32 LoRA weights (diffusers'
     cast_training_params); the loss still falls."""

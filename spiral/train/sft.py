@@ -264,7 +264,7 @@ class SFTTrainer:
                               if old.model_dump(mode="json").get(k) != v and k not in RUNTIME_FIELDS)
                 raise ValueError(f"--resume {self.out}: the config differs from the run's in {diff}; fix: resume "
                                  "with its own config.json or start a new out:")
-        elif saved.is_file():
+        elif (self.out / "checkpoint" / "optimizer.pt").is_file():  # a run that died before it saved starts over
             raise FileExistsError(f"{self.out} already holds a run; fix: --resume to continue it, or set another "
                                   "out:")
 
