@@ -512,7 +512,8 @@ def train_grpo_cmd(
     steps: int | None = typer.Option(None, help="total GRPO steps (overrides the config)"),
     minutes: float | None = typer.Option(None, help="stop after this much wall time (a checkpoint is written)"),
     device: str | None = typer.Option(None, help="cpu or cuda (overrides the config)"),
-    export: Path | None = typer.Option(None, help="where the evolved weights go (default OUT/evolved.safetensors)"),
+    export: Path | None = typer.Option(None, help="where the evolved weights go (default OUT/evolved.safetensors; a "
+                                  "diffusers LoRA: the folder OUT/evolved/, for generator.options.lora)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set prompts_per_step=16 or "
                                    "--set reward_weights.action=2 (YAML value)"),
@@ -537,6 +538,32 @@ def train_grpo_cmd(
                   f"critic pass {last.get('critic_pass', float('nan')):.3f}")
     if res.get("weights"):
         console.print(f"evolved weights: {res['weights']}")
+
+
+@train_app.command("sft")
+@friendly
+def train_sft_cmd(
+    config: Path = typer.Option(..., help="SFT config YAML (see configs/train/sft-wan21-i2v.yaml; keys of SFTConfig)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in the config's out from its checkpoint"),
+    minutes: float | None = typer.Option(None, help="stop after this much wall time (a checkpoint is written)"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set steps=500 or "
+                                   "--set generator.options.dtype=bfloat16 (YAML value)"),
+) -> None:
+    """Task-specific fine-tuning (LoRA or full) of a diffusers generator on ActVideoGen-Dataset steps, with the
+    model's own objective; the LoRA loads in `spiral run` through generator.options.lora (torchrun for several ranks)."""
+    import torch
+
+    from spiral.train.sft import load_config, train_sft
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(config, _sets(set_, "steps=500"))
+    res = train_sft(cfg, resume=resume, minutes=minutes)
+    console.print(f"SFT: {res['steps']} steps; loss {res['first_loss']:.4f} (first step) -> {res['last_loss']:.4f} "
+                  "(last step)")
+    if res.get("export"):
+        console.print(f"exported: {res['export']}")
 
 
 @train_app.command("reverse")

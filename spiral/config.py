@@ -239,10 +239,12 @@ def _blame_name(kind: str, overrides: list[str], keys: list[str]) -> str | None:
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
     """Validated option values as YAML-friendly data (paths become strings, models dicts)."""
-    out = {}
-    for k, v in options.items():
-        out[k] = v.model_dump(mode="json") if isinstance(v, BaseModel) else str(v) if isinstance(v, Path) else v
-    return out
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):  # e.g. a generator's list of LoRA specs
+            return [plain(x) for x in v]
+        return v.model_dump(mode="json") if isinstance(v, BaseModel) else str(v) if isinstance(v, Path) else v
+
+    return {k: plain(v) for k, v in options.items()}
 
 
 def _validate(data: dict, source: str) -> None:

@@ -47,7 +47,7 @@ class Memory:
     def start(cls, first_frame: np.ndarray, state: dict[str, Any] | None = None, scene: str = "",
               hints: dict[str, Any] | None = None) -> Memory:
         check_frame(first_frame, "first frame")
-        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or _describe(state),
+        return cls(anchor_frame=first_frame, last_frame=first_frame, state=state, scene=scene or describe_state(state),
                    hints=dict(hints or {}))
 
     def prompt(self, instruction: str) -> str:
@@ -79,7 +79,8 @@ class Memory:
         self.history.append(MemoryEntry(sub_action, verdict, self.state))
 
 
-def _describe(state: dict[str, Any] | None) -> str:
+def describe_state(state: dict[str, Any] | None) -> str:
+    """The scene sentence of a start state (tabletop states; empty for others): what :meth:`Memory.start` uses."""
     if not state:
         return ""
     try:

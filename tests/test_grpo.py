@@ -653,6 +653,10 @@ def test_bad_config_values_are_named():
         GRPOConfig(minibatches=3, grad_accum=2)
     with pytest.raises(ValueError, match="diffusers_model"):
         GRPOConfig(generator="diffusers")
+    with pytest.raises(ValueError, match="has no option 'heigth'"):
+        GRPOConfig(generator="diffusers", diffusers_model="x", diffusers_options={"heigth": 32})
+    with pytest.raises(ValueError, match="set by diffusers_model"):
+        GRPOConfig(generator="diffusers", diffusers_model="x", diffusers_options={"model": "y"})
     with pytest.raises(ValueError, match="lr_typo"):
         GRPOConfig(lr_typo=1.0)
     with pytest.raises(ValueError, match="cfg_max_sigma"):
@@ -773,9 +777,11 @@ def test_wan21_lora_grpo_step(tmp_path, critic):
 
     path = save_tiny("wan21-i2v", tmp_path / "wan")
     cfg = config(tmp_path / "run", generator="diffusers", diffusers_model=str(path), lora_rank=4, group_size=2,
-                 prompts_per_step=1, sample_steps=3, weight_decay=0.0, lr=1e-2)
+                 prompts_per_step=1, sample_steps=3, weight_decay=0.0, lr=1e-2,
+                 diffusers_options={"prompt_source": "instruction", "dtype": "float32"})
     tr = GRPOTrainer(cfg, critic=critic, progress=False)  # the policy from the config (build_policy)
     assert isinstance(tr.policy, DiffusersPolicy) and type(tr.policy.adapter).__name__ == "WanI2VAdapter"
+    assert tr.policy.adapter.prompt_source == "instruction"  # the options reach the adapter
     model = tr.policy.model
     assert tr.params and all("lora_" in n for n in tr.params)
     before = snapshot(model)
@@ -789,6 +795,14 @@ def test_wan21_lora_grpo_step(tmp_path, critic):
     assert changed and all("lora_" in n for n in changed), changed
     assert any("lora_B" in n for n in changed)
     assert set(before) == {n for n, _ in model.named_parameters()}
+    assert model.is_gradient_checkpointing
+    # the evolved LoRA is a folder diffusers' load_lora_weights reads, which generator.options.lora loads
+    folder = tr.export(tmp_path / "run" / "evolved.safetensors")
+    assert folder == tmp_path / "run" / "evolved" and (folder / "pytorch_lora_weights.safetensors").is_file()
+    from spiral import registry
+
+    gen = registry.create("generator", "wan21-i2v", model=str(path), lora=[{"path": str(folder), "scale": 1.0}])
+    assert gen.lora_adapters == ["lora0"]
 
 
 # ------------------------------------------------------------------------------------------------- prompts
@@ -857,6 +871,7 @@ def test_shipped_trainer_configs_load():
     from spiral.train.generator import TrainConfig
     from spiral.train.grpo import load_config
     from spiral.train.reverse import ReverseConfig
+    from spiral.train.sft_config import SFTConfig
 
     root = Path(__file__).resolve().parents[1]
     paths = sorted((root / "configs/train").glob("*.yaml"))
@@ -868,7 +883,7 @@ def test_shipped_trainer_configs_load():
             assert cfg.group_size >= 2 and cfg.stages, p
             assert cfg.weights is None or (root / cfg.weights).is_file(), (p, cfg.weights)
         else:
-            cls = {"reverse": ReverseConfig, "generator": TrainConfig}[p.name.split("-")[0]]
+            cls = {"reverse": ReverseConfig, "generator": TrainConfig, "sft": SFTConfig}[p.name.split("-")[0]]
             load_yaml_model(cls, p)
 
 
@@ -882,7 +897,9 @@ def test_every_trainer_config_field_says_what_it_does():
 
     groups = {name: (f.json_schema_extra or {}).get("group") for name, f in GRPOConfig.model_fields.items()}
     assert set(groups.values()) == set(GROUPS), groups
-    for cls in (GRPOConfig, Stage, TrainConfig, ReverseConfig, AlignerConfig):
+    from spiral.train.sft_config import SFTConfig
+
+    for cls in (GRPOConfig, Stage, TrainConfig, ReverseConfig, AlignerConfig, SFTConfig):
         undescribed = [n for n, f in cls.model_fields.items() if not (f.description or "").strip()]
         assert not undescribed, (cls.__name__, undescribed)
 

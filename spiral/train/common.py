@@ -126,6 +126,20 @@ def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Gener
             torch.set_rng_state(state[k]) if g is None else g.set_state(state[k])
 
 
+# ------------------------------------------------------------------------------------------------ devices
+
+
+def rank_device(device: str) -> str:
+    """The device of this process: under torchrun (``LOCAL_RANK`` set) a CUDA device — ``cuda``, or ``auto`` on a
+    machine with CUDA — becomes ``cuda:<LOCAL_RANK>``, so each rank takes its own GPU; anything else is kept."""
+    import os
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
+        return f"cuda:{int(local)}"
+    return device
+
+
 # ------------------------------------------------------------------------------------------------- logs
 
 

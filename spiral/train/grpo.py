@@ -41,7 +41,16 @@ from pydantic import BaseModel, ConfigDict
 
 from spiral import flow
 from spiral.agents import FixedClipShape, GRPOPolicy
-from spiral.train.common import EMA, RunLog, load_state, rng_state, save_state, save_tensors, set_rng_state
+from spiral.train.common import (
+    EMA,
+    RunLog,
+    load_state,
+    rank_device,
+    rng_state,
+    save_state,
+    save_tensors,
+    set_rng_state,
+)
 from spiral.train.grpo_config import RUNTIME_FIELDS, SCORES, GRPOConfig, Stage, load_config
 from spiral.types import GenerationRequest, JudgeContext, Segment, SubAction, combine_scores
 
@@ -97,8 +106,11 @@ class Prompt(BaseModel):
     scene_seed: int | None = None  # the scene's look (spiral.world.render.Appearance.sample)
 
 
-def build_policy(cfg: GRPOConfig) -> GRPOPolicy:
+def build_policy(cfg: GRPOConfig, device: str | None = None) -> GRPOPolicy:
+    """The policy a config names, on ``device`` (default: the config's)."""
     from spiral.train.policy import DiffusersPolicy, TinyPolicy
+
+    device = device or cfg.device
 
     if cfg.generator == "tiny":
         encoder = None
@@ -109,11 +121,11 @@ def build_policy(cfg: GRPOConfig) -> GRPOPolicy:
         return TinyPolicy(weights=cfg.weights, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
                           cfg_max_sigma=cfg.cfg_max_sigma, cfg_tau=cfg.cfg_tau,
                           lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
-                          device=cfg.device, text_encoder=encoder)
+                          device=device, text_encoder=encoder)
     from spiral import registry
 
-    adapter = registry.create("generator", cfg.diffusers_backend, model=cfg.diffusers_model, device=cfg.device,
-                              num_inference_steps=cfg.sample_steps, guidance_scale=cfg.cfg_scale)
+    adapter = registry.create("generator", cfg.diffusers_backend, **cfg.diffusers_options, model=cfg.diffusers_model,
+                              device=device, num_inference_steps=cfg.sample_steps, guidance_scale=cfg.cfg_scale)
     return DiffusersPolicy(adapter, steps=cfg.sample_steps, lora_rank=cfg.lora_rank or 16,
                            lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets)
 
@@ -146,9 +158,9 @@ class GRPOTrainer:
 
             self.out.mkdir(parents=True, exist_ok=True)
             write_text(saved, cfg.model_dump_json(indent=2))
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(rank_device(cfg.device))  # cuda:LOCAL_RANK for each torchrun rank
         torch.manual_seed(cfg.seed)
-        self.policy: GRPOPolicy = policy or build_policy(cfg)
+        self.policy: GRPOPolicy = policy or build_policy(cfg, str(self.device))
         if not isinstance(self.policy, GRPOPolicy):
             raise TypeError(f"the policy {type(self.policy).__name__} lacks what GRPO needs (spiral.agents.GRPOPolicy)")
         self._judge: Any = None  # the benchmark's judge, loaded on the first score_prompts
@@ -590,12 +602,15 @@ class GRPOTrainer:
             yield
 
     def export(self, path: str | Path) -> Path:
-        """The evolved tiny generator (EMA, LoRA merged) as a TinyVideoDiT safetensors file."""
+        """The evolved tiny generator (EMA, LoRA merged) as a TinyVideoDiT safetensors file; a diffusers policy's
+        LoRA as a folder diffusers' ``load_lora_weights`` reads (``path`` without its .safetensors suffix), which
+        ``generator.options.lora`` loads."""
         from spiral.models.tiny_video import save_weights
 
         if self.cfg.generator != "tiny":
+            folder = Path(path).with_suffix("") if Path(path).suffix == ".safetensors" else Path(path)
             with self.ema_weights():
-                return save_tensors(Path(path), self.params)
+                return self.policy.export_lora(folder)
         with self.ema_weights():
             model = self.policy.export_model()
             meta = {"grpo_steps": str(self.step_no), "grpo_config": self.cfg.identity()}

@@ -70,7 +70,8 @@ class GRPOConfig(BaseModel):
 
     # ---- run
     out: str = _field("runs/grpo", group="run", description="run folder: config.json, log.jsonl, checkpoint/, tb/, "
-                                                            "samples/, evolved.safetensors")
+                                                            "samples/, evolved.safetensors (a diffusers LoRA: "
+                                                            "evolved/, in load_lora_weights format)")
     seed: int = _field(0, group="run", description="every random draw is a function of (seed, rank, step)")
     steps: int = _field(60, group="run", description="GRPO steps (one batch of rollouts and its update each); ours")
     device: str = _field("cpu", group="run", description="cpu or cuda; under torchrun each rank takes its own")
@@ -83,6 +84,11 @@ class GRPOConfig(BaseModel):
                                                                    "tiny.safetensors); also the frozen KL reference")
     diffusers_backend: str = _field("wan21-i2v", group="policy", description="diffusers: the generator registry name")
     diffusers_model: str | None = _field(None, group="policy", description="diffusers: model id or local folder")
+    diffusers_options: dict[str, Any] = _field(
+        {}, group="policy",
+        description="diffusers: more generator options, as a run config's generator.options (dtype, height, width, "
+                    "num_frames for the model's size, prompt_source, lora to start from, ...); model, device, "
+                    "num_inference_steps and guidance_scale come from the fields above")
     lora_rank: int = _field(0, group="policy", description="0: full fine-tuning (tiny only); > 0: peft LoRA of this "
                                                            "rank (a diffusers policy defaults to 16)")
     lora_alpha: float | None = _field(None, group="policy", description="LoRA alpha (default: the rank)")
@@ -237,6 +243,16 @@ class GRPOConfig(BaseModel):
                                  f"heldout_moves only or half; got {self.focus_moves} with {self.heldout_moves}")
         if self.generator == "diffusers" and not self.diffusers_model:
             raise ValueError("generator: diffusers needs diffusers_model (a model id or a local folder)")
+        if self.diffusers_options:
+            owned = sorted({"model", "device", "num_inference_steps", "guidance_scale"} & set(self.diffusers_options))
+            if owned:
+                raise ValueError(f"diffusers_options {owned} are set by diffusers_model / device / sample_steps / "
+                                 "cfg_scale; give them there")
+            from spiral import registry
+            from spiral.config import _plain
+
+            self.diffusers_options = _plain(registry.check_options("generator", self.diffusers_backend,
+                                                                   self.diffusers_options))
         return self
 
     def identity(self) -> str:

@@ -192,7 +192,9 @@ class DiffusersPolicy:
             raise ValueError("a diffusers policy is trained through LoRA: set lora_rank ≥ 1")
         self.adapter, self.steps = adapter, steps
         self.model = adapter.denoiser
-        add_lora(self.model, lora_rank, lora_alpha or lora_rank, lora_targets or ["to_q", "to_k", "to_v", "to_out.0"])
+        add_lora(self.model, lora_rank, lora_alpha or lora_rank, lora_targets or adapter.lora_targets)
+        if hasattr(self.model, "enable_gradient_checkpointing"):  # activations of a video model: recompute them
+            self.model.enable_gradient_checkpointing()
         self.device = adapter.pipe._execution_device
         self._sigmas: torch.Tensor | None = None
 
@@ -248,3 +250,9 @@ class DiffusersPolicy:
 
     def export_model(self) -> torch.nn.Module:
         return self.model
+
+    def export_lora(self, folder: Any) -> Any:
+        """The trained LoRA in the format diffusers' ``load_lora_weights`` reads (``generator.options.lora``)."""
+        from spiral.generators.diffusers.lora import save_lora
+
+        return save_lora(type(self.adapter.pipe), self.model, folder).parent

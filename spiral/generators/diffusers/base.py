@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from spiral.generators.diffusers.lora import ATTENTION_TARGETS, LoraSpec, load_loras
 from spiral.options import BackendOptions
 from spiral.types import GenerationRequest, Segment, check_frame
 
@@ -76,17 +77,41 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 
 def _device(name: str) -> torch.device:
+    """The device an option names; CUDA that this torch cannot see is an error naming the fix, not a traceback
+    from deep inside the first ``.to()``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; fix: set generator.options.device to auto, cpu or cuda[:i]") \
+            from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {name!r} asked but {why}; fix: set generator.options.device: cpu (or auto), "
+                             "or install a CUDA build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked but only {torch.cuda.device_count()} CUDA device(s) are "
+                             f"visible; fix: use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def _dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The dtype an option names, checked against the device: half precision on a CPU (kernels missing or
+    emulated) or bfloat16 on a GPU without it is an error naming the dtype that works there."""
     if name is None or name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; use one of: auto, {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    dtype = _DTYPES[name]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError(f"dtype {name} does not run on the CPU (no float16 kernels for video models); fix: set "
+                         "generator.options.dtype: float32 (or auto), or device: cuda")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"dtype {name}: this GPU has no bfloat16 support; fix: set generator.options.dtype: "
+                         "float16 (or float32)")
+    return dtype
 
 
 def _execution_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
@@ -194,7 +219,10 @@ class DiffusersOptions(BackendOptions):
     num_frames: int | None = Field(None, ge=2, description="model frames per segment (default: the run's)")
     snap: bool = Field(True, description="round sizes the model cannot make to ones it can (else refuse)")
     resize: Literal["crop", "stretch"] = Field("crop", description="how frames are mapped to the model's size")
-    cpu_offload: bool | Literal["none", "model", "sequential"] = Field(False, description="false | model | sequential")
+    cpu_offload: bool | Literal["none", "model", "sequential", "group"] = Field(False, description=(
+        "false | model (each component on the GPU while it runs) | sequential (each layer; lowest memory, slowest) | "
+        "group (diffusers' group offloading: the transformer's blocks one at a time, streamed ahead on CUDA)"))
+    compile: bool = Field(False, description="torch.compile the transformer (compiled at the first segment)")
     vae_tiling: bool = Field(False, description="decode the VAE in tiles (less memory)")
     fps: float | None = Field(None, gt=0, description="frame rate of the segments")
     seed_offset: int = Field(0, description="added to every request's seed")
@@ -208,6 +236,9 @@ class DiffusersOptions(BackendOptions):
     local_files_only: bool | None = Field(None, description="never download (also on when HF_HUB_OFFLINE=1)")
     call_kwargs: dict[str, Any] | None = Field(None, description="passed to the pipeline call")
     load_kwargs: dict[str, Any] | None = Field(None, description="passed to from_pretrained")
+    lora: list[LoraSpec] = Field(default_factory=list, description=(
+        "LoRA adapters to load ({path, scale} each; a folder written by `spiral train sft` or any file "
+        "diffusers' load_lora_weights reads); one trained for another architecture is refused"))
 
 
 class DiffusersI2V:
@@ -219,12 +250,13 @@ class DiffusersI2V:
     ``device`` auto|cpu|cuda[:i]; ``num_inference_steps``; ``guidance_scale``; ``negative_prompt``;
     ``height``/``width``/``num_frames`` model-size overrides (the run's size otherwise);
     ``snap`` round invalid sizes to valid ones (else raise); ``resize`` crop|stretch;
-    ``cpu_offload`` false|model|sequential; ``vae_tiling``; ``fps``; ``seed_offset``;
+    ``cpu_offload`` false|model|sequential|group; ``compile``; ``vae_tiling``; ``fps``; ``seed_offset``;
     ``generator_device``; ``prompt_source`` context|instruction; ``prompt_template`` with
     ``{text}``, ``{instruction}``, ``{context}``; ``max_sequence_length``; ``scheduler`` a diffusers
     scheduler class name built ``from_config`` of the pipeline's (+ ``scheduler_kwargs``);
     ``local_files_only`` (also on when ``HF_HUB_OFFLINE=1``); ``call_kwargs`` passed to the pipeline;
-    ``load_kwargs`` passed to ``from_pretrained``. From Python, ``pipeline=`` wraps an already built
+    ``load_kwargs`` passed to ``from_pretrained``; ``lora`` a list of ``{path, scale}`` LoRA adapters
+    (:mod:`~spiral.generators.diffusers.lora`). From Python, ``pipeline=`` wraps an already built
     pipeline object (e.g. with a quantized transformer) instead of loading one.
     """
 
@@ -242,6 +274,8 @@ class DiffusersI2V:
     needs_ftfy = False
     spatial_multiple_fallback = 8
     frame_step_fallback = 4
+    #: the transformer's modules a LoRA adapts by default (``spiral train sft``, GRPO)
+    lora_targets: list[str] = ATTENTION_TARGETS
 
     def __init__(
         self,
@@ -258,7 +292,8 @@ class DiffusersI2V:
         num_frames: int | None = None,
         snap: bool = True,
         resize: Literal["crop", "stretch"] = "crop",
-        cpu_offload: bool | Literal["none", "model", "sequential"] = False,
+        cpu_offload: bool | Literal["none", "model", "sequential", "group"] = False,
+        compile: bool = False,
         vae_tiling: bool = False,
         fps: float | None = None,
         seed_offset: int = 0,
@@ -271,6 +306,7 @@ class DiffusersI2V:
         local_files_only: bool | None = None,
         call_kwargs: dict[str, Any] | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        lora: list[LoraSpec | dict[str, Any]] | None = None,
         pipeline: Any = None,
     ):
         self.diffusers = require_diffusers()
@@ -288,8 +324,8 @@ class DiffusersI2V:
         if resize not in ("crop", "stretch"):
             raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
         offload = {False: "none", True: "model", None: "none"}.get(cpu_offload, cpu_offload)  # type: ignore[arg-type]
-        if offload not in ("none", "model", "sequential"):
-            raise ValueError(f"cpu_offload must be false, true/'model' or 'sequential', got {cpu_offload!r}")
+        if offload not in ("none", "model", "sequential", "group"):
+            raise ValueError(f"cpu_offload must be false, true/'model', 'sequential' or 'group', got {cpu_offload!r}")
         try:
             prompt_template.format(text="", instruction="", context="")
         except (KeyError, IndexError, ValueError) as e:
@@ -321,18 +357,27 @@ class DiffusersI2V:
         self.check_pipeline()
         if scheduler:
             self._swap_scheduler(scheduler, dict(scheduler_kwargs or {}))
+        self.loras = [s if isinstance(s, LoraSpec) else LoraSpec.model_validate(s) for s in (lora or [])]
+        self.lora_adapters = load_loras(self.pipe, self.loras, self.display)
         if self.vae_dtype is not None and self.pipe.vae.dtype != self.vae_dtype:
             self.pipe.vae.to(self.vae_dtype)
         if offload == "model":
             self.pipe.enable_model_cpu_offload(device=self.device)
         elif offload == "sequential":
             self.pipe.enable_sequential_cpu_offload(device=self.device)
+        elif offload == "group":
+            # diffusers' group offloading of every model component: block by block, prefetched on a CUDA stream
+            self.pipe.enable_group_offload(onload_device=self.device, offload_device=torch.device("cpu"),
+                                           offload_type="block_level", num_blocks_per_group=1,
+                                           use_stream=self.device.type == "cuda")
         else:
             self.pipe.to(self.device)
         if vae_tiling:
             if not hasattr(self.pipe.vae, "enable_tiling"):
                 raise ValueError(f"{type(self.pipe.vae).__name__} has no tiling; set vae_tiling: false")
             self.pipe.vae.enable_tiling()
+        if compile:
+            self.pipe.transformer.compile()  # nn.Module.compile: in place, so the pipeline keeps its module
         self.pipe.set_progress_bar_config(disable=True)
         self.max_sequence_length = max_sequence_length or self._default_max_sequence_length()
 
@@ -463,11 +508,15 @@ class DiffusersI2V:
         if request.cond_frame is None:
             raise ValueError(f"{self.display} is image-to-video: the request has no conditioning frame "
                              "(request.cond_frame); the loop always sets it from memory")
-        frame = check_frame(request.cond_frame, "cond_frame")
+        return Image.fromarray(self.fit_frame(check_frame(request.cond_frame, "cond_frame"), size))
+
+    def fit_frame(self, frame: np.ndarray, size: ModelSize) -> np.ndarray:
+        """One H×W×3 uint8 frame at the model's size: center-cropped to its aspect (``resize="crop"``) or
+        stretched, then resized. The conditioning frame and the frames a trainer learns from go through it."""
         if self.resize == "crop":
             top, left, h, w = crop_box(frame.shape[0], frame.shape[1], size.width / size.height)
             frame = frame[top:top + h, left:left + w]
-        return Image.fromarray(np.ascontiguousarray(_resize(frame, size.height, size.width)))
+        return np.ascontiguousarray(_resize(frame, size.height, size.width))
 
     def make_generator(self, request: GenerationRequest) -> torch.Generator:
         """The one source of randomness for a request."""
@@ -531,10 +580,24 @@ class DiffusersI2V:
         kwargs = self.call_arguments(request, size)
         generator = self.make_generator(request)
         t1 = time.perf_counter()
-        video = self.pipe(image=image, generator=generator, **kwargs).frames[0]
+        try:
+            video = self.pipe(image=image, generator=generator, **kwargs).frames[0]
+        except torch.OutOfMemoryError:
+            raise self.out_of_memory(size) from None
         t2 = time.perf_counter()
         return self._segment(np.asarray(video), request, size, kwargs["prompt"],
                              {"preprocess": t1 - t0, "pipeline": t2 - t1})
+
+
+    def out_of_memory(self, size: ModelSize, fixes: str = "") -> ValueError:
+        """The one-line error for an out-of-memory at ``size``, naming what lowers the peak (the cache is freed
+        first so that the process can go on, e.g. to write what it has)."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        hints = fixes or ("generator.options.cpu_offload: model (or sequential), vae_tiling: true, a smaller video "
+                          "(video.height/width/frames_per_step), or a GPU of its own for the generator")
+        return ValueError(f"out of GPU memory generating {size.height}x{size.width}x{size.num_frames} with "
+                          f"{self.display} on {self.device}; fix: {hints}")
 
 
 # ----------------------------------------------------------------------------------------------- flow access
@@ -564,10 +627,28 @@ class FlowAccess:
 
         return fn
 
-    def _request_inputs(self, request: GenerationRequest) -> tuple[ModelSize, Any, str, torch.Generator, Any, bool]:
+    def _request_inputs(self, request: GenerationRequest, guidance_scale: float | None = None
+                        ) -> tuple[ModelSize, Any, str, torch.Generator, Any, float]:
         """What every hand-driven ``prepare`` starts from: model size, conditioning image, prompt, seeded
-        generator, execution device and whether classifier-free guidance is on."""
+        generator, execution device and the guidance scale (the adapter's unless given; > 1 turns CFG on)."""
         size = self.model_size(request)  # type: ignore[attr-defined]
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)  # type: ignore[attr-defined]
         return (size, self.cond_image(request, size), self.prompt_for(request),  # type: ignore[attr-defined]
-                self.make_generator(request), self.pipe._execution_device,  # type: ignore[attr-defined]
-                self.guidance_scale > 1.0)  # type: ignore[attr-defined]
+                self.make_generator(request), self.pipe._execution_device, scale)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------------------------ training
+
+    def encode_video(self, frames: np.ndarray, inputs: FlowInputs) -> torch.Tensor:
+        """Clean latents x0 of ``frames`` (T×H×W×3 uint8 at the model's size) in the layout of ``inputs.latents``,
+        normalized as the model's sampler ends (the inverse of ``decode``): the flow-matching target's data end."""
+        raise NotImplementedError
+
+    def train_sigmas(self, u: torch.Tensor, inputs: FlowInputs) -> torch.Tensor:
+        """Noise levels for training from uniform-ish ``u`` in [0, 1], shifted the way the scheduler shifts its
+        inference schedule: a static ``flow_shift``/``shift`` s (Wan: σ = s·u / (1 + (s − 1)·u)) or the
+        resolution-dependent exponential shift ``mu`` of a dynamic-shifting scheduler (LTX)."""
+        cfg = self.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            return self.scheduler.time_shift(float(inputs.cond["mu"]), 1.0, u)
+        s = float(cfg.get("flow_shift", cfg.get("shift", 1.0)) or 1.0)
+        return s * u / (1 + (s - 1) * u)

@@ -55,7 +55,8 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
                 size.height // p.vae_spatial_compression_ratio, size.width // p.vae_spatial_compression_ratio)
 
     @torch.no_grad()
-    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
+    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None,
+                guidance_scale: float | None = None) -> FlowInputs:
         """Encode the prompt and first frame, seed the noise and set the shifted sigma schedule like the pipeline."""
         # mirrors LTXImageToVideoPipeline.__call__ (diffusers 0.42.1) steps 3-5: encode_prompt with [negative,
         # positive] concatenated under CFG, video_processor.preprocess in the embeddings' dtype, prepare_latents ->
@@ -65,7 +66,8 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
 
         pipe = self.pipe
         t0 = time.perf_counter()
-        size, image, prompt, generator, device, cfg = self._request_inputs(request)
+        size, image, prompt, generator, device, scale = self._request_inputs(request, guidance_scale)
+        cfg = scale > 1.0
         pe, pm, npe, npm = pipe.encode_prompt(prompt=prompt, negative_prompt=self.negative_prompt,
                                               do_classifier_free_guidance=cfg,
                                               max_sequence_length=self.max_sequence_length, device=device)
@@ -86,9 +88,9 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
         free_mask[:, :, 0] = 0
         frame_rate = float(self.call_arguments(request, size)["frame_rate"])
         cond = {"prompt_embeds": pe, "prompt_attention_mask": pm, "conditioning_mask": cmask, "cfg": cfg,
-                "prompt": prompt, "grid": (f, h, w), "frame_rate": frame_rate}
+                "prompt": prompt, "grid": (f, h, w), "frame_rate": frame_rate, "mu": mu}
         return FlowInputs(latents=latents, timesteps=timesteps.clone(), sigmas=pipe.scheduler.sigmas.clone().float(),
-                          guidance_scale=self.guidance_scale, cond=cond, size=size, request=request,
+                          guidance_scale=scale, cond=cond, size=size, request=request,
                           generator=generator, free_mask=free_mask, timings={"prepare": time.perf_counter() - t0})
 
     def _pack(self, latents: torch.Tensor) -> torch.Tensor:
@@ -134,6 +136,23 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
             v = v_uncond + inputs.guidance_scale * (v_text - v_uncond)
         v = self._unpack(v, inputs.size)
         return v * inputs.free_mask
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray, inputs: FlowInputs) -> torch.Tensor:
+        """Clean, normalized latents of a clip at the model's size, unpacked (B, C, F, h, w) like ``prepare``'s."""
+        # mirrors LTXImageToVideoPipeline.prepare_latents (diffusers 0.42.1) for the image, applied to the whole clip:
+        # retrieve_latents(vae.encode(...)) (its default sample mode, with the request's generator), then
+        # _normalize_latents(latents_mean, latents_std, scaling_factor)
+        from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
+        from PIL import Image
+
+        pipe, vae = self.pipe, self.pipe.vae
+        dtype = inputs.cond["prompt_embeds"].dtype
+        video = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+        pixels = pipe.video_processor.preprocess_video(video, height=inputs.size.height, width=inputs.size.width)
+        latents = retrieve_latents(vae.encode(pixels.to(inputs.latents.device, dtype)), inputs.generator)
+        latents = pipe._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        return latents.float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, inputs: FlowInputs) -> Segment:

@@ -36,6 +36,9 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
     default_max_sequence_length = 512  # the I2V attention splits image/text tokens assuming 512 text tokens
     default_vae_dtype = "float32"  # the Wan VAE loses detail in bf16; it is small (~0.5 GB) in float32
     needs_ftfy = True
+    # the attention projections plus the image cross-attention's key/value (Wan 2.1 I2V; absent in TI2V, skipped):
+    # without them diffusers' load_lora_weights pads a Wan I2V LoRA with zero add_k_proj/add_v_proj entries
+    lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"]
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -46,7 +49,8 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
         return bool(self.pipe.config.get("expand_timesteps", False))
 
     @torch.no_grad()
-    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None) -> FlowInputs:
+    def prepare(self, request: GenerationRequest, num_inference_steps: int | None = None,
+                guidance_scale: float | None = None) -> FlowInputs:
         """Encode prompt, image and first-frame latents exactly as the pipeline does, seed the noise."""
         # mirrors WanImageToVideoPipeline.__call__ (diffusers 0.42.1) steps 3-5: encode_prompt (cast to the
         # transformer's dtype), encode_image when the transformer has image_dim (Wan 2.1), scheduler.set_timesteps,
@@ -55,7 +59,8 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
         # here once is the same because velocity() mixes again and is zero on the fixed frame.
         pipe = self.pipe
         t0 = time.perf_counter()
-        size, image, prompt, generator, device, cfg = self._request_inputs(request)
+        size, image, prompt, generator, device, scale = self._request_inputs(request, guidance_scale)
+        cfg = scale > 1.0
         model = self.denoiser
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=prompt, negative_prompt=self.negative_prompt, do_classifier_free_guidance=cfg,
@@ -81,7 +86,7 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
             latents, condition = out
             cond["condition"] = condition
         return FlowInputs(latents=latents, timesteps=pipe.scheduler.timesteps.clone(),
-                          sigmas=pipe.scheduler.sigmas.clone().to(torch.float32), guidance_scale=self.guidance_scale,
+                          sigmas=pipe.scheduler.sigmas.clone().to(torch.float32), guidance_scale=scale,
                           cond=cond, size=size, request=request, generator=generator, free_mask=free_mask,
                           timings={"prepare": time.perf_counter() - t0})
 
@@ -133,6 +138,30 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
         if inputs.free_mask is not None:
             v = v * inputs.free_mask
         return v
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray, inputs: FlowInputs) -> torch.Tensor:
+        """Clean latents of a clip at the model's size, normalized as ``prepare_latents`` normalizes the
+        condition ((x − latents_mean) / latents_std, argmax of the VAE posterior): what ``decode`` inverts."""
+        # mirrors WanImageToVideoPipeline.prepare_latents (diffusers 0.42.1): video_processor.preprocess_video,
+        # retrieve_latents(vae.encode(...), sample_mode="argmax"), (latents - mean) * (1 / std); here for the whole
+        # clip instead of [image, zeros...]
+        from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+
+        pipe, vae = self.pipe, self.pipe.vae
+        device = _execution_device(vae, pipe._execution_device)
+        video = [self._pil(f) for f in frames]
+        pixels = pipe.video_processor.preprocess_video(video, height=inputs.size.height, width=inputs.size.width)
+        latents = retrieve_latents(vae.encode(pixels.to(device, vae.dtype)), sample_mode="argmax").float()
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        return ((latents - mean) * inv_std).to(inputs.latents.device)
+
+    @staticmethod
+    def _pil(frame: np.ndarray) -> Any:
+        from PIL import Image
+
+        return Image.fromarray(np.ascontiguousarray(frame))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, inputs: FlowInputs) -> Segment:
