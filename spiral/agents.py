@@ -11,7 +11,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from spiral.types import GenerationRequest, Observation, Plan, Segment, StepFailure, SubAction, Verdict
+from spiral.types import (
+    GenerationRequest,
+    NextStepQuestion,
+    Observation,
+    Plan,
+    Segment,
+    StepFailure,
+    SubAction,
+    Verdict,
+)
 
 
 @runtime_checkable
@@ -73,6 +82,17 @@ class AvoidsFailures(Protocol):
 
     def replan_avoiding(self, goal: str, observation: Observation, history: list[SubAction],
                         failed: list[StepFailure]) -> Plan: ...
+
+
+@runtime_checkable
+class ChoosesNextStep(Protocol):
+    """A planner that answers a multiple-choice next-step question (EgoPlan-Bench's form) itself, e.g. a language
+    model shown the four candidates. ``spiral eval planner`` asks it directly; without it the harness plans from
+    the observation and matches the plan's first step to a candidate."""
+
+    def choose(self, question: NextStepQuestion) -> int:
+        """The index (0–3) of the candidate to do next; raise ValueError when the question cannot be answered."""
+        ...
 
 
 @runtime_checkable

@@ -150,19 +150,34 @@ def summary_table(results: dict) -> Table:
 
 
 def eval_planner(
-    questions: Path | None = typer.Option(None, help="JSONL of EgoPlan-format questions (default: tabletop set)"),
-    planner: str = typer.Option("symbolic", help="planner backend name"),
+    questions: Path | None = typer.Option(None, help="EgoPlan-Bench JSON as published (EgoPlan_validation.json, "
+                                                     "EgoPlan_Bench_*.json, EgoPlan-Bench2) or JSONL (default: the "
+                                                     "tabletop set)"),
+    planner: str | None = typer.Option(None, help="planner backend name (default: the config's, symbolic)"),
+    config: Path | None = typer.Option(None, help="run config whose planner section is used (default: the embedded "
+                                                  "configs/run/tabletop.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="config override, e.g. planner.options.model=gpt-4o (repeatable)"),
+    epic_kitchens_frames: Path | None = typer.Option(None, help="EPIC-KITCHENS-100 RGB frames folder "
+                                                                "(P01/rgb_frames/P01_13/frame_*.jpg)"),
+    ego4d_videos: Path | None = typer.Option(None, help="Ego4D videos folder (<video_id>.mp4)"),
     n: int | None = typer.Option(None, help="only the first N questions"),
+    predictions: Path | None = typer.Option(None, help="write the answers as EgoPlan's submission JSON "
+                                                       "([{sample_id, label}])"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
-    """Score a planner on multiple-choice next-step questions: accuracy per subset and overall."""
-    from spiral.bench.planner_eval import run_eval
+    """Score a planner on multiple-choice next-step questions (EgoPlan-Bench): accuracy per subset and overall."""
+    from spiral.bench.planner_eval import FrameSources, run_eval
 
-    res = run_eval(questions, planner, n)
+    sources = FrameSources(epic_kitchens=epic_kitchens_frames, ego4d=ego4d_videos)
+    res = run_eval(questions, planner, n, config, list(set_), sources)
+    if predictions:
+        from spiral.atomic import write_text
+
+        write_text(predictions, json.dumps(res["predictions"], indent=1) + "\n")
     if as_json:
-        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+        sys.stdout.write(json.dumps({k: v for k, v in res.items() if k != "predictions"}, indent=2) + "\n")
         return
-    t = Table(title=f"planner {planner}: next-step accuracy")
+    t = Table(title=f"planner {res['planner']}: next-step accuracy")
     t.add_column("subset")
     t.add_column("n", justify="right")
     t.add_column("accuracy", justify="right")
@@ -171,9 +186,48 @@ def eval_planner(
     t.add_row("[bold]overall[/]", str(res["n"]), f"[bold]{res['accuracy']:.3f}[/]" if res["accuracy"] is not None
               else "–")
     console.print(t)
+    if res["n_unlabelled"]:
+        console.print(f"{res['n_unlabelled']} questions have no published answer (answered, not scored)"
+                      + (f"; answers: {predictions}" if predictions else "; --predictions FILE writes the answers"))
     if res["wrong_choice_kinds"]:
         console.print(f"wrong answers picked: {res['wrong_choice_kinds']}", highlight=False)
+    if res["errors"]:
+        console.print(f"[red]{len(res['errors'])} questions could not be answered (counted wrong):[/]")
     for e in res["errors"][:5]:
         console.print(f"[red]✗[/] {e['sample_id']}: {e['error']}", highlight=False)
     for line in res["bad_lines"][:5]:
-        console.print(f"[red]✗[/] {line}", highlight=False)
+        console.print(f"[red]✗[/] skipped {line}", highlight=False)
+
+
+def eval_rewardbench(pairs: Path, videos: Path, critic: str | None, score: list[str], out: Path | None, limit: int | None,
+                     json_out: Path | None, config: Path | None = None, overrides: list[str] | None = None) -> None:
+    """``spiral eval critic --pairs FILE.csv``: VideoGen-RewardBench as published (spiral/bench/rewardbench.py)."""
+    from rich.progress import Progress
+
+    from spiral import registry
+    from spiral.bench import rewardbench as rb
+    from spiral.config import load_config
+
+    mapping = {}
+    for item in score:
+        dim, sep, name = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--score {item!r}: write DIM=NAME, e.g. --score VQ=consistency")
+        mapping[dim.strip()] = name.strip()
+    cfg = load_config(config, ([f"critic.name={critic}"] if critic else []) + list(overrides or []))
+    agent = registry.create("critic", cfg.critic.name, **cfg.critic.options)
+    with Progress(console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("scoring videos", total=None)
+        result = rb.evaluate(agent, pairs, videos, out, mapping, limit,
+                             progress=lambda i, n: prog.update(task, completed=i, total=n))
+    console.print(rb.format_report(result), highlight=False)
+    for e in result["errors"][:5]:
+        console.print(f"[red]✗[/] skipped {e}", highlight=False)
+    if json_out:
+        from spiral.atomic import write_text
+
+        write_text(json_out, json.dumps(result, indent=2))
+        console.print(f"metrics: {json_out}")
+    if result["errors"]:
+        console.print(f"[red]{len(result['errors'])} rows or videos were skipped[/]")
+        raise typer.Exit(1)
