@@ -37,7 +37,9 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         ray: str | None = typer.Option(None, help="Ray cluster address (auto, ray://host:port) or 'local'"),
         resume: bool = typer.Option(False, help="continue a benchmark in --out, skipping finished cases"),
         seed: int = typer.Option(0, help="bench seed: each case's loop seed derives from it and the case id"),
-        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | module:factory"),
+        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | vlm | module:factory"),
+        judge_set: list[str] = typer.Option([], "--judge-set", help="an option of the VLM judge, key=value, e.g. "
+                                                                    "model=qwen2.5-vl (repeatable)"),
         subject_features: str | None = typer.Option(None, help="judge | pixels | module:factory (DINO, …)"),
         background_features: str | None = typer.Option(None, help="colour-layout | pixels | module:factory (CLIP, …)"),
         set_: list[str] = typer.Option([], "--set", help="config override a.b=c (repeatable)"),
@@ -54,8 +56,13 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         mode_list = [m.strip() for m in (modes or mode).split(",") if m.strip()]
         if out is None:
             out = Path("runs") / "bench" / f"{Path(suite).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from spiral.config import apply_override
+
+        judge_options: dict = {}
+        for item in judge_set:
+            apply_override(judge_options, item)
         cfg = BenchConfig(suite=suite, out=str(out), modes=mode_list, config=str(config) if config else None,
-                          overrides=list(set_), limit=limit, seed=seed, judge=judge,
+                          overrides=list(set_), limit=limit, seed=seed, judge=judge, judge_options=judge_options,
                           subject_features=subject_features, background_features=background_features,
                           workers=workers, ray=ray, resume=resume)
         results = run_bench(cfg, progress=not quiet)
@@ -63,6 +70,8 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         if errors and errors[0].get("stage") == "suite":
             raise ValueError(errors[0]["error"])
         console.print(summary_table(results))
+        for w in results["bench"].get("warnings", []):
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
         for e in errors:
             console.print(f"[red]✗[/] {e['mode']}/{e['case_id']} ({e['stage']}): {e['error']}", highlight=False)
         for e in results["invalid_cases"]:
