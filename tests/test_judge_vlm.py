@@ -51,6 +51,8 @@ def make_real_suite(root: Path, n: int = 4, seed: int = 0) -> Path:
         steps = 2 if "," in goals[i % len(goals)] else 1
         cases.append({"id": f"real-{i}", "goal": goals[i % len(goals)], "image": f"frames/case-{i}.png",
                       "length_class": "short", "n_steps": steps})
+        if steps == 2:  # a reference plan is optional
+            cases[-1]["reference_plan"] = ["pour water into the glass", "drink from the glass"]
     path = root / "real-mini.json"
     path.write_text(json.dumps({"name": "real-mini", "version": "1.0", "world": "real", "created_by": "the test",
                                 "cases": cases}, indent=1))
@@ -69,6 +71,40 @@ def test_tabletop_judge_refuses_a_real_suite(tmp_path):
     res = CliRunner().invoke(app, ["bench", "--suite", str(suite), "--judge", "vlm", "--judge-set", "modle=x",
                                    "--out", str(tmp_path / "out2"), "--quiet"])
     assert res.exit_code != 0 and "did you mean 'model'" in res.output and not (tmp_path / "out2" / "closed_loop").exists()
+
+
+def test_make_suite_from_a_dataset(tmp_path):
+    from spiral.bench.suite import load_suite
+    from spiral.data.format import check_dataset
+    from spiral.video import read_video
+
+    data = tmp_path / "data"
+    res = CliRunner().invoke(app, ["data", "build", "--out", str(data), "--episodes", "3", "--failures", "1",
+                                   "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["bench", "make-suite", "--from-data", str(data), "--out",
+                                   str(tmp_path / "s" / "from-data.json")])
+    assert res.exit_code == 0, res.output
+    suite = load_suite(tmp_path / "s" / "from-data.json")
+    episodes = [e for e in check_dataset(data).episodes if not e.parent]  # failure clips are not tasks
+    assert suite.meta["world"] == "real" and not suite.errors and len(suite.cases) == len(episodes) == 3
+    for case, ep in zip(suite.cases, episodes, strict=True):
+        from PIL import Image
+
+        assert case.goal == ep.goal and case.n_steps == len(ep.steps)
+        assert list(case.reference_plan) == [s.text for s in ep.steps]
+        assert np.array_equal(np.asarray(Image.open(case.image)), read_video(data / ep.video)[0])
+    # never overwritten; a scene seed or a bad reference plan in a real-world suite is a case error
+    again = CliRunner().invoke(app, ["bench", "make-suite", "--from-data", str(data), "--out",
+                                     str(tmp_path / "s" / "from-data.json")])
+    assert again.exit_code != 0 and "never overwritten" in again.output
+    raw = json.loads((tmp_path / "s" / "from-data.json").read_text())
+    raw["cases"][0] = {**raw["cases"][0], "scene": 3}
+    del raw["cases"][0]["image"]
+    raw["cases"][1]["reference_plan"] = "open it"
+    (tmp_path / "s" / "bad.json").write_text(json.dumps(raw))
+    errs = {e.field for e in load_suite(tmp_path / "s" / "bad.json").errors}
+    assert errs == {"scene", "reference_plan"}
 
 
 # ---- against the loopback server ------------------------------------------------------------------------------
@@ -120,7 +156,10 @@ def test_vlm_judge_scores_a_real_image_suite_through_faults(server, key_env, tmp
     suite = make_real_suite(tmp_path)
     out = tmp_path / "bench"
     timeout = 5.0
-    with llama_tools.FaultProxy(server.port, rate=0.3, seed=1, hang_s=timeout + 0.5) as proxy:
+    # seed 0 at rate 0.5 injects all three kinds within the first 8 requests; the run makes at least 8 (4 cases ×
+    # at least one step question and one goal question), whatever the random model answers
+    with llama_tools.FaultProxy(server.port, rate=0.5, seed=0, hang_s=timeout + 0.5,
+                                faults=("timeout", "500", "schema_invalid")) as proxy:
         judge = _client(proxy.base_url, timeout=timeout, repair_retries=4)
         args = ["bench", "--suite", str(suite), "--mode", "plan_only", "--out", str(out), "--quiet", "--judge", "vlm",
                 "--set", "planner.name=llm", "--set", "planner.options.domain=null",
@@ -145,9 +184,12 @@ def test_vlm_judge_scores_a_real_image_suite_through_faults(server, key_env, tmp
         assert m["step_success"] == pytest.approx(np.mean([a["happened"] and a["completed"] for a in steps]))
         assert m["hallucinated_motion"] == pytest.approx(np.mean([a["other_motion"] for a in steps]))
         assert m["faithful_step_success"] is None  # a tabletop-only metric: absent, not made up
+    texts = [p.get("text", "") for b in proxy.stats.bodies for m in b.get("messages", [])
+             if isinstance(m.get("content"), list) for p in m["content"]]
+    assert any("these steps: pour water into the glass; drink from the glass" in t for t in texts)
     # the faults were injected and handled (retried or repaired), none turned into a judgement
     f = proxy.stats.faults
-    assert proxy.stats.injected >= 3 and f["schema_invalid"] >= 1, proxy.stats.sequence
+    assert f["timeout"] >= 1 and f["500"] >= 1 and f["schema_invalid"] >= 1, proxy.stats.sequence
     # the judge and the critic are the same model: the bench says so, in the output and in results.json
     assert any("not independent of the loop" in w for w in results["bench"]["warnings"])
     assert "not independent" in res.output

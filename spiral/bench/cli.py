@@ -94,6 +94,23 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         console.print(summary_table(results))
         typer.echo(f"results: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
 
+    @app.command("make-suite")
+    @friendly
+    def make_suite_cmd(
+        from_data: Path = typer.Option(..., "--from-data", help="an ActVideoGen-Dataset folder (imported or built)"),
+        out: Path = typer.Option(..., help="the suite file to write (its first frames go to frames/ beside it)"),
+        world: str = typer.Option("real", help="real (scored by --judge vlm), or tabletop for a tabletop dataset"),
+        split: str | None = typer.Option(None, help="only episodes of this split (e.g. test)"),
+        limit: int | None = typer.Option(None, help="only the first N cases"),
+    ) -> None:
+        """Make a suite from a dataset: each episode's first frame, goal and annotated steps (reference plan)."""
+        from spiral.bench.suite_from_data import suite_from_dataset
+
+        path, skipped = suite_from_dataset(from_data, out, world, split=split, limit=limit)
+        for line in skipped[:10]:
+            console.print(f"[yellow]left out[/] {line}", highlight=False)
+        typer.echo(f"suite: {path}")
+
     @app.command("compare")
     @friendly
     def compare_cmd(

@@ -158,13 +158,15 @@ class VLMJudge:
         return complete_json(self.client, self._messages(text, video_input(frames[idx], sampled_fps, self.image_size)),
                              self._step)
 
-    def judge_goal(self, last_frame: np.ndarray, goal: str) -> GoalAnswer:
-        """Ask whether the video's last frame shows the goal done."""
-        text = self.prompts.render("goal", goal=goal)
+    def judge_goal(self, last_frame: np.ndarray, goal: str, reference: list[str] | None = None) -> GoalAnswer:
+        """Ask whether the video's last frame shows the goal done (``reference``: the steps a person took, when the
+        suite case gives a reference plan)."""
+        ref = ("A person did this task in these steps: " + "; ".join(reference) + ".") if reference else ""
+        text = self.prompts.render("goal", goal=goal, reference=ref)
         return complete_json(self.client, self._messages(text, image_input(last_frame, self.image_size)), self._goal)
 
 
-def step_action_quality(view: Any, judge: Any) -> dict[str, Any]:
+def step_action_quality(view: Any, judge: Any, reference_plan: list[str] | None = None) -> dict[str, Any]:
     """The action-quality metrics of one run from a step judge's answers (module docstring); judge errors are
     recorded per question and left out of the means."""
     answers: list[dict[str, Any]] = []
@@ -190,7 +192,7 @@ def step_action_quality(view: Any, judge: Any) -> dict[str, Any]:
     last = view.segments[-1][-1] if view.segments else view.anchor
     tc = None
     try:
-        g = judge.judge_goal(last, view.goal)
+        g = judge.judge_goal(last, view.goal, list(reference_plan or []))
     except (LLMError, ValueError) as e:
         log.warning("judge: goal of %s: %s", view.root, e)
         answers.append({"goal": True, "error": str(e).splitlines()[0][:300]})

@@ -439,7 +439,7 @@ def cost(record: dict) -> dict[str, float | None]:
 
 
 def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
-              interpolate: Interpolator | None = None) -> dict[str, Any]:
+              interpolate: Interpolator | None = None, reference_plan: list[str] | None = None) -> dict[str, Any]:
     """Every metric of one finished run, as a flat JSON-friendly dict (+ per-step lists and counts)."""
     from spiral.bench.judge import StepJudge
 
@@ -447,7 +447,7 @@ def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
     if isinstance(judge, StepJudge):  # a VLM judge answers per step; there are no states to read (judge_vlm.py)
         from spiral.bench.judge_vlm import step_action_quality
 
-        aq = step_action_quality(view, judge)
+        aq = step_action_quality(view, judge, reference_plan)
         answers = aq.pop("_answers")
         aq["_states"] = [None] * (len(view.segments) + 1)
     else:

@@ -115,7 +115,7 @@ def score(run_dir: Path, task: dict[str, Any]) -> dict[str, Any]:
     judge = make_judge(task["judge"], run_dir, task.get("judge_options"))
     subject = make_features(task.get("subject_features"), judge, "subject")
     background = make_features(task.get("background_features"), judge, "background")
-    out = score_run(run_dir, judge, subject, background)
+    out = score_run(run_dir, judge, subject, background, reference_plan=task["case"].get("reference_plan"))
     out["judge"] = getattr(judge, "name", task["judge"])
     if hasattr(judge, "identity"):
         out["judge_identity"] = judge.identity
