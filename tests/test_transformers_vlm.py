@@ -308,3 +308,20 @@ def test_example_config_builds_with_a_local_checkpoint(qwen):
     agents = build_agents(cfg)
     assert agents.planner.name == agents.critic.name == "transformers-vlm"
     assert agents.planner.client.vlm is agents.critic.client.vlm  # one model in memory for both agents
+
+
+def test_planner_answers_a_next_step_question_with_a_constrained_letter(qwen):
+    """The ChoosesNextStep capability on a local VLM: the current frame goes in as an image, a letter comes out."""
+    from spiral.agents import ChoosesNextStep
+    from spiral.types import NextStepQuestion
+
+    p = _planner(qwen, max_tokens=64)
+    frame, _ = _scene()
+    q = NextStepQuestion(id="1", goal="store cereal", choices=["open cupboard", "take cereal bag", "wash hands",
+                                                              "close cupboard"], progress=["take cereal bag"],
+                         frame=frame)
+    assert isinstance(p, ChoosesNextStep)
+    assert p.choose(q) in range(4) and p.client.stats["repairs"] == 0 and p.client.stats["constraint_errors"] == 0
+    inputs = p.client.encode([{"role": "user", "content": [{"type": "text", "text": "x"},
+                                                            {"type": "image", "image": frame, "size": None}]}])
+    assert "pixel_values" in inputs
