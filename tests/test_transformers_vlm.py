@@ -325,3 +325,23 @@ def test_planner_answers_a_next_step_question_with_a_constrained_letter(qwen):
     inputs = p.client.encode([{"role": "user", "content": [{"type": "text", "text": "x"},
                                                             {"type": "image", "image": frame, "size": None}]}])
     assert "pixel_values" in inputs
+
+
+def test_bench_judge_on_a_local_vlm_answers_every_question(qwen):
+    """--judge transformers-vlm: the step's frames go in as one video, the answers come out schema-valid."""
+    from spiral.bench.judge import StepJudge, make_judge
+    from spiral.bench.judge_vlm import GoalAnswer, StepAnswer
+    from spiral.world.domain import State, applicable_actions
+    from spiral.world.render import render_action
+
+    frame, state = _scene()
+    st = State.from_dict(state)
+    action = applicable_actions(st)[0]
+    frames = render_action(st, action, size=64, frames=9).frames
+    judge = make_judge("transformers-vlm", None, {"model": str(qwen), "max_tokens": 200, "frames": 4})
+    assert isinstance(judge, StepJudge) and judge.identity["model"] == str(qwen)
+    a = judge.judge_step(frames, action.text(), GOAL, [])
+    g = judge.judge_goal(frames[-1], GOAL, ["open the box", "put the red block in the box"])
+    assert isinstance(a, StepAnswer) and isinstance(g, GoalAnswer) and 0 <= a.confidence <= 1
+    assert not (a.completed and not a.happened)
+    assert judge.client.stats["constraint_errors"] == 0

@@ -37,7 +37,8 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         ray: str | None = typer.Option(None, help="Ray cluster address (auto, ray://host:port) or 'local'"),
         resume: bool = typer.Option(False, help="continue a benchmark in --out, skipping finished cases"),
         seed: int = typer.Option(0, help="bench seed: each case's loop seed derives from it and the case id"),
-        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | vlm | module:factory"),
+        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | vlm | transformers-vlm | "
+                                                          "module:factory"),
         judge_set: list[str] = typer.Option([], "--judge-set", help="an option of the VLM judge, key=value, e.g. "
                                                                     "model=qwen2.5-vl (repeatable)"),
         subject_features: str | None = typer.Option(None, help="judge | pixels | module:factory (DINO, …)"),

@@ -53,6 +53,8 @@ class StepJudge(Protocol):
     def judge_goal(self, last_frame: np.ndarray, goal: str, reference: list[str] | None = None) -> Any: ...
 
 
+#: judges that ask a vision-language model about each step (spiral.bench.judge_vlm); options from --judge-set
+VLM_JUDGES = ("vlm", "transformers-vlm")
 #: judges that read tabletop states; they refuse a suite of another world
 TABLETOP_JUDGES = ("recognizer", "truth")
 
@@ -270,8 +272,8 @@ _CACHE: dict[str, Any] = {}
 
 def make_judge(spec: str, run_dir: str | Path | None = None, options: dict[str, Any] | None = None
                ) -> StateReader | StepJudge:
-    """A judge by spec: ``recognizer`` (default), ``recognizer:PATH``, ``truth`` (per run), ``vlm`` (a
-    :class:`StepJudge` built from ``options``) or ``module:factory``.
+    """A judge by spec: ``recognizer`` (default), ``recognizer:PATH``, ``truth`` (per run), ``vlm`` or
+    ``transformers-vlm`` (a :class:`StepJudge` built from ``options``) or ``module:factory``.
 
     Learned judges are loaded once per process and reused across cases.
     """
@@ -279,15 +281,15 @@ def make_judge(spec: str, run_dir: str | Path | None = None, options: dict[str, 
         if run_dir is None:
             raise ValueError("the truth judge reads a run directory; pass run_dir")
         return TruthJudge.from_run(run_dir)
-    if options and spec != "vlm":
-        raise ValueError(f"--judge-set options are for --judge vlm; the {spec} judge takes none")
+    if options and spec not in VLM_JUDGES:
+        raise ValueError(f"--judge-set options are for --judge vlm or transformers-vlm; the {spec} judge takes none")
     key = spec + (json.dumps(options, sort_keys=True, default=str) if options else "")
     if key in _CACHE:
         return _CACHE[key]
-    if spec == "vlm":
-        from spiral.bench.judge_vlm import VLMJudge
+    if spec in VLM_JUDGES:
+        from spiral.bench.judge_vlm import TransformersVLMJudge, VLMJudge
 
-        _CACHE[key] = VLMJudge.from_options(options or {})
+        _CACHE[key] = (VLMJudge if spec == "vlm" else TransformersVLMJudge).from_options(options or {})
         return _CACHE[key]
     if spec == "recognizer" or spec.startswith("recognizer:"):
         judge: Any = RecognizerJudge(spec.partition(":")[2] or None)

@@ -140,7 +140,8 @@ class VLMJudge:
     @property
     def identity(self) -> dict[str, Any]:
         """Which model and prompt produced the judgements (recorded per case)."""
-        return {"judge": self.name, "model": getattr(self.client, "model", None),
+        model = getattr(self.client, "model", None)
+        return {"judge": self.name, "model": model if isinstance(model, str) else self.client.where,
                 "base_url": getattr(self.client, "base_url", None), "prompt": self.prompts.id}
 
     def _messages(self, text: str, visual: dict[str, Any]) -> list[dict[str, Any]]:
@@ -164,6 +165,26 @@ class VLMJudge:
         ref = ("A person did this task in these steps: " + "; ".join(reference) + ".") if reference else ""
         text = self.prompts.render("goal", goal=goal, reference=ref)
         return complete_json(self.client, self._messages(text, image_input(last_frame, self.image_size)), self._goal)
+
+
+class TransformersVLMJudge(VLMJudge):
+    """The VLM judge on a local Qwen2.5-VL / Qwen2-VL through transformers (``--judge transformers-vlm``; extra
+    ``spiral[vlm]``): same prompts, schemas and validation; the step's frames reach the model as one video and
+    decoding is constrained to the answer schema. ``model`` is a local checkpoint folder."""
+
+    name = "transformers-vlm"
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        from spiral.llm.transformers_chat import TransformersChat
+
+        return merged_model(f"{cls.__name__}Options", VLMJudgeOptions, TransformersChat)
+
+    def __init__(self, **options: Any):
+        from spiral.llm.transformers_chat import TransformersChat
+
+        self.backend_class = TransformersChat
+        super().__init__(**options)
 
 
 def step_action_quality(view: Any, judge: Any, reference_plan: list[str] | None = None) -> dict[str, Any]:

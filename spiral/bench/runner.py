@@ -213,7 +213,7 @@ class Bench:
             from spiral.bench.judge import check_judge_world
 
             check_judge_world(self.cfg.judge, str(self.suite.meta.get("world", "tabletop")), self.suite.name)
-            if self.cfg.judge_options or self.cfg.judge == "vlm":  # options checked before anything runs
+            if self.cfg.judge_options or self.cfg.judge in ("vlm", "transformers-vlm"):  # checked before any run
                 from spiral.bench.judge import make_judge
 
                 make_judge(self.cfg.judge, None, self.cfg.judge_options)
@@ -249,7 +249,7 @@ class Bench:
 
     def _judge_warnings(self) -> list[str]:
         """Warn (and record) when the VLM judge is the loop's critic model: then it is not independent."""
-        if self.cfg.judge != "vlm":
+        if self.cfg.judge not in ("vlm", "transformers-vlm"):
             return []
         import logging
 
