@@ -20,6 +20,7 @@ from spiral.types import (
     GenerationRequest,
     Instruction,
     JudgeContext,
+    NextStepQuestion,
     Observation,
     Plan,
     Segment,
@@ -99,6 +100,17 @@ class AvoidsFailures(Protocol):
 
 
 @runtime_checkable
+class ChoosesNextStep(Protocol):
+    """A planner that answers a multiple-choice next-step question (EgoPlan-Bench's form) itself, e.g. a language
+    model shown the four candidates. ``spiral eval planner`` asks it directly; without it the harness plans from
+    the observation and matches the plan's first step to a candidate."""
+
+    def choose(self, question: NextStepQuestion) -> int:
+        """The index (0–3) of the candidate to do next; raise ValueError when the question cannot be answered."""
+        ...
+
+
+@runtime_checkable
 class ObservesState(Protocol):
     """A critic that reads a frame as a symbolic state (for re-planning from what is really on screen); the state
     is a dict or an object with ``to_dict()`` (:class:`StateRecord`, e.g. ``spiral.world.domain.State``)."""
@@ -119,15 +131,6 @@ class RewardsSegments(Protocol):
     clips by it; without it, the mean of the verdict's scores)."""
 
     def reward(self, segment: Segment, sub_action: SubAction, context: JudgeContext | None = None) -> float: ...
-
-
-@runtime_checkable
-class ChoosesSteps(Protocol):
-    """A planner that answers the planner benchmark's multiple-choice questions itself (``spiral.bench.planner_eval``:
-    a question dict with the goal, the scene and four candidate next steps → the index 0–3 of its choice); without
-    it the benchmark plans and matches the plan's first step to a candidate."""
-
-    def choose(self, question: dict[str, Any]) -> int: ...
 
 
 @runtime_checkable

@@ -646,12 +646,21 @@ def train_judge(
 @eval_app.command("critic")
 @friendly
 def eval_critic(
-    data: Path = typer.Option(..., help="labelled dataset folder (spiral data build --failures 0.5 --seed NEW)"),
+    data: Path | None = typer.Option(None, help="labelled dataset folder (spiral data build --failures 0.5 --seed NEW)"),
     degrade: bool = typer.Option(False, help="also judge degraded clips and report the deltas"),
     degradation: str = typer.Option("generator", help="which degradation --degrade applies (see docs/critic_eval.md)"),
-    critic: str = typer.Option("tabletop", help="critic backend name"),
+    critic: str | None = typer.Option(None, help="critic backend name (default: tabletop, or the --config's)"),
     weights: str | None = typer.Option(None, help="recogniser weights for the tabletop critic: a path or 'judge'"),
-    pairs: Path | None = typer.Option(None, help="preference JSONL (default: DATA/pairs.jsonl, built if missing)"),
+    pairs: Path | None = typer.Option(None, help="preference JSONL (default: DATA/pairs.jsonl, built if missing), or "
+                                                 "VideoGen-RewardBench's CSV as published (then no --data)"),
+    videos: Path | None = typer.Option(None, help="with a CSV: the folder its video paths start from (default: the "
+                                                  "CSV's folder)"),
+    score: list[str] = typer.Option([], help="with a CSV: DIM=NAME, the critic score standing for a dimension "
+                                             "(VQ, MQ, TA, Overall; NAME a verdict score or 'overall'; repeatable)"),
+    out: Path | None = typer.Option(None, help="with a CSV: folder for scores.jsonl (resumable) and results.json"),
+    config: Path | None = typer.Option(None, help="with a CSV: run config whose critic section is used"),
+    set_: list[str] = typer.Option([], "--set", help="with a CSV: config override, e.g. critic.options.model=... "
+                                                    "(repeatable)"),
     limit: int | None = typer.Option(None, help="judge only the first N segments"),
     agree_with: str | None = typer.Option(None, help="also run the critic with other weights ('critic', 'judge' or "
                                                      "a path) and report the agreement"),
@@ -659,8 +668,18 @@ def eval_critic(
     json_out: Path | None = typer.Option(None, "--json", help="write all metrics as JSON"),
     threads: int = typer.Option(1, help="torch CPU threads (1 is fastest for small batches on a shared CPU)"),
 ) -> None:
-    """Score a critic on a held-out labelled set: accuracy, false rejects, per-kind recall, confusion, pairs."""
+    """Score a critic on a held-out labelled set (accuracy, false rejects, per-kind recall, confusion, pairs) or on
+    VideoGen-RewardBench's CSV (accuracy with and without ties per dimension, exact and VideoAlign-compatible)."""
     import json
+
+    if pairs is not None and pairs.suffix.lower() == ".csv":
+        if data is not None:
+            raise ValueError("--data and a CSV --pairs file are two different evaluations; give one of them")
+        return _bench_cli.eval_rewardbench(pairs, videos or pairs.parent, critic, score, out, limit, json_out, config,
+                                           list(set_))
+    if data is None:
+        raise ValueError("give --data DIR (a labelled dataset) or --pairs FILE.csv (VideoGen-RewardBench)")
+    critic = critic or "tabletop"
 
     import torch
     from rich.progress import Progress

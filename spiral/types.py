@@ -343,3 +343,18 @@ class RunRecord(_Model):
     costs: dict[str, float] = Field(default_factory=dict)
     resumes: list[dict[str, Any]] = Field(default_factory=list, description=(
         "each resume that changed a setting: {'at': time, 'changed': {key: [old, new]}}"))
+
+
+class NextStepQuestion(_Model):
+    """A multiple-choice next-step question (EgoPlan-Bench's form): given the goal, the steps done so far and the
+    current observation, which of four candidate actions comes next? A planner with the ``ChoosesNextStep``
+    capability (``spiral.agents``) answers it directly; ``spiral.bench.planner_eval`` builds it from a question file."""
+
+    id: str = Field(description="the question's sample_id")
+    goal: str = Field(description="the task goal (EgoPlan's task_goal)")
+    question: str = Field("", description="the question text as published (informational)")
+    choices: list[str] = Field(min_length=4, max_length=4, description="the four candidate next actions, A to D")
+    progress: list[str] = Field(default_factory=list, description="the actions executed so far, oldest first")
+    frame: NDArray | None = Field(None, description="the current observation frame (H×W×3 uint8), when available")
+    state: dict[str, Any] | None = Field(None, description="the symbolic state now, when known (tabletop questions)")
+    world: str | None = Field(None, description="the world the question is set in ('tabletop'), if a known one")

@@ -234,3 +234,20 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
     if size is None:
         return frame.to_ndarray(format="rgb24")
     return frame.reformat(width=size[1], height=size[0], format="rgb24").to_ndarray()
+def read_frame(path: str | Path, index: int) -> np.ndarray:
+    """Decode one frame (0-based, in decoding order) of a video file as H×W×3 uint8, stopping there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    if index < 0:
+        raise ValueError(f"frame index {index} of {path} is negative")
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                if count == index:
+                    return frame.to_ndarray(format="rgb24")
+                count += 1
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot decode video {path}: {e}") from None
+    raise ValueError(f"video {path} has {count} frames; frame {index} does not exist")

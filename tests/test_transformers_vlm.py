@@ -308,3 +308,40 @@ def test_example_config_builds_with_a_local_checkpoint(qwen):
     agents = build_agents(cfg)
     assert agents.planner.name == agents.critic.name == "transformers-vlm"
     assert agents.planner.client.vlm is agents.critic.client.vlm  # one model in memory for both agents
+
+
+def test_planner_answers_a_next_step_question_with_a_constrained_letter(qwen):
+    """The ChoosesNextStep capability on a local VLM: the current frame goes in as an image, a letter comes out."""
+    from spiral.agents import ChoosesNextStep
+    from spiral.types import NextStepQuestion
+
+    p = _planner(qwen, max_tokens=64)
+    frame, _ = _scene()
+    q = NextStepQuestion(id="1", goal="store cereal", choices=["open cupboard", "take cereal bag", "wash hands",
+                                                              "close cupboard"], progress=["take cereal bag"],
+                         frame=frame)
+    assert isinstance(p, ChoosesNextStep)
+    assert p.choose(q) in range(4) and p.client.stats["repairs"] == 0 and p.client.stats["constraint_errors"] == 0
+    inputs = p.client.encode([{"role": "user", "content": [{"type": "text", "text": "x"},
+                                                            {"type": "image", "image": frame, "size": None}]}])
+    assert "pixel_values" in inputs
+
+
+def test_bench_judge_on_a_local_vlm_answers_every_question(qwen):
+    """--judge transformers-vlm: the step's frames go in as one video, the answers come out schema-valid."""
+    from spiral.bench.judge import StepJudge, make_judge
+    from spiral.bench.judge_vlm import GoalAnswer, StepAnswer
+    from spiral.world.domain import State, applicable_actions
+    from spiral.world.render import render_action
+
+    frame, state = _scene()
+    st = State.from_dict(state)
+    action = applicable_actions(st)[0]
+    frames = render_action(st, action, size=64, frames=9).frames
+    judge = make_judge("transformers-vlm", None, {"model": str(qwen), "max_tokens": 200, "frames": 4})
+    assert isinstance(judge, StepJudge) and judge.identity["model"] == str(qwen)
+    a = judge.judge_step(frames, action.text(), GOAL, [])
+    g = judge.judge_goal(frames[-1], GOAL, ["open the box", "put the red block in the box"])
+    assert isinstance(a, StepAnswer) and isinstance(g, GoalAnswer) and 0 <= a.confidence <= 1
+    assert not (a.completed and not a.happened)
+    assert judge.client.stats["constraint_errors"] == 0

@@ -37,7 +37,10 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         ray: str | None = typer.Option(None, help="Ray cluster address (auto, ray://host:port) or 'local'"),
         resume: bool = typer.Option(False, help="continue a benchmark in --out, skipping finished cases"),
         seed: int = typer.Option(0, help="bench seed: each case's loop seed derives from it and the case id"),
-        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | module:factory"),
+        judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | vlm | transformers-vlm | "
+                                                          "module:factory"),
+        judge_set: list[str] = typer.Option([], "--judge-set", help="an option of the VLM judge, key=value, e.g. "
+                                                                    "model=qwen2.5-vl (repeatable)"),
         subject_features: str | None = typer.Option(None, help="judge | pixels | module:factory (DINO, …)"),
         background_features: str | None = typer.Option(None, help="colour-layout | pixels | module:factory (CLIP, …)"),
         features: list[str] = typer.Option([], "--features", help="METRIC=SPEC (repeatable): subject=dino:PATH, "
@@ -58,8 +61,13 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         mode_list = [m.strip() for m in (modes or mode).split(",") if m.strip()]
         if out is None:
             out = Path("runs") / "bench" / f"{Path(suite).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from spiral.config import apply_override
+
+        judge_options: dict = {}
+        for item in judge_set:
+            apply_override(judge_options, item)
         cfg = BenchConfig(suite=suite, out=str(out), modes=mode_list, config=str(config) if config else None,
-                          overrides=list(set_), limit=limit, seed=seed, judge=judge,
+                          overrides=list(set_), limit=limit, seed=seed, judge=judge, judge_options=judge_options,
                           subject_features=subject_features, background_features=background_features,
                           features=FeaturesConfig.parse(features).model_dump(exclude_none=True),
                           workers=workers, ray=ray, resume=resume)
@@ -68,6 +76,8 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         if errors and errors[0].get("stage") == "suite":
             raise ValueError(errors[0]["error"])
         console.print(summary_table(results))
+        for w in results["bench"].get("warnings", []):
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
         for e in errors:
             console.print(f"[red]✗[/] {e['mode']}/{e['case_id']} ({e['stage']}): {e['error']}", highlight=False)
         for e in results["invalid_cases"]:
@@ -89,6 +99,23 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         results = rescore_bench(out, workers)
         console.print(summary_table(results))
         typer.echo(f"results: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
+
+    @app.command("make-suite")
+    @friendly
+    def make_suite_cmd(
+        from_data: Path = typer.Option(..., "--from-data", help="an ActVideoGen-Dataset folder (imported or built)"),
+        out: Path = typer.Option(..., help="the suite file to write (its first frames go to frames/ beside it)"),
+        world: str = typer.Option("real", help="real (scored by --judge vlm), or tabletop for a tabletop dataset"),
+        split: str | None = typer.Option(None, help="only episodes of this split (e.g. test)"),
+        limit: int | None = typer.Option(None, help="only the first N cases"),
+    ) -> None:
+        """Make a suite from a dataset: each episode's first frame, goal and annotated steps (reference plan)."""
+        from spiral.bench.suite_from_data import suite_from_dataset
+
+        path, skipped = suite_from_dataset(from_data, out, world, split=split, limit=limit)
+        for line in skipped[:10]:
+            console.print(f"[yellow]left out[/] {line}", highlight=False)
+        typer.echo(f"suite: {path}")
 
     @app.command("compare")
     @friendly
@@ -155,19 +182,34 @@ def summary_table(results: dict) -> Table:
 
 
 def eval_planner(
-    questions: Path | None = typer.Option(None, help="JSONL of EgoPlan-format questions (default: tabletop set)"),
-    planner: str = typer.Option("symbolic", help="planner backend name"),
+    questions: Path | None = typer.Option(None, help="EgoPlan-Bench JSON as published (EgoPlan_validation.json, "
+                                                     "EgoPlan_Bench_*.json, EgoPlan-Bench2) or JSONL (default: the "
+                                                     "tabletop set)"),
+    planner: str | None = typer.Option(None, help="planner backend name (default: the config's, symbolic)"),
+    config: Path | None = typer.Option(None, help="run config whose planner section is used (default: the embedded "
+                                                  "configs/run/tabletop.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="config override, e.g. planner.options.model=gpt-4o (repeatable)"),
+    epic_kitchens_frames: Path | None = typer.Option(None, help="EPIC-KITCHENS-100 RGB frames folder "
+                                                                "(P01/rgb_frames/P01_13/frame_*.jpg)"),
+    ego4d_videos: Path | None = typer.Option(None, help="Ego4D videos folder (<video_id>.mp4)"),
     n: int | None = typer.Option(None, help="only the first N questions"),
+    predictions: Path | None = typer.Option(None, help="write the answers as EgoPlan's submission JSON "
+                                                       "([{sample_id, label}])"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
-    """Score a planner on multiple-choice next-step questions: accuracy per subset and overall."""
-    from spiral.bench.planner_eval import run_eval
+    """Score a planner on multiple-choice next-step questions (EgoPlan-Bench): accuracy per subset and overall."""
+    from spiral.bench.planner_eval import FrameSources, run_eval
 
-    res = run_eval(questions, planner, n)
+    sources = FrameSources(epic_kitchens=epic_kitchens_frames, ego4d=ego4d_videos)
+    res = run_eval(questions, planner, n, config, list(set_), sources)
+    if predictions:
+        from spiral.atomic import write_text
+
+        write_text(predictions, json.dumps(res["predictions"], indent=1) + "\n")
     if as_json:
-        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+        sys.stdout.write(json.dumps({k: v for k, v in res.items() if k != "predictions"}, indent=2) + "\n")
         return
-    t = Table(title=f"planner {planner}: next-step accuracy")
+    t = Table(title=f"planner {res['planner']}: next-step accuracy")
     t.add_column("subset")
     t.add_column("n", justify="right")
     t.add_column("accuracy", justify="right")
@@ -176,9 +218,48 @@ def eval_planner(
     t.add_row("[bold]overall[/]", str(res["n"]), f"[bold]{res['accuracy']:.3f}[/]" if res["accuracy"] is not None
               else "–")
     console.print(t)
+    if res["n_unlabelled"]:
+        console.print(f"{res['n_unlabelled']} questions have no published answer (answered, not scored)"
+                      + (f"; answers: {predictions}" if predictions else "; --predictions FILE writes the answers"))
     if res["wrong_choice_kinds"]:
         console.print(f"wrong answers picked: {res['wrong_choice_kinds']}", highlight=False)
+    if res["errors"]:
+        console.print(f"[red]{len(res['errors'])} questions could not be answered (counted wrong):[/]")
     for e in res["errors"][:5]:
         console.print(f"[red]✗[/] {e['sample_id']}: {e['error']}", highlight=False)
     for line in res["bad_lines"][:5]:
-        console.print(f"[red]✗[/] {line}", highlight=False)
+        console.print(f"[red]✗[/] skipped {line}", highlight=False)
+
+
+def eval_rewardbench(pairs: Path, videos: Path, critic: str | None, score: list[str], out: Path | None, limit: int | None,
+                     json_out: Path | None, config: Path | None = None, overrides: list[str] | None = None) -> None:
+    """``spiral eval critic --pairs FILE.csv``: VideoGen-RewardBench as published (spiral/bench/rewardbench.py)."""
+    from rich.progress import Progress
+
+    from spiral import registry
+    from spiral.bench import rewardbench as rb
+    from spiral.config import load_config
+
+    mapping = {}
+    for item in score:
+        dim, sep, name = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--score {item!r}: write DIM=NAME, e.g. --score VQ=consistency")
+        mapping[dim.strip()] = name.strip()
+    cfg = load_config(config, ([f"critic.name={critic}"] if critic else []) + list(overrides or []))
+    agent = registry.create("critic", cfg.critic.name, **cfg.critic.options)
+    with Progress(console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("scoring videos", total=None)
+        result = rb.evaluate(agent, pairs, videos, out, mapping, limit,
+                             progress=lambda i, n: prog.update(task, completed=i, total=n))
+    console.print(rb.format_report(result), highlight=False)
+    for e in result["errors"][:5]:
+        console.print(f"[red]✗[/] skipped {e}", highlight=False)
+    if json_out:
+        from spiral.atomic import write_text
+
+        write_text(json_out, json.dumps(result, indent=2))
+        console.print(f"metrics: {json_out}")
+    if result["errors"]:
+        console.print(f"[red]{len(result['errors'])} rows or videos were skipped[/]")
+        raise typer.Exit(1)

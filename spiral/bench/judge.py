@@ -41,6 +41,35 @@ class FeatureExtractor(Protocol):
     def features(self, frames: np.ndarray) -> np.ndarray: ...
 
 
+@runtime_checkable
+class StepJudge(Protocol):
+    """Answers questions about each executed step and the goal (a VLM, ``spiral.bench.judge_vlm``): for videos
+    whose frames have no symbolic state to read. The metrics aggregate its answers instead of reading states."""
+
+    name: str
+
+    def judge_step(self, frames: np.ndarray, step: str, goal: str, done: list[str]) -> Any: ...
+
+    def judge_goal(self, last_frame: np.ndarray, goal: str, reference: list[str] | None = None) -> Any: ...
+
+
+#: judges that ask a vision-language model about each step (spiral.bench.judge_vlm); options from --judge-set
+VLM_JUDGES = ("vlm", "transformers-vlm")
+#: judges that read tabletop states; they refuse a suite of another world
+TABLETOP_JUDGES = ("recognizer", "truth")
+
+
+def is_tabletop_judge(spec: str) -> bool:
+    return spec in TABLETOP_JUDGES or spec.startswith("recognizer:")
+
+
+def check_judge_world(spec: str, world: str, suite: str) -> None:
+    """Refuse to score a suite the judge cannot read (one line naming the fix)."""
+    if is_tabletop_judge(spec) and world != "tabletop":
+        raise ValueError(f"the tabletop judge (--judge {spec}) reads only tabletop frames; suite {suite} is world "
+                         f"{world!r}: use --judge vlm (with --judge-set base_url=... --judge-set model=...)")
+
+
 class JudgeUnavailable(ImportError):
     """The requested judge cannot be built in this checkout (e.g. its weights have not landed)."""
 
@@ -241,8 +270,10 @@ def _first_frame(root: Path) -> np.ndarray:
 _CACHE: dict[str, Any] = {}
 
 
-def make_judge(spec: str, run_dir: str | Path | None = None) -> StateReader:
-    """A judge by spec: ``recognizer`` (default), ``recognizer:PATH``, ``truth`` (per run) or ``module:factory``.
+def make_judge(spec: str, run_dir: str | Path | None = None, options: dict[str, Any] | None = None
+               ) -> StateReader | StepJudge:
+    """A judge by spec: ``recognizer`` (default), ``recognizer:PATH``, ``truth`` (per run), ``vlm`` or
+    ``transformers-vlm`` (a :class:`StepJudge` built from ``options``) or ``module:factory``.
 
     Learned judges are loaded once per process and reused across cases.
     """
@@ -250,13 +281,22 @@ def make_judge(spec: str, run_dir: str | Path | None = None) -> StateReader:
         if run_dir is None:
             raise ValueError("the truth judge reads a run directory; pass run_dir")
         return TruthJudge.from_run(run_dir)
-    if spec in _CACHE:
-        return _CACHE[spec]
+    if options and spec not in VLM_JUDGES:
+        raise ValueError(f"--judge-set options are for --judge vlm or transformers-vlm; the {spec} judge takes none")
+    key = spec + (json.dumps(options, sort_keys=True, default=str) if options else "")
+    if key in _CACHE:
+        return _CACHE[key]
+    if spec in VLM_JUDGES:
+        from spiral.bench.judge_vlm import TransformersVLMJudge, VLMJudge
+
+        _CACHE[key] = (VLMJudge if spec == "vlm" else TransformersVLMJudge).from_options(options or {})
+        return _CACHE[key]
     if spec == "recognizer" or spec.startswith("recognizer:"):
         judge: Any = RecognizerJudge(spec.partition(":")[2] or None)
     else:
         judge = _import(spec)
-        if not callable(getattr(judge, "read_state", None)):
-            raise ValueError(f"{spec!r} is not a judge (needs read_state(frame) -> State)")
-    _CACHE[spec] = judge
+        if not callable(getattr(judge, "read_state", None)) and not isinstance(judge, StepJudge):
+            raise ValueError(f"{spec!r} is not a judge (needs read_state(frame) -> State, or judge_step and "
+                             "judge_goal)")
+    _CACHE[key] = judge
     return judge

@@ -467,10 +467,20 @@ def cost(record: dict) -> dict[str, float | None]:
 
 def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
               interpolate: Interpolator | None = None, motion: Any = None,
-              scorers: Sequence[Any] = ()) -> dict[str, Any]:
+              scorers: Sequence[Any] = (), reference_plan: list[str] | None = None) -> dict[str, Any]:
     """Every metric of one finished run, as a flat JSON-friendly dict (+ per-step lists and counts)."""
+    from spiral.bench.judge import StepJudge
+
     view = load_run(run_dir)
-    aq = action_quality(view, judge)
+    if isinstance(judge, StepJudge):  # a VLM judge answers per step; there are no states to read (judge_vlm.py)
+        from spiral.bench.judge_vlm import step_action_quality
+
+        aq = step_action_quality(view, judge, reference_plan)
+        answers = aq.pop("_answers")
+        aq["_states"] = [None] * (len(view.segments) + 1)
+    else:
+        answers = None
+        aq = action_quality(view, judge)
     states = aq.pop("_states")
     tc = temporal_coherence(view, states, subject, background, interpolate, motion, scorers)
     fa = faithfulness(view, states, aq["step_success_by_index"])
@@ -486,4 +496,5 @@ def score_run(run_dir: str | Path, judge: Any, subject: Any, background: Any,
         "failures": failure_counts(view),
         "run_status": view.record.get("status"),
         "executed_steps": len(view.steps),
+        **({"judge_answers": answers} if answers is not None else {}),
     }

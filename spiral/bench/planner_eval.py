@@ -11,10 +11,16 @@ the executed steps), optional ``subset`` and, for tabletop questions, ``scene`` 
 first frame), ``observation_state`` and ``distractor_kinds``. EgoPlan files may also carry
 ``video_path`` + ``current_observation_frame``; the frame is read when the video exists.
 
-A planner answers by planning from the observation (``replan(goal, observation, history)``)
-and matching its first step to a candidate (exact action, else closest text); a planner with
-a ``choose(question) -> int`` method (an LLM that sees the candidates in its prompt) is asked
-directly. The tabletop set (``suites/tabletop-planner-v1.jsonl``) is made by
+EgoPlan-Bench publishes its validation and test sets as one JSON array per file
+(``EgoPlan_validation.json``, ``EgoPlan_Bench_{EpicKitchens,Ego4D}.json``; EgoPlan-Bench2 likewise), with
+``video_source``, ``video_id`` and ``current_observation_frame``; :func:`load_questions` reads those as
+they are, and :class:`FrameSources` says where the EPIC-KITCHENS frame folders and Ego4D videos are.
+Scoring is EgoPlan's: right answers / questions, per subset (``video_source``) and overall.
+
+A planner with the ``ChoosesNextStep`` capability (``spiral.agents``; the ``llm`` and
+``transformers-vlm`` planners: the candidates in the prompt, the answer a schema-constrained letter) is
+asked directly; any other planner answers by planning from the observation (``replan(goal,
+observation, history)``) and its first step is matched to a candidate (exact action, else closest text). The tabletop set (``suites/tabletop-planner-v1.jsonl``) is made by
 ``python -m spiral.bench.planner_eval --make``: distractors are a step from later in the plan,
 the right verb on the wrong object, and an action that is applicable now but not optimal; a
 distractor that is also an optimal next step is rejected, so every question has one answer.
@@ -33,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from spiral.agents import ChoosesSteps
+from spiral.agents import ChoosesNextStep
 from spiral.bench import seeds
 from spiral.bench.suite import SUITES_DIR
 
@@ -178,51 +184,133 @@ def make_questions(n: int, start: int = seeds.PLANNER_QUESTIONS.start) -> list[d
 
 
 # ---- loading -------------------------------------------------------------------------------------
+CHOICE_FIELDS = tuple(f"choice_{c.lower()}" for c in LETTERS)
+REQUIRED = ("task_goal", *CHOICE_FIELDS)
+FORMATS_HELP = ("eval planner reads EgoPlan-Bench's multiple-choice files as published (EgoPlan_validation.json, "
+                "EgoPlan_Bench_*.json, EgoPlan-Bench2's JSON) or the JSONL of docs/bench.md")
+
+
 @dataclass
 class LoadedQuestions:
-    """Valid questions and, per bad line, why it was skipped."""
+    """Valid questions and, per bad entry (JSON array) or line (JSONL), why it was skipped."""
 
     questions: list[dict[str, Any]]
     errors: list[str]
+    format: str = "jsonl"
 
 
 def load_questions(path: str | Path) -> LoadedQuestions:
-    """Read a JSONL file of EgoPlan-format questions; a malformed line is reported, the rest kept."""
+    """Read a question file: EgoPlan-Bench's JSON array as published, or JSONL with the same fields.
+
+    A bad entry is reported and skipped; a file with no usable question, or of another kind (EgoPlan-IT's
+    training file, a JSON that is not a question list), is a ValueError naming what is wrong.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file not found: {path}")
-    qs, errs = [], []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    text = path.read_text(encoding="utf-8")
+    entries: list[tuple[str, Any]] = []
+    errs: list[str] = []
+    if text.lstrip()[:1] == "[":
+        fmt = "egoplan-json"
         try:
-            q = json.loads(line)
+            data = json.loads(text)
         except json.JSONDecodeError as e:
-            errs.append(f"line {no}: not JSON ({e.msg})")
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); EgoPlan-Bench files are one JSON "
+                             "array of questions") from None
+        entries = [(f"entry {i}", q) for i, q in enumerate(data)]
+    else:
+        fmt = "jsonl"
+        for no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((f"line {no}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                errs.append(f"line {no}: not JSON ({e.msg})")
+    _check_kind(path, [q for _, q in entries if isinstance(q, dict)], errs)
+    qs = []
+    for where, q in entries:
+        problem = _problem(q)
+        if problem:
+            sid = q.get("sample_id") if isinstance(q, dict) else None
+            errs.append(f"{where}{f' (sample_id {sid})' if sid is not None else ''}: {problem}")
             continue
-        missing = [k for k in ("task_goal", "choice_a", "choice_b", "choice_c", "choice_d", "golden_choice_idx")
-                   if k not in q]
-        if missing:
-            errs.append(f"line {no}: missing {', '.join(missing)}")
-            continue
-        if str(q["golden_choice_idx"]).upper() not in LETTERS:
-            errs.append(f"line {no}: golden_choice_idx {q['golden_choice_idx']!r} is not one of A–D")
-            continue
-        q["_line"], q["_root"] = no, str(path.parent)
+        q["_gold"], q["_line"], q["_root"] = _gold(q), where, str(path.parent)
         qs.append(q)
-    return LoadedQuestions(qs, errs)
+    if not qs:
+        raise ValueError(f"{path} has no usable question ({len(errs)} bad): {errs[0] if errs else 'it is empty'}")
+    return LoadedQuestions(qs, errs, fmt)
+
+
+def _check_kind(path: Path, entries: list[dict[str, Any]], errs: list[str]) -> None:
+    """Refuse a file that is not a multiple-choice question set at all, with one line saying what it is."""
+    if not entries or any(all(k in q for k in REQUIRED) for q in entries):
+        return
+    if any("negative_answers" in q for q in entries):
+        raise ValueError(f"{path} is EgoPlan-IT (the instruction-tuning set: one answer and negative answers, no four "
+                         f"choices); {FORMATS_HELP}")
+    missing = [k for k in REQUIRED if not any(k in q for q in entries)]
+    raise ValueError(f"{path} is not an EgoPlan-Bench question file: no entry has {', '.join(missing)} (fields found: "
+                     f"{', '.join(sorted(entries[0])[:12])}); {FORMATS_HELP}")
+
+
+def _problem(q: Any) -> str | None:
+    if not isinstance(q, dict):
+        return f"expected a JSON object, got {type(q).__name__}"
+    missing = [k for k in REQUIRED if k not in q]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if "golden_choice_idx" in q and str(q["golden_choice_idx"]).upper() not in LETTERS:
+        return f"golden_choice_idx {q['golden_choice_idx']!r} is not one of A–D"
+    steps = q.get("task_progress_metadata") or []
+    if not isinstance(steps, list) or not all(isinstance(x, dict) for x in steps):
+        return "task_progress_metadata must be a list of objects with narration_text"
+    n = q.get("current_observation_frame")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        return f"current_observation_frame must be a frame number >= 0, got {n!r}"
+    return None
+
+
+def _gold(q: dict[str, Any]) -> int | None:
+    """The right choice's index: ``golden_choice_idx``, else the choice equal to ``answer``; None in a test file
+    published without answers (the question is answered, not scored)."""
+    if "golden_choice_idx" in q:
+        return LETTERS.index(str(q["golden_choice_idx"]).upper())
+    hits = [i for i, c in enumerate(choices(q)) if "answer" in q and c == str(q["answer"])]
+    return hits[0] if len(hits) == 1 else None
 
 
 def choices(q: dict[str, Any]) -> list[str]:
     return [str(q[f"choice_{c.lower()}"]) for c in LETTERS]
 
 
-# ---- answering -----------------------------------------------------------------------------------
-def observation(q: dict[str, Any]) -> Any:
-    """The observation a planner sees: the current frame (rendered or read from the video) and the state if known."""
-    from spiral.types import Observation
+# ---- the current observation ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameSources:
+    """Where the frames of published EgoPlan questions are, passed by path as EgoPlan's own scripts take them.
 
-    frame = None
+    ``epic_kitchens``: EPIC-KITCHENS-100 RGB frames, ``<root>/P01/rgb_frames/P01_13/frame_0000000760.jpg``;
+    ``ego4d``: Ego4D videos, ``<root>/<video_id>.mp4`` (EgoPlan-Bench2 names the video in its sample_id). A question
+    whose source is not given is answered without a frame.
+    """
+
+    epic_kitchens: Path | None = None
+    ego4d: Path | None = None
+
+
+def _inside(root: Path, rel: Path, what: str) -> Path:
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"frame path {rel} leaves {what} {root}")
+    if not path.is_file():
+        raise FileNotFoundError(f"frame not found: {path} (check {what})")
+    return path
+
+
+def current_frame(q: dict[str, Any], sources: FrameSources = FrameSources()) -> np.ndarray | None:
+    """The question's current observation: rendered from the state for tabletop questions; read from the EPIC-KITCHENS
+    frame folder or the Ego4D video for EgoPlan questions (None when that source was not given)."""
     state = q.get("observation_state")
     if q.get("world") == "tabletop" and state is not None:
         from spiral.world.domain import State
@@ -230,15 +318,53 @@ def observation(q: dict[str, Any]) -> Any:
 
         scene = q.get("scene")
         look = Appearance.sample(scene) if scene is not None else Appearance.default()
-        frame = render_state(State.from_dict(state), appearance=look)
-    elif q.get("video_path") and q.get("current_observation_frame") is not None:
-        video = Path(q.get("_root", ".")) / q["video_path"]
-        if video.is_file():
-            from spiral.video import read_video
+        return render_state(State.from_dict(state), appearance=look)
+    n = q.get("current_observation_frame")
+    if n is None:
+        return None
+    from spiral.video import read_frame
 
-            frames = read_video(video)
-            frame = frames[min(int(q["current_observation_frame"]), len(frames) - 1)]
-    return Observation(frame=frame, state=state)
+    source = str(q.get("video_source") or "").lower()
+    if "epic" in source:
+        if sources.epic_kitchens is None:
+            return None
+        vid = str(q.get("video_id") or "")
+        if not vid:
+            raise ValueError("an EpicKitchens question without video_id")
+        rel = Path(vid.split("_")[0], "rgb_frames", vid, f"frame_{int(n):010d}.jpg")
+        from PIL import Image
+
+        with Image.open(_inside(sources.epic_kitchens, rel, "--epic-kitchens-frames")) as im:
+            return np.asarray(im.convert("RGB"))
+    if source == "ego4d" or (not source and "task_start_frame" in q):  # EgoPlan-Bench2 is built on Ego4D
+        if sources.ego4d is None:
+            return None
+        vid = str(q.get("video_id") or str(q.get("sample_id", "")).split("_")[0])
+        return read_frame(_inside(sources.ego4d, Path(f"{vid}.mp4"), "--ego4d-videos"), int(n))
+    if q.get("video_path"):
+        return read_frame(_inside(Path(q.get("_root", ".")), Path(q["video_path"]), "the question file's folder"),
+                          int(n))
+    return None
+
+
+def observation(q: dict[str, Any], sources: FrameSources = FrameSources()) -> Any:
+    """What a planner sees: the current frame and the state if known."""
+    from spiral.types import Observation
+
+    return Observation(frame=current_frame(q, sources), state=q.get("observation_state"))
+
+
+def progress(q: dict[str, Any]) -> list[str]:
+    return [str(step.get("narration_text", "")) for step in q.get("task_progress_metadata") or []]
+
+
+def as_question(q: dict[str, Any], sources: FrameSources = FrameSources()) -> Any:
+    """The typed question a ``ChoosesNextStep`` planner gets."""
+    from spiral.types import NextStepQuestion
+
+    return NextStepQuestion(id=str(q.get("sample_id", q.get("_line", ""))), goal=str(q["task_goal"]),
+                            question=str(q.get("question") or ""), choices=choices(q), progress=progress(q),
+                            frame=current_frame(q, sources), state=q.get("observation_state"), world=q.get("world"))
 
 
 def history(q: dict[str, Any]) -> list[Any]:
@@ -247,8 +373,7 @@ def history(q: dict[str, Any]) -> list[Any]:
 
     out = []
     lookup = _action_texts()
-    for i, step in enumerate(q.get("task_progress_metadata") or []):
-        text = str(step.get("narration_text", ""))
+    for i, text in enumerate(progress(q)):
         a = lookup.get(text.lower().strip())
         if a is not None:
             out.append(SubAction(id=i, text=text, verb=a.verb, objects=list(a.args)))
@@ -303,14 +428,16 @@ def match_choice(step: Any, options: list[str]) -> int:
     return int(np.argmax(scores))
 
 
-def answer(planner: Any, q: dict[str, Any]) -> int:
-    """The planner's choice (0–3): its ``choose`` hook, or the first step of its plan matched to a candidate."""
-    if isinstance(planner, ChoosesSteps):
-        idx = int(planner.choose(q))
-        if not 0 <= idx < 4:
-            raise ValueError(f"choose() returned {idx}; expected 0–3")
-        return idx
-    obs = observation(q)
+# ---- answering -----------------------------------------------------------------------------------
+def answer(planner: Any, q: dict[str, Any], sources: FrameSources = FrameSources()) -> int:
+    """The planner's choice (0–3): asked directly when it can choose (``ChoosesNextStep``), else the first step of
+    its plan from the observation, matched to a candidate."""
+    if isinstance(planner, ChoosesNextStep):
+        idx = planner.choose(as_question(q, sources))
+        if isinstance(idx, bool) or not isinstance(idx, int | np.integer) or not 0 <= int(idx) < 4:
+            raise ValueError(f"choose() returned {idx!r}; expected an index 0–3")
+        return int(idx)
+    obs = observation(q, sources)
     hist = history(q)
     plan = planner.replan(q["task_goal"], obs, hist) if hist else planner.plan(q["task_goal"], obs)
     if not plan.steps:
@@ -318,43 +445,64 @@ def answer(planner: Any, q: dict[str, Any]) -> int:
     return match_choice(plan.steps[0], choices(q))
 
 
-def evaluate(planner: Any, questions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and per subset; which distractor kinds wrong answers picked; errors per question."""
+def _subset(q: dict[str, Any]) -> str:
+    return str(q.get("subset") or q.get("video_source") or q.get("domain") or "all")
+
+
+def evaluate(planner: Any, questions: list[dict[str, Any]], sources: FrameSources = FrameSources(),
+             progress_cb: Any = None) -> dict[str, Any]:
+    """EgoPlan-Bench's score: accuracy = right answers / questions, per subset (``video_source``) and over all
+    questions; an unanswerable question counts as wrong. Questions published without an answer (a test file) are
+    answered (``predictions``) but not scored."""
     per: dict[str, list[int]] = defaultdict(list)
     picked: Counter = Counter()
-    errors = []
-    for q in questions:
-        gold = LETTERS.index(str(q["golden_choice_idx"]).upper())
-        subset = str(q.get("subset") or q.get("video_source") or "all")
+    errors, predictions = [], []
+    for i, q in enumerate(questions):
+        gold = q["_gold"] if "_gold" in q else _gold(q)
+        sid = q.get("sample_id", q.get("_line"))
         try:
-            idx = answer(planner, q)
+            idx: int | None = answer(planner, q, sources)
         except Exception as e:  # an unanswerable question counts as wrong
-            errors.append({"sample_id": q.get("sample_id", q.get("_line")), "error": f"{type(e).__name__}: {e}"})
-            per[subset].append(0)
+            errors.append({"sample_id": sid, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            idx = None
+        predictions.append({"sample_id": sid, "label": LETTERS[idx] if idx is not None else "N/A"})
+        if progress_cb:
+            progress_cb(i + 1)
+        if gold is None:
             continue
-        per[subset].append(int(idx == gold))
-        if idx != gold:
+        per[_subset(q)].append(int(idx == gold))
+        if idx is not None and idx != gold:
             picked[(q.get("distractor_kinds") or {}).get(LETTERS[idx], "other")] += 1
     allv = [v for vs in per.values() for v in vs]
     return {
         "n": len(allv),
         "accuracy": float(np.mean(allv)) if allv else None,
         "subsets": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(per.items())},
+        "n_unlabelled": len(questions) - len(allv),
         "wrong_choice_kinds": dict(picked),
         "errors": errors,
+        "predictions": predictions,
     }
 
 
-def run_eval(questions: str | Path | None = None, planner: str = "symbolic", n: int | None = None,
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load questions (default: the tabletop set), build the planner by name, score the first ``n``."""
+def run_eval(questions: str | Path | None = None, planner: str | None = None, n: int | None = None,
+             config: str | Path | None = None, overrides: list[str] | None = None,
+             sources: FrameSources = FrameSources(), progress_cb: Any = None) -> dict[str, Any]:
+    """Load questions (default: the tabletop set), build the planner from the run config (``--config``/``--set``,
+    e.g. ``planner.options.model=...``; ``planner`` names it), score the first ``n``."""
     from spiral import registry
+    from spiral.config import load_config
 
+    for flag, root in (("--epic-kitchens-frames", sources.epic_kitchens), ("--ego4d-videos", sources.ego4d)):
+        if root is not None and not Path(root).is_dir():
+            raise FileNotFoundError(f"{flag} folder not found: {root}")
     loaded = load_questions(questions or DEFAULT_QUESTIONS)
     qs = loaded.questions[:n] if n else loaded.questions
-    agent = registry.create("planner", planner, **(options or {}))
-    out = evaluate(agent, qs)
-    out.update(planner=planner, questions=str(questions or DEFAULT_QUESTIONS), bad_lines=loaded.errors)
+    cfg = load_config(config, ([f"planner.name={planner}"] if planner else []) + list(overrides or []))
+    agent = registry.create("planner", cfg.planner.name, **cfg.planner.options)
+    out = evaluate(agent, qs, sources, progress_cb)
+    out.update(planner=cfg.planner.name, questions=str(questions or DEFAULT_QUESTIONS), format=loaded.format,
+               bad_lines=loaded.errors)
     return out
 
 

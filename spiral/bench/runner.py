@@ -50,6 +50,7 @@ class BenchConfig:
     limit: int | None = None
     seed: int = 0
     judge: str = "recognizer"
+    judge_options: dict[str, Any] = field(default_factory=dict)  # --judge-set: the VLM judge's options
     subject_features: str | None = None
     background_features: str | None = None
     features: dict[str, str] = field(default_factory=dict)  # METRIC -> spec (spiral.bench.features.FeaturesConfig)
@@ -59,8 +60,9 @@ class BenchConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for ``--resume`` to reuse earlier results."""
-        return {k: getattr(self, k) for k in ("suite", "config", "overrides", "seed", "judge", "subject_features",
-                                              "background_features", "features")}
+        out = {k: getattr(self, k) for k in ("suite", "config", "overrides", "seed", "judge", "subject_features",
+                                             "background_features", "features")}
+        return {**out, "judge_options": self.judge_options} if self.judge_options else out
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -129,12 +131,15 @@ def score(run_dir: Path, task: dict[str, Any]) -> dict[str, Any]:
     from spiral.bench.metrics import score_run
 
     t = time.perf_counter()
-    judge = make_judge(task["judge"], run_dir)
+    judge = make_judge(task["judge"], run_dir, task.get("judge_options"))
     specs = {**(task.get("features") or {}), **{k: task[f"{k}_features"] for k in ("subject", "background")
                                                  if task.get(f"{k}_features")}}
     ex = make_extractors(specs, judge)
-    out = score_run(run_dir, judge, ex.subject, ex.background, motion=ex.motion, scorers=ex.scorers)
+    out = score_run(run_dir, judge, ex.subject, ex.background, motion=ex.motion, scorers=ex.scorers,
+                    reference_plan=task["case"].get("reference_plan"))
     out["judge"] = getattr(judge, "name", task["judge"])
+    if hasattr(judge, "identity"):
+        out["judge_identity"] = judge.identity
     out["features"], out["vbench_comparable"] = ex.names(), ex.comparability()
     out["score_seconds"] = round(time.perf_counter() - t, 4)
     return out
@@ -163,6 +168,7 @@ class Bench:
         self.results: dict[tuple[str, str], dict] = {}
         self.suite: Suite | None = None
         self.suite_error: str | None = None
+        self.warnings: list[str] = []
 
     # -- bookkeeping
     def result_path(self, mode: str, case_id: str) -> Path:
@@ -211,7 +217,7 @@ class Bench:
         rel = f"{mode}/{case.id}"
         return {"case": case.to_dict(), "mode": mode, "run_dir": str(self.out / rel), "run_rel": rel,
                 "seed": case_seed(cfg.seed, case.id), "config": cfg.config, "overrides": list(cfg.overrides),
-                "judge": cfg.judge, "subject_features": cfg.subject_features,
+                "judge": cfg.judge, "judge_options": dict(cfg.judge_options), "subject_features": cfg.subject_features,
                 "background_features": cfg.background_features, "features": dict(cfg.features)}
 
     def record(self, res: dict[str, Any]) -> None:
@@ -228,9 +234,17 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             self.suite = load_suite(self.cfg.suite).limit(self.cfg.limit)
-        except SuiteError as e:
+            from spiral.bench.judge import check_judge_world
+
+            check_judge_world(self.cfg.judge, str(self.suite.meta.get("world", "tabletop")), self.suite.name)
+            if self.cfg.judge_options or self.cfg.judge in ("vlm", "transformers-vlm"):  # checked before any run
+                from spiral.bench.judge import make_judge
+
+                make_judge(self.cfg.judge, None, self.cfg.judge_options)
+        except (SuiteError, ValueError) as e:
             self.suite_error = str(e)
             return self.write_results()
+        self.warnings = self._judge_warnings()
         self._check_out()
         if self.cfg.resume and not rescore:
             self.load_done()
@@ -257,6 +271,20 @@ class Bench:
         write_report(self.out, results)
         return results
 
+    def _judge_warnings(self) -> list[str]:
+        """Warn (and record) when the VLM judge is the loop's critic model: then it is not independent."""
+        if self.cfg.judge not in ("vlm", "transformers-vlm"):
+            return []
+        import logging
+
+        from spiral.bench.judge_vlm import same_model_warning
+        from spiral.config import load_config
+
+        w = same_model_warning(self.cfg.judge_options, load_config(self.cfg.config, self.cfg.overrides).critic)
+        if w:
+            logging.getLogger("spiral.bench").warning(w)
+        return [w] if w else []
+
     def write_results(self) -> dict[str, Any]:
         """Aggregate every case result into ``results.json`` (atomically)."""
         from spiral.bench.report import summarize
@@ -277,7 +305,8 @@ class Bench:
         results = {
             "bench": {**asdict(self.cfg), "suite_name": suite.name if suite else None,
                       "suite_version": suite.version if suite else None,
-                      "n_cases": len(suite.cases) if suite else 0, "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                      "n_cases": len(suite.cases) if suite else 0, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "warnings": list(self.warnings)},
             "summary": summarize(cases, self.cfg.modes),
             "cases": cases,
             "invalid_cases": invalid,

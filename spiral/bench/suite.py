@@ -49,7 +49,7 @@ TAGS: tuple[str, ...] = ("move", "stack", "box", "open", "close", "lamp", "multi
 PHRASINGS: tuple[str, ...] = ("plain", "filler", "group-pronoun", "pick-place", "tower", "possessive", "coordination",
                               "swap", "next-to", "side-of", "inside", "declarative", "before-after", "numbered",
                               "implicit-order", "ellipsis", "source", "toggle", "lid")
-CASE_FIELDS = ("id", "goal", "scene", "image", "length_class", "n_steps", "tags", "phrasing", "notes")
+CASE_FIELDS = ("id", "goal", "scene", "image", "length_class", "n_steps", "tags", "phrasing", "notes", "reference_plan")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -83,6 +83,7 @@ class Case:
     scene: int | None = None
     image: Path | None = None  # absolute (resolved against the suite's folder)
     phrasing: tuple[str, ...] = ()
+    reference_plan: tuple[str, ...] = ()  # optional: the steps a person took (e.g. a dataset's annotations)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "goal": self.goal, "length_class": self.length_class,
@@ -93,6 +94,8 @@ class Case:
             d["scene"] = self.scene
         if self.image is not None:
             d["image"] = str(self.image)
+        if self.reference_plan:
+            d["reference_plan"] = list(self.reference_plan)
         return d
 
 
@@ -219,6 +222,9 @@ def validate_case(raw: Any, index: int, root: Path, seen: set[str] | None = None
     img_path: Path | None = None
     if (scene is None) == (image is None):
         bad("scene/image", "give exactly one first-frame source", "set 'scene' (a seed) or 'image' (a path)")
+    elif scene is not None and world != "tabletop":
+        bad("scene", f"a scene seed renders a tabletop scene; this suite's world is {world!r}",
+            "give the case's first frame as 'image'")
     elif scene is not None and (isinstance(scene, bool) or not isinstance(scene, int) or scene < 0):
         bad("scene", f"must be a non-negative integer seed, got {scene!r}", "use e.g. 10000042")
     elif image is not None:
@@ -245,6 +251,9 @@ def validate_case(raw: Any, index: int, root: Path, seen: set[str] | None = None
     if not isinstance(phrasing, list) or any(t not in PHRASINGS for t in phrasing):
         unknown = [t for t in phrasing if t not in PHRASINGS] if isinstance(phrasing, list) else phrasing
         bad("phrasing", f"unknown phrasing constructions {unknown!r}", f"use names from {', '.join(PHRASINGS)}")
+    ref = raw.get("reference_plan", [])
+    if not isinstance(ref, list) or not all(isinstance(x, str) and x.strip() for x in ref):
+        bad("reference_plan", "must be a list of step texts", 'write e.g. ["open the drawer", "take the cup"]')
     if errs:
         return None, errs
     if check_plans and world == "tabletop" and scene is not None and goal is not None:
@@ -252,7 +261,7 @@ def validate_case(raw: Any, index: int, root: Path, seen: set[str] | None = None
         if msg:
             return None, [CaseError(index, label, "n_steps", msg, "regenerate the suite or correct n_steps")]
     return Case(id=cid, goal=goal, length_class=lc, n_steps=n, tags=tuple(tags), scene=scene, image=img_path,
-                phrasing=tuple(phrasing)), []
+                phrasing=tuple(phrasing), reference_plan=tuple(ref)), []
 
 
 def _check_image(image: Any, root: Path) -> tuple[Path | None, str]:

@@ -28,7 +28,7 @@ from spiral.llm.client import ChatClient, JsonTask, OutputError, make_client
 from spiral.llm.prompts import load_template
 from spiral.llm.structured import ChatBackend, complete_json, image_input, text_part
 from spiral.options import BackendOptions, merged_model
-from spiral.types import Attempt, Instruction, Observation, Plan, StepFailure, SubAction, TaskGoal
+from spiral.types import Attempt, Instruction, NextStepQuestion, Observation, Plan, StepFailure, SubAction, TaskGoal
 
 log = logging.getLogger("spiral.llm")
 
@@ -90,6 +90,12 @@ def plan_schema(domain: str | None, max_steps: int, max_conditions: int, min_ste
                            "steps": {"type": "array", "minItems": min_steps, "maxItems": max_steps, "items": item}},
             "$defs": {"conditions": conditions}}
 
+
+CHOICE_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": False, "required": ["answer"],
+                                 "properties": {"answer": {"type": "string", "enum": ["A", "B", "C", "D"]}}}
+_CHOICE_SECTIONS = ("system", "question", "repair", "format")
+DEFAULT_QUESTION = ("Considering the progress so far and my current observation, what action should I take next in "
+                    "order to $goal?")
 
 REFINE_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": False, "required": ["text"],
                                  "properties": {"text": _str(2 * TEXT_MAX)}}
@@ -174,6 +180,8 @@ class LLMPlannerOptions(BackendOptions):
     history_limit: int = Field(16, ge=0, description="executed steps shown when re-planning")
     prompt_version: str = Field("v1", description="prompt template version (spiral/prompts/planner_<v>.md)")
     prompt_file: str | None = Field(None, description="a prompt template file of your own")
+    choice_prompt_file: str | None = Field(None, description=(
+        "a prompt template of your own for multiple-choice next-step questions (default spiral/prompts/choice_v1.md)"))
 
 
 class LLMPlanner:
@@ -204,6 +212,7 @@ class LLMPlanner:
         history_limit: int = 16,
         prompt_version: str = "v2",
         prompt_file: str | None = None,
+        choice_prompt_file: str | None = None,
         **client_options: Any,
     ):
         if domain not in (None, "tabletop"):
@@ -221,6 +230,7 @@ class LLMPlanner:
         self.max_steps, self.max_conditions, self.refine_mode = max_steps, max_conditions, refine
         self.history_limit = history_limit
         self.prompts = load_template("planner", prompt_version, prompt_file, required=_SECTIONS)
+        self.choice_prompts = load_template("choice", "v1", choice_prompt_file, required=_CHOICE_SECTIONS)
         self.client: ChatBackend = make_client(f"planner {self.name}", client_options, type(self), self.backend_class)
 
     @property
@@ -278,6 +288,32 @@ class LLMPlanner:
         except OutputError as e:
             log.warning("planner %s: refine fell back to the template rewriter (%s)", self.name, e)
             return Instruction(text=sub_action.text, feedback=feedback)
+
+    def choose(self, question: NextStepQuestion) -> int:
+        """Answer a multiple-choice next-step question (the ``ChoosesNextStep`` capability): the candidates in the
+        prompt, the current frame as an image (``send_image``), the reply a letter constrained by the schema."""
+        from string import Template
+
+        letters = "ABCD"
+        goal = question.goal.strip().rstrip(".")
+        asked = question.question.strip() or Template(DEFAULT_QUESTION).substitute(goal=goal[:1].lower() + goal[1:])
+        done = "\n".join(f"- {p}" for p in question.progress[-self.history_limit:]) if question.progress else "nothing yet"
+        seen = []
+        if question.state is not None:
+            seen.append(f"Observed scene: {_describe_state(question.state, self.domain)}")
+        if self.send_image and question.frame is not None:
+            seen.append("The image shows the current observation.")
+        user = self.choice_prompts.render("question", question=asked, goal=question.goal, progress=done,
+                                          observation="\n".join(seen),
+                                          choices="\n".join(f"{letters[i]}. {c}" for i, c in enumerate(question.choices)))
+        content: Any = user
+        if self.send_image and question.frame is not None:
+            content = [text_part(user), image_input(question.frame, self.image_size)]
+        messages = [{"role": "system", "content": self.choice_prompts.render("system")},
+                    {"role": "user", "content": content}]
+        task = JsonTask("answer", CHOICE_SCHEMA, _choice_index, self.choice_prompts.raw("repair"),
+                        self.choice_prompts.raw("format"))
+        return complete_json(self.client, messages, task)
 
     # -- the validate_plan hook ----------------------------------------------------------------
 
@@ -364,6 +400,13 @@ def _to_plan(data: Any, goal: str, first_id: int) -> Plan:
             raise ValueError(f"steps[{i}] needs a non-empty text and verb")
         out.append(sub)
     return Plan(goal=goal, steps=out, rationale=str(data.get("rationale") or ""))
+
+
+def _choice_index(data: Any) -> int:
+    letter = data.get("answer") if isinstance(data, dict) else None
+    if not isinstance(letter, str) or letter.strip().upper() not in ("A", "B", "C", "D"):
+        raise ValueError('expected {"answer": "A"} with one of the letters A, B, C, D')
+    return "ABCD".index(letter.strip().upper())
 
 
 def _refine_text(data: Any) -> str:
