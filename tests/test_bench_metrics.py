@@ -134,14 +134,15 @@ def test_metric_cost_by_hand():
               "plans": [{}, {}], "accepted": ["a", "b", "c"]}
     assert M.cost(record) == {"generator_calls": 5.0, "critic_calls": 2.0, "planner_calls": 2.0, "accepted_steps": 2.0,
                               "seconds_per_video": 3.5, "generations_per_accepted_step": 2.5,
-                              "calls_per_accepted_step": 3.5}
+                              "calls_per_accepted_step": 3.5, "unverified_steps": 0.0}
+    assert M.cost({**record, "unverified": [{"step": 0}, {"step": 1}]})["unverified_steps"] == 2.0
     # an older record without counts: generations = attempts, kept = accepted list; plan calls from counts
     bare = {"attempts": [{"verdict": None}] * 4, "accepted": ["a", "b"], "counts": {"plan_calls": 3}}
     c = M.cost(bare)
     assert (c["generator_calls"], c["accepted_steps"], c["planner_calls"], c["critic_calls"]) == (4.0, 2.0, 3.0, 0.0)
     assert M.cost({}) == {"generator_calls": 0.0, "critic_calls": 0.0, "planner_calls": 0.0, "accepted_steps": 0.0,
                           "seconds_per_video": 0.0, "generations_per_accepted_step": None,
-                          "calls_per_accepted_step": None}
+                          "calls_per_accepted_step": None, "unverified_steps": 0.0}
 
 
 def test_metric_temporal_coherence_edges():
@@ -175,12 +176,14 @@ def test_metric_temporal_coherence_edges():
 
 def test_metric_faithfulness_edges():
     view = _view([MOVE_RED, MOVE_YELLOW], [S1, S2])
-    empty = {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": []}
+    empty = {"artifact_area": None, "faithful_step_success": None, "faithful_by_index": [], "faithful_frames": []}
     assert M.faithfulness(view, [S0, S1, S2], [1.0, 1.0]) == {"artifact_area": 0.0, "faithful_step_success": 1.0,
-                                                              "faithful_by_index": [1.0, 1.0]}
+                                                              "faithful_by_index": [1.0, 1.0],
+                                                              "faithful_frames": [1.0, 1.0]}
     assert M.faithfulness(view, [S0, S1, S2], [1.0, 0.0])["faithful_by_index"] == [1.0, 0.0]  # judged failure
     half = M.faithfulness(view, [S0, None, S2], [1.0, 1.0])  # an unreadable end: not faithful, not averaged
-    assert half == {"artifact_area": 0.0, "faithful_step_success": 0.5, "faithful_by_index": [0.0, 1.0]}
+    assert half == {"artifact_area": 0.0, "faithful_step_success": 0.5, "faithful_by_index": [0.0, 1.0],
+                    "faithful_frames": [0.0, 1.0]}  # the picture alone, whatever the judge read
     assert M.faithfulness(view, [S0, None, None], [1.0, 1.0])["artifact_area"] is None
     assert M.faithfulness(view, [None, S1, S2], [1.0, 1.0]) == empty  # no anchor state
     assert M.faithfulness(view, [], []) == empty
