@@ -106,7 +106,7 @@ def test_every_builtin_backend_declares_typed_options_matching_its_constructor()
     """The options model is what configs are checked against: every option it declares must reach the
     constructor, and every constructor keyword a config can give must be declared (Python-only objects such as
     a built model or pipeline are not config options)."""
-    from spiral.critics.tabletop import CriticConfig
+    from spiral.critics.tabletop import CriticConfig, TabletopCritic
     from spiral.llm.client import ChatClient
     from spiral.options import options_model, signature_model
 
@@ -119,7 +119,7 @@ def test_every_builtin_backend_declares_typed_options_matching_its_constructor()
             accepted = {f.alias for f in signature_model(cls).model_fields.values()}
             if hasattr(cls, "backend_class"):  # chat agents pass the rest to their transport
                 accepted |= {f.alias for f in signature_model(cls.backend_class or ChatClient).model_fields.values()}
-            if cls.__name__ == "TabletopCritic":  # passes the rest to CriticConfig
+            if issubclass(cls, TabletopCritic):  # passes the rest to CriticConfig (subclasses too)
                 accepted |= set(CriticConfig.model_fields)
             skip = {k for k, owners in python_only.items() if any(c.__name__ in owners for c in cls.__mro__)}
             assert model.model_config.get("extra") == "forbid", (kind, name)
