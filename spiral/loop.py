@@ -26,8 +26,9 @@ commit / retry / re-plan / give up**, then **compose** and **record**. Where the
    after a step failure tells the planner which sub-actions failed (a planner with
    :class:`~spiral.agents.AvoidsFailures` avoids them when another plan reaches the goal); if the re-plan after a
    repeated failure brings the same sub-action straight back, it changed nothing and the step is given up at
-   once. A sub-action given up once is not tried again in the run (a later plan that asks for it again skips
-   it). When the critic asks for a re-plan because the segment left a valid but unexpected state, the segment is
+   once. A sub-action given up once is not tried again from the state it was given up in (a later plan that
+   asks for it there skips it); asked from another state it gets one attempt, kept unverified if it fails, so
+   the closed loop makes every step plan-only would make. When the critic asks for a re-plan because the segment left a valid but unexpected state, the segment is
    kept as what happened and the plan continues from there. Giving up applies the exhausted-budget policy
    ``loop.on_budget_exhausted``: ``keep_best`` keeps the step's best-scoring attempt (the critic's combined
    score; the earliest wins ties) as an *unverified* step and goes on with the plan; ``stop`` ends the run there
@@ -165,6 +166,7 @@ class _Step:
 
     action: ActionKey
     inherited: Signature | None = None  # the failure of the unverified step just before, if any
+    once: str = ""  # why this step gets one attempt only (its action was given up earlier in the run)
     candidates: list[_Candidate] = field(default_factory=list)
     signature: Signature | None = None
     tried: set[str] = field(default_factory=set)
@@ -184,6 +186,7 @@ class RunState:
     stuck: ActionKey | None = None  # the action whose repeated failure made the last re-plan
     inherited: Signature | None = None  # the failure kept with the last unverified step, until one passes
     gave_up: dict[ActionKey, str] = field(default_factory=dict)  # actions given up in this run → where
+    gave_up_from: dict[ActionKey, Any] = field(default_factory=dict)  # → the observed state they started from
     failures: list[StepFailure] = field(default_factory=list)  # every failed sub-action, for re-planning around
     instruction: Instruction = field(default_factory=lambda: Instruction(text=""))  # what the generator is told
     kept_frames: list[np.ndarray] = field(default_factory=list)  # the kept segments, in video order
@@ -339,17 +342,22 @@ class _Run:
             return None
         sub = s.plan.steps[s.step]
         key = _action_key(sub)
+        once = ""
         if s.attempt == 0 and key in s.gave_up:
-            # a sub-action given up earlier in this run is not tried again: what it made is already kept
-            entry = GivenUpStep(sub_action=sub, attempts=0, plan_version=s.version, step=s.step,
-                                reason=f"given up earlier in this run ({s.gave_up[key]}); not tried again")
-            self.record.given_up.append(entry)
-            self.emit({"type": "give_up", "version": s.version, "step": s.step, "given_up": entry,
-                       "policy": self.loop.on_budget_exhausted})
-            s.step += 1
-            return None
+            if self.memory.state == s.gave_up_from.get(key):
+                # asked again from the state it was given up in: what it made there is already kept
+                entry = GivenUpStep(sub_action=sub, attempts=0, plan_version=s.version, step=s.step,
+                                    reason=f"given up earlier in this run ({s.gave_up[key]}) from this same state; "
+                                           "not tried again")
+                self.record.given_up.append(entry)
+                self.emit({"type": "give_up", "version": s.version, "step": s.step, "given_up": entry,
+                           "policy": self.loop.on_budget_exhausted})
+                s.step += 1
+                return None
+            # from another state the step is still needed (plan-only would make it): one attempt, no escalation
+            once = f"given up earlier in this run ({s.gave_up[key]}): one attempt from the new state"
         if s.here is None or s.here.action != key:
-            s.here = _Step(key, s.inherited)
+            s.here = _Step(key, s.inherited, once=once)
         if s.attempt == 0 and s.stuck == key:
             # the re-plan after a repeated failure brought the same sub-action straight back: it changed nothing
             s.stuck = None
@@ -522,6 +530,7 @@ class _Run:
                             attempts=len(tried), plan_version=s.version, step=s.step, reason=reason, kept=kept)
         self.record.given_up.append(entry)
         s.gave_up[_action_key(sub)] = f"step {s.step + 1} of plan v{s.version}"
+        s.gave_up_from[_action_key(sub)] = self.memory.state
         self.emit({"type": "give_up", "version": s.version, "step": s.step, "given_up": entry, "policy": policy})
         if best is None:
             s.stop("budget_exhausted", stop_reason)
@@ -565,6 +574,8 @@ def _respond(decision: str, verdict: Verdict | None, here: _Step, attempt: int, 
     attempt failed the same way as the one before it at this step."""
     if decision == "accept":
         return "accept", "", False
+    if here.once:
+        return "give_up", here.once, False
     signature = failure_signature(verdict)
     repeated = here.signature is not None and signature == here.signature
     if not repeated and here.signature is None and signature == here.inherited:

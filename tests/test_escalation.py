@@ -430,3 +430,22 @@ def test_closed_loop_completes_at_least_as_many_tasks_as_plan_only(tmp_path):
         unverified, kept = r["cost"]["unverified_steps"], r["cost"]["accepted_steps"]
         assert unverified == (kept if r["mode"] == "plan_only" else 0 if r["run_status"] == "success" else unverified)
     assert {r["run_status"] for r in res["cases"] if r["mode"] == "plan_only"} == {"completed_unverified"}
+
+
+def test_a_step_given_up_is_tried_once_more_when_a_later_plan_needs_it_from_another_state(tmp_path):
+    """The generator cannot draw red → box. The goal needs that move twice, from two different states; the first
+    time it is given up after the ladder (kept unverified), the second time it gets exactly one attempt (kept
+    unverified too) instead of being skipped: the closed loop makes every step plan-only makes. Planted bug: skip
+    every action given up before (the old rule) -> the second red → box never happens and this fails."""
+    goal = "put the red block in the box, then put the red block on the far left slot, then put the red block in the box"
+    scene, steps = _scene(goal, lambda s: [_key(x) for x in s].count(("move", ("red_block", "box"))) == 2)
+    rec = run(goal, scene=scene, out=tmp_path / "r", config=ORACLE, overrides=_sets("move red_block box"))
+    red_box = [g for g in rec.given_up if _key(g.sub_action) == ("move", ("red_block", "box"))]
+    assert [g.attempts for g in red_box][:1] == [3] and len(red_box) >= 2, [(g.attempts, g.reason) for g in red_box]
+    again = red_box[1]
+    assert again.attempts == 1 and again.kept and "one attempt from the new state" in again.reason
+    plan = run(goal, scene=scene, out=tmp_path / "p", config=ORACLE, overrides=_sets("move red_block box"),
+               mode="plan_only")
+    made = [base_instruction(a.prompt) for a in rec.attempts]
+    assert all(made.count(s.text) >= 1 for s in plan.plans[0].steps)  # every step plan-only made, made here too
+    assert rec.status == "completed_unverified" and len(rec.accepted) >= len(plan.accepted)
