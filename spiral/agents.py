@@ -191,6 +191,15 @@ class CombinesScores(Protocol):
     def combine(self, scores: dict[str, float]) -> float: ...
 
 
+@runtime_checkable
+class StartsRuns(Protocol):
+    """An agent that remembers something for the length of one run (how it read a scene-relative goal) and forgets
+    it when the loop starts the next run: a bench worker hands the same agents to every case it runs
+    (``spiral.bench.workers``), and a case must not see what an earlier one read."""
+
+    def start_run(self) -> None: ...
+
+
 def observe(critic: CriticAgent, frame: np.ndarray) -> dict | None:
     """The critic's reading of a frame as a symbolic state, if it can read states."""
     if not isinstance(critic, ObservesState):

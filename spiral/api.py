@@ -123,13 +123,15 @@ def run(
     resume: str | Path | None = None,
     overrides: list[str] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    build: Callable[[Config], Agents] = build_agents,
 ) -> RunRecord:
     """Run SPIRAL on a goal from a first frame (an image file or a tabletop scene seed).
 
     Every input is checked before the run folder is created, the agents included (building them loads and
     checks their weights). ``resume`` continues a killed run; anything else given with it must match the run
     (:func:`check_resume`), except ``--set`` of the settings in ``spiral.config.RESUME_SAFE``, which the run
-    then records.
+    then records. ``build`` makes the agents from the run's config (a bench worker passes its
+    :class:`spiral.bench.workers.AgentCache`, which hands the same agents to every case with the same config).
     """
     if resume is not None:
         rd = RunDir(resume)
@@ -139,7 +141,7 @@ def run(
         rd = RunDir.open(resume)
         meta = rd.meta
         task, first, state0 = TaskGoal.read(meta["goal"]), rd.first_frame(), meta.get("initial_state")
-        agents = build_agents(cfg)
+        agents = build(cfg)
         if changes:
             rd.record_resume(changes, dump_config(cfg))
     else:
@@ -162,7 +164,7 @@ def run(
         task = read_goal(cfg, goal)
         out = Path(out) if out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(goal)}"
         RunDir.check_new(out)
-        agents = build_agents(cfg)
+        agents = build(cfg)
         _preflight(agents, cfg, first)
         meta: dict[str, Any] = {"goal": goal, "scene": scene, "image": str(image) if image else None,
                                 "initial_state": state0}

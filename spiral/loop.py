@@ -70,6 +70,7 @@ from spiral.agents import (
     CriticAgent,
     PlanAgent,
     RefinesInstructions,
+    StartsRuns,
     VideoGenerator,
     observe,
 )
@@ -245,6 +246,9 @@ def run_loop(
 
     ``goal``: the goal read once (``spiral.api`` reads it; a string is read here).
     """
+    for agent in (agents.planner, agents.generator, agents.critic):
+        if isinstance(agent, StartsRuns):  # an agent reused from an earlier run forgets what it read there
+            agent.start_run()
     # ---- 1. plan (the plan of version 0, or its replay from the journal) --------------------------------------
     run = _Run(TaskGoal.of(goal), first_frame, agents, cfg, run_dir, initial_state, on_event, hints)
     s = run.state

@@ -35,6 +35,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
         out: Path | None = typer.Option(None, help="output folder (default: runs/bench/<suite>-<time>)"),
         workers: int = typer.Option(1, help="local worker processes"),
         ray: str | None = typer.Option(None, help="Ray cluster address (auto, ray://host:port) or 'local'"),
+        gpus_per_worker: float = typer.Option(0.0, help="GPUs each Ray actor asks for (its agents run on them)"),
         resume: bool = typer.Option(False, help="continue a benchmark in --out, skipping finished cases"),
         seed: int = typer.Option(0, help="bench seed: each case's loop seed derives from it and the case id"),
         judge: str = typer.Option("recognizer", help="recognizer | recognizer:PATH | truth | vlm | transformers-vlm | "
@@ -70,7 +71,7 @@ def make_bench_app(friendly: Callable) -> typer.Typer:
                           overrides=list(set_), limit=limit, seed=seed, judge=judge, judge_options=judge_options,
                           subject_features=subject_features, background_features=background_features,
                           features=FeaturesConfig.parse(features).model_dump(exclude_none=True),
-                          workers=workers, ray=ray, resume=resume)
+                          workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, resume=resume)
         results = run_bench(cfg, progress=not quiet)
         errors = results["errors"]
         if errors and errors[0].get("stage") == "suite":

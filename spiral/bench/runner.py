@@ -9,7 +9,9 @@ Layout of ``OUT``::
     summary.md, *.png            the report (spiral.bench.report)
 
 Results are written by the driver only (workers return them), so local processes and Ray
-workers need no shared results file. Resume skips cases whose result says ``ok``; a case whose
+workers need no shared results file. Each worker builds its agents once and reuses them for every case it runs
+(``spiral.bench.workers``: one agent per kind and config, on the worker's own GPU); each case's result names
+the backends, model ids and device that produced it. Resume skips cases whose result says ``ok``; a case whose
 run was killed mid-way continues from its journal (``api.run(resume=...)``); failed cases run
 again. A bad case never stops the others: its error is recorded in its result.
 """
@@ -32,10 +34,11 @@ import numpy as np
 
 from spiral import atomic
 from spiral.bench.suite import Case, Suite, SuiteError, load_suite
+from spiral.bench.workers import AgentCache
 
 MODES = ("closed_loop", "plan_only", "single_shot")
 _TIMING_KEYS = ("seconds", "seconds_per_video", "finished_at", "score_seconds")
-_PLACE_KEYS = ("worker",)  # where a case ran: differs between local, process-pool and Ray runs
+_PLACE_KEYS = ("worker", "device")  # where a case ran: differs between local, process-pool and Ray runs
 
 
 @dataclass
@@ -56,6 +59,7 @@ class BenchConfig:
     features: dict[str, str] = field(default_factory=dict)  # METRIC -> spec (spiral.bench.features.FeaturesConfig)
     workers: int = 1
     ray: str | None = None
+    gpus_per_worker: float = 0.0  # GPUs each Ray actor asks for (Ray hides the others from it)
     resume: bool = False
 
     def identity(self) -> dict[str, Any]:
@@ -70,22 +74,33 @@ def case_seed(seed: int, case_id: str) -> int:
     return int(np.random.SeedSequence([int(seed), zlib.crc32(case_id.encode())]).generate_state(1)[0] >> 1)
 
 
-# ---- one case (runs in the driver, a spawned process or a Ray worker) --------------------------
-def _init_worker() -> None:
-    """Process-pool initializer: one torch thread per worker (workers share the cores)."""
+# ---- one case (runs in the driver, a spawned process or a Ray actor) --------------------------
+_AGENTS: AgentCache | None = None  # this process's agents when it is a pool worker
+
+
+def _init_worker(counter: Any = None) -> None:
+    """Worker initializer: one torch thread (workers share the cores) and, in a process pool, the worker's
+    number (from the shared ``counter``: worker i takes GPU i mod n) and the agents it keeps between cases."""
+    global _AGENTS
     try:
         import torch
 
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a core dependency
         pass
+    if counter is not None:
+        with counter.get_lock():
+            index, counter.value = counter.value, counter.value + 1
+        _AGENTS = AgentCache(worker=index)
 
 
-def run_case(task: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) one case's loop, then score its run directory with the judge; never raises."""
+def run_case(task: dict[str, Any], agents: AgentCache | None = None) -> dict[str, Any]:
+    """Run (or resume) one case's loop with the worker's ``agents`` (this process's own when not given), then
+    score its run directory with the judge; never raises."""
+    global _AGENTS
     t0 = time.perf_counter()
-    if task.get("threads"):
-        _init_worker()
+    if agents is None:
+        agents = _AGENTS = _AGENTS or AgentCache()
     case = task["case"]
     res: dict[str, Any] = {**_case_fields(case), "mode": task["mode"], "run_dir": task["run_rel"],
                            "seed": task["seed"], "status": "ok", "error": None, "stage": None}
@@ -97,10 +112,15 @@ def run_case(task: dict[str, Any]) -> dict[str, Any]:
         if (run_dir / "record.json").is_file():
             pass  # finished earlier (killed while scoring): score it again
         elif (run_dir / "meta.json").is_file():
-            api.run(resume=run_dir)
+            api.run(resume=run_dir, build=agents.agents)
         else:
             api.run(case["goal"], image=case.get("image"), scene=case.get("scene"), config=task.get("config"),
-                    out=run_dir, seed=task["seed"], mode=task["mode"], overrides=task.get("overrides") or None)
+                    out=run_dir, seed=task["seed"], mode=task["mode"], overrides=task.get("overrides") or None,
+                    build=agents.agents)
+        from spiral.config import load_config
+
+        res["agents"] = agents.describe(load_config(run_dir / "config.yaml"))
+        res["device"] = res["agents"]["generator"].get("device")
         stage = "score"
         res.update(score(run_dir, task))
     except Exception as e:  # a failing case is recorded, the others still run
@@ -160,6 +180,16 @@ class Bench:
                 raise ValueError(f"unknown mode {m!r}; modes: {', '.join(MODES)}")
         if cfg.workers < 1:
             raise ValueError(f"--workers must be ≥ 1, got {cfg.workers}")
+        if cfg.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must be ≥ 0, got {cfg.gpus_per_worker}")
+        if cfg.ray and not cfg.gpus_per_worker:
+            from spiral.bench.workers import cuda_backends
+            from spiral.config import load_config
+
+            cuda = cuda_backends(load_config(cfg.config, cfg.overrides))
+            if cuda:
+                raise ValueError(f"--ray: the {cuda[0]} runs on CUDA, but Ray shows a worker no GPU unless it asks "
+                                 "for one; add --gpus-per-worker 1 (or a fraction, to share a GPU)")
         from spiral.bench.features import check_specs, features_config
 
         check_specs(features_config(cfg.features, cfg.subject_features, cfg.background_features))
@@ -263,8 +293,9 @@ class Bench:
             elif self.cfg.workers > 1:
                 _run_pool(tasks, self.cfg, done)
             else:
+                agents = AgentCache()
                 for t in tasks:
-                    done(run_case(t))
+                    done(run_case(t, agents))
         results = self.write_results()
         from spiral.bench.report import write_report
 
@@ -317,12 +348,14 @@ class Bench:
 
 
 def _run_pool(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None]) -> None:
-    """Spread cases over local processes (spawn: no forked torch state); a dead worker fails only its cases."""
+    """Spread cases over local processes (spawn: no forked torch state); a dead worker fails only its cases.
+    Each process numbers itself from a shared counter (its GPU) and keeps its agents between cases."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker) as pool:
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(ctx.Value("i", 0),)) as pool:
         futures = {pool.submit(run_case, t): t for t in tasks}
         for fut in as_completed(futures):
             try:
@@ -332,8 +365,23 @@ def _run_pool(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None])
             done(res)
 
 
+class _RayWorker:
+    """A Ray actor running cases one at a time with the agents it keeps (made remote by :func:`_run_ray`)."""
+
+    def __init__(self, index: int):
+        self.agents = AgentCache(worker=index)
+
+    def run(self, task: dict[str, Any]) -> dict[str, Any]:
+        _init_worker()
+        return run_case(task, self.agents)
+
+
 def _run_ray(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None]) -> None:
-    """Spread cases over a Ray cluster (``--ray auto|ray://host:port``) or a local one (``--ray local``)."""
+    """Spread cases over a Ray cluster (``--ray auto|ray://host:port``) or a local one (``--ray local``).
+
+    ``--workers`` actors (by default as many as the cluster has CPUs, or GPUs over ``--gpus-per-worker``), each
+    asking for one CPU and ``gpus_per_worker`` GPUs and keeping its agents; each runs one case at a time and gets
+    the next when it returns one. An actor that dies fails its case and is replaced."""
     try:
         import ray
     except ImportError:
@@ -346,19 +394,40 @@ def _run_ray(tasks: list[dict], cfg: BenchConfig, done: Callable[[dict], None]) 
             ray.init(address=cfg.ray, log_to_driver=False)
         started = True
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_case)
-        refs = {remote.remote({**t, "threads": 1}): t for t in tasks}
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+        actor = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker, max_restarts=0)(_RayWorker)
+        actors = [actor.remote(i) for i in range(min(len(tasks), _ray_workers(ray, cfg)))]
+        queue, running = list(tasks), {}
+
+        def submit(i: int) -> None:
+            if queue:
+                t = queue.pop(0)
+                running[actors[i].run.remote(t)] = (i, t)
+
+        for i in range(len(actors)):
+            submit(i)
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            i, t = running.pop(ready[0])
             try:
                 res = ray.get(ready[0])
-            except Exception as e:  # the worker died
-                res = _crashed(refs[ready[0]], e)
+            except Exception as e:  # the actor died: its case fails, a new actor takes its place
+                res = _crashed(t, e)
+                actors[i] = actor.remote(i)
             done(res)
+            submit(i)
     finally:
         if started:
             ray.shutdown()
+
+
+def _ray_workers(ray: Any, cfg: BenchConfig) -> int:
+    """How many Ray actors: ``--workers`` when given, else what the cluster holds (its CPUs, or its GPUs over
+    ``--gpus-per-worker``)."""
+    if cfg.workers > 1:
+        return cfg.workers
+    have = ray.cluster_resources()
+    n = have.get("GPU", 0) / cfg.gpus_per_worker if cfg.gpus_per_worker else have.get("CPU", 1)
+    return max(1, int(n))
 
 
 def _crashed(task: dict, e: BaseException) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class WorldGenerator:
         self._recognizer = None
         self._goals: dict = {}  # single_shot: goal text → its reading in the first state ("swap …" is read once)
 
+    def start_run(self) -> None:
+        """A new run: goal readings of the last one are forgotten (the same words may mean other moves there)."""
+        self._goals.clear()
+
     def _state(self, request: GenerationRequest) -> State:
         if self.read_state == "memory" and request.state is not None:
             return State.from_dict(request.state)

@@ -693,6 +693,10 @@ class SymbolicPlanner:
             return got is not None and got.satisfied(_as_state(observation))
         return g.satisfied(_as_state(observation))
 
+    def start_run(self) -> None:
+        """A new run: goal readings of the last one are forgotten (a resumed run's re-plan reads its own scene)."""
+        self._resolved.clear()
+
     def plan(self, goal: TaskGoal | str | Goal, observation: State | dict | Any) -> Plan:
         """Plan every stage of ``goal`` from the observed state (which a scene-relative goal is read against)."""
         g, state = _as_goal(goal), _as_state(observation)
