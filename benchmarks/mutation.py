@@ -156,11 +156,11 @@ TARGETS: dict[str, Target] = {
     ),
     "loop": Target(
         file="spiral/loop.py",
-        functions=["run_loop"],
-        tests=["tests/test_loop.py", "-k", "not sigkill and not demo"],
-        rerun_after_merge=True,
-        note="the loop's decision logic is being rewritten (i21-loop): re-run after the merge and name the "
-             "decision functions here",
+        functions=["_respond", "_best", "_final_status", "failure_signature", "_Run.current_step",
+                   "_Run.give_up"],
+        tests=["tests/test_escalation.py", "tests/test_loop.py", "-k", "not sigkill and not demo and not killed"],
+        note="the loop's decision logic: the response to a verdict (escalation ladder, budgets, give up), the best "
+             "attempt, the final status, a given-up step asked again",
     ),
 }
 
