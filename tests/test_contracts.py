@@ -118,6 +118,7 @@ def test_one_combination_of_the_scores_for_the_critic_the_loop_and_grpo():
     assert combine_scores(scores, GRPOConfig().reward_weights) == pytest.approx(1.75 / 4)  # GRPO's default: equal
     assert combine_scores(scores, {"action": 2.0, "consistency": 2.0}) == pytest.approx((2.0 + 0.5) / 4)
     assert combine_scores(scores, {"action": 0.0}) == 0.0
+    assert combine_scores({}) == 0.0  # no scores, no weights: 0, not NaN (a mutant kept NaN or 1.0 here)
     verdict = Verdict(scores=scores, passed=False, decision="refine")
     assert _score(critic, verdict) == critic.combine(scores)  # keep_best ranks by the critic's own combination
 
