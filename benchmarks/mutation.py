@@ -158,7 +158,8 @@ TARGETS: dict[str, Target] = {
         file="spiral/loop.py",
         functions=["_respond", "_best", "_final_status", "failure_signature", "_Run.current_step",
                    "_Run.give_up"],
-        tests=["tests/test_escalation.py", "tests/test_loop.py", "-k", "not sigkill and not demo and not killed"],
+        tests=["tests/test_loop_decisions.py", "tests/test_escalation.py", "tests/test_loop.py", "-k",
+               "not sigkill and not demo and not killed"],
         note="the loop's decision logic: the response to a verdict (escalation ladder, budgets, give up), the best "
              "attempt, the final status, a given-up step asked again",
     ),
