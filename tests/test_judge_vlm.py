@@ -9,7 +9,6 @@ images is built by the test (smooth colour fields with blobs: no tabletop render
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -108,26 +107,9 @@ def test_make_suite_from_a_dataset(tmp_path):
 
 
 # ---- against the loopback server ------------------------------------------------------------------------------
-def _need_llama() -> None:
-    why = None
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        why = "llama-cpp-python[server] is not installed"
-    if why is None and llama_tools.find_sdist() is None:
-        why = "the llama-cpp-python sdist (converter) is not cached"
-    if why:
-        msg = f"{why}; run `make llama-cpp` (builds the wheel once into .cache/wheels)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _need_llama()
-    model = llama_tools.build_tiny_gguf()
-    srv = llama_tools.start_server(model, tmp_path_factory.mktemp("llama") / "server.log", api_key=FAKE_KEY)
+    srv = llama_tools.serve_tiny(tmp_path_factory.mktemp("llama"), FAKE_KEY)
     yield srv
     srv.stop()
 

@@ -128,25 +128,9 @@ def test_sample_indices():
 # -- against a real llama.cpp server ---------------------------------------------------------------
 
 
-def _need_llama() -> None:
-    why = None
-    try:
-        import llama_cpp  # noqa: F401
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        why = "llama-cpp-python[server] is not installed"
-    if why is None and llama_tools.find_sdist() is None:
-        why = "the llama-cpp-python sdist (converter) is not cached"
-    if why:  # a skip fails under CI (tests/conftest.py), where `make test` installs both
-        pytest.skip(f"{why}; run `make llama-cpp` (builds the wheel once into .cache/wheels)")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _need_llama()
-    model = llama_tools.build_tiny_gguf()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    srv = llama_tools.start_server(model, log, api_key=FAKE_KEY)
+    srv = llama_tools.serve_tiny(tmp_path_factory.mktemp("llama"), FAKE_KEY)
     yield srv
     srv.stop()
 
