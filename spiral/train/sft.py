@@ -220,12 +220,13 @@ def make_accelerator(cfg: SFTConfig, device: str) -> Any:
     the pipeline itself (device, offloading), so accelerate moves nothing (``device_placement=False``).
     """
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    # accelerate keeps its settings in a process-wide singleton that refuses a second, different Accelerator; the
-    # CLI builds one trainer per process, the Python API (tests, notebooks) several in turn
-    AcceleratorState._reset_state()
+    # accelerate keeps its settings in process-wide singletons that refuse a second, different Accelerator (and
+    # carry the last one's distributed type over); the CLI builds one trainer per process, the Python API (tests,
+    # notebooks) several in turn. The process group itself stays up.
+    AcceleratorState._reset_state(reset_partial_state=True)
     plugin = None
     if cfg.distributed == "fsdp":
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
@@ -248,6 +249,7 @@ def make_accelerator(cfg: SFTConfig, device: str) -> Any:
             plugin.set_mixed_precision(cfg.mixed_precision)
         acc.state.fsdp_plugin = plugin
         acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState.__init__ does
     return acc
 
 
