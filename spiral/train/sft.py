@@ -16,11 +16,22 @@ for CogVideoX), computed through the adapter's mirror of its pipeline (condition
 Only the transformer is trained: peft LoRA on its attention projections (saved in the format diffusers'
 ``load_lora_weights`` reads, :func:`spiral.generators.diffusers.lora.save_lora`) or all of its weights.
 
-Several processes (``torchrun --nproc_per_node N``): each rank takes ``LOCAL_RANK``'s device (``cuda:<rank>`` on a
-GPU machine), its own share of the data (every N-th example of a permutation all ranks agree on) and its own noise;
-gradients are averaged with ``torch.distributed.all_reduce`` (gloo on CPU, nccl on CUDA) before each update. Not
-DDP-wrapped: the adapters call their transformer directly (``pipe.transformer``), and the explicit all-reduce is the
-same arithmetic.
+Several processes (``torchrun --nproc_per_node N -m spiral.cli train sft ...``, or ``accelerate launch --multi_gpu
+--num_processes N -m spiral.cli train sft ...`` on GPUs) go through HF Accelerate (:func:`make_accelerator`): it
+starts the process group (nccl on CUDA, gloo on CPU), each rank computes on ``LOCAL_RANK``'s device
+(:func:`spiral.train.common.rank_device`: ``cuda:<rank>``), takes its own share of the data (every N-th example of
+a permutation all ranks agree on) and its own noise. ``distributed: ddp`` wraps the transformer (the LoRA-carrying
+module) in DistributedDataParallel: rank 0's weights are broadcast at the start and gradients averaged in
+backward; the adapters call the transformer through that wrapper (``denoiser_wrapper``), since DDP's hooks fire
+only on calls through it. ``distributed: fsdp`` shards the transformer's blocks, gradients and optimizer state
+with accelerate's FSDP2 plugin (torch ``fully_shard``); checkpoints and the LoRA export gather the shards into
+whole tensors, so a run folder looks the same either way. The ``batch_size`` micro-batches of a step are
+accumulated by accelerate (``accumulate``: no gradient sync until the last one) and ``mixed_precision: bf16``
+is accelerate's autocast. One process runs the same code with nothing wrapped: the same numbers as a plain torch
+loop (tested). On gloo CPU ranks accelerate would drop its FSDP plugin; :func:`make_accelerator` installs it as
+accelerate does on GPUs, so the tests run the FSDP path on CPU. Checkpoints stay in the trainers' shared format
+(:mod:`spiral.train.common`: safetensors + a ``weights_only`` state file) rather than ``accelerator.save_state``,
+which pickles the random states and unpickles them on load.
 """
 
 from __future__ import annotations
@@ -369,9 +380,11 @@ class SFTTrainer:
 
             done = isinstance(self.model, FSDPModule) if self.fsdp else isinstance(self.wrapped, DistributedDataParallel)
             if not done or (self.cfg.distributed == "fsdp") != self.fsdp:
-                raise RuntimeError(f"accelerate did not apply distributed: {self.cfg.distributed} to the transformer "
-                                   f"({acc.distributed_type.value}, {type(self.wrapped).__name__}); fix: report this "
-                                   "with `accelerate env`")
+                raise RuntimeError(f"distributed: {self.cfg.distributed} was asked but accelerate set up "
+                                   f"{acc.distributed_type.value} ({type(self.wrapped).__name__}); fix: choose the "
+                                   "strategy with the config's distributed: field and launch with torchrun or a plain "
+                                   "`accelerate launch --multi_gpu` (no --use_fsdp / --use_deepspeed / accelerate "
+                                   "config file strategy)")
         if self.wrapped is not self.model:
             self.adapter.denoiser_wrapper = self.wrapped
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}

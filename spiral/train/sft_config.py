@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spiral.config import BackendConfig
 
@@ -114,6 +114,11 @@ class SFTConfig(BaseModel):
     sample_every: int = Field(0, ge=0, description="a validation video in samples/ every N steps (0: off)")
     sample_steps: int = Field(20, ge=1, description="denoising steps of a validation sample")
     tensorboard: bool = Field(True, description="TensorBoard scalars in tb/ when tensorboard is installed")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads an unquoted `no` as false
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
