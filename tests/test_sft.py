@@ -396,6 +396,17 @@ def test_fsdp_with_full_fine_tuning_is_one_line(tiny, data, tmp_path):
     assert "Traceback" not in res.output and not (tmp_path / "o").exists()
 
 
+def test_offloading_is_refused_with_several_processes(tiny, data, tmp_path):
+    from spiral.train.sft import check_processes
+
+    for offload in ("model", "group"):
+        cfg = config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "o", **{"generator.options.cpu_offload": offload})
+        check_processes(cfg, 1)  # one process: offloading is how a large model fits
+        with pytest.raises(ValueError, match=f"cpu_offload: {offload} cannot be combined with 2 processes.*fix: drop"):
+            check_processes(cfg, 2)
+    check_processes(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "o"), 2)
+
+
 def test_cuda_and_dtype_mistakes_name_the_fix(tiny):
     from spiral import registry
 
@@ -546,12 +557,14 @@ def test_torchrun_ddp_and_fsdp_keep_the_ranks_in_step(tiny, tmp_path):
     wan = tiny["wan21-i2v"]
     torchrun(tmp_path, [
         {"sets": sets("wan21-i2v", wan, data, tmp_path / "ddp", steps=3), "dump": str(tmp_path / "d_ddp")},
-        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp", steps=3, distributed="fsdp", sample_every=3,
-                      sample_steps=1), "dump": str(tmp_path / "d_fsdp")},
-        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp2", steps=2, distributed="fsdp"),
+        *[{"sets": sets(name, tiny[name], data, tmp_path / name, steps=2), "dump": str(tmp_path / f"d_{name}")}
+          for name in ("cogvideox-i2v", "ltx-i2v")],  # each adapter's transformer call goes through the wrapper
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp", steps=3, distributed="fsdp", ema_decay=0.5,
+                      sample_every=3, sample_steps=1), "dump": str(tmp_path / "d_fsdp")},
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp2", steps=2, distributed="fsdp", ema_decay=0.5),
          "dump": str(tmp_path / "d_half")},
-        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp2", steps=3, distributed="fsdp"), "resume": True,
-         "dump": str(tmp_path / "d_resumed")},
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp2", steps=3, distributed="fsdp", ema_decay=0.5),
+         "resume": True, "dump": str(tmp_path / "d_resumed")},
     ])
     info, weights = ranks(tmp_path / "d_ddp")
     assert [i["type"] for i in info] == ["MULTI_CPU"] * 2 and info[0]["wrapped"] == "DistributedDataParallel"
@@ -561,6 +574,10 @@ def test_torchrun_ddp_and_fsdp_keep_the_ranks_in_step(tiny, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(set(r["examples"][0]).isdisjoint(r["examples"][1]) for r in log)
+    for name in ("cogvideox-i2v", "ltx-i2v"):
+        _, w = ranks(tmp_path / f"d_{name}")
+        assert w[0] and all(torch.equal(w[0][n], w[1][n]) for n in w[0]), name
+        assert any(t.abs().sum() > 0 for n, t in w[0].items() if "lora_B" in n), name
 
     finfo, fweights = ranks(tmp_path / "d_fsdp")
     assert [i["type"] for i in finfo] == ["FSDP"] * 2 and finfo[0]["model"].startswith("FSDP")
@@ -570,8 +587,12 @@ def test_torchrun_ddp_and_fsdp_keep_the_ranks_in_step(tiny, tmp_path):
     for n in weights[0]:
         torch.testing.assert_close(fweights[0][n], weights[0][n], rtol=1e-3, atol=1e-5)
     assert (tmp_path / "fsdp" / "samples" / "step_000003.mp4").is_file()
-    from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
+
+    ema = load_file(str(tmp_path / "fsdp" / "checkpoint" / "ema.safetensors"))  # gathered whole, not a shard
+    assert ema.keys() == fweights[0].keys() and all(ema[n].shape == fweights[0][n].shape for n in ema)
+    assert any(not torch.equal(ema[n], fweights[0][n]) for n in ema if "lora_B" in n)  # an average, not the live
+    from diffusers import DiffusionPipeline
 
     from spiral.generators.diffusers.lora import WEIGHT_NAME
 

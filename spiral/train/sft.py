@@ -264,6 +264,16 @@ def make_accelerator(cfg: SFTConfig, device: str) -> Any:
     return acc
 
 
+def check_processes(cfg: SFTConfig, world: int) -> None:
+    """Refuse, before any weight loads, what cannot run over ``world`` processes: an offloaded transformer moves
+    between CPU and GPU, which DDP (device-bound) and FSDP (its own placement) cannot wrap."""
+    offload = cfg.generator.options.get("cpu_offload", False)
+    if world > 1 and offload not in (False, None, "none"):
+        raise ValueError(f"generator.options.cpu_offload: {offload} cannot be combined with {world} processes "
+                         f"(distributed: {cfg.distributed} needs the transformer on each rank's GPU); fix: drop "
+                         "cpu_offload and use distributed: fsdp to shard the transformer, or train in one process")
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of an FSDP shard (a collective: every rank calls it in the same order); others as given."""
     from torch.distributed.tensor import DTensor
@@ -295,6 +305,7 @@ class SFTTrainer:
         device = rank_device(str(cfg.generator.options.get("device", "auto")))
         self.accelerator = make_accelerator(cfg, device)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        check_processes(cfg, self.world)
         self._check_out(resume)  # refuses a bad --resume / an occupied out before any weight loads
         self.examples = load_examples(cfg)  # and a bad dataset
         self.adapter = registry.create("generator", cfg.generator.name, **{**cfg.generator.options, "device": device})
