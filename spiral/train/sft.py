@@ -246,9 +246,9 @@ def make_accelerator(cfg: SFTConfig, device: str) -> Any:
                       gradient_accumulation_steps=cfg.batch_size, fsdp_plugin=plugin)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if acc.num_processes != launched:
-        raise RuntimeError(f"{launched} processes were launched but accelerate runs {acc.num_processes} "
-                           f"({acc.distributed_type.value}, generator.options.device {device!r}); fix: set "
-                           "generator.options.device to cpu or cuda to match the machine")
+        raise ValueError(f"{launched} processes were launched but accelerate runs {acc.num_processes} "
+                         f"({acc.distributed_type.value}, generator.options.device {device!r}); fix: set "
+                         "generator.options.device to cpu or cuda to match the machine")
     if plugin is not None and acc.num_processes > 1 and acc.distributed_type != DistributedType.FSDP:
         if acc.distributed_type != DistributedType.MULTI_CPU:
             raise ValueError(f"distributed: fsdp is not available to accelerate's {acc.distributed_type.value} "
@@ -261,6 +261,13 @@ def make_accelerator(cfg: SFTConfig, device: str) -> Any:
         acc.state.fsdp_plugin = plugin
         acc.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState.__init__ does
+    got = acc.distributed_type
+    if acc.num_processes > 1 and ((got == DistributedType.FSDP) != (cfg.distributed == "fsdp")
+                                  or got in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)):
+        raise ValueError(f"distributed: {cfg.distributed} was asked but accelerate's launch settings chose {got.value}; "
+                         "fix: choose the strategy with the config's distributed: field and launch with torchrun or a "
+                         "plain `accelerate launch --multi_gpu` (no --use_fsdp / --use_deepspeed / strategy in an "
+                         "accelerate config file)")
     return acc
 
 
@@ -391,11 +398,9 @@ class SFTTrainer:
 
             done = isinstance(self.model, FSDPModule) if self.fsdp else isinstance(self.wrapped, DistributedDataParallel)
             if not done or (self.cfg.distributed == "fsdp") != self.fsdp:
-                raise RuntimeError(f"distributed: {self.cfg.distributed} was asked but accelerate set up "
-                                   f"{acc.distributed_type.value} ({type(self.wrapped).__name__}); fix: choose the "
-                                   "strategy with the config's distributed: field and launch with torchrun or a plain "
-                                   "`accelerate launch --multi_gpu` (no --use_fsdp / --use_deepspeed / accelerate "
-                                   "config file strategy)")
+                raise ValueError(f"distributed: {self.cfg.distributed} was asked but accelerate prepared "
+                                 f"{type(self.wrapped).__name__} ({acc.distributed_type.value}); fix: report it with "
+                                 "the output of `accelerate env`")
         if self.wrapped is not self.model:
             self.adapter.denoiser_wrapper = self.wrapped
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
