@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,64 @@ def test_resume_takes_exactly_the_next_step(tiny, data, tmp_path, name):
     assert len(resumed) == 2
     np.testing.assert_allclose(resumed, straight[2:], rtol=1e-5)
     assert straight[2] != straight[3]
+
+
+def test_one_process_steps_are_the_plain_torch_steps(tiny, data, tmp_path):
+    """Without torchrun, accelerate's path (accumulate over batch_size micro-batches, backward, clip, step) computes
+    exactly the plain loop: each example's loss / batch_size backward, then clip, AdamW and EMA once per step. Same
+    seed, same model: the same losses and the same weights after three steps."""
+    from spiral.train.sft import SFTTrainer, flow_matching_loss
+
+    kw = {"steps": 3, "batch_size": 2, "ema_decay": 0.9, "warmup_steps": 2, "cache_latents": True}
+    res = (tr := SFTTrainer(config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "a", **kw))).run()
+    ref = SFTTrainer(config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "b", **kw))
+    assert ref.wrapped is ref.model and ref.adapter.denoiser_wrapper is None  # one process: nothing wraps it
+    cfg, params = ref.cfg, list(ref.params.values())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    ema = {n: p.detach().clone() for n, p in ref.params.items()}
+    losses = []
+    for step in range(cfg.steps):
+        ref.model.train()
+        for g in opt.param_groups:
+            g["lr"] = ref.lr_at(step)
+        total = 0.0
+        for micro in range(cfg.batch_size):
+            inputs, x0 = ref._inputs(ref.order(step, micro))
+            loss, _ = flow_matching_loss(ref.adapter, inputs, x0, cfg, ref.generator)
+            (loss / cfg.batch_size).backward()
+            total += float(loss.detach()) / cfg.batch_size
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for n, p in ref.params.items():
+            ema[n] += (1 - cfg.ema_decay) * (p.detach() - ema[n])
+        losses.append(total)
+    np.testing.assert_allclose(res["losses"], losses, rtol=1e-6)
+    assert len(set(losses)) == 3
+    for n, p in tr.params.items():
+        torch.testing.assert_close(p, ref.params[n], rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(tr.ema[n], ema[n], rtol=1e-6, atol=1e-8)
+
+
+def test_mixed_precision_bf16_runs_the_transformer_under_autocast(tiny, data, tmp_path):
+    """mixed_precision: bf16 (accelerate's autocast): the transformer's layers compute in bf16 while its weights
+    and the LoRA stay float32, the loss comes back float32 and the step trains; the default computes in float32."""
+    from spiral.train.sft import SFTTrainer
+
+    def layer_dtypes(tr) -> set[torch.dtype]:
+        seen: set[torch.dtype] = set()
+        layer = next(m for n, m in tr.model.named_modules() if n.endswith("attn1.to_q"))
+        handle = layer.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+        rec = tr.train_step()
+        handle.remove()
+        assert np.isfinite(rec["loss"]) and rec["grad_norm"] > 0
+        return seen
+
+    tr = SFTTrainer(config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "bf16", mixed_precision="bf16"))
+    assert layer_dtypes(tr) == {torch.bfloat16}
+    assert {p.dtype for p in tr.model.parameters()} == {torch.float32}
+    plain = SFTTrainer(config("wan21-i2v", tiny["wan21-i2v"], data, tmp_path / "fp32"))
+    assert layer_dtypes(plain) == {torch.float32}
 
 
 def test_full_fine_tuning_with_ema_exports_a_pipeline_and_samples(tiny, data, tmp_path):
@@ -327,6 +386,27 @@ def test_bad_sft_configs_are_one_line(tiny, data, tmp_path):
     assert res.exit_code == 2 and "no manifest.jsonl" in res.output and not (tmp_path / "o").exists()
 
 
+def test_fsdp_with_full_fine_tuning_is_one_line(tiny, data, tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"data: {data}\nout: {tmp_path / 'o'}\ngenerator:\n  name: wan21-i2v\n  options:\n"
+                   f"    model: {tiny['wan21-i2v']}\nmode: full\ndistributed: fsdp\n")
+    res = _cli(["train", "sft", "--config", str(cfg)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "distributed: fsdp trains LoRA only" in text and "fix: mode: lora" in text, text
+    assert "Traceback" not in res.output and not (tmp_path / "o").exists()
+
+
+def test_offloading_is_refused_with_several_processes(tiny, data, tmp_path):
+    from spiral.train.sft import check_processes
+
+    for offload in ("model", "group"):
+        cfg = config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "o", **{"generator.options.cpu_offload": offload})
+        check_processes(cfg, 1)  # one process: offloading is how a large model fits
+        with pytest.raises(ValueError, match=f"cpu_offload: {offload} cannot be combined with 2 processes.*fix: drop"):
+            check_processes(cfg, 2)
+    check_processes(config("ltx-i2v", tiny["ltx-i2v"], data, tmp_path / "o"), 2)
+
+
 def test_cuda_and_dtype_mistakes_name_the_fix(tiny):
     from spiral import registry
 
@@ -412,3 +492,117 @@ def test_torchrun_two_ranks_train_on_different_examples(tiny, tmp_path):
     for r in log:
         assert len(r["examples"]) == 2 and set(r["examples"][0]).isdisjoint(r["examples"][1]), r["examples"]
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+# the runs of one torchrun launch, one after another in the same two processes; each rank writes what it holds
+RANKS_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
+
+from spiral.train.sft import SFTTrainer, load_config
+
+torch.set_num_threads(1)
+for run in json.loads(Path(sys.argv[1]).read_text()):
+    tr = SFTTrainer(load_config(None, run["sets"]), resume=run.get("resume", False))
+    res = tr.run()
+    whole = {{n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for n, p in tr.params.items()}}
+    dump = Path(run["dump"])
+    dump.mkdir(parents=True, exist_ok=True)
+    save_file(whole, str(dump / f"rank{{tr.rank}}.safetensors"))
+    local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in tr.params.values())
+    info = {{"world": tr.world, "type": tr.accelerator.distributed_type.value, "wrapped": type(tr.wrapped).__name__,
+            "model": type(tr.model).__name__, "local_numel": local, "numel": sum(t.numel() for t in whole.values()),
+            "losses": res["losses"], "export": res["export"]}}
+    (dump / f"rank{{tr.rank}}.json").write_text(json.dumps(info))
+"""
+
+
+def torchrun(tmp_path: Path, runs: list[dict], timeout: int = 400) -> None:
+    """``torchrun --standalone --nproc_per_node 2`` of RANKS_SCRIPT over ``runs`` (gloo on this CPU machine)."""
+    script, spec = tmp_path / "sft_ranks.py", tmp_path / "runs.json"
+    script.write_text(textwrap.dedent(RANKS_SCRIPT).format())
+    spec.write_text(json.dumps(runs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(spec)], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def ranks(dump: Path) -> tuple[list[dict], list[dict[str, torch.Tensor]]]:
+    from safetensors.torch import load_file
+
+    return ([json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)],
+            [load_file(str(dump / f"rank{r}.safetensors")) for r in (0, 1)])
+
+
+def sets(name: str, model: str, data: Path, out: Path, **kw) -> list[str]:
+    return [f"generator.name={name}", f"generator.options.model={model}", f"data={data}", f"out={out}", "height=32",
+            "width=32", "num_frames=9", "lora_rank=4", "lr=1e-2", "ckpt_every=1000", "tensorboard=false",
+            *[f"{k}={v}" for k, v in kw.items()]]
+
+
+def test_torchrun_ddp_and_fsdp_keep_the_ranks_in_step(tiny, tmp_path):
+    """Two gloo ranks on different examples: DDP (accelerate's DistributedDataParallel) leaves both ranks with
+    identical trained weights that moved; FSDP (accelerate's FSDP2 plugin) really shards them (each rank holds
+    part of every LoRA tensor), follows the same losses as DDP (the same averaged gradients), exports a LoRA that
+    diffusers' load_lora_weights reads, samples, and resumes onto the straight run's next loss."""
+    data = make_dataset(tmp_path / "data", episodes=2)
+    wan = tiny["wan21-i2v"]
+    torchrun(tmp_path, [
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "ddp", steps=3), "dump": str(tmp_path / "d_ddp")},
+        *[{"sets": sets(name, tiny[name], data, tmp_path / name, steps=2), "dump": str(tmp_path / f"d_{name}")}
+          for name in ("cogvideox-i2v", "ltx-i2v")],  # each adapter's transformer call goes through the wrapper
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp", steps=3, distributed="fsdp", ema_decay=0.5,
+                      sample_every=3, sample_steps=1), "dump": str(tmp_path / "d_fsdp")},
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp2", steps=2, distributed="fsdp", ema_decay=0.5),
+         "dump": str(tmp_path / "d_half")},
+        {"sets": sets("wan21-i2v", wan, data, tmp_path / "fsdp2", steps=3, distributed="fsdp", ema_decay=0.5),
+         "resume": True, "dump": str(tmp_path / "d_resumed")},
+    ])
+    info, weights = ranks(tmp_path / "d_ddp")
+    assert [i["type"] for i in info] == ["MULTI_CPU"] * 2 and info[0]["wrapped"] == "DistributedDataParallel"
+    assert weights[0].keys() == weights[1].keys() and all("lora_" in n for n in weights[0])
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])  # gradients were synchronised
+    assert sum(bool(t.abs().sum() > 0) for n, t in weights[0].items() if "lora_B" in n) > 0  # and it trained
+    log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(set(r["examples"][0]).isdisjoint(r["examples"][1]) for r in log)
+    for name in ("cogvideox-i2v", "ltx-i2v"):
+        _, w = ranks(tmp_path / f"d_{name}")
+        assert w[0] and all(torch.equal(w[0][n], w[1][n]) for n in w[0]), name
+        assert any(t.abs().sum() > 0 for n, t in w[0].items() if "lora_B" in n), name
+
+    finfo, fweights = ranks(tmp_path / "d_fsdp")
+    assert [i["type"] for i in finfo] == ["FSDP"] * 2 and finfo[0]["model"].startswith("FSDP")
+    assert all(0 < i["local_numel"] < i["numel"] for i in finfo)  # each rank holds a shard
+    assert finfo[0]["local_numel"] + finfo[1]["local_numel"] == finfo[0]["numel"]
+    np.testing.assert_allclose(finfo[0]["losses"], info[0]["losses"], rtol=1e-4)
+    for n in weights[0]:
+        torch.testing.assert_close(fweights[0][n], weights[0][n], rtol=1e-3, atol=1e-5)
+    assert (tmp_path / "fsdp" / "samples" / "step_000003.mp4").is_file()
+    from safetensors.torch import load_file
+
+    ema = load_file(str(tmp_path / "fsdp" / "checkpoint" / "ema.safetensors"))  # gathered whole, not a shard
+    assert ema.keys() == fweights[0].keys() and all(ema[n].shape == fweights[0][n].shape for n in ema)
+    assert any(not torch.equal(ema[n], fweights[0][n]) for n in ema if "lora_B" in n)  # an average, not the live
+    from diffusers import DiffusionPipeline
+
+    from spiral.generators.diffusers.lora import WEIGHT_NAME
+
+    exported = load_file(str(tmp_path / "fsdp" / "lora" / WEIGHT_NAME))
+    assert exported.keys() == load_file(str(tmp_path / "ddp" / "lora" / WEIGHT_NAME)).keys()
+    pipe = DiffusionPipeline.from_pretrained(wan)
+    pipe.load_lora_weights(str(tmp_path / "fsdp" / "lora"))
+    lora_b = {n: p for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b.values())
+
+    half, resumed = ranks(tmp_path / "d_half")[0], ranks(tmp_path / "d_resumed")[0]
+    assert len(resumed[0]["losses"]) == 1 and half[0]["losses"] == pytest.approx(finfo[0]["losses"][:2], rel=1e-5)
+    assert resumed[0]["losses"][0] == pytest.approx(finfo[0]["losses"][2], rel=1e-5)

@@ -16,11 +16,22 @@ for CogVideoX), computed through the adapter's mirror of its pipeline (condition
 Only the transformer is trained: peft LoRA on its attention projections (saved in the format diffusers'
 ``load_lora_weights`` reads, :func:`spiral.generators.diffusers.lora.save_lora`) or all of its weights.
 
-Several processes (``torchrun --nproc_per_node N``): each rank takes ``LOCAL_RANK``'s device (``cuda:<rank>`` on a
-GPU machine), its own share of the data (every N-th example of a permutation all ranks agree on) and its own noise;
-gradients are averaged with ``torch.distributed.all_reduce`` (gloo on CPU, nccl on CUDA) before each update. Not
-DDP-wrapped: the adapters call their transformer directly (``pipe.transformer``), and the explicit all-reduce is the
-same arithmetic.
+Several processes (``torchrun --nproc_per_node N -m spiral.cli train sft ...``, or ``accelerate launch --multi_gpu
+--num_processes N -m spiral.cli train sft ...`` on GPUs) go through HF Accelerate (:func:`make_accelerator`): it
+starts the process group (nccl on CUDA, gloo on CPU), each rank computes on ``LOCAL_RANK``'s device
+(:func:`spiral.train.common.rank_device`: ``cuda:<rank>``), takes its own share of the data (every N-th example of
+a permutation all ranks agree on) and its own noise. ``distributed: ddp`` wraps the transformer (the LoRA-carrying
+module) in DistributedDataParallel: rank 0's weights are broadcast at the start and gradients averaged in
+backward; the adapters call the transformer through that wrapper (``denoiser_wrapper``), since DDP's hooks fire
+only on calls through it. ``distributed: fsdp`` shards the transformer's blocks, gradients and optimizer state
+with accelerate's FSDP2 plugin (torch ``fully_shard``); checkpoints and the LoRA export gather the shards into
+whole tensors, so a run folder looks the same either way. The ``batch_size`` micro-batches of a step are
+accumulated by accelerate (``accumulate``: no gradient sync until the last one) and ``mixed_precision: bf16``
+is accelerate's autocast. One process runs the same code with nothing wrapped: the same numbers as a plain torch
+loop (tested). On gloo CPU ranks accelerate would drop its FSDP plugin; :func:`make_accelerator` installs it as
+accelerate does on GPUs, so the tests run the FSDP path on CPU. Checkpoints stay in the trainers' shared format
+(:mod:`spiral.train.common`: safetensors + a ``weights_only`` state file) rather than ``accelerator.save_state``,
+which pickles the random states and unpickles them on load.
 """
 
 from __future__ import annotations
@@ -195,24 +206,100 @@ def v_prediction_loss(adapter: Any, inputs: Any, x0: torch.Tensor, cfg: SFTConfi
     return _masked_mse(pred, target, None), {"timestep": int(t[0])}
 
 
+# ------------------------------------------------------------------------------------------------- distribution
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether this process computes on the CPU (``device`` after :func:`spiral.train.common.rank_device`)."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def _block_classes(model: torch.nn.Module) -> list[str]:
+    """Class names of the transformer's repeated blocks (the members of its ``nn.ModuleList`` children: Wan's
+    ``blocks``, CogVideoX's and LTX's ``transformer_blocks``): FSDP shards each block as one unit. Read from the
+    module because ``_no_split_modules`` is not set on every diffusers transformer (LTX's is None)."""
+    return sorted({type(m).__name__ for child in model.children() if isinstance(child, torch.nn.ModuleList)
+                   for m in child})
+
+
+def make_accelerator(cfg: SFTConfig, device: str) -> Any:
+    """The run's :class:`accelerate.Accelerator`: process group, this rank's device, DDP or FSDP2, bf16 autocast
+    and gradient accumulation over ``batch_size`` micro-batches.
+
+    ``cpu`` is passed explicitly: without it accelerate looks for an accelerator under torchrun and, finding none,
+    runs every rank as a lone process (each would train alone and write the same run folder). The adapter places
+    the pipeline itself (device, offloading), so accelerate moves nothing (``device_placement=False``).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    # accelerate keeps its settings in process-wide singletons that refuse a second, different Accelerator (and
+    # carry the last one's distributed type over); the CLI builds one trainer per process, the Python API (tests,
+    # notebooks) several in turn. The process group itself stays up.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    plugin = None
+    if cfg.distributed == "fsdp":
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                                reshard_after_forward=True, state_dict_type="FULL_STATE_DICT")
+    acc = Accelerator(cpu=_on_cpu(device), device_placement=False, mixed_precision=cfg.mixed_precision,
+                      gradient_accumulation_steps=cfg.batch_size, fsdp_plugin=plugin)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:
+        raise ValueError(f"{launched} processes were launched but accelerate runs {acc.num_processes} "
+                         f"({acc.distributed_type.value}, generator.options.device {device!r}); fix: set "
+                         "generator.options.device to cpu or cuda to match the machine")
+    if plugin is not None and acc.num_processes > 1 and acc.distributed_type != DistributedType.FSDP:
+        if acc.distributed_type != DistributedType.MULTI_CPU:
+            raise ValueError(f"distributed: fsdp is not available to accelerate's {acc.distributed_type.value} "
+                             "processes; fix: distributed: ddp")
+        # accelerate reads its FSDP plugin only for accelerator (GPU, XPU, ...) processes and leaves gloo CPU ranks
+        # to DDP, while torch's fully_shard itself runs on CPU ranks: install the plugin as accelerate does on a
+        # GPU, so a CPU torchrun shards exactly as a GPU one (how the tests check the FSDP path)
+        if cfg.mixed_precision != "no":
+            plugin.set_mixed_precision(cfg.mixed_precision)
+        acc.state.fsdp_plugin = plugin
+        acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState.__init__ does
+    got = acc.distributed_type
+    if acc.num_processes > 1 and ((got == DistributedType.FSDP) != (cfg.distributed == "fsdp")
+                                  or got in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)):
+        raise ValueError(f"distributed: {cfg.distributed} was asked but accelerate's launch settings chose {got.value}; "
+                         "fix: choose the strategy with the config's distributed: field and launch with torchrun or a "
+                         "plain `accelerate launch --multi_gpu` (no --use_fsdp / --use_deepspeed / strategy in an "
+                         "accelerate config file)")
+    return acc
+
+
+def check_processes(cfg: SFTConfig, world: int) -> None:
+    """Refuse, before any weight loads, what cannot run over ``world`` processes: an offloaded transformer moves
+    between CPU and GPU, which DDP (device-bound) and FSDP (its own placement) cannot wrap."""
+    offload = cfg.generator.options.get("cpu_offload", False)
+    if world > 1 and offload not in (False, None, "none"):
+        raise ValueError(f"generator.options.cpu_offload: {offload} cannot be combined with {world} processes "
+                         f"(distributed: {cfg.distributed} needs the transformer on each rank's GPU); fix: drop "
+                         "cpu_offload and use distributed: fsdp to shard the transformer, or train in one process")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (a collective: every rank calls it in the same order); others as given."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@torch.no_grad()
+def _assign(dst: torch.Tensor, full: torch.Tensor) -> None:
+    """``dst`` ← a whole saved tensor; an FSDP shard takes its own part of it."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(dst, DTensor):
+        dst.copy_(distribute_tensor(full.to(dst.device, dst.dtype), dst.device_mesh, dst.placements))
+    else:
+        dst.copy_(full)
+
+
 # ------------------------------------------------------------------------------------------------- trainer
-
-
-def _dist() -> tuple[int, int]:
-    """(rank, world size); starts torch.distributed under torchrun (gloo on CPU, nccl with CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _rank_device(options: dict[str, Any]) -> dict[str, Any]:
-    """The generator's options with this rank's device (:func:`spiral.train.common.rank_device`)."""
-    return {**options, "device": rank_device(str(options.get("device", "auto")))}
 
 
 class SFTTrainer:
@@ -222,10 +309,13 @@ class SFTTrainer:
         from spiral import registry
 
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.rank, self.world = _dist()
+        device = rank_device(str(cfg.generator.options.get("device", "auto")))
+        self.accelerator = make_accelerator(cfg, device)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        check_processes(cfg, self.world)
         self._check_out(resume)  # refuses a bad --resume / an occupied out before any weight loads
         self.examples = load_examples(cfg)  # and a bad dataset
-        self.adapter = registry.create("generator", cfg.generator.name, **_rank_device(cfg.generator.options))
+        self.adapter = registry.create("generator", cfg.generator.name, **{**cfg.generator.options, "device": device})
         if getattr(self.adapter.pipe, "transformer_2", None) is not None:
             raise ValueError(f"{self.adapter.model} is a two-expert Wan 2.2 checkpoint; spiral train sft trains one "
                              "transformer, so it is not supported yet; fix: fine-tune a single-transformer model "
@@ -234,7 +324,7 @@ class SFTTrainer:
 
         probe = GenerationRequest(prompt="", num_frames=cfg.num_frames, height=cfg.height, width=cfg.width)
         self.size = self.adapter.model_size(probe)
-        if self.rank == 0 and not resume:  # written once everything it names has been checked
+        if self.accelerator.is_main_process and not resume:  # written once everything it names has been checked
             from spiral.atomic import write_text
 
             self.out.mkdir(parents=True, exist_ok=True)
@@ -242,12 +332,13 @@ class SFTTrainer:
         self.cache: dict[int, tuple[Any, torch.Tensor]] = {}
         self.model = self.adapter.denoiser
         self._setup_params()
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, betas=cfg.betas,
-                                           weight_decay=cfg.weight_decay, eps=cfg.eps)
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                      betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+        self._prepare(optimizer)
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.rank)
         self.step = 0
-        self.log = RunLog(self.out, tensorboard=cfg.tensorboard) if self.rank == 0 else None
+        self.log = RunLog(self.out, tensorboard=cfg.tensorboard) if self.accelerator.is_main_process else None
         if resume:
             self._load_checkpoint()
 
@@ -283,16 +374,36 @@ class SFTTrainer:
         else:
             self.model.requires_grad_(True)
         dtype = getattr(torch, cfg.trainable_dtype)
-        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        for p in self.params.values():  # diffusers.training_utils.cast_training_params
-            p.data = p.data.to(dtype)
+        for p in self.model.parameters():  # diffusers.training_utils.cast_training_params
+            if p.requires_grad:
+                p.data = p.data.to(dtype)
         if cfg.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        if self.world > 1:  # every rank starts from rank 0's LoRA init
-            import torch.distributed as dist
 
-            for p in self.params.values():
-                dist.broadcast(p.data, 0)
+    def _prepare(self, optimizer: torch.optim.Optimizer) -> None:
+        """Hand the transformer and its optimizer to accelerate: DDP-wrapped (every rank starts from rank 0's
+        weights, gradients averaged in backward) or FSDP2-sharded in place; the adapter's training calls then go
+        through the wrapper (``denoiser_wrapper``). ``params`` are the trained parameters as the optimizer holds
+        them (FSDP's are shards)."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        if self.fsdp:
+            acc.state.fsdp_plugin.transformer_cls_names_to_wrap = _block_classes(self.model)
+        self.wrapped, self.optimizer = acc.prepare(self.model, optimizer)
+        if self.world > 1:
+            from torch.distributed.fsdp import FSDPModule
+            from torch.nn.parallel import DistributedDataParallel
+
+            done = isinstance(self.model, FSDPModule) if self.fsdp else isinstance(self.wrapped, DistributedDataParallel)
+            if not done or (self.cfg.distributed == "fsdp") != self.fsdp:
+                raise ValueError(f"distributed: {self.cfg.distributed} was asked but accelerate prepared "
+                                 f"{type(self.wrapped).__name__} ({acc.distributed_type.value}); fix: report it with "
+                                 "the output of `accelerate env`")
+        if self.wrapped is not self.model:
+            self.adapter.denoiser_wrapper = self.wrapped
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -338,47 +449,39 @@ class SFTTrainer:
         return self.cfg.lr * (min(1.0, (step + 1) / w) if w else 1.0)
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``batch_size`` examples per rank; returns the logged record."""
-        cfg = self.cfg
+        """One optimizer step over ``batch_size`` examples per rank, accumulated by accelerate (the gradients of
+        the last one are averaged across ranks); returns the logged record."""
+        from accelerate.utils import gather_object
+
+        cfg, acc = self.cfg, self.accelerator
         loss_fn = flow_matching_loss if cfg.objective == "flow_matching" else v_prediction_loss
         t0 = time.perf_counter()
         self.model.train()
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step)
-        total, extras, used = 0.0, [], []
+        total, extras, used, norm = 0.0, [], [], None
         for micro in range(cfg.batch_size):
             k = self.order(self.step, micro)
-            try:
-                inputs, x0 = self._inputs(k)
-                loss, extra = loss_fn(self.adapter, inputs, x0, cfg, self.generator)
-                (loss / cfg.batch_size).backward()
-            except torch.OutOfMemoryError:
-                raise self.adapter.out_of_memory(self.size, (
-                    "gradient_checkpointing: true, mode: lora with a smaller lora_rank, smaller height/width/"
-                    "num_frames, generator.options.cpu_offload: model with cache_latents: true, or a larger GPU"
-                )) from None
+            with acc.accumulate(self.wrapped):
+                try:
+                    inputs, x0 = self._inputs(k)
+                    loss, extra = loss_fn(self.adapter, inputs, x0, cfg, self.generator)
+                    acc.backward(loss)  # loss / batch_size: the mean over the micro-batches
+                except torch.OutOfMemoryError:
+                    raise self.adapter.out_of_memory(self.size, (
+                        "gradient_checkpointing: true, mode: lora with a smaller lora_rank, smaller height/width/"
+                        "num_frames, generator.options.cpu_offload: model with cache_latents: true, distributed: "
+                        "fsdp, or a larger GPU")) from None
+                if acc.sync_gradients:
+                    norm = _full(acc.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm))
+                self.optimizer.step()  # accelerate's: steps (and zeroes) only on the last micro-batch
+                self.optimizer.zero_grad(set_to_none=True)
             total += float(loss.detach()) / cfg.batch_size
             extras.append(extra)
             used.append(f"{self.examples[k].episode}/{self.examples[k].step}")
-        examples = [used]
+        examples = gather_object([used]) if self.world > 1 else [used]
         if self.world > 1:
-            import torch.distributed as dist
-
-            examples = [None] * self.world
-            dist.all_gather_object(examples, used)
-
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
-            for g in grads:
-                dist.all_reduce(g)
-                g /= self.world
-            for p, g in zip(self.params.values(), grads):
-                p.grad = g
-            t = torch.tensor([total])
-            dist.all_reduce(t)
-            total = float(t[0]) / self.world
-        norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            total = float(acc.reduce(torch.tensor([total], device=acc.device), "mean")[0])
         if self.ema is not None:
             self.ema.update(self.params, self.step)
         self.step += 1
@@ -424,17 +527,30 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------------------------- checkpoints
 
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state; under FSDP gathered whole (keyed by parameter name), so any world size resumes."""
+        if not self.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def save_checkpoint(self) -> Path:
-        """Trained tensors (+ EMA), optimizer, step and this rank's random states; atomic files."""
-        ck = self.out / "checkpoint"
-        if self.rank == 0:
-            save_tensors(ck / "trainable.safetensors", self.params)
-            if self.ema is not None:
-                save_tensors(ck / "ema.safetensors", self.ema.state_dict())
-            save_state(ck / "optimizer.pt", {"optimizer": self.optimizer.state_dict(), "step": self.step})
+        """Trained tensors (+ EMA), optimizer, step and this rank's random states; atomic files, whole tensors
+        (FSDP shards are gathered first)."""
+        ck, main = self.out / "checkpoint", self.accelerator.is_main_process
+        tensors = {n: _full(p) for n, p in self.params.items()}
+        ema = {n: _full(t) for n, t in self.ema.items()} if self.ema is not None else None
+        optimizer = self._optimizer_state()
+        if main:
+            save_tensors(ck / "trainable.safetensors", tensors)
+            if ema is not None:
+                save_tensors(ck / "ema.safetensors", ema)
+            save_state(ck / "optimizer.pt", {"optimizer": optimizer, "step": self.step})
         save_state(ck / f"rng-rank{self.rank}.pt", {"step": self.step, "rng": rng_state({"noise": self.generator,
                                                                                          "torch": None})})
-        self._barrier()
+        self.accelerator.wait_for_everyone()
         return ck
 
     def _load_checkpoint(self) -> None:
@@ -448,29 +564,32 @@ class SFTTrainer:
         if missing:
             raise ValueError(f"{ck}: the checkpoint lacks {len(missing)} trained tensors (e.g. {missing[0]}); fix: "
                              "resume with the run's own config")
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(tensors[n])
+        for n, p in self.params.items():
+            _assign(p, tensors[n])
         if self.ema is not None and (ck / "ema.safetensors").is_file():
-            self.ema.load_state_dict(load_file(str(ck / "ema.safetensors")))
+            saved = load_file(str(ck / "ema.safetensors"))
+            for n, t in self.ema.items():
+                _assign(t, saved[n])
         state = load_state(ck / "optimizer.pt")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         rng = load_state(ck / f"rng-rank{self.rank}.pt")
         set_rng_state(rng["rng"], {"noise": self.generator, "torch": None})
-
-    def _barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
     # ------------------------------------------------------------------------------------- samples, export
 
     @torch.no_grad()
     def sample(self) -> Path | None:
-        """A validation video of the first example with the live (or EMA) weights: samples/step_N.mp4."""
-        if self.rank != 0:
+        """A validation video of the first example with the live (or EMA) weights: samples/step_N.mp4 (made on
+        rank 0; under FSDP every rank takes part in the sharded transformer's calls)."""
+        main = self.accelerator.is_main_process
+        if not (main or self.fsdp):
             return None
         from spiral.video import write_video
 
@@ -486,32 +605,38 @@ class SFTTrainer:
                 seg = self.adapter.generate(req)
         finally:
             self.adapter.num_inference_steps = steps
-        return write_video(self.out / "samples" / f"step_{self.step:06d}.mp4", seg.frames, fps=seg.fps)
+        return write_video(self.out / "samples" / f"step_{self.step:06d}.mp4", seg.frames, fps=seg.fps) if main \
+            else None
 
     def export(self) -> Path:
-        """LoRA: ``out/lora/pytorch_lora_weights.safetensors`` (diffusers' load_lora_weights format); full
+        """LoRA: ``out/lora/pytorch_lora_weights.safetensors`` (diffusers' load_lora_weights format, written by the
+        pipeline's own ``save_lora_weights`` from the unwrapped transformer; FSDP shards gathered first); full
         fine-tuning: ``out/pipeline/`` (save_pretrained, loadable as ``model:``). EMA weights when EMA is on."""
-        if self.rank != 0:
-            self._barrier()
-            return self.out / ("lora" if self.cfg.mode == "lora" else "pipeline")
         import contextlib
 
+        acc, main = self.accelerator, self.accelerator.is_main_process
+        path = self.out / ("lora" if self.cfg.mode == "lora" else "pipeline")
+        model = acc.unwrap_model(self.wrapped)
         swap = self.ema.swapped_in(self.params) if self.ema is not None else contextlib.nullcontext()
         with swap:
             if self.cfg.mode == "lora":
                 from spiral.generators.diffusers.lora import save_lora
 
-                path = save_lora(type(self.adapter.pipe), self.model, self.out / "lora").parent
-            else:
-                path = self.out / "pipeline"
+                whole = ({n: _full(t) for n, t in model.state_dict().items() if "lora_" in n} if self.fsdp
+                         else None)
+                if main:
+                    save_lora(type(self.adapter.pipe), model, path, state_dict=whole)
+            elif main:  # full fine-tuning is DDP-only (SFTConfig refuses it with fsdp)
                 self.adapter.pipe.save_pretrained(path)
-        card = {"generator": self.cfg.generator.name, "model": self.adapter.model, "mode": self.cfg.mode,
-                "steps": self.step, "objective": self.cfg.objective, "data": self.cfg.data,
-                "size": [self.size.height, self.size.width, self.size.num_frames]}
-        from spiral.atomic import write_text
+        if main:
+            from spiral.atomic import write_text
 
-        write_text(path / "spiral_sft.json", json.dumps(card, indent=2))
-        self._barrier()
+            card = {"generator": self.cfg.generator.name, "model": self.adapter.model, "mode": self.cfg.mode,
+                    "steps": self.step, "objective": self.cfg.objective, "data": self.cfg.data,
+                    "size": [self.size.height, self.size.width, self.size.num_frames],
+                    "distributed": self.cfg.distributed if self.world > 1 else "none", "processes": self.world}
+            write_text(path / "spiral_sft.json", json.dumps(card, indent=2))
+        acc.wait_for_everyone()
         return path
 
 

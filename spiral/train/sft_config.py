@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spiral.config import BackendConfig
 
@@ -95,6 +95,16 @@ class SFTConfig(BaseModel):
                                                    "cogvideox: constant")
     ema_decay: float | None = Field(None, description="EMA of the trained weights with this decay, exported instead "
                                                       "of the live weights (None: off)")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="bf16: the transformer's forward and backward run under bfloat16 autocast (accelerate's "
+                          "mixed precision; weights keep their dtype, outputs come back in float32), ~half the "
+                          "activation memory; generator.options.dtype: bfloat16 instead stores the whole model in bf16")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes (torchrun / accelerate launch): ddp keeps a whole transformer per "
+                           "GPU and averages gradients (accelerate's DistributedDataParallel); fsdp shards the "
+                           "transformer's blocks, gradients and optimizer state over the processes (accelerate's "
+                           "FSDP2 plugin, torch fully_shard): for a model that does not fit one GPU with its "
+                           "optimizer. One process: no effect")
     cache_latents: bool = Field(False, description="keep each example's latents and text/image conditioning after "
                                                    "the first encode (memory for speed; the encoders are frozen)")
 
@@ -104,6 +114,11 @@ class SFTConfig(BaseModel):
     sample_every: int = Field(0, ge=0, description="a validation video in samples/ every N steps (0: off)")
     sample_steps: int = Field(20, ge=1, description="denoising steps of a validation sample")
     tensorboard: bool = Field(True, description="TensorBoard scalars in tb/ when tensorboard is installed")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads an unquoted `no` as false
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
@@ -115,6 +130,9 @@ class SFTConfig(BaseModel):
 
         self.generator.options = _plain(registry.check_options("generator", self.generator.name,
                                                                self.generator.options))
+        if self.distributed == "fsdp" and self.mode == "full":
+            raise ValueError("distributed: fsdp trains LoRA only (the full export would need the sharded transformer "
+                             "gathered into one process); fix: mode: lora, or distributed: ddp")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         return self

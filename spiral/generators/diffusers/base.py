@@ -276,6 +276,18 @@ class DiffusersI2V:
     frame_step_fallback = 4
     #: the transformer's modules a LoRA adapts by default (``spiral train sft``, GRPO)
     lora_targets: list[str] = ATTENTION_TARGETS
+    #: what the hand-driven denoiser calls go through instead of the transformer itself: a
+    #: ``DistributedDataParallel`` wrapper of it, set by ``spiral train sft`` so that backward synchronises the
+    #: gradients across ranks (DDP hooks run only on calls through the wrapper). Attributes (config, dtype,
+    #: cache_context) are still read from the transformer. None: the transformer is called directly.
+    denoiser_wrapper: torch.nn.Module | None = None
+
+    def call_denoiser(self, model: torch.nn.Module, **kwargs: Any) -> Any:
+        """``model(**kwargs)``, through :attr:`denoiser_wrapper` when that wraps this very module."""
+        wrapper = self.denoiser_wrapper
+        if wrapper is not None and getattr(wrapper, "module", None) is model:
+            return wrapper(**kwargs)
+        return model(**kwargs)
 
     def __init__(
         self,

@@ -119,7 +119,7 @@ class CogVideoXI2VAdapter(DiffusersI2V):
         model = self.denoiser
         b = noisy.shape[0]
         x = torch.cat([noisy, inputs.image_latents.expand(b, -1, -1, -1, -1).to(noisy)], dim=2).to(model.dtype)
-        out = model(hidden_states=x, encoder_hidden_states=inputs.prompt_embeds.expand(b, -1, -1),
-                    timestep=timesteps.to(x.device), ofs=inputs.ofs, image_rotary_emb=inputs.rotary,
-                    return_dict=False)[0]
+        out = self.call_denoiser(model, hidden_states=x, encoder_hidden_states=inputs.prompt_embeds.expand(b, -1, -1),
+                                 timestep=timesteps.to(x.device), ofs=inputs.ofs, image_rotary_emb=inputs.rotary,
+                                 return_dict=False)[0]
         return out.float()

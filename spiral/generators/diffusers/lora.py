@@ -37,15 +37,16 @@ class LoraSpec(BaseModel):
 
 
 def save_lora(pipeline_class: type, transformer: torch.nn.Module, folder: str | Path,
-              adapter_name: str = "default") -> Path:
+              adapter_name: str = "default", state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The transformer's trained peft adapter as ``folder/pytorch_lora_weights.safetensors``, written by the
-    pipeline class's ``save_lora_weights`` (atomic: a temporary folder renamed into place)."""
+    pipeline class's ``save_lora_weights`` (atomic: a temporary folder renamed into place). ``state_dict``: the
+    transformer's LoRA tensors gathered whole when the module itself holds only shards (FSDP)."""
     import shutil
 
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
-    layers = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    layers = get_peft_model_state_dict(transformer, state_dict=state_dict, adapter_name=adapter_name)
     meta = transformer.peft_config[adapter_name].to_dict()
     meta["target_modules"] = sorted(meta["target_modules"])  # a set: not JSON
     tmp = folder.with_name(folder.name + ".tmp")

@@ -128,9 +128,9 @@ class LTXI2VAdapter(FlowAccess, DiffusersI2V):
         rope_scale = (pipe.vae_temporal_compression_ratio / c["frame_rate"],
                       pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)
         with model.cache_context("cond_uncond"):
-            v = model(hidden_states=x.to(embeds.dtype), encoder_hidden_states=embeds, timestep=timestep,
-                      encoder_attention_mask=mask, num_frames=f, height=h, width=w,
-                      rope_interpolation_scale=rope_scale, return_dict=False)[0].float()
+            v = self.call_denoiser(model, hidden_states=x.to(embeds.dtype), encoder_hidden_states=embeds,
+                                   timestep=timestep, encoder_attention_mask=mask, num_frames=f, height=h, width=w,
+                                   rope_interpolation_scale=rope_scale, return_dict=False)[0].float()
         if reps > 1:
             v_uncond, v_text = v.chunk(2)
             v = v_uncond + inputs.guidance_scale * (v_text - v_uncond)

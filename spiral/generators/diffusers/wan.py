@@ -127,8 +127,9 @@ class WanI2VAdapter(FlowAccess, DiffusersI2V):
 
         def run(embeds: torch.Tensor, name: str) -> torch.Tensor:
             with model.cache_context(name):
-                return model(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds.expand(b, -1, -1),
-                             encoder_hidden_states_image=image, return_dict=False)[0]
+                return self.call_denoiser(model, hidden_states=x, timestep=timestep,
+                                          encoder_hidden_states=embeds.expand(b, -1, -1),
+                                          encoder_hidden_states_image=image, return_dict=False)[0]
 
         v = run(c["prompt_embeds"], "cond")
         if scale > 1.0 and c["negative_prompt_embeds"] is not None:
