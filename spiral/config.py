@@ -53,7 +53,8 @@ class LoopConfig(_Strict):
         "never worse than open loop: when a closed-loop run (keep_best) ends unverified after following another "
         "plan than its first, also roll the first plan out as plan_only does (one generation per step, judged, "
         "never retried) and keep whichever video the critic reads as better (goal met first, then fewer steps "
-        "it did not pass; the closed loop's on a tie); costs at most one generation per step of the first plan"))
+        "it did not pass; the closed loop's on a tie); costs one generation per step of the first plan, within "
+        "max_total_generations"))
     seed: int = Field(0, description="run seed; every attempt's seed derives from it (spiral.loop.derive_seed)")
 
 

@@ -42,7 +42,8 @@ commit / retry / re-plan / give up**, then **compose** and **record**. Where the
    rolls it out (its memory, its seeds), each segment judged but never retried, and the critic's readings of the
    two videos are compared (:func:`prefer_open_loop`: the goal met first, then fewer steps it did not pass; the
    closed loop's video on a tie). A run that kept the first plan's steps needs no fallback: each of its steps is
-   plan-only's attempt or one the critic scores higher. Costs at most one generation per step of the first plan;
+   plan-only's attempt or one the critic scores higher. Costs one generation per step of the first plan, within
+   ``max_total_generations`` (a run without that many left says so and keeps its video);
    ``loop.open_loop_fallback: false`` turns it off, and ``on_budget_exhausted: stop`` never falls back (that
    user asked for verified steps only).
 9. **Compose** the kept segments into the final video; 10. **record** the status and every call and second.
@@ -575,7 +576,15 @@ class _Run:
         if not (self.closed and self.loop.open_loop_fallback and self.loop.on_budget_exhausted == "keep_best"):
             return False
         made = [_action_key(e.sub_action) for e in self.memory.history]
-        return s.status != "success" and bool(first) and made != [_action_key(x) for x in first]
+        if s.status == "success" or not first or made == [_action_key(x) for x in first]:
+            return False
+        left = self.loop.max_total_generations - s.total
+        if len(first) > left:  # the total budget bounds the fallback too
+            why = (f"no open-loop fallback: it needs {len(first)} generations and {max(left, 0)} are left of "
+                   f"max_total_generations={self.loop.max_total_generations}")
+            s.stop_reason = f"{s.stop_reason}; {why}" if s.stop_reason else why
+            return False
+        return True
 
     def reading(self) -> VideoReading:
         """The critic's reading of the closed loop's video: its goal check and the steps no critic passed."""

@@ -11,6 +11,7 @@ closed loop used to lose to plan-only (docs/loop_never_worse.md).
 from __future__ import annotations
 
 import pytest
+from test_escalation import ORACLE, _key, _scene, _sets
 from typer.testing import CliRunner
 
 from spiral.api import run
@@ -18,7 +19,6 @@ from spiral.cli import app
 from spiral.loop import prefer_open_loop
 from spiral.rundir import OPEN_LOOP
 from spiral.types import VideoReading
-from test_escalation import ORACLE, _key, _scene, _sets
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -130,3 +130,15 @@ def _r(goal_met, failed, steps=4):
 ])
 def test_prefer_open_loop_by_hand(closed, opened, expected):
     assert prefer_open_loop(closed, opened) is expected
+
+
+def test_the_fallback_stays_within_the_total_budget(tmp_path):
+    """The first plan has two steps: with one generation left after the closed loop, the fallback is not run and the
+    run says so (the resume guard's budget-stopped run is another case: nothing kept, no generation left)."""
+    scene = _detour_scene()
+    ref = run(GOAL, scene=scene, out=tmp_path / "ref", config=ORACLE, overrides=WRONG)
+    main = len(ref.attempts) - len(_fallback_attempts(ref))
+    rec = run(GOAL, scene=scene, out=tmp_path / "r", config=ORACLE,
+              overrides=WRONG + [f"loop.max_total_generations={main + 1}"])
+    assert rec.fallback is None and not _fallback_attempts(rec) and rec.counts["generations"] <= main + 1
+    assert "no open-loop fallback: it needs 2 generations" in rec.stop_reason
