@@ -36,16 +36,16 @@ commit / retry / re-plan / give up**, then **compose** and **record**. Where the
    the unverified step was kept with (a drifted background, a patch the critic cannot read) inherited it with its
    conditioning frame, which no retry changes: it is given up at once, until a step passes again.
 8. **Fall back to the open loop** when the run could not verify every step *and* followed another plan than its
-   first (a re-plan changed the steps, or a segment was kept as what happened instead): the escalation can then
-   end somewhere worse than plan-only's video, because plan-only's later steps sometimes repair an earlier failed
-   one (on tabletop-v1/v2 with ``tiny``, 3 of 350 cases). The first plan is rolled out exactly as ``plan_only``
-   rolls it out (its memory, its seeds), each segment judged but never retried, and the critic's readings of the
-   two videos are compared (:func:`prefer_open_loop`: the goal met first, then fewer steps it did not pass; the
-   closed loop's video on a tie). A run that kept the first plan's steps needs no fallback: each of its steps is
-   plan-only's attempt or one the critic scores higher. Costs one generation per step of the first plan, within
-   ``max_total_generations`` (a run without that many left says so and keeps its video);
-   ``loop.open_loop_fallback: false`` turns it off, and ``on_budget_exhausted: stop`` never falls back (that
-   user asked for verified steps only).
+   first (a re-plan changed the steps, or a segment was kept as what happened instead): the escalation can then end
+   somewhere worse than plan-only's video, because plan-only's later steps sometimes repair an earlier failed one
+   (3 cases of tabletop-v1 and -v2 with ``tiny`` and ``tiny-evolved``, docs/loop_never_worse.md). The first plan is
+   rolled out exactly as ``plan_only`` rolls it out (its memory, its seeds), each segment judged but never retried,
+   and the critic's readings of the two videos are compared (:func:`prefer_open_loop`: the goal met first, then
+   fewer steps it did not pass; the closed loop's video on a tie). A run that kept the first plan's steps needs no
+   fallback: each of its steps is plan-only's attempt or one the critic scores higher. Costs one generation per
+   step of the first plan, within ``max_total_generations`` (a run without that many left says so and keeps its
+   video); ``loop.open_loop_fallback: false`` turns it off, and ``on_budget_exhausted: stop`` never falls back
+   (that user asked for verified steps only).
 9. **Compose** the kept segments into the final video; 10. **record** the status and every call and second.
 
 Status: ``success`` (every kept step passed the critic and the goal check), ``completed_unverified`` (the end of
