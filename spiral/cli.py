@@ -268,6 +268,10 @@ class _LiveView:
                 f"[{self.COLORS.get(d, 'white')}]{d}[/]{fb}{loop}", highlight=False)
             self.progress.update(self.task, completed=e["step"] + (d == "accept"),
                                  description=f"step {e['step'] + 1}: {e['text'][:40]}")
+        elif e["type"] == "fallback":
+            fb = e["fallback"]
+            self.progress.console.print(f"  [yellow]open-loop fallback {'used' if fb.used else 'not used'}[/]: "
+                                        f"{fb.reason}", highlight=False)
         elif e["type"] == "give_up":
             g = e["given_up"]
             what = f"kept its best attempt as [bold]unverified[/] ({g.kept})" if g.kept else "stopping here"
@@ -297,6 +301,9 @@ def _summary(record, out: Path) -> Table:
         kept = f"kept unverified: {g.kept}" if g.kept else "not kept (on_budget_exhausted: stop)"
         why = f"; last critic verdict: {g.failure}, {g.feedback}" if g.failure or g.feedback else ""
         t.add_row(f"[yellow]given up[/]: {g.sub_action.text}", f"{g.attempts} attempt(s), {g.reason}{why}; {kept}")
+    if record.fallback is not None:
+        t.add_row("[yellow]open-loop fallback[/]", ("used: the first plan rolled out open loop is the video" if
+                                                    record.fallback.used else "not used: the closed loop's video is kept"))
     t.add_row("generations / accepted step", f"{record.costs.get('generations_per_accepted_step', 0):.2f}")
     t.add_row("seconds (generate / judge / wall)", " / ".join(
         f"{record.costs.get(k + '_seconds', 0):.2f}" for k in ("generate", "judge", "wall")))

@@ -49,6 +49,12 @@ class LoopConfig(_Strict):
         "what to do with a step given up (its escalation or its budget was spent): keep_best keeps its "
         "best-scoring attempt as an unverified step and goes on (the run ends completed_unverified); stop ends "
         "the run there with what was accepted (budget_exhausted)"))
+    open_loop_fallback: bool = Field(True, description=(
+        "never worse than open loop: when a closed-loop run (keep_best) ends unverified after following another "
+        "plan than its first, also roll the first plan out as plan_only does (one generation per step, judged, "
+        "never retried) and keep whichever video the critic reads as better (goal met first, then fewer steps "
+        "it did not pass; the closed loop's on a tie); costs one generation per step of the first plan, within "
+        "max_total_generations"))
     seed: int = Field(0, description="run seed; every attempt's seed derives from it (spiral.loop.derive_seed)")
 
 

@@ -35,7 +35,18 @@ commit / retry / re-plan / give up**, then **compose** and **record**. Where the
    with what was accepted (``budget_exhausted``). A later step whose first attempt fails with the very failure
    the unverified step was kept with (a drifted background, a patch the critic cannot read) inherited it with its
    conditioning frame, which no retry changes: it is given up at once, until a step passes again.
-8. **Compose** the kept segments into the final video; 9. **record** the status and every call and second.
+8. **Fall back to the open loop** when the run could not verify every step *and* followed another plan than its
+   first (a re-plan changed the steps, or a segment was kept as what happened instead): the escalation can then end
+   somewhere worse than plan-only's video, because plan-only's later steps sometimes repair an earlier failed one
+   (3 cases of tabletop-v1 and -v2 with ``tiny`` and ``tiny-evolved``, docs/loop_never_worse.md). The first plan is
+   rolled out exactly as ``plan_only`` rolls it out (its memory, its seeds), each segment judged but never retried,
+   and the critic's readings of the two videos are compared (:func:`prefer_open_loop`: the goal met first, then
+   fewer steps it did not pass; the closed loop's video on a tie). A run that kept the first plan's steps needs no
+   fallback: each of its steps is plan-only's attempt or one the critic scores higher. Costs one generation per
+   step of the first plan, within ``max_total_generations`` (a run without that many left says so and keeps its
+   video); ``loop.open_loop_fallback: false`` turns it off, and ``on_budget_exhausted: stop`` never falls back
+   (that user asked for verified steps only).
+9. **Compose** the kept segments into the final video; 10. **record** the status and every call and second.
 
 Status: ``success`` (every kept step passed the critic and the goal check), ``completed_unverified`` (the end of
 the plan was reached with unverified steps, or the goal check failed with the re-plans spent; open-loop runs,
@@ -77,13 +88,15 @@ from spiral.agents import (
 from spiral.compose import compose
 from spiral.config import Config
 from spiral.memory import Memory
-from spiral.rundir import RunDir
+from spiral.rundir import OPEN_LOOP, RunDir
 from spiral.types import (
     Attempt,
     GenerationRequest,
     GivenUpStep,
     Instruction,
+    JudgeContext,
     Observation,
+    OpenLoopFallback,
     Plan,
     Response,
     RunRecord,
@@ -93,6 +106,7 @@ from spiral.types import (
     SubAction,
     TaskGoal,
     Verdict,
+    VideoReading,
     combine_scores,
 )
 
@@ -285,9 +299,12 @@ def run_loop(
             run.give_up(sub, note, f"step {s.step + 1} ({sub.text}) given up: {note}")
         else:
             run.replan_after(sub, outcome, path, decision, note, repeated)
-    # ---- 8. compose -------------------------------------------------------------------------------------------
+    # ---- 8. fall back to the open loop (a run that went another way and could not verify every step) ---------
+    if run.needs_fallback():
+        run.fall_back()
+    # ---- 9. compose -------------------------------------------------------------------------------------------
     video = run.compose()
-    # ---- 9. record --------------------------------------------------------------------------------------------
+    # ---- 10. record -------------------------------------------------------------------------------------------
     return run.finish(), video
 
 
@@ -302,6 +319,7 @@ class _Run:
         self.emit = on_event or (lambda e: None)
         self.costs = Costs()
         state0 = initial_state if initial_state is not None else observe(agents.critic, first_frame)
+        self.state0, self.hints = state0, hints
         self.memory = Memory.start(first_frame, state0, hints=hints)
         self.record = RunRecord(goal=goal.text, mode=self.mode)
         # ---- 1. plan ------------------------------------------------------------------------------------------
@@ -386,10 +404,15 @@ class _Run:
 
     def _goal_reached(self) -> bool:
         """Ask the planner whether the observed state meets the goal; planners that can't tell say yes."""
+        met = self._goal_met(self.memory.state, self.memory.last_frame)
+        return True if met is None else met
+
+    def _goal_met(self, state: dict | None, frame: np.ndarray) -> bool | None:
+        """The planner's goal check on a state the critic read; None when either cannot tell."""
         planner = self.agents.planner
-        if not isinstance(planner, ChecksGoal) or self.memory.state is None:
-            return True
-        return bool(planner.achieved(self.goal, self._observation()))
+        if not isinstance(planner, ChecksGoal) or state is None:
+            return None
+        return bool(planner.achieved(self.goal, Observation(frame=frame, state=state)))
 
     def within_budget(self, sub: SubAction) -> bool:
         """Whether one more generation fits the total budget, less one held back for each later step of the plan;
@@ -404,10 +427,12 @@ class _Run:
         return False
 
     # -- sections 3 to 5: request → generate → judge
-    def replay(self) -> _Outcome | None:
-        """The current attempt read back from the journal (a resumed run), if it is there."""
+    def replay(self, key: tuple[int, int, int] | None = None) -> _Outcome | None:
+        """The current attempt (or the one at ``key``: version, step, attempt) read back from the journal (a
+        resumed run), if it is there."""
         s = self.state
-        logged = self.run_dir.logged_attempt(s.version, s.step, s.attempt) if self.run_dir else None
+        version, step, attempt = key or (s.version, s.step, s.attempt)
+        logged = self.run_dir.logged_attempt(version, step, attempt) if self.run_dir else None
         if logged is None:
             return None
         line, frames = logged
@@ -426,17 +451,19 @@ class _Run:
         segment: Segment = self.costs.timed("generate", lambda: self.agents.generator.generate(request))
         return segment, time.perf_counter() - t
 
-    def judge(self, generated: tuple[Segment, float], sub: SubAction) -> _Outcome:
-        """The critic's verdict on a fresh segment (none in an open loop), and how to journal the attempt."""
+    def judge(self, generated: tuple[Segment, float], sub: SubAction, context: JudgeContext | None = None,
+              version: int | None = None) -> _Outcome:
+        """The critic's verdict on a fresh segment (none in an open loop), and how to journal the attempt.
+        ``context`` and ``version``: the open-loop fallback's own memory and journal key (default: the loop's)."""
         segment, gen_seconds = generated
         t = time.perf_counter()
-        context = self.memory.judge_context(self.goal.text)
+        context = context or self.memory.judge_context(self.goal.text)
         verdict = (self.costs.timed("judge", lambda: self.agents.critic.judge(segment, sub, context))
                    if self.closed else None)
         seconds = {"generate": round(gen_seconds, 6), "judge": round(time.perf_counter() - t, 6)}
         if self.run_dir is None:
             return _Outcome(segment.frames, verdict, seconds)
-        run_dir, version = self.run_dir, self.state.version
+        run_dir, version = self.run_dir, self.state.version if version is None else version
 
         def log(entry: Attempt) -> None:
             run_dir.log_attempt(version, entry, segment.frames, segment.fps,
@@ -542,7 +569,82 @@ class _Run:
         self.keep(best.frames, sub, best.verdict, best.path, unverified=True)
         s.next_step(failure_signature(best.verdict))
 
-    # -- sections 8 and 9
+    # -- section 8
+    def needs_fallback(self) -> bool:
+        """Whether the run ends unverified after following another plan than its first (section 8)."""
+        s, first = self.state, self.record.plans[0].steps
+        if not (self.closed and self.loop.open_loop_fallback and self.loop.on_budget_exhausted == "keep_best"):
+            return False
+        made = [_action_key(e.sub_action) for e in self.memory.history]
+        if s.status == "success" or not first or made == [_action_key(x) for x in first]:
+            return False
+        left = self.loop.max_total_generations - s.total
+        if len(first) > left:  # the total budget bounds the fallback too
+            why = (f"no open-loop fallback: it needs {len(first)} generations and {max(left, 0)} are left of "
+                   f"max_total_generations={self.loop.max_total_generations}")
+            s.stop_reason = f"{s.stop_reason}; {why}" if s.stop_reason else why
+            return False
+        return True
+
+    def reading(self) -> VideoReading:
+        """The critic's reading of the closed loop's video: its goal check and the steps no critic passed."""
+        history = self.memory.history
+        failed = len(self.record.unverified) + sum(e.sub_action.verb == "unplanned" for e in history)
+        return VideoReading(goal_met=self._goal_met(self.memory.state, self.memory.last_frame),
+                            failed_steps=failed, steps=len(history))
+
+    def fall_back(self) -> None:
+        """Roll the first plan out as ``plan_only`` does (its memory, its seeds; each segment judged, never retried)
+        and keep it instead of the closed loop's video when the critic reads it as better."""
+        s, plan, vid = self.state, self.record.plans[0], self.cfg.video
+        closed = self.reading()
+        memory = Memory.start(self.first_frame, self.state0, hints=self.hints)  # plan-only's memory: no readings
+        seen = self.state0  # the critic's reading so far, which judges the next segment as the loop's memory would
+        frames, paths, passed = [], [], []
+        for k, sub in enumerate(plan.steps):
+            seed = derive_seed(self.loop.seed, 0, k, 0)
+            outcome = self.replay((OPEN_LOOP, k, 0))
+            if outcome is None:
+                request = memory.context(sub, sub.text, seed, vid.frames_per_step, vid.height, vid.width)
+                context = memory.judge_context(self.goal.text).model_copy(update={"state": seen})
+                outcome = self.judge(self.generate(request), sub, context, OPEN_LOOP)
+            s.total += 1
+            verdict = outcome.verdict
+            entry = Attempt(step=k, attempt=0, prompt=sub.text, seed=seed, verdict=verdict,
+                            decision=verdict.decision if verdict else "accept", response="accept",
+                            note="open-loop fallback: the first plan as plan_only makes it", seconds=outcome.seconds,
+                            segment_path=self.run_dir.segment_file(OPEN_LOOP, k, 0) if self.run_dir else None)
+            if outcome.log is not None:
+                outcome.log(entry)
+            self.record.attempts.append(entry)
+            self.emit({"type": "attempt", "version": OPEN_LOOP, "step": k, "n_steps": len(plan.steps), "attempt": 0,
+                       "decision": entry.decision, "response": "accept", "note": entry.note, "verdict": verdict,
+                       "text": sub.text})
+            memory.commit(outcome.frames, sub, None, None)  # as plan_only commits it
+            seen = verdict.observed_state if verdict is not None else None
+            frames.append(outcome.frames)
+            paths.append(entry.segment_path or f"open_loop_s{k}")
+            passed.append(bool(verdict and verdict.passed))
+        opened = VideoReading(goal_met=self._goal_met(seen, memory.last_frame), failed_steps=passed.count(False),
+                              steps=len(passed))
+        used = prefer_open_loop(closed, opened)
+        why = (f"the closed loop's video ({_read_as(closed)}) followed another plan than the first and could not "
+               f"verify every step; the first plan rolled out open loop ({_read_as(opened)}) reads "
+               + ("better to the critic and is the video" if used else "no better to the critic and was not kept"))
+        self.record.fallback = OpenLoopFallback(closed_loop=closed, open_loop=opened, used=used, reason=why)
+        self.emit({"type": "fallback", "fallback": self.record.fallback})
+        if not used:
+            s.stop_reason = f"{s.stop_reason}; {why}" if s.stop_reason else why
+            return
+        s.kept_frames = frames
+        self.record.accepted = paths
+        self.record.unverified = [p for p, ok in zip(paths, passed) if not ok]
+        memory.state = seen
+        self.memory = memory
+        verified = not self.record.unverified and opened.goal_met is not False
+        s.stop("success" if verified else "completed_unverified", f"open-loop fallback: {why}")
+
+    # -- sections 9 and 10
     def compose(self) -> np.ndarray:
         """The kept segments as one video (the first frame alone when none was kept)."""
         t = time.perf_counter()
@@ -606,6 +708,19 @@ def _final_status(record: RunRecord, mode: str, reached: bool, why_not: str) -> 
     if not reached:
         return "completed_unverified", f"the plan is done but the observed state does not meet the goal ({why_not})"
     return "success", ""
+
+
+def prefer_open_loop(closed: VideoReading, opened: VideoReading) -> bool:
+    """Section 8: whether the open-loop rollout is the better video, as the critic reads both: the goal met first
+    (when both readings can tell), then fewer steps the critic did not pass; the closed loop's video on a tie."""
+    if closed.goal_met is not None and opened.goal_met is not None and closed.goal_met != opened.goal_met:
+        return opened.goal_met
+    return opened.failed_steps < closed.failed_steps
+
+
+def _read_as(reading: VideoReading) -> str:
+    goal = {True: "goal met", False: "goal not met", None: "goal unknown"}[reading.goal_met]
+    return f"{goal}, {reading.failed_steps} of {reading.steps} steps not passed"
 
 
 def _best(candidates: list[_Candidate]) -> _Candidate | None:

@@ -224,6 +224,11 @@ def _header(run: dict) -> str:
         changed = "; ".join(f"{k} from {v[0]} to {v[1]}" for k, v in r.get("changed", {}).items())
         note += f'<p class="muted">Resumed at {esc(r.get("at", "?"))} with {esc(changed)}.</p>'
     note += _unverified_note(rec)
+    fb = rec.get("fallback")
+    if fb:
+        used = "used: its video is this run's" if fb.get("used") else "not used: the closed loop's video is kept"
+        note += (f'<p class="warn" id="fallback-note"><b>Open-loop fallback</b> {esc(used)} '
+                 f'({esc(fb.get("reason", ""))}).</p>')
     counts = rec.get("counts", {})
     source = f"image {esc(meta['image'])}" if meta.get("image") else f"scene {esc(meta.get('scene'))}"
     facts = [("mode", esc(rec.get("mode") or _cfg(run, "loop", "mode") or "?")), ("start", source),
@@ -266,7 +271,10 @@ def _unverified_note(rec: dict) -> str:
 def _anchor(segment_file: str) -> str:
     """The id of the attempt card showing a segment (``segments/v1_s02_a03.npz`` → ``attempt-v1-s2-a3``)."""
     m = re.search(r"v(\d+)_s(\d+)_a(\d+)", segment_file or "")
-    return f"attempt-v{int(m[1])}-s{int(m[2])}-a{int(m[3])}" if m else ""
+    if m is None:  # the open-loop fallback's segments (segments/open_loop_s02.npz), journaled as plan version -1
+        m = re.search(r"open_loop_s(\d+)", segment_file or "")
+        return f"attempt-v-1-s{int(m[1])}-a0" if m else ""
+    return f"attempt-v{int(m[1])}-s{int(m[2])}-a{int(m[3])}"
 
 
 def _media(run: dict) -> str:
@@ -474,10 +482,12 @@ def _attempts(run: dict) -> str:
         return '<section><h2>Attempts</h2><p class="muted">no attempts recorded</p></section>'
     kept, unverified, parts = _kept(run), _unverified(run), []
     for (v, s), group in _by_key(run["attempts"]).items():
-        plan = run["plans"][v] if v < len(run["plans"]) else {}
+        fallback = v < 0  # the open-loop fallback rolls out the first plan (spiral/loop.py section 8)
+        plan = run["plans"][max(v, 0)] if max(v, 0) < len(run["plans"]) else {}
         steps = plan.get("steps", [])
         sub = group[0].get("sub_action") or (steps[s] if s < len(steps) else {})
-        title = f"plan v{v} · step {s + 1}: {sub.get('text', '')}"
+        where = "open-loop fallback (plan v0 as plan_only makes it)" if fallback else f"plan v{v}"
+        title = f"{where} · step {s + 1}: {sub.get('text', '')}"
         parts.append(f'<div class="step"><h3>{esc(title)}</h3>'
                      + "".join(_attempt_card(run, a, kept, unverified) for a in group) + "</div>")
     return "<section><h2>Attempts</h2>" + "".join(parts) + "</section>"

@@ -25,6 +25,9 @@ from spiral import atomic
 from spiral.types import Attempt, Plan
 
 RUN_MARKER = "meta.json"
+#: the journal's plan version of the open-loop fallback's attempts (spiral.loop): never a plan version of the loop,
+#: so a resume that raises the loop's budgets cannot mistake them for its own
+OPEN_LOOP = -1
 # RunDir.create writes this first and deletes it after the marker: a folder holding it is a creation cut short.
 CREATING = ".spiral-creating"
 
@@ -148,6 +151,9 @@ class RunDir:
         return line, load_frames(self.path / line["segment_file"])
 
     def segment_file(self, version: int, step: int, attempt: int) -> str:
+        """The segment of an attempt; the open-loop fallback's (``version`` OPEN_LOOP) has names of its own."""
+        if version == OPEN_LOOP:
+            return f"segments/open_loop_s{step:02d}.npz"
         return f"segments/v{version}_s{step:02d}_a{attempt:02d}.npz"
 
     def log_attempt(self, version: int, entry: Attempt, frames: np.ndarray, fps: float, extra: dict,

@@ -315,6 +315,28 @@ class GivenUpStep(StepFailure):
 RunStatus = Literal["running", "success", "completed_unverified", "budget_exhausted", "failed"]
 
 
+class VideoReading(_Model):
+    """How the critic reads one candidate video of a run (the open-loop fallback compares two of them)."""
+
+    goal_met: bool | None = Field(description=(
+        "the planner's goal check on the critic's reading of the last frame; None when either cannot tell"))
+    failed_steps: int = Field(ge=0, description=(
+        "steps of the video the critic did not pass: kept unverified, or kept as what happened instead of the "
+        "step asked"))
+    steps: int = Field(ge=0, description="steps in the video")
+
+
+class OpenLoopFallback(_Model):
+    """The open-loop fallback of a closed-loop run that followed another plan than its first and could not verify
+    every step (``loop.open_loop_fallback``): the first plan rolled out as ``plan_only`` does, judged, and kept
+    when the critic reads it as the better video."""
+
+    closed_loop: VideoReading = Field(description="the closed loop's own video")
+    open_loop: VideoReading = Field(description="the open-loop rollout of the first plan")
+    used: bool = Field(description="whether the open-loop rollout is the run's video")
+    reason: str = Field(description="why it was or was not used")
+
+
 class RunRecord(_Model):
     """The summary of a run: status, plan history, attempts, counts and costs.
 
@@ -343,6 +365,8 @@ class RunRecord(_Model):
     costs: dict[str, float] = Field(default_factory=dict)
     resumes: list[dict[str, Any]] = Field(default_factory=list, description=(
         "each resume that changed a setting: {'at': time, 'changed': {key: [old, new]}}"))
+    fallback: OpenLoopFallback | None = Field(None, description=(
+        "the open-loop fallback, when the closed loop ran one (loop.open_loop_fallback)"))
 
 
 class NextStepQuestion(_Model):
