@@ -275,3 +275,50 @@ def test_planner_and_critic_options_are_checked_when_the_grpo_config_loads(tmp_p
     assert plain.identity() == GRPOConfig(prompts={"source": "tabletop"}).identity()
     assert plain.identity() != GRPOConfig(prompts={"source": "suite", "path": "tabletop-smoke"}).identity()
     assert GRPOConfig.from_saved(json.loads(plain.model_dump_json())).identity() == plain.identity()
+
+
+# ------------------------------------------------------------------------------------------------ suite prompts
+
+
+def test_suite_prompts_start_from_each_cases_first_frame_and_chain_later_steps(tmp_path, capsys):
+    """A suite gives goal + first frame: single stages draw step 0 from the case's own first frame (no later frame
+    is known), continuation stages condition step k ≥ 1 on the policy's chained outputs from that frame."""
+    from test_grpo import tiny_policy
+
+    from spiral.api import scene_frame
+    from spiral.bench.suite import load_suite
+    from spiral.train.grpo import GRPOConfig, GRPOTrainer, Stage
+
+    cfg = GRPOConfig(out=str(tmp_path / "run"), steps=1, prompts_per_step=2, group_size=2, sample_steps=2,
+                     sample_every=0, prompts={"source": "suite", "path": "tabletop-smoke", "limit": 6},
+                     stages=[Stage(name="single", kind="single")])
+    tr = GRPOTrainer(cfg, policy=tiny_policy())
+    assert "gold evaluation" in capsys.readouterr().out  # said once, at the start
+    cases = {c.id: c for c in load_suite("tabletop-smoke").cases[:6]}
+    single = tr.sample_prompts(6, Stage(name="s", kind="single"), np.random.default_rng(1))
+    for p in single:
+        first, state = scene_frame(cases[p.task].scene, (64, 64))
+        assert p.index == 0 and np.array_equal(p.cond_frame, first) and np.array_equal(p.anchor_frame, first)
+        assert p.state == state and p.goal == cases[p.task].goal  # the tabletop critic's reading of the true scene
+    chained = tr.sample_prompts(6, Stage(name="c", kind="continuation"), np.random.default_rng(1))
+    assert any(p.index >= 1 for p in chained)
+    for p in chained:
+        if p.index >= 1:  # a frame the policy made, not the case's
+            assert not np.array_equal(p.cond_frame, p.anchor_frame) and len(p.history) == p.index
+    rec = tr.run()[-1]  # gold evaluation skipped (eval_every stays on), the step runs
+    assert np.isfinite(rec["loss"]) and not any(k.startswith("gold_") for k in rec)
+    assert all(t.split("#")[0] in cases for t in rec["prompt_tasks"])
+
+
+def test_a_planner_that_cannot_read_a_real_goal_is_named(tmp_path):
+    from test_judge_vlm import make_real_suite
+
+    from spiral.train.grpo import GRPOConfig, GRPOTrainer
+
+    suite = make_real_suite(tmp_path / "suite")
+    from test_grpo import tiny_policy
+
+    tr = GRPOTrainer(GRPOConfig(out=str(tmp_path / "run"), prompts={"source": "suite", "path": str(suite)}),
+                     policy=tiny_policy(), progress=False)
+    with pytest.raises(ValueError, match=r"planner symbolic cannot plan task 'real-\d'.*llm with domain null"):
+        tr.sample_prompts(1, tr.stage, np.random.default_rng(0))
