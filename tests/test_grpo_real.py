@@ -224,6 +224,16 @@ def test_a_dead_endpoint_fails_spiral_run_in_seconds_before_the_generator_is_bui
         assert not (tmp_path / role).exists()
 
 
+def test_a_dead_endpoint_fails_every_bench_case_before_the_generator_is_built(tmp_path, counting, key_env):
+    dead = f"http://127.0.0.1:{llama_tools.free_port()}/v1"
+    res = CliRunner().invoke(app, ["bench", "--suite", "tabletop-smoke", "--limit", "2", "--out", str(tmp_path / "b"),
+                                   "--quiet", "--set", "generator.name=counting-test", "--set", "critic.name=vlm",
+                                   "--set", f"critic.options.base_url={dead}"], env={"COLUMNS": "300"})
+    assert res.exit_code != 0 and counting.built == 0, res.output
+    cases = json.loads((tmp_path / "b" / "results.json").read_text())["cases"]
+    assert len(cases) == 2 and all(dead in c["error"] and "does not answer" in c["error"] for c in cases), cases
+
+
 def test_a_dead_endpoint_fails_train_grpo_before_the_policy_is_built(tmp_path, counting, key_env):
     dead = f"http://127.0.0.1:{llama_tools.free_port()}/v1"
     cfg = tmp_path / "grpo.yaml"
