@@ -6,6 +6,9 @@ One step (``GRPOTrainer.step``):
    sub-action becomes the prompt and from which frame: ``single`` (one step from a rendered true
    state), ``continuation`` / ``plan`` (step k of a medium / long plan, conditioned on the
    generator's *own* chained outputs for steps 0..k−1, the errors that compound over long horizons).
+   With ``prompts.source`` dataset or suite the tasks are an imported dataset's episodes or a suite's cases
+   instead (``spiral.train.grpo_prompts``), and the tabletop-only extras (gold evaluation with the tabletop judge,
+   its faithfulness check, held-out move splits) are skipped.
 2. **Rollouts.** G SDE samples per prompt through ``spiral.flow.sample`` (the one sampler of every generator),
    its exploration noise drawn from a CPU generator so that rollouts do not depend on the device;
    log-probabilities kept per step.
@@ -155,12 +158,10 @@ class GRPOTrainer:
             write_text(saved, cfg.model_dump_json(indent=2))
         self.device = torch.device(rank_device(cfg.device))  # cuda:LOCAL_RANK for each torchrun rank
         torch.manual_seed(cfg.seed)
-        from spiral import registry
-
         # the agents first, and those that talk to an endpoint asked once whether it answers: an unreachable server
         # fails here in seconds, before a large generator's weights load
-        self.critic = critic or registry.create("critic", *cfg.backend("critic")[:1], **cfg.backend("critic")[1])
-        self.planner = registry.create("planner", *cfg.backend("planner")[:1], **cfg.backend("planner")[1])
+        self.critic = critic or _create("critic", cfg)
+        self.planner = _create("planner", cfg)
         check_health(planner=self.planner, critic=self.critic)
         self.policy: GRPOPolicy = policy or build_policy(cfg, str(self.device))
         if not isinstance(self.policy, GRPOPolicy):
@@ -736,6 +737,14 @@ class GRPOTrainer:
         Image.fromarray(np.concatenate(rows)).save(path)
         path.with_suffix(".json").write_text(json.dumps({"prompt": ro["requests"][0].prompt,
                                                          "rewards": ro["rewards"][:G].tolist()}))
+
+
+def _create(kind: str, cfg: GRPOConfig) -> Any:
+    """The planner or the critic the config names (a registry name, or {name, options})."""
+    from spiral import registry
+
+    name, options = cfg.backend(kind)  # type: ignore[arg-type]
+    return registry.create(kind, name, **options)
 
 
 def _all_mean(x: float, world: int) -> float:

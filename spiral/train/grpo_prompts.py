@@ -12,6 +12,9 @@ sub-action becomes the prompt and what it is conditioned on:
   steps 0..k−1 (:meth:`spiral.train.grpo.GRPOTrainer._chain`), as plan-only generation would, from the task's first
   frame.
 
+A stage's ``min_steps`` / ``max_steps`` choose the length of sampled tabletop tasks; a dataset's or a suite's tasks are
+taken as they are.
+
 Every draw is a function of the trainer's random stream (seed, rank, step). Under torchrun each rank draws from
 its own share of the tasks (every ``world``-th one, as ``DistributedSampler`` splits data) when there are at least as
 many tasks as ranks, so different ranks get different prompts.
