@@ -200,6 +200,25 @@ class StartsRuns(Protocol):
     def start_run(self) -> None: ...
 
 
+@runtime_checkable
+class ChecksHealth(Protocol):
+    """An agent that depends on something outside the process (an OpenAI-compatible endpoint) and can tell cheaply,
+    in seconds, whether it answers: ``spiral run`` and ``spiral train grpo`` ask before a large generator loads."""
+
+    def check_health(self) -> None:
+        """Raise a ValueError of one line naming what does not answer and the fix."""
+        ...
+
+
+def check_health(**agents: Any) -> None:
+    """Ask every agent that can (``ChecksHealth``) whether what it talks to answers; the first that does not raises
+    its one-line error. Called before the generator is built, so that a dead endpoint costs seconds, not a model
+    load."""
+    for agent in agents.values():
+        if isinstance(agent, ChecksHealth):
+            agent.check_health()
+
+
 def observe(critic: CriticAgent, frame: np.ndarray) -> dict | None:
     """The critic's reading of a frame as a symbolic state, if it can read states."""
     if not isinstance(critic, ObservesState):

@@ -47,12 +47,16 @@ def resolve_config(config: str | Path | Config | None, overrides: list[str] | No
 
 
 def build_agents(cfg: Config) -> Agents:
-    """Instantiate the configured backends by name."""
-    return Agents(
-        planner=registry.create("planner", cfg.planner.name, **cfg.planner.options),
-        generator=registry.create("generator", cfg.generator.name, **cfg.generator.options),
-        critic=registry.create("critic", cfg.critic.name, **cfg.critic.options),
-    )
+    """Instantiate the configured backends by name: the planner and the critic first, and those that talk to an
+    endpoint asked whether it answers (``spiral.agents.check_health``), so that a dead endpoint fails in seconds,
+    before the generator loads its weights."""
+    from spiral.agents import check_health
+
+    planner = registry.create("planner", cfg.planner.name, **cfg.planner.options)
+    critic = registry.create("critic", cfg.critic.name, **cfg.critic.options)
+    check_health(planner=planner, critic=critic)
+    generator = registry.create("generator", cfg.generator.name, **cfg.generator.options)
+    return Agents(planner=planner, generator=generator, critic=critic)
 
 
 MAX_IMAGE_PIXELS = 50_000_000  # a 48-megapixel phone photo passes (a 7000x7000 PNG: peak RSS 0.6 GB, 2.3 s)

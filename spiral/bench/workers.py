@@ -59,6 +59,7 @@ class AgentCache:
         self._n_gpus = n_gpus
         self._slots: dict[str, tuple[str, Any]] = {}  # kind -> (key, agent)
         self.built = 0  # agents constructed so far (a reused one is not counted again)
+        self._healthy: set[tuple[str, str]] = set()  # (kind, key) of agents whose endpoint answered
 
     @property
     def n_gpus(self) -> int:
@@ -87,9 +88,16 @@ class AgentCache:
         return self._slots[kind][1]
 
     def agents(self, cfg: Config) -> Agents:
-        """The three agents of a run's config (``spiral.api.run(build=...)``)."""
-        return Agents(planner=self.agent("planner", cfg.planner), generator=self.agent("generator", cfg.generator),
-                      critic=self.agent("critic", cfg.critic))
+        """The three agents of a run's config (``spiral.api.run(build=...)``); the planner and the critic are asked
+        whether their endpoints answer (until they once do) before the generator loads (``spiral.agents.check_health``)."""
+        from spiral.agents import check_health
+
+        planner, critic = self.agent("planner", cfg.planner), self.agent("critic", cfg.critic)
+        unchecked = {k: a for k, a in (("planner", planner), ("critic", critic)) if (k, self._slots[k][0]) not in
+                     self._healthy}
+        check_health(**unchecked)  # raises for the first that does not answer: asked again by the next case
+        self._healthy |= {(k, self._slots[k][0]) for k in unchecked}
+        return Agents(planner=planner, generator=self.agent("generator", cfg.generator), critic=critic)
 
     def describe(self, cfg: Config) -> dict[str, Any]:
         """Which backends, model ids and devices this worker runs ``cfg`` with (written into each case's result)."""

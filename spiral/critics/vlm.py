@@ -138,6 +138,12 @@ class VLMCritic:
         self._task = JsonTask("verdict", verdict_schema(score_levels), _to_verdict, self.prompts.raw("repair"),
                               self.prompts.raw("format"))
 
+    def check_health(self) -> None:
+        """Whether the endpoint answers (``spiral.agents.ChecksHealth``); a local backend has nothing to check."""
+        check = getattr(self.client, "check_health", None)
+        if check is not None:
+            check(f"critic {self.name}")
+
     @property
     def prompt_id(self) -> str:
         """Which template (file stem + content hash) produced this critic's prompts."""

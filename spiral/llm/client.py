@@ -251,6 +251,36 @@ class ChatClient:
             return ""
         return f"; it serves: {', '.join(ids)}" if ids else ""
 
+    # -- health ---------------------------------------------------------------------------------
+
+    def check_health(self, owner: str = "agent", timeout: float = 5.0, tries: int = 2) -> None:
+        """One cheap request (``GET {base_url}/models``) with a short timeout, before anything heavy loads: an endpoint
+        that does not answer fails in seconds with one line naming ``base_url`` and the fix. Transient failures
+        (connection refused, timeout, 5xx) get ``tries`` attempts a short pause apart; a rejected key is fatal; a
+        server without the models route (404) answered, so it passes; a model it does not list is a warning (some
+        servers serve any name)."""
+        openai = require_openai()
+        client = self._connect().with_options(timeout=min(self.timeout, timeout), max_retries=0)
+        for attempt in range(max(1, tries)):
+            try:
+                served = [m.id for m in client.models.list().data]
+                break
+            except openai.NotFoundError:
+                return
+            except Exception as e:  # noqa: BLE001 - classified: transient ones retried, the rest named
+                tr = self._classify(e)
+                if tr is None:
+                    raise EndpointError(f"{owner}: {self._fatal(e)}") from None
+                if attempt + 1 >= max(1, tries):
+                    raise EndpointError(
+                        f"{owner}: the OpenAI-compatible server at {self.base_url} does not answer ({tr.cause}); fix: "
+                        "start it (e.g. `vllm serve MODEL` or `python -m llama_cpp.server --model M.gguf`) or set "
+                        "the agent's base_url option to where it runs") from None
+                time.sleep(min(1.0, self._delay(attempt, tr.retry_after)))
+        if served and self.model not in served:
+            log.warning("%s: %s lists %s but not the configured model %r; requests may fail (set the model option)",
+                        owner, self.base_url, ", ".join(served[:8]), self.model)
+
     # -- requests ---------------------------------------------------------------------------------
 
     def request(self, messages: list[dict[str, Any]], task: JsonTask[Any]) -> tuple[str, str | None]:

@@ -233,6 +233,12 @@ class LLMPlanner:
         self.choice_prompts = load_template("choice", "v1", choice_prompt_file, required=_CHOICE_SECTIONS)
         self.client: ChatBackend = make_client(f"planner {self.name}", client_options, type(self), self.backend_class)
 
+    def check_health(self) -> None:
+        """Whether the endpoint answers (``spiral.agents.ChecksHealth``); a local backend has nothing to check."""
+        check = getattr(self.client, "check_health", None)
+        if check is not None:
+            check(f"planner {self.name}")
+
     @property
     def prompt_id(self) -> str:
         """Which template (file stem + content hash) produced this planner's prompts."""

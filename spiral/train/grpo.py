@@ -6,6 +6,9 @@ One step (``GRPOTrainer.step``):
    sub-action becomes the prompt and from which frame: ``single`` (one step from a rendered true
    state), ``continuation`` / ``plan`` (step k of a medium / long plan, conditioned on the
    generator's *own* chained outputs for steps 0..k−1, the errors that compound over long horizons).
+   With ``prompts.source`` dataset or suite the tasks are an imported dataset's episodes or a suite's cases
+   instead (``spiral.train.grpo_prompts``), and the tabletop-only extras (gold evaluation with the tabletop judge,
+   its faithfulness check, held-out move splits) are skipped.
 2. **Rollouts.** G SDE samples per prompt through ``spiral.flow.sample`` (the one sampler of every generator),
    its exploration noise drawn from a CPU generator so that rollouts do not depend on the device;
    log-probabilities kept per step.
@@ -37,10 +40,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from spiral import flow
-from spiral.agents import FixedClipShape, GRPOPolicy
+from spiral.agents import FixedClipShape, GRPOPolicy, check_health, observe
 from spiral.train.common import (
     EMA,
     RunLog,
@@ -52,7 +54,16 @@ from spiral.train.common import (
     set_rng_state,
 )
 from spiral.train.grpo_config import RUNTIME_FIELDS, SCORES, GRPOConfig, Stage, load_config
-from spiral.types import GenerationRequest, JudgeContext, Segment, SubAction, combine_scores
+from spiral.train.grpo_prompts import Prompt
+from spiral.types import (
+    GenerationRequest,
+    JudgeContext,
+    Observation,
+    Segment,
+    SubAction,
+    combine_scores,
+    memory_prompt,
+)
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Prompt", "Stage", "RUNTIME_FIELDS", "SCORES", "background_noise",
            "build_policy", "clipped_objective", "group_advantages", "load_config", "train_grpo"]
@@ -91,19 +102,6 @@ def clipped_objective(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch
 
 
 # --------------------------------------------------------------------------------------- prompts
-
-
-class Prompt(BaseModel):
-    """One GRPO prompt: a sub-action and the frames it is generated from."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-    sub_action: SubAction
-    cond_frame: Any
-    anchor_frame: Any
-    state: dict  # the critic's reading of the conditioning frame (the memory's state)
-    task_seed: int
-    index: int  # step index in its plan
-    scene_seed: int | None = None  # the scene's look (spiral.world.render.Appearance.sample)
 
 
 def build_policy(cfg: GRPOConfig, device: str | None = None) -> GRPOPolicy:
@@ -160,14 +158,25 @@ class GRPOTrainer:
             write_text(saved, cfg.model_dump_json(indent=2))
         self.device = torch.device(rank_device(cfg.device))  # cuda:LOCAL_RANK for each torchrun rank
         torch.manual_seed(cfg.seed)
+        # the agents first, and those that talk to an endpoint asked once whether it answers: an unreachable server
+        # fails here in seconds, before a large generator's weights load
+        self.critic = critic or _create("critic", cfg)
+        self.planner = _create("planner", cfg)
+        check_health(planner=self.planner, critic=self.critic)
         self.policy: GRPOPolicy = policy or build_policy(cfg, str(self.device))
         if not isinstance(self.policy, GRPOPolicy):
             raise TypeError(f"the policy {type(self.policy).__name__} lacks what GRPO needs (spiral.agents.GRPOPolicy)")
         self._judge: Any = None  # the benchmark's judge, loaded on the first score_prompts
-        from spiral import registry
+        self.pool: Any = None  # the dataset's or suite's tasks (spiral.train.grpo_prompts.TaskPool)
+        if not cfg.tabletop:
+            from spiral.train.grpo_prompts import TaskPool
 
-        self.critic = critic or registry.create("critic", cfg.critic)
-        self.planner = registry.create("planner", cfg.planner)
+            self.pool = TaskPool(cfg.prompts, self.frame_size(), self.planner, cfg.backend("planner")[0],
+                                 self.rank, self.world)
+            if self.rank == 0 and progress:
+                print(f"prompts: {cfg.prompts.source} {cfg.prompts.path} ({self.pool.total} tasks); not the tabletop "
+                      "world, so the gold evaluation (the tabletop judge), its faithfulness check and the held-out "
+                      "move splits are skipped", flush=True)
         self.params = self.policy.trainable()
         if not self.params:
             raise ValueError("the policy has no trainable parameters")
@@ -202,6 +211,8 @@ class GRPOTrainer:
                        ) -> list[Prompt]:
         """``n`` prompts of the stage's kind; chained frames come from the current policy (ODE).
         ``heldout`` overrides the config's ``heldout_moves`` filter (and its ``focus_moves``)."""
+        if self.pool is not None:
+            return self._pool_prompts(n, stage, rng)
         focus = self.cfg.focus_moves if heldout is None else None
         heldout = heldout or self.cfg.heldout_moves
         from spiral.world.render import Appearance, render_state
@@ -212,34 +223,57 @@ class GRPOTrainer:
         while len(tasks) < n:
             ts = int(rng.integers(2**31))
             task = sample_task(ts, stage.min_steps, stage.max_steps)
-            plan = self.planner.plan(task.goal.text, task.state)
+            look = Appearance.sample(task.scene_seed)
+            first = render_state(task.state, appearance=look, size=size)
+            plan = self.planner.plan(task.goal.text, Observation(frame=first, state=task.state.to_dict()))
             lo = 0 if stage.kind == "single" else min(1, len(plan.steps) - 1)
             want = heldout if heldout != "half" else ("only", "exclude")[len(tasks) % 2]
             choices = [k for k in range(lo, len(plan.steps)) if self._allowed(plan.steps[k], want, focus)]
             if not choices:
                 continue
             k = choices[int(rng.integers(len(choices)))]
-            look = Appearance.sample(task.scene_seed)
-            tasks.append((ts, task, plan, k, look))
+            tasks.append((ts, task, plan, k, look, first))
         prompts: list[Prompt] = []
         chains = []
-        for ts, task, plan, k, look in tasks:
+        for ts, task, plan, k, look, first in tasks:
             from spiral.world import domain
 
-            first = render_state(task.state, appearance=look, size=size)
+            common = dict(sub_action=plan.steps[k], anchor_frame=first, task_seed=ts, index=k,
+                          scene_seed=task.scene_seed, goal=task.goal.text, history=[s.text for s in plan.steps[:k]])
             if stage.kind == "single":  # the true state before step k, rendered
                 state = task.state
                 for sub in plan.steps[:k]:
                     state = domain.apply(state, domain.Action(sub.verb, tuple(sub.objects)))
                 frame = render_state(state, appearance=look, size=size)
-                prompts.append(Prompt(sub_action=plan.steps[k], cond_frame=frame, anchor_frame=first,
-                                      state=self.critic.observe(frame).to_dict(), task_seed=ts, index=k,
-                                      scene_seed=task.scene_seed))
+                prompts.append(Prompt(cond_frame=frame, state=self.read_state(frame, state.to_dict()), **common))
             else:
-                chains.append((ts, plan, k, first, task.scene_seed))
+                chains.append((plan, k, common))
         if chains:
             prompts += self._chain(chains)
         return prompts
+
+    def _pool_prompts(self, n: int, stage: Stage, rng: np.random.Generator) -> list[Prompt]:
+        """``n`` prompts from the dataset's or the suite's tasks (spiral.train.grpo_prompts)."""
+        prompts, chains = [], []
+        for d in self.pool.draw(n, stage, rng):
+            t = d.task
+            common = dict(sub_action=d.plan.steps[d.k], anchor_frame=t.first, task_seed=t.number, index=d.k,
+                          scene_seed=t.scene_seed, task=t.key, goal=t.goal,
+                          history=[s.text for s in d.plan.steps[:d.k]])
+            if d.cond is not None:
+                known = t.state if d.k == 0 else None  # the source's state holds for the first frame only
+                prompts.append(Prompt(cond_frame=d.cond, state=self.read_state(d.cond, known), **common))
+            else:
+                chains.append((d.plan, d.k, common))
+        if chains:
+            prompts += self._chain(chains)
+        return prompts
+
+    def read_state(self, frame: np.ndarray, known: dict | None = None) -> dict | None:
+        """The memory's state before a step: the critic's reading of the frame when it reads states
+        (spiral.agents.ObservesState), else what the prompt source knows (``known``), else None."""
+        seen = observe(self.critic, frame)
+        return seen if seen is not None else known
 
     @staticmethod
     def _allowed(sub: SubAction, heldout: str, focus: list[tuple[str, str]] | None = None) -> bool:
@@ -251,29 +285,49 @@ class GRPOTrainer:
         return {"exclude": not held, "include": True, "only": held}[heldout]
 
     @torch.no_grad()
-    def _chain(self, chains: list) -> list[Prompt]:
-        """Run each plan's first k steps with the current policy (ODE), as plan-only generation would."""
+    def _chain(self, chains: list[tuple[Any, int, dict]]) -> list[Prompt]:
+        """Run each plan's first k steps with the current policy (ODE), as plan-only generation would; ``chains``
+        holds (plan, k, the prompt's other fields) with the task's first frame as ``anchor_frame``."""
         from spiral.loop import derive_seed
 
-        frames = {i: c[3] for i, c in enumerate(chains)}
-        for step in range(max(c[2] for c in chains)):
-            active = [i for i, c in enumerate(chains) if step < c[2]]
-            reqs = [self.request(chains[i][1].steps[step].text, frames[i], chains[i][3],
-                                  derive_seed(chains[i][0], 0, step, 0)) for i in active]
+        frames = {i: c[2]["anchor_frame"] for i, c in enumerate(chains)}
+        for step in range(max(c[1] for c in chains)):
+            active = [i for i, c in enumerate(chains) if step < c[1]]
+            reqs = []
+            for i in active:
+                plan, _, common = chains[i]
+                reqs.append(self.request(plan.steps[step].text, frames[i], common["anchor_frame"],
+                                         derive_seed(common["task_seed"], 0, step, 0),
+                                         [s.text for s in plan.steps[:step]]))
             for i, seg in zip(active, self.generate(reqs, mode="ode")):
                 frames[i] = seg.frames[-1]
-        return [Prompt(sub_action=plan.steps[k], cond_frame=frames[i], anchor_frame=first,
-                       state=self.critic.observe(frames[i]).to_dict(), task_seed=ts, index=k, scene_seed=scene)
-                for i, (ts, plan, k, first, scene) in enumerate(chains)]
+        return [Prompt(cond_frame=frames[i], state=self.read_state(frames[i]), **common)
+                for i, (_, _, common) in enumerate(chains)]
+
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the conditioning frames of dataset and suite prompts (``prompts.size``, else the
+        generator's own height/width options, else 64x64)."""
+        if self.cfg.prompts.size is not None:
+            return tuple(self.cfg.prompts.size)  # type: ignore[return-value]
+        opts = self.cfg.diffusers_options if self.cfg.generator == "diffusers" else {}
+        if isinstance(self.policy, FixedClipShape):
+            side = self.policy.clip_shape()[0]
+            return side, side
+        if opts.get("height") and opts.get("width"):
+            return int(opts["height"]), int(opts["width"])
+        return 64, 64
 
     def _size(self) -> int:
         return self.policy.clip_shape()[0] if isinstance(self.policy, FixedClipShape) else 64
 
-    def request(self, text: str, cond: np.ndarray, anchor: np.ndarray, seed: int) -> GenerationRequest:
-        """One generation request at the policy's clip length and the conditioning frame's size."""
+    def request(self, text: str, cond: np.ndarray, anchor: np.ndarray, seed: int, history: list[str] | None = None
+                ) -> GenerationRequest:
+        """One generation request at the policy's clip length and the conditioning frame's size; its memory context
+        (the steps before it) composed as the loop composes it (spiral.types.memory_prompt)."""
         frames = self.policy.clip_shape()[1] if isinstance(self.policy, FixedClipShape) else 9
-        return GenerationRequest(prompt=text, cond_frame=cond, anchor_frame=anchor, seed=seed, num_frames=frames,
-                                 height=cond.shape[0], width=cond.shape[1])
+        return GenerationRequest(prompt=text, context=memory_prompt("", list(history or []), text), cond_frame=cond,
+                                 anchor_frame=anchor, seed=seed, num_frames=frames, height=cond.shape[0],
+                                 width=cond.shape[1])
 
     def _chunks(self, requests: list[GenerationRequest], per_group: int) -> list[list[GenerationRequest]]:
         if self.policy.batches_groups:
@@ -298,7 +352,7 @@ class GRPOTrainer:
         """G SDE rollouts per prompt: trajectories, log-probs, segments, rewards, advantages."""
         cfg, G = self.cfg, self.cfg.group_size
         seeds = rng.integers(2**62, size=len(prompts) * G)
-        requests = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, int(seeds[i * G + g]))
+        requests = [self.request(p.sub_action.text, p.cond_frame, p.anchor_frame, int(seeds[i * G + g]), p.history)
                     for i, p in enumerate(prompts) for g in range(G)]
         traj, logps, segments, batches = [], [], [], []
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
@@ -334,8 +388,8 @@ class GRPOTrainer:
     def context(p: Prompt) -> JudgeContext:
         """What the critic knows of a prompt, as the loop's memory gives it: conditioning and anchor frames, state,
         the scene's look."""
-        return JudgeContext(cond_frame=p.cond_frame, anchor_frame=p.anchor_frame, state=p.state,
-                            hints={"scene_seed": p.scene_seed} if p.scene_seed is not None else {})
+        return JudgeContext(goal=p.goal, history=list(p.history), cond_frame=p.cond_frame, anchor_frame=p.anchor_frame,
+                            state=p.state, hints={"scene_seed": p.scene_seed} if p.scene_seed is not None else {})
 
     def artifact(self, frame: np.ndarray, prompt: Prompt, state: Any) -> float:
         """Artifact area of ``frame`` against a render of ``state`` (what it is read as) in the prompt's look."""
@@ -483,7 +537,8 @@ class GRPOTrainer:
                   **{f"score_{k}": float(np.mean([s[k] for s in ro["scores"]])) for k in SCORES},
                   "background_noise": ro["noise"], "quiet_groups": ro["quiet_groups"], **upd,
                   "seconds_prompts": t1 - t0, "seconds_rollout": t2 - t1, "seconds_update": t3 - t2,
-                  "seconds_step": t3 - t0, "prompt_seeds": [p.task_seed for p in prompts][:4]}
+                  "seconds_step": t3 - t0, "prompt_seeds": [p.task_seed for p in prompts][:4],
+                  **({"prompt_tasks": [f"{p.task}#{p.index}" for p in prompts][:4]} if self.pool is not None else {})}
         self._advance_stage(mean_r)
         self.last_rollout = ro
         return record
@@ -494,7 +549,10 @@ class GRPOTrainer:
         """Fixed single-step prompts (seed-independent of training), ODE, scored by the critic *and*
         the benchmark's independent judge: a gap between the two is reward hacking. The prompts never
         hold a held-out move; a run that trains on them is also scored on held-out-only prompts
-        (``gold_heldout_*``), so learning them and forgetting the rest both show."""
+        (``gold_heldout_*``), so learning them and forgetting the rest both show. Tabletop prompts only (the judge
+        reads tabletop states): nothing for a dataset or a suite."""
+        if not self.cfg.tabletop:
+            return {}
         out = self._gold("exclude", n)
         if self.cfg.heldout_moves != "exclude":
             out |= {k.replace("gold_", "gold_heldout_"): v for k, v in self._gold("only", n).items()}
@@ -665,7 +723,8 @@ class GRPOTrainer:
     def _rank_log(self, rec: dict) -> None:
         chk = float(sum(p.detach().double().sum() for p in self.params.values()))
         with open(self.out / f"rank{self.rank}.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": rec["step"], "prompt_seeds": rec["prompt_seeds"], "param_sum": chk}) + "\n")
+            f.write(json.dumps({"step": rec["step"], "prompt_seeds": rec["prompt_seeds"], "param_sum": chk,
+                                **({"prompt_tasks": rec["prompt_tasks"]} if "prompt_tasks" in rec else {})}) + "\n")
 
     def _strip(self, path: Path) -> None:
         """The first prompt's G rollouts (rows), with their rewards in the file's sidecar JSON."""
@@ -678,6 +737,14 @@ class GRPOTrainer:
         Image.fromarray(np.concatenate(rows)).save(path)
         path.with_suffix(".json").write_text(json.dumps({"prompt": ro["requests"][0].prompt,
                                                          "rewards": ro["rewards"][:G].tolist()}))
+
+
+def _create(kind: str, cfg: GRPOConfig) -> Any:
+    """The planner or the critic the config names (a registry name, or {name, options})."""
+    from spiral import registry
+
+    name, options = cfg.backend(kind)  # type: ignore[arg-type]
+    return registry.create(kind, name, **options)
 
 
 def _all_mean(x: float, world: int) -> float:

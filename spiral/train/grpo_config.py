@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from spiral.config import BackendConfig
 from spiral.types import SCORES
 
 GROUPS = ("run", "policy", "sampling", "prompts", "reward", "objective", "kl", "optimisation", "curriculum",
@@ -32,6 +33,9 @@ RUNTIME_FIELDS = {"out", "steps", "device", "text_table", "log_every", "sample_e
 RETIRED = {"white_noise": 1.0, "coarse_noise": 0.0, "coarse_patch": 8, "action_decades": None, "noise_penalty": 0.0,
            "artifact_penalty": 0.0, "pg_region": "frame", "reference_weights": None}
 RETIRED_IN = "commit 15e7b3b, the last that had them (git checkout 15e7b3b)"
+# fields added since runs were first saved: left at their default they stay out of identity(), so an older run's
+# config.json still names the same run
+ADDED = ("prompts",)
 
 
 def _field(default: Any = ..., *, group: str, description: str, **kw: Any) -> Any:
@@ -55,6 +59,45 @@ class Stage(BaseModel):
     until_reward: float | None = Field(None, description="the next stage starts once the mean reward of the last "
                                                          "reward_window steps reaches this")
     reward_window: int = Field(5, description="steps averaged for until_reward")
+
+
+class PromptSource(BaseModel):
+    """Where GRPO's tasks come from: the tabletop task sampler, or the goals and first frames of an imported
+    ActVideoGen-Dataset or of a bench suite (any world; the PlanAgent turns goal + first frame into sub-actions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["tabletop", "dataset", "suite"] = Field(
+        "tabletop", description="tabletop: sampled tabletop tasks (rendered states); dataset: the episodes of an "
+                                "ActVideoGen-Dataset folder (`spiral data import` output); suite: the cases of a "
+                                "bench suite (a shipped name or a .json file)")
+    path: str | None = Field(None, description="dataset: the dataset folder; suite: the suite's name or file")
+    split: str | None = Field(None, description="dataset: only the episodes of this split (default: every one)")
+    limit: int | None = Field(None, ge=1, description="only the first N episodes / cases")
+    plan: Literal["planner", "annotations"] = Field(
+        "planner", description="dataset: planner: the PlanAgent plans from the episode's goal and first frame, and "
+                               "sub-action k is conditioned on the first frame of annotated step k (plan steps "
+                               "beyond the annotated ones are not drawn for single stages); annotations: the "
+                               "annotated steps are the sub-actions (no planner call)")
+    size: tuple[int, int] | None = Field(
+        None, description="dataset / suite: (height, width) of the conditioning frames and the clips the critic "
+                          "judges (default: diffusers_options height/width when both are set, else 64x64); frames "
+                          "are center-cropped to its aspect, then resized")
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptSource:
+        if self.source == "tabletop":
+            given = [k for k in ("path", "split", "limit", "size") if getattr(self, k) is not None]
+            if given or self.plan != "planner":
+                raise ValueError(f"prompts {given or ['plan']} apply to source dataset or suite, not tabletop")
+        elif not self.path:
+            raise ValueError(f"prompts source {self.source} needs path (the "
+                             f"{'dataset folder' if self.source == 'dataset' else 'suite name or .json file'})")
+        if self.source == "suite" and (self.plan != "planner" or self.split is not None):
+            raise ValueError("prompts plan: annotations and split apply to source dataset (a suite's cases are "
+                             "planned by the planner)")
+        if self.size is not None and min(self.size) < 8:
+            raise ValueError(f"prompts size {self.size} must be (height, width) of at least 8 pixels each")
+        return self
 
 
 def _default_stages() -> list[Stage]:
@@ -125,10 +168,18 @@ class GRPOConfig(BaseModel):
     focus_moves: list[tuple[str, str]] | None = _field(
         None, group="prompts", description="the held-out side (only, half of half) draws only these (block, "
                                            "destination) moves; gold evaluation keeps every held-out move")
-    planner: str = _field("symbolic", group="prompts", description="PlanAgent registry name that plans the tasks")
+    planner: str | BackendConfig = _field(
+        "symbolic", group="prompts", description="the PlanAgent that plans the tasks: a registry name, or {name, "
+                                                 "options} as in a run config (e.g. {name: llm, options: {base_url: "
+                                                 "..., model: ...}}); options are checked when the config loads")
+    prompts: PromptSource = _field(default_factory=PromptSource, group="prompts",
+                                   description="where the tasks come from (tabletop sampler, a dataset or a suite)")
 
     # ---- reward
-    critic: str = _field("tabletop", group="reward", description="CriticAgent registry name whose scores are rewards")
+    critic: str | BackendConfig = _field(
+        "tabletop", group="reward", description="the CriticAgent whose verdict scores are rewards: a registry name, or "
+                                                "{name, options} as in a run config (e.g. {name: vlm, options: "
+                                                "{base_url: ..., model: ...}}); only judge() is needed")
     reward_weights: dict[str, float] = _field(
         default_factory=lambda: {k: 1.0 for k in SCORES}, group="reward",
         description="weight of each critic score in the reward (a weighted mean; spiral.types.combine_scores)")
@@ -241,6 +292,17 @@ class GRPOConfig(BaseModel):
             if bad or not self.focus_moves or self.heldout_moves not in ("only", "half"):
                 raise ValueError(f"focus_moves must be a non-empty list of held-out moves {list(HELDOUT_MOVES)} with "
                                  f"heldout_moves only or half; got {self.focus_moves} with {self.heldout_moves}")
+        for kind in ("planner", "critic"):
+            name, options = self.backend(kind)
+            from spiral import registry
+            from spiral.config import _plain
+
+            checked = _plain(registry.check_options(kind, name, options))  # unknown names/options: one line
+            if isinstance(getattr(self, kind), BackendConfig):
+                getattr(self, kind).options = checked
+        if self.prompts.source != "tabletop" and (self.heldout_moves != "exclude" or self.focus_moves is not None):
+            raise ValueError("heldout_moves / focus_moves are tabletop splits; leave them out with prompts source "
+                             f"{self.prompts.source}")
         if self.generator == "diffusers" and not self.diffusers_model:
             raise ValueError("generator: diffusers needs diffusers_model (a model id or a local folder)")
         if self.diffusers_options:
@@ -255,9 +317,22 @@ class GRPOConfig(BaseModel):
                                                                    self.diffusers_options))
         return self
 
+    def backend(self, kind: Literal["planner", "critic"]) -> tuple[str, dict[str, Any]]:
+        """(registry name, options) of the planner or the critic, given as a name or as {name, options}."""
+        spec = getattr(self, kind)
+        return (spec, {}) if isinstance(spec, str) else (spec.name, dict(spec.options))
+
+    @property
+    def tabletop(self) -> bool:
+        """Whether the tasks are tabletop tasks (the gold evaluation, held-out moves and state reading apply)."""
+        return self.prompts.source == "tabletop"
+
     def identity(self) -> str:
         """Hash of what makes two runs the same run (not how long or where they go on)."""
         keep = self.model_dump(exclude=RUNTIME_FIELDS)
+        for k in ADDED:
+            if getattr(self, k) == type(self).model_fields[k].get_default(call_default_factory=True):
+                keep.pop(k)
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
