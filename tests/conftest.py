@@ -48,6 +48,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """The loopback llama.cpp server with the tiny GGUF model (``tests/llama_tools.py``), once per test module,
+    keyed with that module's ``FAKE_KEY`` (the agent, judge and GRPO tests each check their key is never logged)."""
+    import llama_tools
+
+    srv = llama_tools.serve_tiny(tmp_path_factory.mktemp("llama"), request.module.FAKE_KEY)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def key_env(monkeypatch, request):
+    """The test module's ``FAKE_KEY`` in its ``KEY_ENV``: where the agents read the server's key from."""
+    monkeypatch.setenv(request.module.KEY_ENV, request.module.FAKE_KEY)
+
+
 @pytest.fixture(scope="session")
 def bench_script() -> Callable[[str], ModuleType]:
     """Import a script of benchmarks/ by file name (the folder is not a package), once per session; the folder

@@ -384,3 +384,10 @@ def serve_tiny(log_dir: Path, api_key: str):
     """A loopback llama.cpp server on the tiny GGUF model, for a module-scoped fixture (call ``.stop()``)."""
     need_llama()
     return start_server(build_tiny_gguf(), Path(log_dir) / "server.log", api_key=api_key)
+
+
+def client_options(base_url: str, key_env: str, **kw) -> dict:
+    """Options of an ``llm`` planner, ``vlm`` critic or VLM judge talking to :func:`serve_tiny`'s server: quick
+    retries (the fault-proxy tests count them), the key read from ``key_env``; ``kw`` overrides any of them."""
+    return {"base_url": base_url, "model": "tiny-llama", "api_key_env": key_env, "timeout": 30, "max_retries": 4,
+            "backoff_base": 0.05, "backoff_max": 0.2, "max_tokens": 512, **kw}

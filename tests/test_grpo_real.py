@@ -39,21 +39,8 @@ KEY_ENV = "SPIRAL_TEST_GRPO_KEY"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = llama_tools.serve_tiny(tmp_path_factory.mktemp("llama"), FAKE_KEY)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
-
-
 def client(base_url: str, **kw) -> dict:
-    return {"base_url": base_url, "model": "tiny-llama", "api_key_env": KEY_ENV, "timeout": 60, "max_retries": 2,
-            "backoff_base": 0.05, "backoff_max": 0.2, "max_tokens": 400, **kw}
+    return llama_tools.client_options(base_url, KEY_ENV, **{"timeout": 60, "max_retries": 2, "max_tokens": 400, **kw})
 
 
 def scene(rng: np.random.Generator, n: int, h: int = 48, w: int = 80) -> np.ndarray:

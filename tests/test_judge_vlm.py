@@ -106,22 +106,9 @@ def test_make_suite_from_a_dataset(tmp_path):
     assert errs == {"scene", "reference_plan"}
 
 
-# ---- against the loopback server ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = llama_tools.serve_tiny(tmp_path_factory.mktemp("llama"), FAKE_KEY)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
-
-
+# ---- against the loopback server (tests/conftest.py: server, key_env) --------------------------------------------
 def _client(base_url: str, **kw) -> dict:
-    return {"base_url": base_url, "model": "tiny-llama", "api_key_env": KEY_ENV, "timeout": 30, "max_retries": 4,
-            "backoff_base": 0.05, "backoff_max": 0.2, "max_tokens": 512, **kw}
+    return llama_tools.client_options(base_url, KEY_ENV, **kw)
 
 
 def _flags(flag: str, prefix: str, opts: dict) -> list[str]:

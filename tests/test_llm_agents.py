@@ -125,25 +125,9 @@ def test_sample_indices():
     assert sample_indices(9, 1) == [8]
 
 
-# -- against a real llama.cpp server ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = llama_tools.serve_tiny(tmp_path_factory.mktemp("llama"), FAKE_KEY)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
-
-
+# -- against a real llama.cpp server (tests/conftest.py: server, key_env) ---------------------------
 def _client_opts(base_url: str, **kw) -> dict:
-    opts = {"base_url": base_url, "model": "tiny-llama", "api_key_env": KEY_ENV, "timeout": 30, "max_retries": 4,
-            "backoff_base": 0.05, "backoff_max": 0.2, "max_tokens": 1024}
-    return {**opts, **kw}
+    return llama_tools.client_options(base_url, KEY_ENV, **{"max_tokens": 1024, **kw})
 
 
 def _planner_opts(base_url: str, **kw) -> dict:
