@@ -160,6 +160,20 @@ TARGETS: dict[str, Target] = {
                    "_Run.give_up"],
         tests=["tests/test_loop_decisions.py", "tests/test_escalation.py", "tests/test_loop.py", "-k",
                "not sigkill and not demo and not killed"],
+        equivalent=[
+            Equivalent("_Run.current_step", 'once = ""', "once = None",
+                       "once is only read as a truth value (_respond: `if here.once`), and None is as falsy as \"\""),
+            Equivalent("_Run.current_step", "entry = GivenUpStep(sub_action=sub, attempts=0,",
+                       "entry = GivenUpStep(sub_action=sub, plan_version=s.version,",
+                       "attempts defaults to 0 (StepFailure.attempts), the value the line names"),
+            Equivalent("_Run.current_step", "s.stuck = None", 's.stuck = ""',
+                       "stuck is only compared with an action key, a tuple, which \"\" never equals, and it is reset "
+                       "to None before the next attempt"),
+            Equivalent("_Run.give_up", "tried = s.here.candidates if s.here is not None else []",
+                       "if (s.here is not None) or True else []",
+                       "a dead guard: give_up is only reached after current_step made s.here the current step's "
+                       "attempts (its stuck branch, within_budget and the loop's give_up all come after it)"),
+        ],
         note="the loop's decision logic: the response to a verdict (escalation ladder, budgets, give up), the best "
              "attempt, the final status, a given-up step asked again",
     ),
