@@ -77,6 +77,13 @@ _CPU_ONLY = "equivalent on a CPU-only machine: every tensor is on the CPU alread
 _ANCHOR_STATE = ("faithfulness asks its reference only for artifact_area, which renders the step's own state; the "
                  "anchor state is read by drift() alone")
 _NOISE = "a different but equally distributed draw: the step stays an exact sample of the same Gaussian"
+_FLOOR = ("below z = -50, 1/(1 + e^z) rounds to exactly 1.0 in float64 (e^-50 is far below half an ulp of 1), so a "
+          "lower clip at -50, at -51 or none gives the same score")
+_CLEAR_FREE = ("the clear and free branches of _pred_prob compute the same expression (no block on the object), so "
+               "sending either literal down the other branch changes nothing")
+_PROB_CLIP = ("the action and preservation scores are minima of probabilities (recogniser softmax classes and layout "
+              "marginals times a rest probability clipped to [0, 1]), already within [0, 1]")
+_CHANGE_TEXT = "_change_text ignores its start state (it words where the object is now), so passing None changes nothing"
 
 TARGETS: dict[str, Target] = {
     "flow": Target(
@@ -142,6 +149,40 @@ TARGETS: dict[str, Target] = {
                    "_changed"],
         tests=["tests/test_critic.py"],
         note="the judge's rule cascade: scores, thresholds, cause and decision (feedback wording included)",
+        equivalent=[
+            Equivalent("_sigmoid_score", "np.clip(sharpness * (evidence - at_half), -50, 50)",
+                       "np.clip(sharpness * (evidence - at_half), None, 50)", _FLOOR),
+            Equivalent("_sigmoid_score", "np.clip(sharpness * (evidence - at_half), -50, 50)",
+                       "np.clip(sharpness * (evidence - at_half), -51, 50)", _FLOOR),
+            Equivalent("TabletopCritic._pred_prob", 'elif p.name == "clear":', 'elif p.name != "clear":', _CLEAR_FREE),
+            Equivalent("TabletopCritic._pred_prob", 'elif p.name == "clear":', 'elif p.name == "XXclearXX":',
+                       _CLEAR_FREE),
+            Equivalent("TabletopCritic._pred_prob", 'elif p.name == "clear":', 'elif p.name == "CLEAR":', _CLEAR_FREE),
+            Equivalent("TabletopCritic.judge", "default=1.0)", "default=2.0)",
+                       "the action score is clipped to [0, 1] before any use, so an empty post-condition list scores 1 "
+                       "either way"),
+            Equivalent("TabletopCritic.judge", "if area is not None else 1.0", "if area is not None else 2.0",
+                       "consistency = min(steady, faithful) and steady <= 1, so a faithful score of 1 or 2 gives the same "
+                       "consistency, and faithful < threshold is false for both"),
+            *(Equivalent("TabletopCritic.judge", before, after, _PROB_CLIP) for before, after in (
+                ("np.clip(action_score, 0, 1)", "np.clip(action_score, None, 1)"),
+                ("np.clip(action_score, 0, 1)", "np.clip(action_score, 0, None)"),
+                ("np.clip(action_score, 0, 1)", "np.clip(action_score, 0, 2)"),
+                ("np.clip(preservation, 0, 1)", "np.clip(preservation, None, 1)"),
+                ("np.clip(preservation, 0, 1)", "np.clip(preservation, 0, None)"),
+                ("np.clip(preservation, 0, 1)", "np.clip(preservation, 0, 2)"))),
+            Equivalent("TabletopCritic.judge", 'cause, feedback = None, ""', 'cause, feedback = None, "XXXX"',
+                       "every branch of the cascade sets the feedback (the accepting one to \"done: ...\"), so the "
+                       "starting value is never read"),
+            *(Equivalent("TabletopCritic.judge", before, after, _CHANGE_TEXT) for before, after in (
+                ("_change_text(o, s0, s_end) for o in changed)", "_change_text(o, None, s_end) for o in changed)"),
+                ('feedback = (f"{_change_text(target, s0, s_end)}, but it cannot',
+                 'feedback = (f"{_change_text(target, None, s_end)}, but it cannot'),
+                ('feedback = (f"{_change_text(target, s0, s_end)}, but the step',
+                 'feedback = (f"{_change_text(target, None, s_end)}, but the step'),
+                ('feedback = (f"{_change_text(target, s0, s_end)} instead;',
+                 'feedback = (f"{_change_text(target, None, s_end)} instead;'))),
+        ],
     ),
     "metrics": Target(
         file="spiral/bench/metrics.py",

@@ -11,7 +11,7 @@ import pytest
 from spiral.bench.critic_eval import accuracy_with_ties, build_pairs, evaluate_labelled, evaluate_pairs
 from spiral.critics.tabletop import CriticConfig, TabletopCritic
 from spiral.memory import Memory
-from spiral.types import Segment, SubAction, Verdict
+from spiral.types import JudgeContext, Segment, SubAction, Verdict
 from spiral.world import domain
 from spiral.world.domain import Action, State
 from spiral.world.render import Appearance, render_action
@@ -230,6 +230,48 @@ def test_the_end_state_is_read_from_the_last_frame(critic):
                                                                             skipped_done)
 
 
+def test_a_block_moved_to_the_wrong_place_is_a_wrong_result(critic):
+    """Asked to move the blue block to the far left, the clip moves it elsewhere (another free slot, onto a block):
+    a wrong result, to re-plan from what is now on the table. The feedback says where it went and where it must
+    end; the observed state is where it went. Four scene looks per destination; at most one exception each."""
+    names = {"right": "to the right slot", "yellow_block": "onto the yellow block"}
+    for dest, went in names.items():
+        wrong = []
+        for k in range(4):
+            res = render_action(S0, Action("move", ("blue_block", dest)), appearance=Appearance.sample(100 + k),
+                                seed=1000 + k)
+            v = critic.judge(Segment(frames=res.frames), _sub(S0, MOVE), Memory.start(res.frames[0], S0.to_dict()))
+            if (v.passed, v.failure, v.decision, v.observed_state["loc"]["blue_block"]) != (
+                    False, "incomplete_action", "replan", dest) or v.feedback != (
+                    f"the blue block was moved {went} instead; it must end on the far left slot"):
+                wrong.append((k, v.failure, v.decision, v.feedback))
+        assert len(wrong) <= 1, (dest, wrong)
+
+
+def test_a_score_equal_to_its_threshold_passes(critic):
+    """The thresholds are the lowest passing scores ("a score below its threshold fails"). A still, clean clip
+    scores exact values: consistency 1/(1+e^-6) for both the drift and the faithful picture (no change, area 0),
+    continuity 1 (no event); with those as thresholds the clip is judged on the next rule (nothing happened), not
+    failed on drift, artifact or continuity. A move to where the block already is scores action 1 exactly, and
+    passes an action threshold of 1."""
+    from spiral.critics.tabletop import _sigmoid_score
+    from spiral.world.render import render_state
+
+    still = np.repeat(render_state(S0, appearance=APP, size=64)[None], 9, 0)
+    look = JudgeContext(state=S0.to_dict(), hints={"scene_seed": 11})  # the scene's look; no anchor: no drift at all
+    exact = {"consistency": _sigmoid_score(0.0, 1.0, 6.0), "continuity": 1.0}
+    for name, value in exact.items():
+        c = TabletopCritic(thresholds={name: value}, recognizer=critic.recognizer)
+        v = c.judge(Segment(frames=still), _sub(S0, LAMP), look)
+        assert v.scores[name] == round(value, 6) and (v.failure, v.feedback.split(":")[0]) == (
+            "missing_action", "nothing happened"), (name, v)
+    after = domain.apply(S0, MOVE)
+    done = np.repeat(render_state(after, appearance=APP, size=64)[None], 9, 0)
+    bare = SubAction(text=MOVE.text(), verb=MOVE.verb, objects=list(MOVE.args))
+    c = TabletopCritic(thresholds={"action": 1.0}, recognizer=critic.recognizer)
+    assert c.judge(Segment(frames=done), bare, None).passed
+
+
 def test_start_from_memory_reads_the_start_state_from_the_memory(critic):
     """``start_from: memory`` judges against the memory's state instead of frame 0: when the memory says the yellow
     block stands on the right slot but the clip shows it on the far right, the yellow block "moved" without being
@@ -322,8 +364,10 @@ def _end_of(state: State) -> dict[str, np.ndarray]:
 
 
 def _literals() -> list[domain.Pred]:
-    """Every literal the domain writes (State.predicates over all states), each also negated."""
+    """Every literal the domain writes (State.predicates over all states) and every in/2 the parser accepts (the
+    second argument is not read: in(b, x) means b is in the box, as State.holds reads it), each also negated."""
     texts = set().union(*(s.predicates() for s in domain.all_states()[::97]))
+    texts |= {f"in({b}, {x})" for b in domain.BLOCKS for x in (*domain.SLOTS, *domain.BLOCKS, domain.BOX)}
     texts |= {f"free({s})" for s in domain.SLOTS} | {f"clear({b})" for b in domain.BLOCKS} | {"open(box)", "on(lamp)"}
     return [domain.Pred.parse(f"{neg}{x}") for x in sorted(texts) for neg in ("", "not ")]
 
