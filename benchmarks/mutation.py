@@ -176,6 +176,7 @@ TARGETS: dict[str, Target] = {
                        "starting value is never read"),
             *(Equivalent("TabletopCritic.judge", before, after, _CHANGE_TEXT) for before, after in (
                 ("_change_text(o, s0, s_end) for o in changed)", "_change_text(o, None, s_end) for o in changed)"),
+                ("_change_text(o, s0, s_end) for o in others)", "_change_text(o, None, s_end) for o in others)"),
                 ('feedback = (f"{_change_text(target, s0, s_end)}, but it cannot',
                  'feedback = (f"{_change_text(target, None, s_end)}, but it cannot'),
                 ('feedback = (f"{_change_text(target, s0, s_end)}, but the step',

@@ -272,6 +272,23 @@ def test_a_score_equal_to_its_threshold_passes(critic):
     assert c.judge(Segment(frames=done), bare, None).passed
 
 
+def test_a_pulled_cord_that_did_not_switch_the_lamp_says_how_the_lamp_stayed(critic):
+    """Switching on and switching off, the cord pulled but the light unchanged: the feedback says the lamp stayed as
+    it was (off, on) and how it must end. Four scene looks each; at most one exception."""
+    from dataclasses import replace
+
+    lit = replace(S0, lamp_on=True)
+    for state, action, stayed, end in ((S0, LAMP, "off", "on"), (lit, Action.parse("switch_off(lamp)"), "on", "off")):
+        wrong = []
+        for k in range(4):
+            res = render_action(state, action, appearance=Appearance.sample(100 + k), seed=1000 + k, failure="incomplete")
+            v = critic.judge(Segment(frames=res.frames), _sub(state, action), Memory.start(res.frames[0], state.to_dict()))
+            if (v.failure, v.feedback) != ("incomplete_action",
+                                           f"the cord was pulled but the lamp stayed {stayed}; the lamp must end {end}"):
+                wrong.append((k, v.failure, v.feedback))
+        assert len(wrong) <= 1, (action, wrong)
+
+
 def test_start_from_memory_reads_the_start_state_from_the_memory(critic):
     """``start_from: memory`` judges against the memory's state instead of frame 0: when the memory says the yellow
     block stands on the right slot but the clip shows it on the far right, the yellow block "moved" without being
