@@ -96,6 +96,13 @@ def test_noise_the_recogniser_reads_past_is_an_artifact_when_the_scene_look_is_k
     assert clean.passed and clean.scores["consistency"] > 0.9
     bad = critic.judge(Segment(frames=frames), sub, look)
     assert bad.observed_state == clean.observed_state  # read right through the noise
+    # the share of the frame that is no picture of the state read, against a render of that state in the scene's look
+    from spiral.critics.tabletop import _sigmoid_score
+    from spiral.world.render import artifact_area, render_state
+
+    area = artifact_area(frames[-1], render_state(State.from_dict(bad.observed_state), appearance=APP, size=64))
+    assert 0.004 < area < 0.02 and bad.feedback.startswith(f"{100 * area:.1f} % of the last frame differs")
+    assert bad.scores["consistency"] == pytest.approx(_sigmoid_score(area / 0.004, 1.0, 6.0), abs=1e-6)
     assert (bad.passed, bad.failure, bad.decision) == (False, "physical_violation", "regenerate")
     assert bad.scores["consistency"] < 0.5 and "differs from a clean picture of the scene" in bad.feedback
     blind = critic.judge(Segment(frames=frames), sub, Memory.start(res.frames[0], S0.to_dict()))
