@@ -193,8 +193,10 @@ TARGETS: dict[str, Target] = {
             Equivalent("faithfulness", "DriftReference(view.anchor, states[0], view.scene)",
                        "DriftReference(view.anchor, states[1], view.scene)", _ANCHOR_STATE),
         ],
-        tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "-k", "flicker or consistency_and_smoothness or "
-               "drift_reference or action_quality or known_outcomes or faithful_step_success or metric"],
+        tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "tests/test_bench_features.py", "-k",
+               "flicker or consistency_and_smoothness or drift_reference or action_quality or known_outcomes or "
+               "faithful_step_success or faithful_task_completion or scene_relative or vbench_motion_smoothness or "
+               "motion_default or metric"],
     ),
     "loop": Target(
         file="spiral/loop.py",
