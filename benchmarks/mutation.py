@@ -73,6 +73,12 @@ class Target:
     note: str = ""
 
 
+_NO_WRAP = ("the other operand is int16, so the difference is computed without uint8 wrap-around either way (float64 "
+            "or int16 of the same 0..255 integers)")
+_AS_FLOAT = ("the guess is clipped and cast to uint8 right after: any numeric array the interpolator returns (float32, "
+             "float64, integers) truncates to the same pixels")
+_NO_STATES = ("a step judge reads no states: every entry is None, and drift and faithfulness stop at states[0] being "
+              "None (or the list being empty or None), so the list's length and the list itself are never read")
 _CPU_ONLY = "equivalent on a CPU-only machine: every tensor is on the CPU already, so device=None is the same device"
 _ANCHOR_STATE = ("faithfulness asks its reference only for artifact_area, which renders the step's own state; the "
                  "anchor state is read by drift() alone")
@@ -192,6 +198,20 @@ TARGETS: dict[str, Target] = {
                        "DriftReference(view.anchor, None, view.scene)", _ANCHOR_STATE),
             Equivalent("faithfulness", "DriftReference(view.anchor, states[0], view.scene)",
                        "DriftReference(view.anchor, states[1], view.scene)", _ANCHOR_STATE),
+            Equivalent("vbench_motion_smoothness", "0, 255).astype(np.uint8)", "0, 255).astype(None)",
+                       "the guess is cast to int16 before the difference, which truncates a float guess in 0..255 to "
+                       "the same integer the uint8 cast gives"),
+            Equivalent("vbench_motion_smoothness", "np.abs(odd[i].astype(np.int16) - guess.astype(np.int16))",
+                       "np.abs(odd[i].astype(None) - guess.astype(np.int16))", _NO_WRAP),
+            Equivalent("vbench_motion_smoothness", "np.abs(odd[i].astype(np.int16) - guess.astype(np.int16))",
+                       "np.abs(odd[i].astype(np.int16) - guess.astype(None))", _NO_WRAP),
+            Equivalent("vbench_motion_smoothness", "np.asarray(interp(even[i], even[i + 1]), np.float64)",
+                       "np.asarray(interp(even[i], even[i + 1]), None)", _AS_FLOAT),
+            Equivalent("vbench_motion_smoothness", "np.asarray(interp(even[i], even[i + 1]), np.float64)",
+                       "np.asarray(interp(even[i], even[i + 1]), )", _AS_FLOAT),
+            *(Equivalent("score_run", 'aq["_states"] = [None] * (len(view.segments) + 1)', after, _NO_STATES)
+              for after in ('aq["_states"] = None', 'aq["_states"] = [None] * (len(view.segments) - 1)',
+                            'aq["_states"] = [None] * (len(view.segments) + 2)')),
         ],
         tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "tests/test_bench_features.py", "-k",
                "flicker or consistency_and_smoothness or drift_reference or action_quality or known_outcomes or "

@@ -240,6 +240,68 @@ def test_metric_score_run_counts_match_the_run_folder(oracle_run):
                        interpolate=lambda prev, nxt: prev)
     assert held["metrics"]["motion_smoothness"] == M.motion_smoothness(view.video(), lambda prev, nxt: prev)
     assert held["metrics"]["motion_smoothness"] != res["metrics"]["motion_smoothness"]
+    assert "judge_answers" not in res  # a state-reading judge has no answers to report
+    # a motion scorer replaces the default protocol, and every extra scorer adds its metric
+    from spiral.bench.features import MotionScorer
+
+    class _Frames:  # an extra video scorer: the number of frames, so the video it was given shows
+        metric = "frames"
+
+        def score(self, video):
+            return float(len(video))
+
+    vb = M.score_run(oracle_run, judge, make_features(None, judge), make_features(None, judge, "background"),
+                     motion=MotionScorer("vbench"), scorers=[_Frames()])
+    assert vb["metrics"]["motion_smoothness"] == M.vbench_motion_smoothness(view.video())
+    assert vb["metrics"]["motion_smoothness"] != res["metrics"]["motion_smoothness"]
+    assert vb["metrics"]["frames"] == len(view.video())
+
+
+def test_metric_score_run_with_a_step_judge_reports_its_answers(oracle_run):
+    """A judge that answers per step (a VLM, spiral.bench.judge_vlm) instead of reading states: score_run asks it
+    about every kept segment in order (with the steps done before), asks about the goal with the reference plan,
+    aggregates the answers and reports them beside the metrics; there are no states, so nothing is read from one."""
+    from spiral.bench.judge import StepJudge, make_features, make_judge
+    from spiral.bench.judge_vlm import GoalAnswer, StepAnswer
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self):
+            self.steps, self.goals = [], []
+
+        def judge_step(self, frames, step, goal, done):
+            k = len(self.steps)
+            self.steps.append((frames, step, goal, list(done)))
+            return StepAnswer(happened=True, completed=k % 2 == 0, other_motion=k == 1, order_held=k != 2,
+                              confidence=0.5)
+
+        def judge_goal(self, last_frame, goal, reference=None):
+            self.goals.append((last_frame, goal, reference))
+            return GoalAnswer(achieved=True, confidence=1.0)
+
+    view = M.load_run(oracle_run)
+    judge, truth = Scripted(), make_judge("truth", oracle_run)
+    assert isinstance(judge, StepJudge)
+    res = M.score_run(oracle_run, judge, make_features(None, truth), make_features(None, truth, "background"),
+                      reference_plan=["open the box", "switch on the lamp"])
+    n = len(view.segments)
+    assert n >= 3 and len(judge.steps) == n
+    for k, (frames, step, goal, done) in enumerate(judge.steps):
+        assert np.array_equal(frames, view.segments[k]) and step == view.steps[k]["text"] and goal == view.goal
+        assert done == [s["text"] for s in view.steps[:k]]
+    [(last, goal, reference)] = judge.goals
+    assert np.array_equal(last, view.segments[-1][-1]) and reference == ["open the box", "switch on the lamp"]
+    completed = [float(k % 2 == 0) for k in range(n)]
+    assert res["step_success_by_index"] == completed and res["metrics"]["step_success"] == np.mean(completed)
+    assert res["metrics"]["task_completion"] == 1.0 and res["metrics"]["unreadable_frames"] == 0
+    assert res["metrics"]["hallucinated_motion"] == 1 / n and res["metrics"]["order_correctness"] == (n - 1) / n
+    answers = res["judge_answers"]
+    assert [a.get("step") for a in answers[:n]] == list(range(n)) and answers[-1]["goal"] is True
+    assert [a["completed"] for a in answers[:n]] == [bool(c) for c in completed]
+    # no states: no drift and no faithfulness (it compares a frame with a render of the state read there)
+    assert res["metrics"]["drift_mean"] is None and res["faithful_step_success_by_index"] == []
+    assert res["metrics"]["faithful_step_success"] is None and res["metrics"]["faithful_task_completion"] is None
 
 
 def test_metric_load_run_reads_and_refuses(oracle_run, tmp_path):
