@@ -101,6 +101,29 @@ def test_metric_action_quality_on_hand_built_runs():
     assert blind["task_completion"] == 0.0
 
 
+def test_metric_hallucinated_motion_reads_what_the_step_acts_on():
+    """A move acts on the block it moves, not on where it goes: the box's lid opening during "move the red block
+    into the box" is motion the step did not ask for; during "open the box" it is the step itself. Edges: an
+    unreadable state holds nothing, a predicate outside the domain fails, a goal without stages is in order."""
+    from dataclasses import replace
+
+    closed = replace(S0, box_open=False)
+    into = replace(closed.with_loc("red_block", "box"), box_open=True)
+    move_in = {"verb": "move", "objects": ["red_block", "box"], "postconditions": ["in(red_block, box)"]}
+    segs = [_segment(closed, into)]
+    view = M.RunView(root=Path("."), goal="put the red block in the box", scene=SCENE, anchor=_frame(closed),
+                     segments=segs, steps=[move_in], record={}, attempts=[])
+    judge = _Table([closed, into])
+    assert M.action_quality(view, judge)["hallucinated_motion"] == 1.0
+    opened = replace(closed, box_open=True)
+    view = M.RunView(root=Path("."), goal="open the box", scene=SCENE, anchor=_frame(closed),
+                     segments=[_segment(closed, opened)], steps=[{"verb": "open", "objects": ["box"]}], record={},
+                     attempts=[])
+    assert M.action_quality(view, _Table([closed, opened]))["hallucinated_motion"] == 0.0
+    assert M.holds_all(None, []) is False and M.holds_all(S0, ["at(red_block, moon)"]) is False
+    assert M.holds_all(S0, []) is True and M.order_correctness([], [S0]) == 1.0
+
+
 def test_metric_read_states_batches_and_falls_back():
     frames = [_frame(S0), _frame(S1), np.zeros((64, 64, 3), np.uint8)]
     single = _Table([S0, S1], batch=False)
