@@ -209,6 +209,9 @@ TARGETS: dict[str, Target] = {
                        "np.asarray(interp(even[i], even[i + 1]), None)", _AS_FLOAT),
             Equivalent("vbench_motion_smoothness", "np.asarray(interp(even[i], even[i + 1]), np.float64)",
                        "np.asarray(interp(even[i], even[i + 1]), )", _AS_FLOAT),
+            Equivalent("load_run", '.convert("RGB")', ".convert(None)",
+                       "a run folder's first_frame.png is written by spiral from an RGB array, and convert(None) of an "
+                       "RGB image is the same RGB image"),
             *(Equivalent("score_run", 'aq["_states"] = [None] * (len(view.segments) + 1)', after, _NO_STATES)
               for after in ('aq["_states"] = None', 'aq["_states"] = [None] * (len(view.segments) - 1)',
                             'aq["_states"] = [None] * (len(view.segments) + 2)')),

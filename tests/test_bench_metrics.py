@@ -124,6 +124,23 @@ def test_metric_hallucinated_motion_reads_what_the_step_acts_on():
     assert M.holds_all(S0, []) is True and M.order_correctness([], [S0]) == 1.0
 
 
+def test_metric_a_step_with_exactly_the_faithful_area_of_artifacts_is_faithful():
+    """The faithfulness bound is inclusive: at most 0.4 % of the frame may differ from a render of the state read.
+    On a 50×50 frame that is exactly 10 pixels: 9 and 10 are faithful, 11 are not."""
+    size = 50
+    f0 = render_state(S0, appearance=Appearance.sample(SCENE), size=size)
+    f1 = render_state(S1, appearance=Appearance.sample(SCENE), size=size)
+    for n, faithful in ((9, 1.0), (10, 1.0), (11, 0.0)):
+        bad = f1.copy()
+        for i in range(n):  # n pixels of the wall, each made black or white: far from what the render has there
+            y, x = 2 + i // 10, 2 + i % 10
+            bad[y, x] = 0 if bad[y, x].mean() > 128 else 255
+        view = M.RunView(root=Path("."), goal="x", scene=SCENE, anchor=f0, segments=[np.stack([f0, f0, bad])],
+                         steps=[{}], record={}, attempts=[])
+        fa = M.faithfulness(view, [S0, S1], [1.0])
+        assert fa["artifact_area"] == n / size**2 and fa["faithful_by_index"] == [faithful], (n, fa)
+
+
 def test_metric_read_states_batches_and_falls_back():
     frames = [_frame(S0), _frame(S1), np.zeros((64, 64, 3), np.uint8)]
     single = _Table([S0, S1], batch=False)
@@ -334,6 +351,8 @@ def test_metric_load_run_reads_and_refuses(oracle_run, tmp_path):
     view = M.load_run(oracle_run)
     record = json.loads((oracle_run / "record.json").read_text())
     assert view.root == oracle_run and view.crossfade == 2 and view.scene == seeds.TESTS.start + 14
+    meta = json.loads((oracle_run / "meta.json").read_text())  # the scene's true start, for scene-relative goals
+    assert view.initial_state == meta["initial_state"] and State.from_dict(view.initial_state)
     assert len(view.segments) == len(record["accepted"]) and view.anchor.shape == (64, 64, 3)
     assert np.array_equal(view.video(), compose([load_frames(oracle_run / r) for r in record["accepted"]], 2)[0])
     run = tmp_path / "run"
