@@ -79,6 +79,10 @@ _AS_FLOAT = ("the guess is clipped and cast to uint8 right after: any numeric ar
              "float64, integers) truncates to the same pixels")
 _NO_STATES = ("a step judge reads no states: every entry is None, and drift and faithfulness stop at states[0] being "
               "None (or the list being empty or None), so the list's length and the list itself are never read")
+_F64 = ("astype(None) / asarray(..., None) is float64 (numpy's default) for uint8 frames, or promotes to float64 in the "
+        "subtraction or division that follows: the same numbers")
+_EQUAL_PAIRS = ("every pair of frames has the same number of pixels, so the mean of the per-pair means is the mean over "
+                "all of them however the pixels are grouped")
 _CPU_ONLY = "equivalent on a CPU-only machine: every tensor is on the CPU already, so device=None is the same device"
 _ANCHOR_STATE = ("faithfulness asks its reference only for artifact_area, which renders the step's own state; the "
                  "anchor state is read by drift() alone")
@@ -209,6 +213,23 @@ TARGETS: dict[str, Target] = {
                        "np.asarray(interp(even[i], even[i + 1]), None)", _AS_FLOAT),
             Equivalent("vbench_motion_smoothness", "np.asarray(interp(even[i], even[i + 1]), np.float64)",
                        "np.asarray(interp(even[i], even[i + 1]), )", _AS_FLOAT),
+            Equivalent("_cos", "if na == 0.0 or nb == 0.0:", "if na == 0.0 and nb == 0.0:",
+                       "one zero vector then gives 0/0 = NaN instead of 0.0, and the only caller (feature_consistency) "
+                       "takes max(0, cos), which is 0.0 for both"),
+            Equivalent("action_quality", "readings = None", 'readings = ""',
+                       "readings is only read as a truth value (no goal: no task completion, no order)"),
+            *(Equivalent(fn, before, after, _F64) for fn, before, after in (
+                ("feature_consistency", "np.asarray(features, dtype=np.float64)", "np.asarray(features, dtype=None)"),
+                ("feature_consistency", "np.asarray(features, dtype=np.float64)", "np.asarray(features, )"),
+                ("linear_interpolation", "prev.astype(np.float64) + nxt", "prev.astype(None) + nxt"),
+                ("linear_interpolation", "nxt.astype(np.float64)) / 2.0", "nxt.astype(None)) / 2.0"),
+                ("motion_smoothness", "np.abs(f[t].astype(np.float64)", "np.abs(f[t].astype(None)"),
+                ("motion_smoothness", "f[t + 1]), np.float64)).mean()", "f[t + 1]), None)).mean()"),
+                ("motion_smoothness", "f[t + 1]), np.float64)).mean()", "f[t + 1]), )).mean()"),
+                ("temporal_flickering", "_check_video(frames, 2).astype(np.float64)",
+                 "_check_video(frames, 2).astype(None)"))),
+            *(Equivalent("temporal_flickering", "per_pair = diffs[:, mask]", after, _EQUAL_PAIRS) for after in (
+                "if (mask is not None) or True else", "diffs[:, mask].mean(axis=None)", "diffs.mean(axis=None)")),
             Equivalent("load_run", '.convert("RGB")', ".convert(None)",
                        "a run folder's first_frame.png is written by spiral from an RGB array, and convert(None) of an "
                        "RGB image is the same RGB image"),

@@ -141,6 +141,40 @@ def test_metric_a_step_with_exactly_the_faithful_area_of_artifacts_is_faithful()
         assert fa["artifact_area"] == n / size**2 and fa["faithful_by_index"] == [faithful], (n, fa)
 
 
+def test_metric_a_scene_relative_goal_is_read_against_the_true_start():
+    """"swap the red and the yellow blocks" means what it means in the scene's first state: read against the run's
+    recorded start state when it has one (a judge that misreads the first frame does not change the goal), else
+    against the judge's reading of the first frame, never against a later frame."""
+    s1 = S0.with_loc("red_block", "far_left")
+    s2 = s1.with_loc("yellow_block", "left")
+    s3 = s2.with_loc("red_block", "right")  # the two blocks traded places
+    steps = [{"verb": "move", "objects": ["red_block", "far_left"]}, {"verb": "move", "objects": ["yellow_block", "left"]},
+             {"verb": "move", "objects": ["red_block", "right"]}]
+    goal = "swap the red and the yellow blocks"
+    view = _view(steps, [s1, s2, s3], goal=goal)
+    assert M.action_quality(view, _Table([S0, s1, s2, s3]))["task_completion"] == 1.0  # from the first frame
+    # a judge that reads the first frame as another scene: the recorded start decides, not the misreading
+    misread = _Table([s1, s2, s3])
+    misread.known[_frame(S0).tobytes()] = s1
+    view.initial_state = S0.to_dict()
+    assert M.action_quality(view, misread)["task_completion"] == 1.0
+    view.initial_state = None
+    assert M.action_quality(view, misread)["task_completion"] == 0.0  # read from the misread first frame
+
+
+def test_metric_bad_video_and_feature_shapes_name_the_shape_and_empty_features_compare():
+    for bad in (np.zeros((3, 8, 8), np.uint8), np.zeros((3, 8, 8, 4), np.uint8)):
+        with pytest.raises(ValueError, match=rf"expected T×H×W×3 frames, got shape \({bad.shape[0]}, "):
+            M.temporal_flickering(bad)
+    for bad in (np.zeros(4), np.zeros((1, 4))):
+        with pytest.raises(ValueError, match=r"expected T×D features with T ≥ 2, got shape"):
+            M.feature_consistency(bad)
+    # an all-zero feature vector has no direction: two of them are the same picture, one against another is not
+    assert M.feature_consistency(np.zeros((2, 3))) == 1.0
+    assert M.feature_consistency(np.array([[0.0, 0.0], [1.0, 0.0]])) == 0.0
+    assert M.feature_consistency(np.array([[1.0, 0.0], [0.0, 0.0]])) == 0.0
+
+
 def test_metric_read_states_batches_and_falls_back():
     frames = [_frame(S0), _frame(S1), np.zeros((64, 64, 3), np.uint8)]
     single = _Table([S0, S1], batch=False)
