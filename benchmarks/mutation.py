@@ -216,6 +216,10 @@ TARGETS: dict[str, Target] = {
             Equivalent("_cos", "if na == 0.0 or nb == 0.0:", "if na == 0.0 and nb == 0.0:",
                        "one zero vector then gives 0/0 = NaN instead of 0.0, and the only caller (feature_consistency) "
                        "takes max(0, cos), which is 0.0 for both"),
+            *(Equivalent("action_quality", 'step.get("verb", "")', after,
+                         "a step without a verb acts on all its objects whatever stands in for the verb: acted_objects "
+                         "only singles out 'move'") for after in ('step.get("verb", None)', 'step.get("verb", )',
+                                                                    'step.get("verb", "XXXX")')),
             Equivalent("action_quality", "readings = None", 'readings = ""',
                        "readings is only read as a truth value (no goal: no task completion, no order)"),
             *(Equivalent(fn, before, after, _F64) for fn, before, after in (

@@ -91,6 +91,11 @@ def test_metric_action_quality_on_hand_built_runs():
                               _Table([S0, S1]))
     assert undone["task_completion"] == 0.0 and undone["order_correctness"] == 1.0
     assert undone["step_success_by_index"] == [1.0, 1.0]  # a step without post-conditions or verb holds trivially
+    # a goal of two stages, the second never reached: half in order, not completed
+    half = M.action_quality(_view([MOVE_RED, MOVE_YELLOW], [S1, S1],
+                                  goal="put the red block in the far left slot, then put the yellow block in the far "
+                                       "right slot"), _Table([S0, S1]))
+    assert (half["order_correctness"], half["task_completion"]) == (0.5, 0.0)
     # a goal outside the grammar: no task completion or order; no steps: no step success
     free = M.action_quality(_view([], [], goal="dance the robot dance"), _Table([S0]))
     assert free["task_completion"] is None and free["order_correctness"] is None
