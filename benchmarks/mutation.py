@@ -231,7 +231,11 @@ TARGETS: dict[str, Target] = {
                 ("motion_smoothness", "f[t + 1]), np.float64)).mean()", "f[t + 1]), None)).mean()"),
                 ("motion_smoothness", "f[t + 1]), np.float64)).mean()", "f[t + 1]), )).mean()"),
                 ("temporal_flickering", "_check_video(frames, 2).astype(np.float64)",
-                 "_check_video(frames, 2).astype(None)"))),
+                 "_check_video(frames, 2).astype(None)"),
+                ("masked_mean_abs", "np.abs(a.astype(np.float64) - b", "np.abs(a.astype(None) - b"),
+                ("masked_mean_abs", "b.astype(np.float64))[mask]", "b.astype(None))[mask]"),
+                ("DriftReference.drift", "np.clip(self.anchor.astype(np.float64) + (r0_lit - r0), 0, 255)",
+                 "np.clip(self.anchor.astype(None) + (r0_lit - r0), 0, 255)"))),
             *(Equivalent("temporal_flickering", "per_pair = diffs[:, mask]", after, _EQUAL_PAIRS) for after in (
                 "if (mask is not None) or True else", "diffs[:, mask].mean(axis=None)", "diffs.mean(axis=None)")),
             Equivalent("load_run", '.convert("RGB")', ".convert(None)",

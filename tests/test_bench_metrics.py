@@ -180,6 +180,25 @@ def test_metric_bad_video_and_feature_shapes_name_the_shape_and_empty_features_c
     assert M.feature_consistency(np.array([[1.0, 0.0], [0.0, 0.0]])) == 0.0
 
 
+def test_metric_dilate_is_scipys_binary_dilation_and_masked_mean_abs_by_hand():
+    """The drift mask's dilation is binary dilation by a (2r+1)² square (scipy's, which the metrics do without);
+    the masked difference is the mean |a − b| over the mask, in units of 255, computed without uint8 wrap-around."""
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        mask = rng.random((12, 9)) < 0.08
+        for r in (0, 1, 2, 3):
+            want = binary_dilation(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool)) if r else mask
+            assert np.array_equal(M.dilate(mask, r), want), (k, r)
+        assert np.array_equal(M.dilate(mask), binary_dilation(mask, structure=np.ones((3, 3), bool)))
+    a = np.array([[0, 255, 10]], np.uint8)
+    b = np.array([[51, 0, 200]], np.uint8)
+    assert M.masked_mean_abs(a, b, np.array([[True, False, False]])) == pytest.approx(51 / 255)
+    assert M.masked_mean_abs(a, b, np.array([[True, True, True]])) == pytest.approx((51 + 255 + 190) / 3 / 255)
+    assert M.masked_mean_abs(a, b, np.zeros((1, 3), bool)) is None
+
+
 def test_metric_read_states_batches_and_falls_back():
     frames = [_frame(S0), _frame(S1), np.zeros((64, 64, 3), np.uint8)]
     single = _Table([S0, S1], batch=False)
