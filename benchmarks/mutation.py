@@ -238,6 +238,11 @@ TARGETS: dict[str, Target] = {
                  "np.clip(self.anchor.astype(None) + (r0_lit - r0), 0, 255)"))),
             *(Equivalent("temporal_flickering", "per_pair = diffs[:, mask]", after, _EQUAL_PAIRS) for after in (
                 "if (mask is not None) or True else", "diffs[:, mask].mean(axis=None)", "diffs.mean(axis=None)")),
+            Equivalent("DriftReference.drift", "np.abs(r0_lit - rk) > 0.5", "np.abs(r0_lit - rk) >= 0.5",
+                       "the renders are uint8 pictures as float64, so their differences are whole numbers: > 0.5 and "
+                       ">= 0.5 pick the same pixels"),
+            Equivalent("DriftReference.drift", "mask = ~dilate(changed, 1)", "mask = ~dilate(changed, )",
+                       "1 is dilate's default radius"),
             Equivalent("load_run", '.convert("RGB")', ".convert(None)",
                        "a run folder's first_frame.png is written by spiral from an RGB array, and convert(None) of an "
                        "RGB image is the same RGB image"),
