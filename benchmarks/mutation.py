@@ -181,6 +181,10 @@ TARGETS: dict[str, Target] = {
                 ("np.clip(preservation, 0, 1)", "np.clip(preservation, None, 1)"),
                 ("np.clip(preservation, 0, 1)", "np.clip(preservation, 0, None)"),
                 ("np.clip(preservation, 0, 1)", "np.clip(preservation, 0, 2)"))),
+            Equivalent("TabletopCritic.judge", "self._not_rest_feedback(not_rest, lid_partial, action, r)",
+                       "self._not_rest_feedback(not_rest, None, action, r)",
+                       "_not_rest_feedback never reads its lid_partial argument (without a block off its rest it is "
+                       "the lid, by the rule that called it)"),
             Equivalent("TabletopCritic.judge", 'cause, feedback = None, ""', 'cause, feedback = None, "XXXX"',
                        "every branch of the cascade sets the feedback (the accepting one to \"done: ...\"), so the "
                        "starting value is never read"),
