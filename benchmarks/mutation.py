@@ -73,10 +73,27 @@ class Target:
     note: str = ""
 
 
+_NO_WRAP = ("the other operand is int16, so the difference is computed without uint8 wrap-around either way (float64 "
+            "or int16 of the same 0..255 integers)")
+_AS_FLOAT = ("the guess is clipped and cast to uint8 right after: any numeric array the interpolator returns (float32, "
+             "float64, integers) truncates to the same pixels")
+_NO_STATES = ("a step judge reads no states: every entry is None, and drift and faithfulness stop at states[0] being "
+              "None (or the list being empty or None), so the list's length and the list itself are never read")
+_F64 = ("astype(None) / asarray(..., None) is float64 (numpy's default) for uint8 frames, or promotes to float64 in the "
+        "subtraction or division that follows: the same numbers")
+_EQUAL_PAIRS = ("every pair of frames has the same number of pixels, so the mean of the per-pair means is the mean over "
+                "all of them however the pixels are grouped")
 _CPU_ONLY = "equivalent on a CPU-only machine: every tensor is on the CPU already, so device=None is the same device"
 _ANCHOR_STATE = ("faithfulness asks its reference only for artifact_area, which renders the step's own state; the "
                  "anchor state is read by drift() alone")
 _NOISE = "a different but equally distributed draw: the step stays an exact sample of the same Gaussian"
+_FLOOR = ("below z = -50, 1/(1 + e^z) rounds to exactly 1.0 in float64 (e^-50 is far below half an ulp of 1), so a "
+          "lower clip at -50, at -51 or none gives the same score")
+_CLEAR_FREE = ("the clear and free branches of _pred_prob compute the same expression (no block on the object), so "
+               "sending either literal down the other branch changes nothing")
+_PROB_CLIP = ("the action and preservation scores are minima of probabilities (recogniser softmax classes and layout "
+              "marginals times a rest probability clipped to [0, 1]), already within [0, 1]")
+_CHANGE_TEXT = "_change_text ignores its start state (it words where the object is now), so passing None changes nothing"
 
 TARGETS: dict[str, Target] = {
     "flow": Target(
@@ -142,6 +159,45 @@ TARGETS: dict[str, Target] = {
                    "_changed"],
         tests=["tests/test_critic.py"],
         note="the judge's rule cascade: scores, thresholds, cause and decision (feedback wording included)",
+        equivalent=[
+            Equivalent("_sigmoid_score", "np.clip(sharpness * (evidence - at_half), -50, 50)",
+                       "np.clip(sharpness * (evidence - at_half), None, 50)", _FLOOR),
+            Equivalent("_sigmoid_score", "np.clip(sharpness * (evidence - at_half), -50, 50)",
+                       "np.clip(sharpness * (evidence - at_half), -51, 50)", _FLOOR),
+            Equivalent("TabletopCritic._pred_prob", 'elif p.name == "clear":', 'elif p.name != "clear":', _CLEAR_FREE),
+            Equivalent("TabletopCritic._pred_prob", 'elif p.name == "clear":', 'elif p.name == "XXclearXX":',
+                       _CLEAR_FREE),
+            Equivalent("TabletopCritic._pred_prob", 'elif p.name == "clear":', 'elif p.name == "CLEAR":', _CLEAR_FREE),
+            Equivalent("TabletopCritic.judge", "default=1.0)", "default=2.0)",
+                       "the action score is clipped to [0, 1] before any use, so an empty post-condition list scores 1 "
+                       "either way"),
+            Equivalent("TabletopCritic.judge", "if area is not None else 1.0", "if area is not None else 2.0",
+                       "consistency = min(steady, faithful) and steady <= 1, so a faithful score of 1 or 2 gives the same "
+                       "consistency, and faithful < threshold is false for both"),
+            *(Equivalent("TabletopCritic.judge", before, after, _PROB_CLIP) for before, after in (
+                ("np.clip(action_score, 0, 1)", "np.clip(action_score, None, 1)"),
+                ("np.clip(action_score, 0, 1)", "np.clip(action_score, 0, None)"),
+                ("np.clip(action_score, 0, 1)", "np.clip(action_score, 0, 2)"),
+                ("np.clip(preservation, 0, 1)", "np.clip(preservation, None, 1)"),
+                ("np.clip(preservation, 0, 1)", "np.clip(preservation, 0, None)"),
+                ("np.clip(preservation, 0, 1)", "np.clip(preservation, 0, 2)"))),
+            Equivalent("TabletopCritic.judge", "self._not_rest_feedback(not_rest, lid_partial, action, r)",
+                       "self._not_rest_feedback(not_rest, None, action, r)",
+                       "_not_rest_feedback never reads its lid_partial argument (without a block off its rest it is "
+                       "the lid, by the rule that called it)"),
+            Equivalent("TabletopCritic.judge", 'cause, feedback = None, ""', 'cause, feedback = None, "XXXX"',
+                       "every branch of the cascade sets the feedback (the accepting one to \"done: ...\"), so the "
+                       "starting value is never read"),
+            *(Equivalent("TabletopCritic.judge", before, after, _CHANGE_TEXT) for before, after in (
+                ("_change_text(o, s0, s_end) for o in changed)", "_change_text(o, None, s_end) for o in changed)"),
+                ("_change_text(o, s0, s_end) for o in others)", "_change_text(o, None, s_end) for o in others)"),
+                ('feedback = (f"{_change_text(target, s0, s_end)}, but it cannot',
+                 'feedback = (f"{_change_text(target, None, s_end)}, but it cannot'),
+                ('feedback = (f"{_change_text(target, s0, s_end)}, but the step',
+                 'feedback = (f"{_change_text(target, None, s_end)}, but the step'),
+                ('feedback = (f"{_change_text(target, s0, s_end)} instead;',
+                 'feedback = (f"{_change_text(target, None, s_end)} instead;'))),
+        ],
     ),
     "metrics": Target(
         file="spiral/bench/metrics.py",
@@ -150,9 +206,58 @@ TARGETS: dict[str, Target] = {
                        "DriftReference(view.anchor, None, view.scene)", _ANCHOR_STATE),
             Equivalent("faithfulness", "DriftReference(view.anchor, states[0], view.scene)",
                        "DriftReference(view.anchor, states[1], view.scene)", _ANCHOR_STATE),
+            Equivalent("vbench_motion_smoothness", "0, 255).astype(np.uint8)", "0, 255).astype(None)",
+                       "the guess is cast to int16 before the difference, which truncates a float guess in 0..255 to "
+                       "the same integer the uint8 cast gives"),
+            Equivalent("vbench_motion_smoothness", "np.abs(odd[i].astype(np.int16) - guess.astype(np.int16))",
+                       "np.abs(odd[i].astype(None) - guess.astype(np.int16))", _NO_WRAP),
+            Equivalent("vbench_motion_smoothness", "np.abs(odd[i].astype(np.int16) - guess.astype(np.int16))",
+                       "np.abs(odd[i].astype(np.int16) - guess.astype(None))", _NO_WRAP),
+            Equivalent("vbench_motion_smoothness", "np.asarray(interp(even[i], even[i + 1]), np.float64)",
+                       "np.asarray(interp(even[i], even[i + 1]), None)", _AS_FLOAT),
+            Equivalent("vbench_motion_smoothness", "np.asarray(interp(even[i], even[i + 1]), np.float64)",
+                       "np.asarray(interp(even[i], even[i + 1]), )", _AS_FLOAT),
+            Equivalent("_cos", "if na == 0.0 or nb == 0.0:", "if na == 0.0 and nb == 0.0:",
+                       "one zero vector then gives 0/0 = NaN instead of 0.0, and the only caller (feature_consistency) "
+                       "takes max(0, cos), which is 0.0 for both"),
+            *(Equivalent("action_quality", 'step.get("verb", "")', after,
+                         "a step without a verb acts on all its objects whatever stands in for the verb: acted_objects "
+                         "only singles out 'move'") for after in ('step.get("verb", None)', 'step.get("verb", )',
+                                                                    'step.get("verb", "XXXX")')),
+            Equivalent("action_quality", "readings = None", 'readings = ""',
+                       "readings is only read as a truth value (no goal: no task completion, no order)"),
+            *(Equivalent(fn, before, after, _F64) for fn, before, after in (
+                ("feature_consistency", "np.asarray(features, dtype=np.float64)", "np.asarray(features, dtype=None)"),
+                ("feature_consistency", "np.asarray(features, dtype=np.float64)", "np.asarray(features, )"),
+                ("linear_interpolation", "prev.astype(np.float64) + nxt", "prev.astype(None) + nxt"),
+                ("linear_interpolation", "nxt.astype(np.float64)) / 2.0", "nxt.astype(None)) / 2.0"),
+                ("motion_smoothness", "np.abs(f[t].astype(np.float64)", "np.abs(f[t].astype(None)"),
+                ("motion_smoothness", "f[t + 1]), np.float64)).mean()", "f[t + 1]), None)).mean()"),
+                ("motion_smoothness", "f[t + 1]), np.float64)).mean()", "f[t + 1]), )).mean()"),
+                ("temporal_flickering", "_check_video(frames, 2).astype(np.float64)",
+                 "_check_video(frames, 2).astype(None)"),
+                ("masked_mean_abs", "np.abs(a.astype(np.float64) - b", "np.abs(a.astype(None) - b"),
+                ("masked_mean_abs", "b.astype(np.float64))[mask]", "b.astype(None))[mask]"),
+                ("DriftReference.drift", "np.clip(self.anchor.astype(np.float64) + (r0_lit - r0), 0, 255)",
+                 "np.clip(self.anchor.astype(None) + (r0_lit - r0), 0, 255)"))),
+            *(Equivalent("temporal_flickering", "per_pair = diffs[:, mask]", after, _EQUAL_PAIRS) for after in (
+                "if (mask is not None) or True else", "diffs[:, mask].mean(axis=None)", "diffs.mean(axis=None)")),
+            Equivalent("DriftReference.drift", "np.abs(r0_lit - rk) > 0.5", "np.abs(r0_lit - rk) >= 0.5",
+                       "the renders are uint8 pictures as float64, so their differences are whole numbers: > 0.5 and "
+                       ">= 0.5 pick the same pixels"),
+            Equivalent("DriftReference.drift", "mask = ~dilate(changed, 1)", "mask = ~dilate(changed, )",
+                       "1 is dilate's default radius"),
+            Equivalent("load_run", '.convert("RGB")', ".convert(None)",
+                       "a run folder's first_frame.png is written by spiral from an RGB array, and convert(None) of an "
+                       "RGB image is the same RGB image"),
+            *(Equivalent("score_run", 'aq["_states"] = [None] * (len(view.segments) + 1)', after, _NO_STATES)
+              for after in ('aq["_states"] = None', 'aq["_states"] = [None] * (len(view.segments) - 1)',
+                            'aq["_states"] = [None] * (len(view.segments) + 2)')),
         ],
-        tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "-k", "flicker or consistency_and_smoothness or "
-               "drift_reference or action_quality or known_outcomes or faithful_step_success or metric"],
+        tests=["tests/test_bench.py", "tests/test_bench_metrics.py", "tests/test_bench_features.py", "-k",
+               "flicker or consistency_and_smoothness or drift_reference or action_quality or known_outcomes or "
+               "faithful_step_success or faithful_task_completion or scene_relative or vbench_motion_smoothness or "
+               "motion_default or metric"],
     ),
     "loop": Target(
         file="spiral/loop.py",
@@ -160,6 +265,20 @@ TARGETS: dict[str, Target] = {
                    "_Run.give_up"],
         tests=["tests/test_loop_decisions.py", "tests/test_escalation.py", "tests/test_loop.py", "-k",
                "not sigkill and not demo and not killed"],
+        equivalent=[
+            Equivalent("_Run.current_step", 'once = ""', "once = None",
+                       "once is only read as a truth value (_respond: `if here.once`), and None is as falsy as \"\""),
+            Equivalent("_Run.current_step", "entry = GivenUpStep(sub_action=sub, attempts=0,",
+                       "entry = GivenUpStep(sub_action=sub, plan_version=s.version,",
+                       "attempts defaults to 0 (StepFailure.attempts), the value the line names"),
+            Equivalent("_Run.current_step", "s.stuck = None", 's.stuck = ""',
+                       "stuck is only compared with an action key, a tuple, which \"\" never equals, and it is reset "
+                       "to None before the next attempt"),
+            Equivalent("_Run.give_up", "tried = s.here.candidates if s.here is not None else []",
+                       "if (s.here is not None) or True else []",
+                       "a dead guard: give_up is only reached after current_step made s.here the current step's "
+                       "attempts (its stuck branch, within_budget and the loop's give_up all come after it)"),
+        ],
         note="the loop's decision logic: the response to a verdict (escalation ladder, budgets, give up), the best "
              "attempt, the final status, a given-up step asked again",
     ),

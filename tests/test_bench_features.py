@@ -90,6 +90,16 @@ def test_vbench_motion_smoothness_matches_a_hand_computation():
         M.vbench_motion_smoothness(video[:2])
 
 
+def test_vbench_motion_smoothness_clips_a_plugged_interpolators_guess_to_pixel_range():
+    """A plugged interpolator may overshoot (AMT-S can): its guess is clipped to 0..255 before the uint8 cast, as
+    VBench's output frames are, not wrapped around."""
+    video = _video([[0, 100], [7, 90], [10, 81], [20, 50], [21, 0]])
+    odd = np.stack([video[1], video[3]]).astype(np.float64)
+    for value, guess in ((300.0, 255.0), (256.0, 255.0), (-20.0, 0.0)):
+        over = F.MotionScorer("vbench", lambda prev, nxt, v=value: np.full(prev.shape, v), "constant")
+        assert over.score(video) == pytest.approx((255 - np.abs(odd - guess).mean()) / 255, abs=1e-9), value
+
+
 def test_motion_default_is_the_old_all_frames_metric_and_labelled_not_comparable():
     video = np.stack([_pattern(i, 8, 8) for i in range(7)])
     default = F.make_extractor("motion", None)

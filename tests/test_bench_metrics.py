@@ -91,6 +91,11 @@ def test_metric_action_quality_on_hand_built_runs():
                               _Table([S0, S1]))
     assert undone["task_completion"] == 0.0 and undone["order_correctness"] == 1.0
     assert undone["step_success_by_index"] == [1.0, 1.0]  # a step without post-conditions or verb holds trivially
+    # a goal of two stages, the second never reached: half in order, not completed
+    half = M.action_quality(_view([MOVE_RED, MOVE_YELLOW], [S1, S1],
+                                  goal="put the red block in the far left slot, then put the yellow block in the far "
+                                       "right slot"), _Table([S0, S1]))
+    assert (half["order_correctness"], half["task_completion"]) == (0.5, 0.0)
     # a goal outside the grammar: no task completion or order; no steps: no step success
     free = M.action_quality(_view([], [], goal="dance the robot dance"), _Table([S0]))
     assert free["task_completion"] is None and free["order_correctness"] is None
@@ -99,6 +104,99 @@ def test_metric_action_quality_on_hand_built_runs():
     blind = M.action_quality(_view([MOVE_RED], [S1]), _Table([S0]))
     assert blind["unreadable_frames"] == 1 and blind["step_success"] == 0.0 and blind["hallucinated_motion"] is None
     assert blind["task_completion"] == 0.0
+
+
+def test_metric_hallucinated_motion_reads_what_the_step_acts_on():
+    """A move acts on the block it moves, not on where it goes: the box's lid opening during "move the red block
+    into the box" is motion the step did not ask for; during "open the box" it is the step itself. Edges: an
+    unreadable state holds nothing, a predicate outside the domain fails, a goal without stages is in order."""
+    from dataclasses import replace
+
+    closed = replace(S0, box_open=False)
+    into = replace(closed.with_loc("red_block", "box"), box_open=True)
+    move_in = {"verb": "move", "objects": ["red_block", "box"], "postconditions": ["in(red_block, box)"]}
+    segs = [_segment(closed, into)]
+    view = M.RunView(root=Path("."), goal="put the red block in the box", scene=SCENE, anchor=_frame(closed),
+                     segments=segs, steps=[move_in], record={}, attempts=[])
+    judge = _Table([closed, into])
+    assert M.action_quality(view, judge)["hallucinated_motion"] == 1.0
+    opened = replace(closed, box_open=True)
+    view = M.RunView(root=Path("."), goal="open the box", scene=SCENE, anchor=_frame(closed),
+                     segments=[_segment(closed, opened)], steps=[{"verb": "open", "objects": ["box"]}], record={},
+                     attempts=[])
+    assert M.action_quality(view, _Table([closed, opened]))["hallucinated_motion"] == 0.0
+    assert M.holds_all(None, []) is False and M.holds_all(S0, ["at(red_block, moon)"]) is False
+    assert M.holds_all(S0, []) is True and M.order_correctness([], [S0]) == 1.0
+
+
+def test_metric_a_step_with_exactly_the_faithful_area_of_artifacts_is_faithful():
+    """The faithfulness bound is inclusive: at most 0.4 % of the frame may differ from a render of the state read.
+    On a 50×50 frame that is exactly 10 pixels: 9 and 10 are faithful, 11 are not."""
+    size = 50
+    f0 = render_state(S0, appearance=Appearance.sample(SCENE), size=size)
+    f1 = render_state(S1, appearance=Appearance.sample(SCENE), size=size)
+    for n, faithful in ((9, 1.0), (10, 1.0), (11, 0.0)):
+        bad = f1.copy()
+        for i in range(n):  # n pixels of the wall, each made black or white: far from what the render has there
+            y, x = 2 + i // 10, 2 + i % 10
+            bad[y, x] = 0 if bad[y, x].mean() > 128 else 255
+        view = M.RunView(root=Path("."), goal="x", scene=SCENE, anchor=f0, segments=[np.stack([f0, f0, bad])],
+                         steps=[{}], record={}, attempts=[])
+        fa = M.faithfulness(view, [S0, S1], [1.0])
+        assert fa["artifact_area"] == n / size**2 and fa["faithful_by_index"] == [faithful], (n, fa)
+
+
+def test_metric_a_scene_relative_goal_is_read_against_the_true_start():
+    """"swap the red and the yellow blocks" means what it means in the scene's first state: read against the run's
+    recorded start state when it has one (a judge that misreads the first frame does not change the goal), else
+    against the judge's reading of the first frame, never against a later frame."""
+    s1 = S0.with_loc("red_block", "far_left")
+    s2 = s1.with_loc("yellow_block", "left")
+    s3 = s2.with_loc("red_block", "right")  # the two blocks traded places
+    steps = [{"verb": "move", "objects": ["red_block", "far_left"]}, {"verb": "move", "objects": ["yellow_block", "left"]},
+             {"verb": "move", "objects": ["red_block", "right"]}]
+    goal = "swap the red and the yellow blocks"
+    view = _view(steps, [s1, s2, s3], goal=goal)
+    assert M.action_quality(view, _Table([S0, s1, s2, s3]))["task_completion"] == 1.0  # from the first frame
+    # a judge that reads the first frame as another scene: the recorded start decides, not the misreading
+    misread = _Table([s1, s2, s3])
+    misread.known[_frame(S0).tobytes()] = s1
+    view.initial_state = S0.to_dict()
+    assert M.action_quality(view, misread)["task_completion"] == 1.0
+    view.initial_state = None
+    assert M.action_quality(view, misread)["task_completion"] == 0.0  # read from the misread first frame
+
+
+def test_metric_bad_video_and_feature_shapes_name_the_shape_and_empty_features_compare():
+    for bad in (np.zeros((3, 8, 8), np.uint8), np.zeros((3, 8, 8, 4), np.uint8)):
+        with pytest.raises(ValueError, match=rf"expected T×H×W×3 frames, got shape \({bad.shape[0]}, "):
+            M.temporal_flickering(bad)
+    for bad in (np.zeros(4), np.zeros((1, 4))):
+        with pytest.raises(ValueError, match=r"expected T×D features with T ≥ 2, got shape"):
+            M.feature_consistency(bad)
+    # an all-zero feature vector has no direction: two of them are the same picture, one against another is not
+    assert M.feature_consistency(np.zeros((2, 3))) == 1.0
+    assert M.feature_consistency(np.array([[0.0, 0.0], [1.0, 0.0]])) == 0.0
+    assert M.feature_consistency(np.array([[1.0, 0.0], [0.0, 0.0]])) == 0.0
+
+
+def test_metric_dilate_is_scipys_binary_dilation_and_masked_mean_abs_by_hand():
+    """The drift mask's dilation is binary dilation by a (2r+1)² square (scipy's, which the metrics do without);
+    the masked difference is the mean |a − b| over the mask, in units of 255, computed without uint8 wrap-around."""
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        mask = rng.random((12, 9)) < 0.08
+        for r in (0, 1, 2, 3):
+            want = binary_dilation(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool)) if r else mask
+            assert np.array_equal(M.dilate(mask, r), want), (k, r)
+        assert np.array_equal(M.dilate(mask), binary_dilation(mask, structure=np.ones((3, 3), bool)))
+    a = np.array([[0, 255, 10]], np.uint8)
+    b = np.array([[51, 0, 200]], np.uint8)
+    assert M.masked_mean_abs(a, b, np.array([[True, False, False]])) == pytest.approx(51 / 255)
+    assert M.masked_mean_abs(a, b, np.array([[True, True, True]])) == pytest.approx((51 + 255 + 190) / 3 / 255)
+    assert M.masked_mean_abs(a, b, np.zeros((1, 3), bool)) is None
 
 
 def test_metric_read_states_batches_and_falls_back():
@@ -240,6 +338,68 @@ def test_metric_score_run_counts_match_the_run_folder(oracle_run):
                        interpolate=lambda prev, nxt: prev)
     assert held["metrics"]["motion_smoothness"] == M.motion_smoothness(view.video(), lambda prev, nxt: prev)
     assert held["metrics"]["motion_smoothness"] != res["metrics"]["motion_smoothness"]
+    assert "judge_answers" not in res  # a state-reading judge has no answers to report
+    # a motion scorer replaces the default protocol, and every extra scorer adds its metric
+    from spiral.bench.features import MotionScorer
+
+    class _Frames:  # an extra video scorer: the number of frames, so the video it was given shows
+        metric = "frames"
+
+        def score(self, video):
+            return float(len(video))
+
+    vb = M.score_run(oracle_run, judge, make_features(None, judge), make_features(None, judge, "background"),
+                     motion=MotionScorer("vbench"), scorers=[_Frames()])
+    assert vb["metrics"]["motion_smoothness"] == M.vbench_motion_smoothness(view.video())
+    assert vb["metrics"]["motion_smoothness"] != res["metrics"]["motion_smoothness"]
+    assert vb["metrics"]["frames"] == len(view.video())
+
+
+def test_metric_score_run_with_a_step_judge_reports_its_answers(oracle_run):
+    """A judge that answers per step (a VLM, spiral.bench.judge_vlm) instead of reading states: score_run asks it
+    about every kept segment in order (with the steps done before), asks about the goal with the reference plan,
+    aggregates the answers and reports them beside the metrics; there are no states, so nothing is read from one."""
+    from spiral.bench.judge import StepJudge, make_features, make_judge
+    from spiral.bench.judge_vlm import GoalAnswer, StepAnswer
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self):
+            self.steps, self.goals = [], []
+
+        def judge_step(self, frames, step, goal, done):
+            k = len(self.steps)
+            self.steps.append((frames, step, goal, list(done)))
+            return StepAnswer(happened=True, completed=k % 2 == 0, other_motion=k == 1, order_held=k != 2,
+                              confidence=0.5)
+
+        def judge_goal(self, last_frame, goal, reference=None):
+            self.goals.append((last_frame, goal, reference))
+            return GoalAnswer(achieved=True, confidence=1.0)
+
+    view = M.load_run(oracle_run)
+    judge, truth = Scripted(), make_judge("truth", oracle_run)
+    assert isinstance(judge, StepJudge)
+    res = M.score_run(oracle_run, judge, make_features(None, truth), make_features(None, truth, "background"),
+                      reference_plan=["open the box", "switch on the lamp"])
+    n = len(view.segments)
+    assert n >= 3 and len(judge.steps) == n
+    for k, (frames, step, goal, done) in enumerate(judge.steps):
+        assert np.array_equal(frames, view.segments[k]) and step == view.steps[k]["text"] and goal == view.goal
+        assert done == [s["text"] for s in view.steps[:k]]
+    [(last, goal, reference)] = judge.goals
+    assert np.array_equal(last, view.segments[-1][-1]) and reference == ["open the box", "switch on the lamp"]
+    completed = [float(k % 2 == 0) for k in range(n)]
+    assert res["step_success_by_index"] == completed and res["metrics"]["step_success"] == np.mean(completed)
+    assert res["metrics"]["task_completion"] == 1.0 and res["metrics"]["unreadable_frames"] == 0
+    assert res["metrics"]["hallucinated_motion"] == 1 / n and res["metrics"]["order_correctness"] == (n - 1) / n
+    answers = res["judge_answers"]
+    assert [a.get("step") for a in answers[:n]] == list(range(n)) and answers[-1]["goal"] is True
+    assert [a["completed"] for a in answers[:n]] == [bool(c) for c in completed]
+    # no states: no drift and no faithfulness (it compares a frame with a render of the state read there)
+    assert res["metrics"]["drift_mean"] is None and res["faithful_step_success_by_index"] == []
+    assert res["metrics"]["faithful_step_success"] is None and res["metrics"]["faithful_task_completion"] is None
 
 
 def test_metric_load_run_reads_and_refuses(oracle_run, tmp_path):
@@ -249,6 +409,8 @@ def test_metric_load_run_reads_and_refuses(oracle_run, tmp_path):
     view = M.load_run(oracle_run)
     record = json.loads((oracle_run / "record.json").read_text())
     assert view.root == oracle_run and view.crossfade == 2 and view.scene == seeds.TESTS.start + 14
+    meta = json.loads((oracle_run / "meta.json").read_text())  # the scene's true start, for scene-relative goals
+    assert view.initial_state == meta["initial_state"] and State.from_dict(view.initial_state)
     assert len(view.segments) == len(record["accepted"]) and view.anchor.shape == (64, 64, 3)
     assert np.array_equal(view.video(), compose([load_frames(oracle_run / r) for r in record["accepted"]], 2)[0])
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ import pytest
 from spiral.bench.critic_eval import accuracy_with_ties, build_pairs, evaluate_labelled, evaluate_pairs
 from spiral.critics.tabletop import CriticConfig, TabletopCritic
 from spiral.memory import Memory
-from spiral.types import Segment, SubAction, Verdict
+from spiral.types import JudgeContext, Segment, SubAction, Verdict
 from spiral.world import domain
 from spiral.world.domain import Action, State
 from spiral.world.render import Appearance, render_action
@@ -96,6 +96,13 @@ def test_noise_the_recogniser_reads_past_is_an_artifact_when_the_scene_look_is_k
     assert clean.passed and clean.scores["consistency"] > 0.9
     bad = critic.judge(Segment(frames=frames), sub, look)
     assert bad.observed_state == clean.observed_state  # read right through the noise
+    # the share of the frame that is no picture of the state read, against a render of that state in the scene's look
+    from spiral.critics.tabletop import _sigmoid_score
+    from spiral.world.render import artifact_area, render_state
+
+    area = artifact_area(frames[-1], render_state(State.from_dict(bad.observed_state), appearance=APP, size=64))
+    assert 0.004 < area < 0.02 and bad.feedback.startswith(f"{100 * area:.1f} % of the last frame differs")
+    assert bad.scores["consistency"] == pytest.approx(_sigmoid_score(area / 0.004, 1.0, 6.0), abs=1e-6)
     assert (bad.passed, bad.failure, bad.decision) == (False, "physical_violation", "regenerate")
     assert bad.scores["consistency"] < 0.5 and "differs from a clean picture of the scene" in bad.feedback
     blind = critic.judge(Segment(frames=frames), sub, Memory.start(res.frames[0], S0.to_dict()))
@@ -117,6 +124,7 @@ def test_feedback_is_actionable(critic):
     assert "yellow block" in v.feedback and "it must end in the box" in v.feedback
     v = _judge(critic, S0, MOVE, "wrong_object", 2)
     assert "instead of" in v.feedback and v.observed_state != S0.to_dict()
+    assert v.scores["preservation"] < 0.1  # another object changed: the score says so too (GRPO reads it)
 
 
 def test_verdict_json_round_trip(critic):
@@ -195,6 +203,129 @@ def test_a_stale_post_condition_is_named_not_the_move(critic):
     assert "free(left) is false" in v.feedback and "instead" not in v.feedback, v.feedback
 
 
+def test_the_end_state_is_read_from_the_last_frame(critic):
+    """The renderer's ground truth says how far each action has got in every frame (lid opening, light level, the
+    block in the gripper). A clip cut at the first frame where the action is complete passes; a clip cut at a frame
+    where it is at most half done (the block still in the gripper) does not. Four scene looks per action; at most
+    one exception each way."""
+    def progress(action: Action, label: dict) -> float:
+        if action.verb == "open":
+            return label["lid"]
+        if action.verb == "switch_on":
+            return label["light"]
+        return 0.0 if label["held"] is not None else 1.0
+
+    for action in (OPEN, LAMP, MOVE):
+        passed_at, failed_before, skipped_done = 0, 0, 0
+        for k in range(4):
+            res = render_action(S0, action, appearance=Appearance.sample(100 + k), seed=1000 + k)
+            done = [progress(action, lab) for lab in res.frame_labels]
+            first = next(i for i, lab in enumerate(res.frame_labels) if lab["held"]) if action == MOVE else 0
+            end = next(i for i in range(first + 1, len(done)) if done[i] == 1.0)
+            half = max(i for i in range(first, end) if done[i] <= 0.5)
+            assert 2 <= half < end < len(done) - 1, (action, k, done)
+            memory = Memory.start(res.frames[0], S0.to_dict())
+            at = critic.judge(Segment(frames=res.frames[:end + 1]), _sub(S0, action), memory)
+            before = critic.judge(Segment(frames=res.frames[:half + 1]), _sub(S0, action), memory)
+            # the frames between cut out: only the last frame shows the action done (the cut itself is a jump)
+            skip = critic.judge(Segment(frames=np.concatenate([res.frames[:half + 1], res.frames[end:end + 1]])),
+                                _sub(S0, action), memory)
+            passed_at += at.passed
+            failed_before += (not before.passed) and before.failure in ("incomplete_action", "missing_action")
+            skipped_done += skip.scores["action"] > 0.5
+        assert passed_at >= 3 and failed_before >= 3 and skipped_done >= 3, (action.verb, passed_at, failed_before,
+                                                                            skipped_done)
+
+
+def test_a_block_moved_to_the_wrong_place_is_a_wrong_result(critic):
+    """Asked to move the blue block to the far left, the clip moves it elsewhere (another free slot, onto a block):
+    a wrong result, to re-plan from what is now on the table. The feedback says where it went and where it must
+    end; the observed state is where it went. Four scene looks per destination; at most one exception each."""
+    names = {"right": "to the right slot", "yellow_block": "onto the yellow block"}
+    for dest, went in names.items():
+        wrong = []
+        for k in range(4):
+            res = render_action(S0, Action("move", ("blue_block", dest)), appearance=Appearance.sample(100 + k),
+                                seed=1000 + k)
+            v = critic.judge(Segment(frames=res.frames), _sub(S0, MOVE), Memory.start(res.frames[0], S0.to_dict()))
+            if (v.passed, v.failure, v.decision, v.observed_state["loc"]["blue_block"]) != (
+                    False, "incomplete_action", "replan", dest) or v.feedback != (
+                    f"the blue block was moved {went} instead; it must end on the far left slot"):
+                wrong.append((k, v.failure, v.decision, v.feedback))
+        assert len(wrong) <= 1, (dest, wrong)
+
+
+def test_a_score_equal_to_its_threshold_passes(critic):
+    """The thresholds are the lowest passing scores ("a score below its threshold fails"). A still, clean clip
+    scores exact values: consistency 1/(1+e^-6) for both the drift and the faithful picture (no change, area 0),
+    continuity 1 (no event); with those as thresholds the clip is judged on the next rule (nothing happened), not
+    failed on drift, artifact or continuity. A move to where the block already is scores action 1 exactly, and
+    passes an action threshold of 1."""
+    from spiral.critics.tabletop import _sigmoid_score
+    from spiral.world.render import render_state
+
+    still = np.repeat(render_state(S0, appearance=APP, size=64)[None], 9, 0)
+    look = JudgeContext(state=S0.to_dict(), hints={"scene_seed": 11})  # the scene's look; no anchor: no drift at all
+    exact = {"consistency": _sigmoid_score(0.0, 1.0, 6.0), "continuity": 1.0}
+    for name, value in exact.items():
+        c = TabletopCritic(thresholds={name: value}, recognizer=critic.recognizer)
+        v = c.judge(Segment(frames=still), _sub(S0, LAMP), look)
+        assert v.scores[name] == round(value, 6) and (v.failure, v.feedback.split(":")[0]) == (
+            "missing_action", "nothing happened"), (name, v)
+    after = domain.apply(S0, MOVE)
+    done = np.repeat(render_state(after, appearance=APP, size=64)[None], 9, 0)
+    bare = SubAction(text=MOVE.text(), verb=MOVE.verb, objects=list(MOVE.args))
+    c = TabletopCritic(thresholds={"action": 1.0}, recognizer=critic.recognizer)
+    assert c.judge(Segment(frames=done), bare, None).passed
+
+
+def test_a_pulled_cord_that_did_not_switch_the_lamp_says_how_the_lamp_stayed(critic):
+    """Switching on and switching off, the cord pulled but the light unchanged: the feedback says the lamp stayed as
+    it was (off, on) and how it must end. Four scene looks each; at most one exception."""
+    from dataclasses import replace
+
+    lit = replace(S0, lamp_on=True)
+    for state, action, stayed, end in ((S0, LAMP, "off", "on"), (lit, Action.parse("switch_off(lamp)"), "on", "off")):
+        wrong = []
+        for k in range(4):
+            res = render_action(state, action, appearance=Appearance.sample(100 + k), seed=1000 + k, failure="incomplete")
+            v = critic.judge(Segment(frames=res.frames), _sub(state, action), Memory.start(res.frames[0], state.to_dict()))
+            if (v.failure, v.feedback) != ("incomplete_action",
+                                           f"the cord was pulled but the lamp stayed {stayed}; the lamp must end {end}"):
+                wrong.append((k, v.failure, v.feedback))
+        assert len(wrong) <= 1, (action, wrong)
+
+
+def test_start_from_memory_reads_the_start_state_from_the_memory(critic):
+    """``start_from: memory`` judges against the memory's state instead of frame 0: when the memory says the yellow
+    block stands on the right slot but the clip shows it on the far right, the yellow block "moved" without being
+    asked (extra change); judged from the frame (the default) the same clip is a clean move."""
+    res = render_action(S0, MOVE, appearance=APP, seed=2)
+    believed = State.make({"red_block": "left", "green_block": "red_block", "blue_block": "center",
+                           "yellow_block": "right"})
+    memory = Memory.start(res.frames[0], believed.to_dict())
+    sub = _sub(S0, MOVE)
+    from_frame = critic.judge(Segment(frames=res.frames), sub, memory)
+    assert from_frame.passed and from_frame.scores["preservation"] > 0.9
+    c = TabletopCritic(start_from="memory", recognizer=critic.recognizer)
+    v = c.judge(Segment(frames=res.frames), sub, memory)
+    assert (v.passed, v.failure) == (False, "physical_violation") and v.scores["preservation"] < 0.1
+    assert "yellow block was moved to the far right" in v.feedback, v.feedback
+    assert c.judge(Segment(frames=res.frames), sub, None).passed  # no memory state: read from the frame
+
+
+def test_a_move_to_where_the_block_already_is_needs_nothing(critic):
+    """A sub-action without post-conditions whose block already stands where it should go (the plan is ahead of
+    the world): nothing is required, so a still clip passes with full action score."""
+    from spiral.world.render import render_state
+
+    after = domain.apply(S0, MOVE)
+    still = np.repeat(render_state(after, appearance=APP, size=64)[None], 9, 0)
+    bare = SubAction(text=MOVE.text(), verb=MOVE.verb, objects=list(MOVE.args))
+    v = critic.judge(Segment(frames=still), bare, None)
+    assert v.passed and v.scores["action"] == 1.0 and v.feedback.startswith("done"), v
+
+
 def test_observe_reads_the_state(critic):
     res = render_action(S0, MOVE, appearance=APP, seed=2)
     assert critic.observe(res.frames[0]) == S0
@@ -240,6 +371,119 @@ def test_bad_input_errors(critic):
         critic.judge(seg, _sub(S0, MOVE), small)
     with pytest.raises(ValueError, match="H×W×3 uint8"):
         critic.observe(res.frames[0].astype(np.float64))
+
+
+# ---------------------------------------------------------------- the rules' probabilities (hand-worked)
+def _end_of(state: State) -> dict[str, np.ndarray]:
+    """The end readings of a recogniser that is sure of ``state``: one-hot locations, lid and lamp classes."""
+    from spiral.critics.tabletop import LID_CLASSES, LIGHT_CLASSES, LOC_CLASSES
+
+    loc = np.zeros((len(domain.BLOCKS), len(LOC_CLASSES)))
+    for i, b in enumerate(domain.BLOCKS):
+        loc[i, LOC_CLASSES.index(state.where(b))] = 1.0
+    lid, light = np.zeros(len(LID_CLASSES)), np.zeros(len(LIGHT_CLASSES))
+    lid[LID_CLASSES.index("open" if state.box_open else "closed")] = 1.0
+    light[LIGHT_CLASSES.index("on" if state.lamp_on else "off")] = 1.0
+    return {"loc": loc, "lid": lid, "light": light}
+
+
+def _literals() -> list[domain.Pred]:
+    """Every literal the domain writes (State.predicates over all states) and every in/2 the parser accepts (the
+    second argument is not read: in(b, x) means b is in the box, as State.holds reads it), each also negated."""
+    texts = set().union(*(s.predicates() for s in domain.all_states()[::97]))
+    texts |= {f"in({b}, {x})" for b in domain.BLOCKS for x in (*domain.SLOTS, *domain.BLOCKS, domain.BOX)}
+    texts |= {f"free({s})" for s in domain.SLOTS} | {f"clear({b})" for b in domain.BLOCKS} | {"open(box)", "on(lamp)"}
+    return [domain.Pred.parse(f"{neg}{x}") for x in sorted(texts) for neg in ("", "not ")]
+
+
+def test_a_sure_reading_gives_each_literal_the_probability_the_state_says():
+    """Over a spread of valid states (every 17th) and every literal the domain writes: with a sure reading of the
+    end state, the probability that a literal holds is 1 when State.holds says so and 0 otherwise; the probability
+    that an object kept its start state is 1 exactly when it did (preservation)."""
+    from spiral.critics.tabletop import TabletopCritic as C
+
+    states, lits = domain.all_states()[::17], _literals()
+    rng = np.random.default_rng(0)
+    assert len(states) > 600 and len(lits) > 80
+    for s in states:
+        end = _end_of(s)
+        for p in lits:
+            assert C._pred_prob(p, end) == float(s.holds(p)), (s, str(p))
+        s0 = states[int(rng.integers(len(states)))]
+        for obj in (*domain.BLOCKS, domain.BOX, domain.LAMP):
+            same = (s0.where(obj) == s.where(obj) if obj in domain.BLOCKS else
+                    s0.box_open == s.box_open if obj == domain.BOX else s0.lamp_on == s.lamp_on)
+            assert C._same_prob(obj, s0, end) == float(same), (s0, s, obj)
+
+
+def test_unsure_readings_hand_worked():
+    """A lid read part-way open is neither open nor closed: "not open" is the closed class, not 1 − open; the same
+    for the lamp. Locations: at/on/in read the block's row, clear/free the product over blocks of "not there"."""
+    from spiral.critics.tabletop import LOC_CLASSES
+    from spiral.critics.tabletop import TabletopCritic as C
+
+    loc = np.zeros((4, len(LOC_CLASSES)))
+    col = LOC_CLASSES.index
+    loc[0, [col("left"), col("box")]] = 0.7, 0.3  # red
+    loc[1, [col("red_block"), col("far_left")]] = 0.6, 0.4  # green
+    loc[2, [col("red_block"), col("center")]] = 0.5, 0.5  # blue
+    loc[3, [col("far_right"), col("held")]] = 0.9, 0.1  # yellow
+    end = {"loc": loc, "lid": np.array([0.2, 0.5, 0.3]), "light": np.array([0.1, 0.3, 0.6])}
+    P = domain.Pred.parse
+    want = {"open(box)": 0.3, "not open(box)": 0.2, "on(lamp)": 0.6, "not on(lamp)": 0.1,
+            "at(red_block, left)": 0.7, "not at(red_block, left)": 0.3, "in(red_block, box)": 0.3,
+            "on(green_block, red_block)": 0.6, "on(blue_block, red_block)": 0.5,
+            "clear(red_block)": (1 - 0.6) * (1 - 0.5), "not clear(red_block)": 1 - 0.4 * 0.5,
+            "free(far_left)": 0.6, "free(center)": 0.5, "free(right)": 1.0, "not free(far_right)": 0.9}
+    for text, p in want.items():
+        assert C._pred_prob(P(text), end) == pytest.approx(p), text
+    s0 = State.make({"red_block": "left", "green_block": "red_block", "blue_block": "center",
+                     "yellow_block": "far_right"}, box_open=True, lamp_on=False)
+    assert C._same_prob("box", s0, end) == pytest.approx(0.3) and C._same_prob("lamp", s0, end) == pytest.approx(0.1)
+    assert C._same_prob("green_block", s0, end) == pytest.approx(0.6)
+
+
+def test_consistency_scores_a_background_change_on_the_configured_scale():
+    """A still scene whose wall band changes colour by a known amount d (RGB distance): within the segment
+    (frames 1.. shifted, no memory) consistency is the logistic of d / drift_units, 0.5 at drift_units; the whole
+    segment shifted against the memory's anchor frame scores d / anchor_drift_units the same way. Below 0.5 the
+    critic calls it drift (asking to keep the wall, table and lighting, with the size of the change), above it
+    does not. Three scene looks, five sizes each."""
+    from spiral.critics.tabletop import _bands, _sigmoid_score
+    from spiral.world.render import render_state
+
+    critic = TabletopCritic()
+    wall, _ = _bands(64)
+    lamp = _sub(S0, LAMP)
+    for look in (100, 101, 102):
+        f0 = render_state(S0, appearance=Appearance.sample(look), size=64)
+        still = np.repeat(f0[None], 9, 0).astype(np.int16)
+        for delta in (4, 8, 12, 16, 20):
+            d = delta * np.sqrt(3)
+            within, whole = still.copy(), still.copy()
+            within[1:, wall[0], wall[1]] += delta
+            whole[:, wall[0], wall[1]] += delta
+            for frames, units, memory in ((within, 20.0, None), (whole, 28.0, Memory.start(f0))):
+                v = critic.judge(Segment(frames=frames.astype(np.uint8)), lamp, memory)
+                want = _sigmoid_score(d / units, 1.0, 6.0)
+                assert v.scores["consistency"] == pytest.approx(want, abs=1e-6), (look, delta, units)
+                assert (v.failure == "scene_drift") == (want < 0.5), (look, delta, units, v.feedback)
+                if want < 0.5:
+                    assert f"about {d:.0f}/255" in v.feedback and all(
+                        w in v.feedback for w in ("wall", "table", "lighting", "first frame")), v.feedback
+
+
+def test_sigmoid_score_hand_worked():
+    """1 with no evidence, 0.5 at ``at_half``, logistic with the given sharpness (1 by default); far beyond, the
+    exponent is clipped at ±50 (no overflow)."""
+    from spiral.critics.tabletop import _sigmoid_score
+
+    assert _sigmoid_score(1.0, 1.0) == 0.5 and _sigmoid_score(1.0, 1.0, 6.0) == 0.5
+    assert _sigmoid_score(2.0, 1.0) == pytest.approx(1 / (1 + np.e))
+    assert _sigmoid_score(0.5, 1.0, 6.0) == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert _sigmoid_score(3.0, 1.0, 0.5) == pytest.approx(1 / (1 + np.e))
+    assert _sigmoid_score(1e6, 1.0) == 1 / (1 + np.exp(50.0))  # clipped, not 0 from an overflow
+    assert _sigmoid_score(-1e6, 1.0) == 1.0
 
 
 # ---------------------------------------------------------------- accuracy with ties (hand-worked)

@@ -6,7 +6,9 @@ sub-action (the symbolic planner avoids it when another plan reaches the goal) â
 exhausted-budget policies run end to end through the Python API and the CLI; the first attempt at every step is
 plan-only's generation; the total budget holds back a generation for every later step; a run killed after a step
 was given up resumes to the same record; and on a small fixed suite with failures injected the closed loop
-completes at least as many tasks as plan-only (judge-read, paired).
+completes at least as many tasks as plan-only (judge-read, paired). What a user reads of a step given up is
+checked too: the record's entry (last failure and feedback, where it was given up before), the stop reason,
+and the progress events the CLI's live view and an API caller receive.
 """
 
 from __future__ import annotations
@@ -206,6 +208,14 @@ def test_keep_best_keeps_the_best_scoring_attempt_and_later_steps_do_not_retry_w
     scores = [TabletopCritic().combine(a.verdict.scores) for a in tried]
     assert len(set(scores)) == len(scores)  # the attempts differ (drift of another size each seed)
     assert yellow.kept == tried[int(np.argmax(scores))].segment_path == rec.unverified[0]
+    # the entry says how the step failed last: the last attempt's failure kind and feedback
+    assert (yellow.failure, yellow.feedback) == (tried[-1].verdict.failure, tried[-1].verdict.feedback)
+    assert yellow.feedback and "drifted" in yellow.feedback
+    # the drifted attempts did move the block: the run goes on from what the critic saw in the kept one (the
+    # verdict is kept with the unverified step), so the later steps and the final state build on it
+    kept = next(a for a in rec.attempts if a.segment_path == yellow.kept)
+    assert kept.verdict.observed_state["loc"]["yellow_block"] == "box"
+    assert rec.final_state["loc"]["yellow_block"] == "box" and SymbolicPlanner().achieved(NEEDED, rec.final_state)
     assert [g.sub_action.text for g in after] == [s.text for s in steps[k + 1:]]
     assert all(g.attempts == 1 and "comes with the frame" in g.reason for g in after)
     assert rec.counts["generations"] == len(steps) + 2 and len(rec.accepted) == len(steps)
@@ -321,6 +331,82 @@ def test_a_run_killed_after_a_step_was_given_up_resumes_to_the_same_record(tmp_p
            [a.model_dump(exclude={"seconds"}) for a in ref.attempts]
     assert rec.counts["replayed_calls"] >= k + 2
 
+
+
+# ---- what a user sees of a step given up: the record's entries, the stop reason, the progress events --------
+def _check_events(events: list[dict], rec, policy: str) -> None:
+    """The progress events (what the CLI's live view and an API caller's ``on_event`` receive) tell the run as the
+    record does: every plan version, every attempt with its decision and response, every step given up (with the
+    plan version and step it belongs to, and the policy applied), then the record itself."""
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "done" and events[-1]["record"] is rec and set(kinds) <= {"plan", "attempt", "give_up", "done"}
+    plans = [e for e in events if e["type"] == "plan"]
+    assert [e["version"] for e in plans] == list(range(len(rec.plans))) and [e["plan"] for e in plans] == rec.plans
+    attempts = [e for e in events if e["type"] == "attempt"]
+    assert [(e["step"], e["attempt"], e["decision"], e["response"], e["note"]) for e in attempts] == \
+           [(a.step, a.attempt, a.decision, a.response, a.note) for a in rec.attempts]
+    given_up = [e for e in events if e["type"] == "give_up"]
+    assert [e["given_up"] for e in given_up] == rec.given_up and rec.given_up
+    for e in given_up:
+        assert (e["version"], e["step"], e["policy"]) == (e["given_up"].plan_version, e["given_up"].step, policy)
+
+
+def test_a_step_asked_again_from_the_state_it_was_given_up_in_says_where_it_was_given_up(tmp_path):
+    """Nothing the generator makes ever happens, so the re-plans ask again for steps given up before, from the same
+    state: each such entry names the step and plan version it was given up at (the entry before it for the same
+    action) and says it was not tried again; the progress events carry every entry as the record has it."""
+    goal = "tidy up: put every block in the box"
+    scene, steps = _scene(goal, lambda s: len(s) >= 4)
+    events: list[dict] = []
+    rec = run(goal, scene=scene, out=tmp_path / "r", config=ORACLE, overrides=_sets("every"), on_event=events.append)
+    _check_events(events, rec, "keep_best")
+    again = [i for i, g in enumerate(rec.given_up) if g.attempts == 0]
+    assert again
+    for i in again:
+        g = rec.given_up[i]
+        first = next(e for e in rec.given_up[:i] if _key(e.sub_action) == _key(g.sub_action) and e.attempts)
+        assert g.reason == (f"given up earlier in this run (step {first.step + 1} of plan v{first.plan_version}) "
+                            "from this same state; not tried again")
+        assert g.failure is None and g.feedback == "" and g.kept is None  # nothing was made for it this time
+    for g in (x for x in rec.given_up if x.attempts):  # the others say how their last attempt failed
+        last = [a for a in rec.attempts if base_instruction(a.prompt) == g.sub_action.text][-1]
+        assert (g.failure, g.feedback) == (last.verdict.failure, last.verdict.feedback) and g.feedback
+
+
+@pytest.mark.parametrize("policy", ["keep_best", "stop"])
+def test_a_step_whose_re_plan_brings_it_back_is_given_up_and_the_run_says_why(tmp_path, policy):
+    """The yellow block can never be drawn into the box and no plan avoids that move: the step is given up because
+    the re-plan brought it straight back. The entry and (with ``stop``) the run's stop reason say so, with the
+    step's number as a user counts it (from 1); the progress events say the same."""
+    scene, steps, k = _needed()
+    events: list[dict] = []
+    rec = run(NEEDED, scene=scene, out=tmp_path / "r", config=ORACLE, on_event=events.append,
+              overrides=_sets("move yellow_block box", f"loop.on_budget_exhausted={policy}"))
+    _check_events(events, rec, policy)
+    g = rec.given_up[0]
+    assert g.reason == "it failed the same way again and the re-plan could not avoid it"
+    last = [a for a in rec.attempts if a.decision != "accept"][-1]
+    assert (g.failure, g.feedback) == (last.verdict.failure, last.verdict.feedback) == ("missing_action", g.feedback)
+    if policy == "stop":
+        assert rec.stop_reason == f"step {g.step + 1} ({g.sub_action.text}) given up: {g.reason}"
+        assert g.step == 0 and g.plan_version == 1  # the re-plan starts from the step it could not avoid
+
+
+def test_a_step_the_total_budget_cannot_reach_is_given_up_without_an_attempt(tmp_path):
+    """A total budget one generation short of the plan: every step passes, the last one gets no generation. Its
+    entry has no attempt, so no failure and no feedback; nothing is kept and the run stops there, saying why."""
+    goal = "tidy up: put every block in the box"
+    scene, steps = _scene(goal, lambda s: len(s) >= 3)
+    n = len(steps)
+    events: list[dict] = []
+    rec = run(goal, scene=scene, out=tmp_path / "r", config=ORACLE, on_event=events.append,
+              overrides=["generator.options.failure_rate=0.0", *LIGHT, f"loop.max_total_generations={n - 1}"])
+    _check_events(events, rec, "keep_best")
+    assert [a.decision for a in rec.attempts] == ["accept"] * (n - 1) and len(rec.accepted) == n - 1
+    [g] = rec.given_up
+    assert (g.attempts, g.failure, g.feedback, g.kept, g.step) == (0, None, "", None, n - 1)
+    assert rec.status == "budget_exhausted"
+    assert rec.stop_reason == f"max_total_generations={n - 1} reached at step {n} ({steps[-1].text})"
 
 # ---- LLM planners get the failures in their prompt ------------------------------------------------------
 class _ChatServer(ThreadingHTTPServer):

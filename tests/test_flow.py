@@ -149,6 +149,11 @@ def test_transition_kl_is_the_gaussian_kl_and_a_mask_keeps_only_its_elements():
     torch.testing.assert_close(flow.gaussian_kl(mean, mean_ref, std, mask).double(), want)
     moved = torch.where(mask.expand_as(mean), mean, mean + 3.0)  # outside the mask: not seen
     torch.testing.assert_close(flow.gaussian_kl(moved, mean_ref, std, mask), flow.gaussian_kl(mean, mean_ref, std, mask))
+    # one element kept: its own KL, not diluted; none kept: 0, not NaN (an empty window contributes nothing)
+    one = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    one[0, 1, 2, 3] = True
+    torch.testing.assert_close(flow.gaussian_kl(mean, mean_ref, std, one).double(),
+                               torch.stack([per[0, 1, 2, 3], torch.zeros((), dtype=torch.float64)]))
 
 
 # ---- edges and bad input (each assertion kills a mutant that survived the tests above: benchmarks/mutation.py)
