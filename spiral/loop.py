@@ -576,8 +576,8 @@ class _Run:
         if not (self.closed and self.loop.open_loop_fallback and self.loop.on_budget_exhausted == "keep_best"):
             return False
         made = [_action_key(e.sub_action) for e in self.memory.history]
-        if s.status == "success" or not first or made == [_action_key(x) for x in first]:
-            return False
+        if s.status == "success" or not first or made == [_action_key(x) for x in first][:len(made)]:
+            return False  # the first plan's steps, or the start of them (a run the total budget stopped short)
         left = self.loop.max_total_generations - s.total
         if len(first) > left:  # the total budget bounds the fallback too
             why = (f"no open-loop fallback: it needs {len(first)} generations and {max(left, 0)} are left of "
