@@ -282,6 +282,23 @@ TARGETS: dict[str, Target] = {
         note="the loop's decision logic: the response to a verdict (escalation ladder, budgets, give up), the best "
              "attempt, the final status, a given-up step asked again",
     ),
+    "loop_fallback": Target(
+        file="spiral/loop.py",
+        functions=["prefer_open_loop", "_Run.needs_fallback", "_Run.reading", "_Run.fall_back"],
+        tests=["tests/test_fallback.py"],
+        equivalent=[
+            Equivalent("_Run.fall_back", "segment_path=self.run_dir.segment_file(OPEN_LOOP, k, 0)",
+                       "segment_path=self.run_dir.segment_file(OPEN_LOOP, k, None)",
+                       "RunDir.segment_file names the fallback's segments by step alone (open_loop_sNN.npz): the "
+                       "attempt index is not read for plan version OPEN_LOOP"),
+            Equivalent("_Run.fall_back", "segment_path=self.run_dir.segment_file(OPEN_LOOP, k, 0)",
+                       "segment_path=self.run_dir.segment_file(OPEN_LOOP, k, 1)",
+                       "RunDir.segment_file names the fallback's segments by step alone (open_loop_sNN.npz): the "
+                       "attempt index is not read for plan version OPEN_LOOP"),
+        ],
+        note="the loop's open-loop fallback (section 8): when a run falls back, how the first plan is rolled out as "
+             "plan_only makes it, and which video is kept",
+    ),
 }
 
 
