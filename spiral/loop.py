@@ -20,21 +20,21 @@ commit / retry / re-plan / give up**, then **compose** and **record**. Where the
    injected ones) came back at most twice in a row before the step passed, one it cannot avoid (a move it cannot
    draw) 8–16 times. The inner budget (``max_refines_per_step``) turns a retry into a re-plan, the outer one
    (``max_replans``) turns a re-plan into giving up.
-7. **Commit, retry, re-plan or give up**: accept keeps the segment and goes on; ``regenerate`` retries with a
-   new seed, ``refine`` also with the instruction rewritten by the planner from the feedback (a planner with
-   :class:`~spiral.agents.RefinesInstructions`), else the step's text with the feedback beside it. A re-plan
-   after a step failure tells the planner which sub-actions failed (a planner with
-   :class:`~spiral.agents.AvoidsFailures` avoids them when another plan reaches the goal); if the re-plan after a
-   repeated failure brings the same sub-action straight back, it changed nothing and the step is given up at
-   once. A sub-action given up once is not tried again from the state it was given up in (a later plan that
-   asks for it there skips it); asked from another state it gets one attempt, kept unverified if it fails, so
-   the closed loop makes every step plan-only would make. When the critic asks for a re-plan because the segment left a valid but unexpected state, the segment is
+7. **Commit, retry, re-plan or give up**: accept keeps the segment and goes on; ``regenerate`` retries with a new
+   seed, ``refine`` also with the instruction rewritten by the planner from the feedback (a planner with
+   :class:`~spiral.agents.RefinesInstructions`), else the step's text with the feedback beside it. A re-plan after
+   a step failure tells the planner which sub-actions failed (a planner with :class:`~spiral.agents.AvoidsFailures`
+   avoids them when another plan reaches the goal); if the re-plan after a repeated failure brings the same sub-
+   action straight back, it changed nothing and the step is given up at once. A sub-action given up once is not
+   tried again from the state it was given up in (a later plan that asks for it there skips it); asked from another
+   state it gets one attempt, kept unverified if it fails, so the closed loop makes every step plan-only would
+   make. When the critic asks for a re-plan because the segment left a valid but unexpected state, the segment is
    kept as what happened and the plan continues from there. Giving up applies the exhausted-budget policy
-   ``loop.on_budget_exhausted``: ``keep_best`` keeps the step's best-scoring attempt (the critic's combined
-   score; the earliest wins ties) as an *unverified* step and goes on with the plan; ``stop`` ends the run there
-   with what was accepted (``budget_exhausted``). A later step whose first attempt fails with the very failure
-   the unverified step was kept with (a drifted background, a patch the critic cannot read) inherited it with its
-   conditioning frame, which no retry changes: it is given up at once, until a step passes again.
+   ``loop.on_budget_exhausted``: ``keep_best`` keeps the step's best-scoring attempt (the critic's combined score;
+   the earliest wins ties) as an *unverified* step and goes on with the plan; ``stop`` ends the run there with what
+   was accepted (``budget_exhausted``). A later step whose first attempt fails with the very failure the unverified
+   step was kept with (a drifted background, a patch the critic cannot read) inherited it with its conditioning
+   frame, which no retry changes: it is given up at once, until a step passes again.
 8. **Fall back to the open loop** when the run could not verify every step *and* followed another plan than its
    first (a re-plan changed the steps, or a segment was kept as what happened instead): the escalation can then end
    somewhere worse than plan-only's video, because plan-only's later steps sometimes repair an earlier failed one
@@ -214,6 +214,10 @@ class RunState:
 
     def stop(self, status: RunStatus, reason: str) -> None:
         self.status, self.stop_reason = status, reason
+
+    def note(self, why: str) -> None:
+        """Add ``why`` to the stop reason (the open-loop fallback's account of itself)."""
+        self.stop_reason = f"{self.stop_reason}; {why}" if self.stop_reason else why
 
 
 @dataclass
@@ -582,7 +586,7 @@ class _Run:
         if len(first) > left:  # the total budget bounds the fallback too
             why = (f"no open-loop fallback: it needs {len(first)} generations and {max(left, 0)} are left of "
                    f"max_total_generations={self.loop.max_total_generations}")
-            s.stop_reason = f"{s.stop_reason}; {why}" if s.stop_reason else why
+            s.note(why)
             return False
         return True
 
@@ -634,7 +638,7 @@ class _Run:
         self.record.fallback = OpenLoopFallback(closed_loop=closed, open_loop=opened, used=used, reason=why)
         self.emit({"type": "fallback", "fallback": self.record.fallback})
         if not used:
-            s.stop_reason = f"{s.stop_reason}; {why}" if s.stop_reason else why
+            s.note(why)
             return
         s.kept_frames = frames
         self.record.accepted = paths
