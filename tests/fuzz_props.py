@@ -131,8 +131,15 @@ def prop_config_yaml(text: str, tmp: Path) -> None:
         assert _same(got[key], value) or _coerced(got[key], value), (key, value, got[key])
 
 
+_FALSE = {"0", "off", "f", "false", "n", "no"}  # pydantic's lax bool strings (case-insensitive), as a user types them
+_TRUE = {"1", "on", "t", "true", "y", "yes"}
+
+
 def _coerced(got: Any, given: Any) -> bool:
-    """pydantic's lax mode turns 3.0 into 3 and '3' into 3; anything else must be kept as given."""
+    """pydantic's lax mode turns 3.0 into 3, '3' into 3 and 'F' / 'off' into False; anything else must be kept as
+    given (a bool string outside pydantic's set, e.g. 'nope', must have been refused)."""
+    if isinstance(got, bool) and isinstance(given, str):
+        return given.strip().lower() in (_TRUE if got else _FALSE)
     try:
         return type(got)(given) == got
     except (TypeError, ValueError, OverflowError):
