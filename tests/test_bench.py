@@ -526,6 +526,40 @@ def test_compare_pairs_two_modes_of_one_folder_per_length_class(tmp_path):
     assert r.exit_code == 0 and "plan_only → closed_loop" in r.output and "+0.500" in r.output, r.output
 
 
+def test_compare_refuses_cases_read_by_different_judges(tmp_path):
+    """judge-read numbers from other judge weights are not comparable: compare names both judges and the fix."""
+    import hashlib
+    import shutil
+
+    from spiral.bench.judge import RecognizerJudge
+    from spiral.bench.report import compare
+    from spiral.critics.recognizer import weights_path
+
+    judge = RecognizerJudge().identity
+    assert judge == {"judge": "recognizer", "weights_sha256": hashlib.sha256(weights_path("judge").read_bytes()).hexdigest()}
+    shutil.copy(weights_path("judge"), tmp_path / "same.safetensors")
+    assert RecognizerJudge(str(tmp_path / "same.safetensors")).identity == judge  # the same weights elsewhere
+    shutil.copy(weights_path("critic"), tmp_path / "other.safetensors")
+    other = RecognizerJudge(str(tmp_path / "other.safetensors")).identity
+    assert other["weights_sha256"] != judge["weights_sha256"]
+
+    def folder(name, identity):
+        cases = [{"case_id": f"c{i}", "mode": "closed_loop", "length_class": "short", "status": "ok",
+                  "metrics": {"task_completion": 1.0}, "cost": {}, **({"judge_identity": identity} if identity else {})}
+                 for i in range(3)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"cases": cases}))
+        return tmp_path / name
+    a, same, b, old = folder("a", judge), folder("same", dict(judge)), folder("b", other), folder("old", None)
+    assert compare(a, same, ["task_completion"])[0]["n"] == 3
+    assert compare(a, old, ["task_completion"])[0]["n"] == 3  # results from before identities: nothing to check
+    with pytest.raises(ValueError, match="different judges") as e:
+        compare(a, b, ["task_completion"])
+    assert judge["weights_sha256"] in str(e.value) and "spiral bench rescore" in str(e.value)
+    r = CliRunner().invoke(app, ["bench", "compare", str(a), str(b), "--metric", "task_completion"])
+    assert r.exit_code != 0 and "different judges" in r.output and "Traceback" not in r.output
+
+
 # ---- planner evaluation -----------------------------------------------------------------------------
 def test_planner_eval_scores_planners_and_egoplan_files(tmp_path):
     from spiral.bench import planner_eval as P

@@ -211,6 +211,20 @@ class RecognizerJudge:
         except FileNotFoundError as e:
             raise JudgeUnavailable(f"judge weights not found: {e}") from None
         self.name = f"recognizer:{path}" if path else "recognizer:judge"
+        from spiral.critics.recognizer import weights_path
+
+        self._weights = Path(path) if path is not None else weights_path("judge")
+        self._sha256: str | None = None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Which weights read the frames (recorded per case): judge-read numbers from other weights are not
+        comparable, and ``spiral bench compare`` refuses to pair them."""
+        if self._sha256 is None:
+            import hashlib
+
+            self._sha256 = hashlib.sha256(self._weights.read_bytes()).hexdigest()
+        return {"judge": "recognizer", "weights_sha256": self._sha256}  # the same weights anywhere: the same judge
 
     def read_state(self, frame: np.ndarray) -> State:
         s = self.recognizer.read_state(frame)

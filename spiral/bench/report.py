@@ -239,6 +239,21 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def _same_judge(ka: dict, kb: dict, pairs: list[tuple[str, str]]) -> None:
+    """Refuse to pair cases that different judges read (other weights, model or prompt): their judge-read
+    metrics measure the judges as much as the videos. Results from before judges recorded an identity pass."""
+    def identities(runs: dict, mode: str) -> set[str]:
+        return {json.dumps(r["judge_identity"], sort_keys=True) for (m, _), r in runs.items()
+                if m == mode and r.get("judge_identity")}
+
+    for ma, mb in pairs:
+        ia, ib = identities(ka, ma), identities(kb, mb)
+        if ia and ib and ia != ib:
+            raise ValueError(f"A and B were scored by different judges (A: {', '.join(sorted(ia))}; B: "
+                             f"{', '.join(sorted(ib))}): rescore both with one judge (spiral bench rescore DIR) "
+                             "before comparing them")
+
+
 def compare(a: str | Path, b: str | Path, metrics: Sequence[str] = ACTION + TEMPORAL + QUALITY + COST,
             mode_a: str | None = None, mode_b: str | None = None, by_length: bool = False) -> list[dict[str, Any]]:
     """Per-metric mean of B − A over the cases scored in both (paired by case id), with paired bootstrap intervals.
@@ -261,6 +276,7 @@ def compare(a: str | Path, b: str | Path, metrics: Sequence[str] = ACTION + TEMP
         pairs = [(mode_a, mode_b)]
     else:
         pairs = [(m, m) for m in dict.fromkeys(m for m, _ in sorted(ka.keys() & kb.keys()))]
+    _same_judge(ka, kb, pairs)
     rows = []
     for ma, mb in pairs:
         ids = sorted({c for m, c in ka if m == ma} & {c for m, c in kb if m == mb})
