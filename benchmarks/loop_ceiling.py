@@ -89,6 +89,11 @@ def ceiling(folder: Path, avoid: frozenset[tuple[int, int]]) -> dict[str, Any]:
     return {cls: dict(v) for cls, v in rows.items()}
 
 
+def _done(row: dict[str, Any], mode: str, where: str) -> str:
+    """'judge-read / faithful' completions of one mode on one side of the ceiling."""
+    return f"{row.get(f'{mode}:{where}:task_completion', 0)} / {row.get(f'{mode}:{where}:faithful_task_completion', 0)}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = parser(__doc__, "loop_ceiling.json")
     ap.add_argument("folders", type=Path, nargs="+", help="run folders of `spiral bench` (closed_loop and plan_only)")
@@ -106,13 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["folders"][folder.name] = rows
         for cls in [c for c in ("short", "medium", "long", "xlong", "all") if c in rows]:
             r = rows[cls]
-
-            def done(mode: str, where: str) -> str:
-                return f"{r.get(f'{mode}:{where}:task_completion', 0)} / " \
-                       f"{r.get(f'{mode}:{where}:faithful_task_completion', 0)}"
-            print(f"| {folder.name} | {cls} | {r['cases']} | {r['reachable']} | {done('plan_only', 'reachable')} "
-                  f"| {done('closed_loop', 'reachable')} | {done('plan_only', 'unreachable')} "
-                  f"| {done('closed_loop', 'unreachable')} |")
+            print(f"| {folder.name} | {cls} | {r['cases']} | {r['reachable']} | {_done(r, 'plan_only', 'reachable')} "
+                  f"| {_done(r, 'closed_loop', 'reachable')} | {_done(r, 'plan_only', 'unreachable')} "
+                  f"| {_done(r, 'closed_loop', 'unreachable')} |")
     write_result(args.json, out)
     return out
 
