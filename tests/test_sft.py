@@ -503,6 +503,7 @@ import torch
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
+from spiral.train.common import end_distributed
 from spiral.train.sft import SFTTrainer, load_config
 
 torch.set_num_threads(1)
@@ -518,6 +519,7 @@ for run in json.loads(Path(sys.argv[1]).read_text()):
             "model": type(tr.model).__name__, "local_numel": local, "numel": sum(t.numel() for t in whole.values()),
             "losses": res["losses"], "export": res["export"]}}
     (dump / f"rank{{tr.rank}}.json").write_text(json.dumps(info))
+end_distributed()  # as `spiral train sft` ends: without it a rank could abort at exit after a finished run
 """
 
 

@@ -9,6 +9,7 @@
   uninterrupted run would.
 * :class:`RunLog` — ``log.jsonl`` (one JSON record per line, appended) plus TensorBoard scalars when tensorboard
   is installed.
+* :func:`end_distributed` — the last call of a torchrun run: every rank leaves the process group together.
 
 Used by ``spiral.train.generator`` (pretraining), ``spiral.train.grpo`` (self-evolution) and
 ``spiral.train.reverse`` (hindsight by time reversal).
@@ -141,6 +142,17 @@ def rank_device(device: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- logs
+
+
+def end_distributed() -> None:
+    """Leave the process group, if any: a barrier (no rank exits while another still exports or checkpoints),
+    then ``destroy_process_group``. A rank that exits with gloo's threads still running can abort at interpreter
+    exit ("terminate called without an active exception", SIGABRT), failing a run that had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def tensorboard_writer(out: Path) -> Any:

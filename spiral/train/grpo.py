@@ -46,6 +46,7 @@ from spiral.agents import FixedClipShape, GRPOPolicy, check_health, observe
 from spiral.train.common import (
     EMA,
     RunLog,
+    end_distributed,
     load_state,
     rank_device,
     rng_state,
@@ -777,4 +778,5 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, minutes: float | None = No
     out: dict[str, Any] = {"steps": trainer.step_no, "last": hist[-1] if hist else None}
     if trainer.rank == 0:
         out["weights"] = str(trainer.export(export or trainer.out / "evolved.safetensors"))
+    end_distributed()
     return out

@@ -51,6 +51,7 @@ import torch
 from spiral.train.common import (
     EMA,
     RunLog,
+    end_distributed,
     load_state,
     rank_device,
     rng_state,
@@ -644,6 +645,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, minutes: float | None = None
     """Run :class:`SFTTrainer` (the ``spiral train sft`` entry point)."""
     trainer = SFTTrainer(cfg, resume=resume)
     res = trainer.run(minutes=minutes)
+    end_distributed()
     res["first_loss"] = res["losses"][0] if res["losses"] else math.nan
     res["last_loss"] = res["losses"][-1] if res["losses"] else math.nan
     return res
