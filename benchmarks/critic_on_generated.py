@@ -287,6 +287,14 @@ def truth_rates(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "critic_disagrees": [r for r in clean if r["critic_passed"] != r["true_good"]]}
 
 
+def _shown(path: Path) -> str:
+    """A path as the page shows it: relative to the working directory when inside it (no machine's absolute path)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = parser(__doc__, "critic_on_generated_SUITE.json")  # SUITE: the suite's name
     ap.add_argument("--suite", default="tabletop-v1", help="suite name or path (tabletop-v1, tabletop-v2, tabletop-smoke)")
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     critic = TabletopCritic(recognizer=args.critic_weights)
     judge = make_judge(args.judge)
     result: dict[str, Any] = {"suite": suite.name, "cases": len(suite.cases[:args.limit] if args.limit else suite.cases),
-                              "seeds": seeds, "judge": args.judge, "json": out.as_posix(), "strip_rows": args.strip_rows,
+                              "seeds": seeds, "judge": args.judge, "json": _shown(out), "strip_rows": args.strip_rows,
                               "critic_weights": str(critic.recognizer.path), "generators": {}}
     strip_paths: dict[str, list[Path]] = {}
     for gen in gens:
