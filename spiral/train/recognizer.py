@@ -114,7 +114,7 @@ class TrainConfig:
 def judge_config(**kw: Any) -> TrainConfig:
     """The independent judge: another architecture, seed (so another stream of states, looks and motions) and
     augmentations than the critic's recogniser."""
-    base = {"role": "judge", "arch": "cnn-wide", "seed": 1, "aug": JUDGE_AUG, "steps": 3000}
+    base = {"role": "judge", "arch": "cnn-wide", "seed": 2, "aug": JUDGE_AUG, "steps": 2000}  # the shipped judge's
     return TrainConfig(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
