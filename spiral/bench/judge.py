@@ -191,29 +191,21 @@ class RecognizerJudge:
 
     def __init__(self, path: str | None = None):
         try:
-            from spiral.critics.recognizer import load_recognizer
+            from spiral.critics.recognizer import load_recognizer, weights_path
         except ImportError as e:
             raise JudgeUnavailable(
                 "the benchmark judge needs the state recogniser (spiral/critics/recognizer.py, "
                 f"load_recognizer(role='judge')), which is not in this checkout ({e}); "
                 "with an oracle generator use --judge truth") from None
-        if path is not None:
-            try:
-                from spiral.critics.recognizer import weights_path
-
-                if Path(path).resolve() == weights_path("critic").resolve():
-                    raise ValueError("the benchmark judge must not be the critic's recogniser "
-                                     f"({path}); use the judge weights (default) or other weights")
-            except ImportError:
-                pass
+        self._weights = Path(path) if path is not None else weights_path("judge")
+        if path is not None and self._weights.resolve() == weights_path("critic").resolve():
+            raise ValueError("the benchmark judge must not be the critic's recogniser "
+                             f"({path}); use the judge weights (default) or other weights")
         try:
             self.recognizer = load_recognizer(path=path, role="judge")
         except FileNotFoundError as e:
             raise JudgeUnavailable(f"judge weights not found: {e}") from None
         self.name = f"recognizer:{path}" if path else "recognizer:judge"
-        from spiral.critics.recognizer import weights_path
-
-        self._weights = Path(path) if path is not None else weights_path("judge")
         self._sha256: str | None = None
 
     @property
